@@ -1,0 +1,85 @@
+//! Declarations of the exchanges and queues, matching what Celery declares
+//! (so a Python producer's own declarations never conflict with ours).
+
+use std::time::Duration;
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, ExchangeKind};
+
+use crate::config::QueueNames;
+
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub names: QueueNames,
+}
+
+impl Topology {
+    pub fn new(names: QueueNames) -> Self {
+        Topology { names }
+    }
+
+    /// Celery's layout: a durable direct exchange and a durable queue of the
+    /// same name, bound with the same routing key, and no queue arguments
+    /// (Celery declares the queue without any, and RabbitMQ refuses a
+    /// redeclaration with different arguments).
+    pub async fn declare_task_queue(&self, channel: &Channel) -> Result<(), lapin::Error> {
+        let name = self.names.tasks.as_str();
+        channel
+            .exchange_declare(name, ExchangeKind::Direct, durable_exchange(), FieldTable::default())
+            .await?;
+        channel
+            .queue_declare(name, durable_queue(), FieldTable::default())
+            .await?;
+        channel
+            .queue_bind(name, name, name, QueueBindOptions::default(), FieldTable::default())
+            .await?;
+        Ok(())
+    }
+
+    /// Messages that cannot be processed, published with a reason header.
+    pub async fn declare_dead_letter_queue(&self, channel: &Channel) -> Result<String, lapin::Error> {
+        let name = self.names.dead_letter();
+        channel
+            .queue_declare(&name, durable_queue(), FieldTable::default())
+            .await?;
+        Ok(name)
+    }
+
+    /// A holding queue: messages published to it (through the default
+    /// exchange) expire after `delay` and are dead-lettered back into the
+    /// task queue. Delayed work thus stays durable in RabbitMQ instead of in
+    /// worker memory. The queue removes itself once unused for a while
+    /// longer than its delay, so one-off delays do not accumulate.
+    pub async fn declare_delay_queue(&self, channel: &Channel, delay: Duration) -> Result<String, lapin::Error> {
+        let name = self.names.delay(delay);
+        let delay_ms = delay.as_millis().max(1000) as i64;
+        let mut args = FieldTable::default();
+        args.insert(ShortString::from("x-message-ttl"), AMQPValue::LongLongInt(delay_ms));
+        args.insert(ShortString::from("x-expires"), AMQPValue::LongLongInt(delay_ms * 2 + 600_000));
+        args.insert(
+            ShortString::from("x-dead-letter-exchange"),
+            AMQPValue::LongString(LongString::from(self.names.tasks.as_bytes().to_vec())),
+        );
+        args.insert(
+            ShortString::from("x-dead-letter-routing-key"),
+            AMQPValue::LongString(LongString::from(self.names.tasks.as_bytes().to_vec())),
+        );
+        channel.queue_declare(&name, durable_queue(), args).await?;
+        Ok(name)
+    }
+}
+
+fn durable_exchange() -> ExchangeDeclareOptions {
+    ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    }
+}
+
+fn durable_queue() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    }
+}

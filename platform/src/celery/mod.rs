@@ -1,0 +1,11 @@
+//! The Celery wire contract (protocol v2 with JSON bodies) and the Redis
+//! result backend, as a Python `celery` client expects them.
+
+mod amqp_table;
+mod message;
+mod result;
+
+pub use amqp_table::{json_to_table, table_to_json};
+pub use message::{DecodeError, TaskHeaders, TaskMessage};
+pub use result::{key_for as result_key, ResultBackend, ResultError, TaskState};
+pub use message::amqp_properties;

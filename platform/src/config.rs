@@ -1,0 +1,470 @@
+//! Settings read from the environment (and a `.env` file), using the
+//! variable names of the Python platform where they exist. Every variable is
+//! documented in `.env.example`.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use base64::Engine;
+use chrono_tz::Tz;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::crypto::{KeyId, Keyring, MasterKey};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0} is required but not set")]
+    Missing(&'static str),
+    #[error("configuration: {var} is invalid: {reason}")]
+    Invalid { var: &'static str, reason: String },
+    #[error("configuration: {var} is not safe for ENV=production: {reason}")]
+    Insecure { var: &'static str, reason: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    Development,
+    Test,
+    Staging,
+    Production,
+}
+
+impl Environment {
+    pub fn is_production(self) -> bool {
+        self == Environment::Production
+    }
+}
+
+impl FromStr for Environment {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "development" | "dev" => Ok(Self::Development),
+            "test" => Ok(Self::Test),
+            "staging" => Ok(Self::Staging),
+            "production" | "prod" => Ok(Self::Production),
+            other => Err(format!(
+                "expected development, test, staging or production, got {other:?}"
+            )),
+        }
+    }
+}
+
+/// Names of the queues and exchanges the platform uses. Everything derives
+/// from the Celery default queue name so one setting isolates a deployment
+/// (or a test) from another on the same broker.
+#[derive(Debug, Clone)]
+pub struct QueueNames {
+    /// Celery's default queue; the exchange of the same name is direct and
+    /// routes the routing key of the same name to it, as Celery declares it.
+    pub tasks: String,
+}
+
+impl QueueNames {
+    pub fn dead_letter(&self) -> String {
+        format!("{}.dead_letter", self.tasks)
+    }
+    /// A durable holding queue whose messages return to the task queue after
+    /// `delay`: how retries and quota waits are kept out of worker memory.
+    pub fn delay(&self, delay: Duration) -> String {
+        format!("{}.delay.{}s", self.tasks, delay.as_secs().max(1))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub env: Environment,
+    pub debug: bool,
+    pub log_level: String,
+    pub database_url: String,
+    pub db_pool_size: u32,
+    pub redis_url: String,
+    pub result_backend_url: String,
+    pub result_expires: Duration,
+    pub broker_url: String,
+    pub prefetch_count: u16,
+    pub heartbeat: u16,
+    pub queues: QueueNames,
+    pub jwt: JwtSettings,
+    pub keyring: Keyring,
+    pub email_timeout: Duration,
+    pub email_max_size: usize,
+    pub attachment_max_size: usize,
+    pub worker_concurrency: usize,
+    pub task_time_limit: Duration,
+    pub task_soft_time_limit: Duration,
+    pub max_retries: u32,
+    pub retry_backoff: Duration,
+    pub retry_backoff_max: Duration,
+    pub quota_wait: Duration,
+    pub rate_limit_enabled: bool,
+    pub rate_limit_per_minute: u32,
+    pub tz: Tz,
+    pub api_host: String,
+    pub api_port: u16,
+    pub metrics_port: Option<u16>,
+}
+
+#[derive(Clone)]
+pub struct JwtSettings {
+    pub secret: SecretString,
+    pub access_ttl: Duration,
+    pub refresh_ttl: Duration,
+}
+
+impl std::fmt::Debug for JwtSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtSettings")
+            .field("secret", &"[redacted]")
+            .field("access_ttl", &self.access_ttl)
+            .field("refresh_ttl", &self.refresh_ttl)
+            .finish()
+    }
+}
+
+/// Placeholders that ship in documentation and `.env.example`; refused in production.
+const PLACEHOLDER_MARKERS: &[&str] = &[
+    "your",
+    "change",
+    "placeholder",
+    "example",
+    "secret_key",
+    "dev-only",
+    "insecure",
+];
+
+impl Settings {
+    /// Reads `.env` (when present) and then the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let _ = dotenvy::dotenv();
+        Self::from_lookup(|key| std::env::var(key).ok())
+    }
+
+    /// Builds settings from any variable source; tests pass a map.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let vars = Vars(&lookup);
+        let env: Environment = vars.parse_or("ENV", Environment::Development)?;
+
+        let jwt_secret = vars.required("JWT_SECRET_KEY")?;
+        let algorithm = vars.get("JWT_ALGORITHM").unwrap_or_else(|| "HS256".into());
+        if algorithm != "HS256" {
+            return Err(ConfigError::Invalid {
+                var: "JWT_ALGORITHM",
+                reason: format!("only HS256 is supported, got {algorithm:?}"),
+            });
+        }
+        if env.is_production() {
+            check_production_secret("JWT_SECRET_KEY", &jwt_secret)?;
+        }
+
+        let keyring = build_keyring(&vars, env)?;
+
+        let redis_url = vars.get("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379/0".into());
+        let broker_url = vars
+            .get("CELERY_BROKER_URL")
+            .or_else(|| vars.get("RABBITMQ_URL"))
+            .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+        check_url("CELERY_BROKER_URL", &broker_url, &["amqp", "amqps"])?;
+        let result_backend_url = vars
+            .get("CELERY_RESULT_BACKEND")
+            .unwrap_or_else(|| "redis://127.0.0.1:6379/1".into());
+        check_url("CELERY_RESULT_BACKEND", &result_backend_url, &["redis", "rediss"])?;
+        check_url("REDIS_URL", &redis_url, &["redis", "rediss"])?;
+        let database_url = vars.required("DATABASE_URL")?;
+        check_url("DATABASE_URL", &database_url, &["postgres", "postgresql"])?;
+
+        let tz_name = vars.get("TZ").unwrap_or_else(|| "UTC".into());
+        let tz = Tz::from_str(&tz_name).map_err(|_| ConfigError::Invalid {
+            var: "TZ",
+            reason: format!("{tz_name:?} is not an IANA time zone name"),
+        })?;
+
+        let soft = vars.parse_or("CELERY_TASK_SOFT_TIME_LIMIT", 270u64)?;
+        let hard = vars.parse_or("CELERY_TASK_TIME_LIMIT", 300u64)?;
+        if soft > hard || hard == 0 {
+            return Err(ConfigError::Invalid {
+                var: "CELERY_TASK_SOFT_TIME_LIMIT",
+                reason: format!("must be positive and at most CELERY_TASK_TIME_LIMIT ({hard})"),
+            });
+        }
+
+        let settings = Settings {
+            env,
+            debug: vars.parse_bool_or("DEBUG", false)?,
+            log_level: vars.get("LOG_LEVEL").unwrap_or_else(|| "info".into()),
+            database_url,
+            db_pool_size: vars.parse_positive_or("DB_POOL_SIZE", 10u32)?,
+            redis_url,
+            result_backend_url,
+            result_expires: Duration::from_secs(vars.parse_positive_or("CELERY_RESULT_EXPIRES", 86_400u64)?),
+            broker_url,
+            prefetch_count: vars.parse_positive_or("RABBITMQ_PREFETCH_COUNT", 10u16)?,
+            heartbeat: vars.parse_or("RABBITMQ_HEARTBEAT", 60u16)?,
+            queues: QueueNames {
+                tasks: vars.get("CELERY_DEFAULT_QUEUE").unwrap_or_else(|| "celery".into()),
+            },
+            jwt: JwtSettings {
+                secret: SecretString::from(jwt_secret),
+                access_ttl: Duration::from_secs(60 * vars.parse_positive_or("JWT_EXPIRE_MINUTES", 60u64)?),
+                refresh_ttl: Duration::from_secs(86_400 * vars.parse_positive_or("JWT_REFRESH_EXPIRE_DAYS", 7u64)?),
+            },
+            keyring,
+            email_timeout: Duration::from_secs(vars.parse_positive_or("EMAIL_TIMEOUT", 30u64)?),
+            email_max_size: vars.parse_positive_or("EMAIL_MAX_SIZE", 20 * 1024 * 1024usize)?,
+            attachment_max_size: vars.parse_positive_or("ATTACHMENT_MAX_SIZE", 10 * 1024 * 1024usize)?,
+            worker_concurrency: vars.parse_positive_or("CELERY_WORKER_CONCURRENCY", 4usize)?,
+            task_time_limit: Duration::from_secs(hard),
+            task_soft_time_limit: Duration::from_secs(soft),
+            max_retries: vars.parse_or("SEND_MAX_RETRIES", 3u32)?,
+            retry_backoff: Duration::from_secs(vars.parse_positive_or("SEND_RETRY_BACKOFF", 10u64)?),
+            retry_backoff_max: Duration::from_secs(vars.parse_positive_or("SEND_RETRY_BACKOFF_MAX", 1800u64)?),
+            quota_wait: Duration::from_secs(vars.parse_positive_or("QUOTA_WAIT_SECONDS", 60u64)?),
+            rate_limit_enabled: vars.parse_bool_or("RATE_LIMIT_ENABLED", true)?,
+            rate_limit_per_minute: vars.parse_positive_or("RATE_LIMIT_PER_MINUTE", 600u32)?,
+            tz,
+            api_host: vars.get("API_HOST").unwrap_or_else(|| "0.0.0.0".into()),
+            api_port: vars.parse_or("API_PORT", 8000u16)?,
+            metrics_port: vars.get("METRICS_PORT").map(|_| vars.parse_or("METRICS_PORT", 0u16)).transpose()?,
+        };
+        if settings.env.is_production() && settings.debug {
+            return Err(ConfigError::Insecure {
+                var: "DEBUG",
+                reason: "must be false in production".into(),
+            });
+        }
+        Ok(settings)
+    }
+}
+
+struct Vars<'a>(&'a dyn Fn(&str) -> Option<String>);
+
+impl Vars<'_> {
+    fn get(&self, key: &str) -> Option<String> {
+        (self.0)(key).map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+    }
+
+    fn required(&self, key: &'static str) -> Result<String, ConfigError> {
+        self.get(key).ok_or(ConfigError::Missing(key))
+    }
+
+    fn parse_or<T: FromStr>(&self, key: &'static str, default: T) -> Result<T, ConfigError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.get(key) {
+            None => Ok(default),
+            Some(raw) => raw.parse().map_err(|e: T::Err| ConfigError::Invalid {
+                var: key,
+                reason: format!("{raw:?}: {e}"),
+            }),
+        }
+    }
+
+    fn parse_positive_or<T>(&self, key: &'static str, default: T) -> Result<T, ConfigError>
+    where
+        T: FromStr + PartialOrd + Default,
+        T::Err: std::fmt::Display,
+    {
+        let value = self.parse_or(key, default)?;
+        if value <= T::default() {
+            return Err(ConfigError::Invalid {
+                var: key,
+                reason: "must be greater than zero".into(),
+            });
+        }
+        Ok(value)
+    }
+
+    fn parse_bool_or(&self, key: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match self.get(key).map(|v| v.to_ascii_lowercase()) {
+            None => Ok(default),
+            Some(v) if ["1", "true", "yes", "on"].contains(&v.as_str()) => Ok(true),
+            Some(v) if ["0", "false", "no", "off"].contains(&v.as_str()) => Ok(false),
+            Some(v) => Err(ConfigError::Invalid {
+                var: key,
+                reason: format!("{v:?} is not a boolean (true/false)"),
+            }),
+        }
+    }
+}
+
+fn check_url(var: &'static str, raw: &str, schemes: &[&str]) -> Result<(), ConfigError> {
+    let url = url::Url::parse(raw).map_err(|e| ConfigError::Invalid {
+        var,
+        reason: format!("not a URL: {e}"),
+    })?;
+    if !schemes.contains(&url.scheme()) {
+        return Err(ConfigError::Invalid {
+            var,
+            reason: format!("scheme must be one of {schemes:?}, got {:?}", url.scheme()),
+        });
+    }
+    Ok(())
+}
+
+fn check_production_secret(var: &'static str, value: &str) -> Result<(), ConfigError> {
+    if value.len() < 32 {
+        return Err(ConfigError::Insecure {
+            var,
+            reason: "must be at least 32 characters".into(),
+        });
+    }
+    let lower = value.to_ascii_lowercase();
+    if let Some(marker) = PLACEHOLDER_MARKERS.iter().find(|m| lower.contains(*m)) {
+        return Err(ConfigError::Insecure {
+            var,
+            reason: format!("looks like a placeholder (contains {marker:?}); generate a random value"),
+        });
+    }
+    Ok(())
+}
+
+/// `ENCRYPTION_KEY` is the current key (base64 of 32 bytes, so a Fernet key
+/// from the Python platform is accepted); `ENCRYPTION_KEY_ID` names it so
+/// stored values say which key sealed them; `ENCRYPTION_PREVIOUS_KEYS` holds
+/// `id:base64key` pairs, comma separated, still accepted for decryption
+/// while values are re-encrypted during a rotation.
+fn build_keyring(vars: &Vars<'_>, env: Environment) -> Result<Keyring, ConfigError> {
+    let raw = vars.required("ENCRYPTION_KEY")?;
+    if env.is_production() {
+        check_production_secret("ENCRYPTION_KEY", &raw)?;
+    }
+    let current = decode_key("ENCRYPTION_KEY", &raw)?;
+    if env.is_production() && current.is_weak() {
+        return Err(ConfigError::Insecure {
+            var: "ENCRYPTION_KEY",
+            reason: "key bytes are not random".into(),
+        });
+    }
+    let id_raw = vars.get("ENCRYPTION_KEY_ID").unwrap_or_else(|| "k1".into());
+    let current_id = KeyId::parse(&id_raw).map_err(|reason| ConfigError::Invalid {
+        var: "ENCRYPTION_KEY_ID",
+        reason,
+    })?;
+    let mut previous = HashMap::new();
+    if let Some(list) = vars.get("ENCRYPTION_PREVIOUS_KEYS") {
+        for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let (id, key) = entry.split_once(':').ok_or_else(|| ConfigError::Invalid {
+                var: "ENCRYPTION_PREVIOUS_KEYS",
+                reason: "entries must look like id:base64key".into(),
+            })?;
+            let id = KeyId::parse(id).map_err(|reason| ConfigError::Invalid {
+                var: "ENCRYPTION_PREVIOUS_KEYS",
+                reason,
+            })?;
+            previous.insert(id, decode_key("ENCRYPTION_PREVIOUS_KEYS", key)?);
+        }
+    }
+    Ok(Keyring::new(current_id, current, previous))
+}
+
+fn decode_key(var: &'static str, raw: &str) -> Result<MasterKey, ConfigError> {
+    let engines = [
+        base64::engine::general_purpose::STANDARD,
+        base64::engine::general_purpose::URL_SAFE,
+    ];
+    let bytes = engines
+        .iter()
+        .find_map(|engine| engine.decode(raw.as_bytes()).ok())
+        .ok_or_else(|| ConfigError::Invalid {
+            var,
+            reason: "must be base64 (generate one with `openssl rand -base64 32`)".into(),
+        })?;
+    MasterKey::from_slice(&bytes).ok_or_else(|| ConfigError::Invalid {
+        var,
+        reason: format!("must decode to 32 bytes, got {}", bytes.len()),
+    })
+}
+
+impl JwtSettings {
+    pub fn secret_bytes(&self) -> &[u8] {
+        self.secret.expose_secret().as_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> HashMap<&'static str, String> {
+        HashMap::from([
+            ("DATABASE_URL", "postgres://postgres@127.0.0.1/x".to_string()),
+            ("JWT_SECRET_KEY", "a".repeat(40)),
+            ("ENCRYPTION_KEY", "dGhpcyBpcyBhIDMyIGJ5dGUga2V5IGZvciB0ZXN0cyE=".to_string()),
+        ])
+    }
+
+    fn load(vars: &HashMap<&'static str, String>) -> Result<Settings, ConfigError> {
+        Settings::from_lookup(|k| vars.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_match_the_python_platform() {
+        let s = load(&base()).unwrap();
+        assert_eq!(s.jwt.access_ttl, Duration::from_secs(3600));
+        assert_eq!(s.jwt.refresh_ttl, Duration::from_secs(7 * 86_400));
+        assert_eq!(s.queues.tasks, "celery");
+        assert_eq!(s.task_time_limit, Duration::from_secs(300));
+        assert_eq!(s.api_port, 8000);
+    }
+
+    #[test]
+    fn missing_database_url_is_named() {
+        let mut vars = base();
+        vars.remove("DATABASE_URL");
+        let err = load(&vars).unwrap_err().to_string();
+        assert!(err.contains("DATABASE_URL"), "{err}");
+    }
+
+    #[test]
+    fn invalid_number_is_named() {
+        let mut vars = base();
+        vars.insert("RABBITMQ_PREFETCH_COUNT", "lots".into());
+        let err = load(&vars).unwrap_err().to_string();
+        assert!(err.contains("RABBITMQ_PREFETCH_COUNT"), "{err}");
+    }
+
+    #[test]
+    fn short_encryption_key_is_refused() {
+        let mut vars = base();
+        vars.insert("ENCRYPTION_KEY", "c2hvcnQ=".into());
+        let err = load(&vars).unwrap_err().to_string();
+        assert!(err.contains("32 bytes"), "{err}");
+    }
+
+    #[test]
+    fn production_refuses_placeholder_secrets() {
+        let mut vars = base();
+        vars.insert("ENV", "production".into());
+        vars.insert("JWT_SECRET_KEY", "your-jwt-secret-key-at-least-32-chars".into());
+        let err = load(&vars).unwrap_err().to_string();
+        assert!(err.contains("JWT_SECRET_KEY") && err.contains("placeholder"), "{err}");
+
+        let mut vars = base();
+        vars.insert("ENV", "production".into());
+        vars.insert("JWT_SECRET_KEY", "short".into());
+        assert!(matches!(load(&vars), Err(ConfigError::Insecure { .. })));
+
+        let mut vars = base();
+        vars.insert("ENV", "production".into());
+        vars.insert("JWT_SECRET_KEY", "Zk3q9XrT2vLmP8sYwA1bC4dE6fG7hJ0kN5oQ".into());
+        vars.insert("ENCRYPTION_KEY", base64::engine::general_purpose::STANDARD.encode([7u8; 32]));
+        let err = load(&vars).unwrap_err().to_string();
+        assert!(err.contains("ENCRYPTION_KEY"), "{err}");
+    }
+
+    #[test]
+    fn only_hs256_is_accepted() {
+        let mut vars = base();
+        vars.insert("JWT_ALGORITHM", "none".into());
+        assert!(load(&vars).is_err());
+    }
+
+    #[test]
+    fn fernet_style_url_safe_key_is_accepted() {
+        let mut vars = base();
+        vars.insert("ENCRYPTION_KEY", "_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-8=".into());
+        assert!(load(&vars).is_ok());
+    }
+}

@@ -1,0 +1,248 @@
+//! `message_records`: one row per email, from acceptance to its outcome.
+//!
+//! Status moves `queued → sending → sent | failed`, and back from `sending`
+//! to `queued` only for a retry. The `queued → sending` claim is a
+//! conditional UPDATE, so of two deliveries of the same task (a redelivery,
+//! or a message the outbox published twice) only one ever reaches SMTP.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::{PgExecutor, PgPool};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageStatus {
+    Scheduled,
+    Queued,
+    Sending,
+    Sent,
+    Failed,
+    Suppressed,
+    Cancelled,
+}
+
+impl MessageStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageStatus::Scheduled => "scheduled",
+            MessageStatus::Queued => "queued",
+            MessageStatus::Sending => "sending",
+            MessageStatus::Sent => "sent",
+            MessageStatus::Failed => "failed",
+            MessageStatus::Suppressed => "suppressed",
+            MessageStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        [
+            MessageStatus::Scheduled,
+            MessageStatus::Queued,
+            MessageStatus::Sending,
+            MessageStatus::Sent,
+            MessageStatus::Failed,
+            MessageStatus::Suppressed,
+            MessageStatus::Cancelled,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == raw)
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            MessageStatus::Sent | MessageStatus::Failed | MessageStatus::Suppressed | MessageStatus::Cancelled
+        )
+    }
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct MessageRecord {
+    pub id: Uuid,
+    pub task_id: String,
+    pub api_key_id: Option<Uuid>,
+    pub status: String,
+    pub to_addrs: Vec<String>,
+    pub cc_addrs: Vec<String>,
+    pub bcc_addrs: Vec<String>,
+    pub reply_to: Option<String>,
+    pub from_name: Option<String>,
+    pub subject: String,
+    pub html_body: String,
+    pub text_body: Option<String>,
+    pub account_id: Option<Uuid>,
+    pub account_email: Option<String>,
+    pub smtp_message_id: Option<String>,
+    pub smtp_response: Option<String>,
+    pub error: Option<String>,
+    pub attempts: i32,
+    pub send_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub queued_at: Option<DateTime<Utc>>,
+    pub sending_at: Option<DateTime<Utc>>,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub failed_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl MessageRecord {
+    pub fn status(&self) -> MessageStatus {
+        MessageStatus::parse(&self.status).unwrap_or(MessageStatus::Failed)
+    }
+}
+
+/// An email as accepted, before it is recorded.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub id: Uuid,
+    pub task_id: String,
+    pub api_key_id: Option<Uuid>,
+    pub to: Vec<String>,
+    pub cc: Vec<String>,
+    pub bcc: Vec<String>,
+    pub reply_to: Option<String>,
+    pub from_name: Option<String>,
+    pub subject: String,
+    pub html_body: String,
+    pub text_body: Option<String>,
+}
+
+const INSERT: &str = "INSERT INTO message_records (id, task_id, api_key_id, status, to_addrs, cc_addrs,
+        bcc_addrs, reply_to, from_name, subject, html_body, text_body, queued_at)
+    VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, $11, now())";
+
+fn bind_new<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    new: &'q NewMessage,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    query
+        .bind(new.id)
+        .bind(&new.task_id)
+        .bind(new.api_key_id)
+        .bind(&new.to)
+        .bind(&new.cc)
+        .bind(&new.bcc)
+        .bind(&new.reply_to)
+        .bind(&new.from_name)
+        .bind(&new.subject)
+        .bind(&new.html_body)
+        .bind(&new.text_body)
+}
+
+pub async fn insert(executor: impl PgExecutor<'_>, new: &NewMessage) -> Result<(), sqlx::Error> {
+    bind_new(sqlx::query(INSERT), new).execute(executor).await?;
+    Ok(())
+}
+
+/// Records a message that arrived as a task without a record (a Python
+/// producer calling `send_task` directly). A redelivery finds the row the
+/// first delivery wrote.
+pub async fn insert_for_task(pool: &PgPool, new: &NewMessage) -> Result<MessageRecord, sqlx::Error> {
+    let query = format!("{INSERT} ON CONFLICT (task_id) DO NOTHING");
+    bind_new(sqlx::query(&query), new).execute(pool).await?;
+    sqlx::query_as("SELECT * FROM message_records WHERE task_id = $1")
+        .bind(&new.task_id)
+        .fetch_one(pool)
+        .await
+}
+
+pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<MessageRecord>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM message_records WHERE id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Claims a queued message for sending through `account`. Returns `None`
+/// when the message is not (or no longer) queued.
+pub async fn claim(
+    pool: &PgPool,
+    id: Uuid,
+    account_id: Uuid,
+    account_email: &str,
+) -> Result<Option<MessageRecord>, sqlx::Error> {
+    sqlx::query_as(
+        "UPDATE message_records SET status = 'sending', attempts = attempts + 1, sending_at = now(),
+            account_id = $2, account_email = $3, updated_at = now()
+         WHERE id = $1 AND status = 'queued'
+         RETURNING *",
+    )
+    .bind(id)
+    .bind(account_id)
+    .bind(account_email)
+    .fetch_optional(pool)
+    .await
+}
+
+pub async fn mark_sent(
+    pool: &PgPool,
+    id: Uuid,
+    smtp_message_id: &str,
+    smtp_response: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE message_records SET status = 'sent', smtp_message_id = $2, smtp_response = $3,
+            error = NULL, sent_at = now(), updated_at = now()
+         WHERE id = $1 AND status = 'sending'",
+    )
+    .bind(id)
+    .bind(smtp_message_id)
+    .bind(smtp_response)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Final failure. Also accepts a queued message (one that could not even be
+/// attempted, such as an undeliverable address).
+pub async fn mark_failed(
+    pool: &PgPool,
+    id: Uuid,
+    error: &str,
+    smtp_response: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE message_records SET status = 'failed', error = $2,
+            smtp_response = COALESCE($3, smtp_response), failed_at = now(), updated_at = now()
+         WHERE id = $1 AND status IN ('queued', 'sending')",
+    )
+    .bind(id)
+    .bind(error)
+    .bind(smtp_response)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// A temporary failure: the message goes back to `queued` for a retry.
+pub async fn mark_retrying(
+    pool: &PgPool,
+    id: Uuid,
+    error: &str,
+    smtp_response: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE message_records SET status = 'queued', error = $2,
+            smtp_response = COALESCE($3, smtp_response), updated_at = now()
+         WHERE id = $1 AND status = 'sending'",
+    )
+    .bind(id)
+    .bind(error)
+    .bind(smtp_response)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Notes why a queued message is waiting (for quota, say) without changing its status.
+pub async fn note_waiting(pool: &PgPool, id: Uuid, reason: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE message_records SET error = $2, updated_at = now() WHERE id = $1 AND status = 'queued'",
+    )
+    .bind(id)
+    .bind(reason)
+    .execute(pool)
+    .await?;
+    Ok(())
+}

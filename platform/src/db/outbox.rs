@@ -1,0 +1,65 @@
+//! `outbox`: task messages waiting to be published (see the migration).
+
+use serde_json::{Map, Value};
+use sqlx::{PgExecutor, Postgres, Transaction};
+
+use crate::celery::TaskMessage;
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub task_id: String,
+    pub exchange: String,
+    pub routing_key: String,
+    pub headers: sqlx::types::Json<Map<String, Value>>,
+    pub body: Vec<u8>,
+    pub priority: Option<i16>,
+}
+
+pub async fn enqueue(
+    executor: impl PgExecutor<'_>,
+    exchange: &str,
+    routing_key: &str,
+    message: &TaskMessage,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO outbox (task_id, exchange, routing_key, headers, body, priority)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(message.id())
+    .bind(exchange)
+    .bind(routing_key)
+    .bind(sqlx::types::Json(message.headers_json()))
+    .bind(message.body())
+    .bind(message.priority.map(i16::from))
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// Locks the oldest pending rows; other relays skip them while this
+/// transaction is open, so each row is published by one relay at a time.
+pub async fn lock_batch(
+    tx: &mut Transaction<'_, Postgres>,
+    limit: i64,
+) -> Result<Vec<OutboxRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, task_id, exchange, routing_key, headers, body, priority FROM outbox
+         ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(limit)
+    .fetch_all(&mut **tx)
+    .await
+}
+
+pub async fn delete(tx: &mut Transaction<'_, Postgres>, ids: &[i64]) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+        .bind(ids)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+pub async fn pending(executor: impl PgExecutor<'_>) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(executor).await
+}

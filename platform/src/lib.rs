@@ -1,0 +1,20 @@
+//! Shared library of the notification platform: everything the api, worker
+//! and scheduler binaries have in common.
+
+pub mod broker;
+pub mod celery;
+pub mod config;
+pub mod crypto;
+pub mod db;
+pub mod mail;
+pub mod outbox;
+pub mod tasks;
+pub mod telemetry;
+
+pub use config::Settings;
+
+/// Today's date in the configured time zone: daily quotas turn over at
+/// local midnight.
+pub fn today(settings: &Settings) -> chrono::NaiveDate {
+    chrono::Utc::now().with_timezone(&settings.tz).date_naive()
+}

@@ -1,0 +1,119 @@
+//! Builds the MIME message for a recorded email: From is the sending
+//! account (with its display name), and every message carries a
+//! Message-ID, a Date, the HTML body and a plain-text alternative.
+
+use lettre::message::header::ContentType;
+use lettre::message::{Mailbox, MultiPart, SinglePart};
+use lettre::Message;
+use uuid::Uuid;
+
+use super::EmailAddress;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ComposeError {
+    #[error("invalid address {0:?}")]
+    Address(String),
+    #[error("cannot build the message: {0}")]
+    Build(#[from] lettre::error::Error),
+}
+
+/// Who sends, and to whom.
+pub struct Envelope<'a> {
+    pub from_email: &'a str,
+    pub from_name: &'a str,
+    pub to: &'a [String],
+    pub cc: &'a [String],
+    pub bcc: &'a [String],
+    pub reply_to: Option<&'a str>,
+}
+
+pub struct ComposedEmail {
+    pub message: Message,
+    /// Without angle brackets.
+    pub message_id: String,
+}
+
+fn mailbox(name: Option<&str>, address: &str) -> Result<Mailbox, ComposeError> {
+    let parsed = EmailAddress::parse(address).map_err(|_| ComposeError::Address(address.to_string()))?;
+    let address = parsed
+        .as_str()
+        .parse()
+        .map_err(|_| ComposeError::Address(address.to_string()))?;
+    Ok(Mailbox::new(name.filter(|n| !n.is_empty()).map(str::to_string), address))
+}
+
+pub fn compose(envelope: &Envelope<'_>, subject: &str, html: &str, text: Option<&str>) -> Result<ComposedEmail, ComposeError> {
+    let from = mailbox(Some(envelope.from_name), envelope.from_email)?;
+    let domain = EmailAddress::parse(envelope.from_email)
+        .map(|a| a.domain().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    let message_id = format!("{}@{}", Uuid::new_v4().simple(), domain);
+
+    let mut builder = Message::builder()
+        .from(from)
+        .subject(subject)
+        .message_id(Some(format!("<{message_id}>")))
+        .date_now();
+    for to in envelope.to {
+        builder = builder.to(mailbox(None, to)?);
+    }
+    for cc in envelope.cc {
+        builder = builder.cc(mailbox(None, cc)?);
+    }
+    for bcc in envelope.bcc {
+        builder = builder.bcc(mailbox(None, bcc)?);
+    }
+    if let Some(reply_to) = envelope.reply_to {
+        builder = builder.reply_to(mailbox(None, reply_to)?);
+    }
+    let text = match text {
+        Some(t) => t.to_string(),
+        None => html_to_text(html),
+    };
+    let body = MultiPart::alternative()
+        .singlepart(
+            SinglePart::builder()
+                .header(ContentType::TEXT_PLAIN)
+                .body(text),
+        )
+        .singlepart(
+            SinglePart::builder()
+                .header(ContentType::TEXT_HTML)
+                .body(html.to_string()),
+        );
+    Ok(ComposedEmail {
+        message: builder.multipart(body)?,
+        message_id,
+    })
+}
+
+/// A readable plain-text rendering of the HTML, for clients that prefer it.
+fn html_to_text(html: &str) -> String {
+    html2text::from_read(html.as_bytes(), 78).unwrap_or_else(|_| html.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_has_from_ids_and_both_bodies() {
+        let to = vec!["rcpt@example.org".to_string()];
+        let envelope = Envelope {
+            from_email: "noreply@example.com",
+            from_name: "Notifier",
+            to: &to,
+            cc: &[],
+            bcc: &[],
+            reply_to: Some("help@example.com"),
+        };
+        let email = compose(&envelope, "Hi", "<h1>Hello</h1><p>World</p>", None).unwrap();
+        let raw = String::from_utf8(email.message.formatted()).unwrap();
+        assert!(raw.contains("From: Notifier <noreply@example.com>"), "{raw}");
+        assert!(raw.contains(&format!("Message-ID: <{}>", email.message_id)));
+        assert!(email.message_id.ends_with("@example.com"));
+        assert!(raw.contains("Date: "));
+        assert!(raw.contains("text/plain") && raw.contains("text/html"));
+        assert!(raw.contains("Reply-To: help@example.com"));
+    }
+}

@@ -1,0 +1,425 @@
+//! A small SMTP server for tests and development.
+//!
+//! It speaks enough ESMTP for real clients (EHLO, AUTH PLAIN/LOGIN, MAIL,
+//! RCPT, DATA with dot-unstuffing, RSET, NOOP, QUIT), records every message
+//! it accepts, and can be told to reject with any reply code or to drop the
+//! connection at a chosen stage, globally or for one recipient.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+/// Largest message accepted, advertised with SIZE.
+const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedMail {
+    pub auth_user: Option<String>,
+    pub mail_from: String,
+    pub rcpt_to: Vec<String>,
+    /// The message as transmitted, without the terminating dot.
+    pub data: Vec<u8>,
+}
+
+impl ReceivedMail {
+    pub fn data_str(&self) -> String {
+        String::from_utf8_lossy(&self.data).into_owned()
+    }
+}
+
+/// Where in the conversation a fault is injected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stage {
+    Connect,
+    Auth,
+    MailFrom,
+    RcptTo,
+    /// After the message data has been received, before the final reply.
+    DataEnd,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Reply with this code and text instead of accepting.
+    Reply(u16, String),
+    /// Close the TCP connection without replying.
+    Drop,
+    /// Say nothing for this long, then carry on (a hung server).
+    Stall(Duration),
+}
+
+#[derive(Default)]
+struct State {
+    received: Vec<ReceivedMail>,
+    faults: HashMap<Stage, Fault>,
+    recipient_faults: HashMap<String, Fault>,
+    credentials: Option<(String, String)>,
+    connections: usize,
+}
+
+pub struct SmtpSink {
+    addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    arrived: Arc<Notify>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl SmtpSink {
+    /// Starts on an ephemeral loopback port.
+    pub async fn start() -> std::io::Result<Self> {
+        Self::start_on("127.0.0.1:0".parse().expect("loopback address")).await
+    }
+
+    pub async fn start_on(addr: SocketAddr) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(Mutex::new(State::default()));
+        let arrived = Arc::new(Notify::new());
+        let task = tokio::spawn(accept_loop(listener, state.clone(), arrived.clone()));
+        Ok(SmtpSink {
+            addr,
+            state,
+            arrived,
+            task,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Requires AUTH with exactly these credentials before MAIL.
+    pub fn require_auth(&self, user: &str, password: &str) {
+        self.lock().credentials = Some((user.to_string(), password.to_string()));
+    }
+
+    pub fn set_fault(&self, stage: Stage, fault: Fault) {
+        self.lock().faults.insert(stage, fault);
+    }
+
+    /// Applies `fault` at RCPT TO for this recipient only.
+    pub fn set_recipient_fault(&self, recipient: &str, fault: Fault) {
+        self.lock()
+            .recipient_faults
+            .insert(recipient.to_ascii_lowercase(), fault);
+    }
+
+    pub fn clear_faults(&self) {
+        let mut state = self.lock();
+        state.faults.clear();
+        state.recipient_faults.clear();
+    }
+
+    pub fn received(&self) -> Vec<ReceivedMail> {
+        self.lock().received.clone()
+    }
+
+    pub fn connections(&self) -> usize {
+        self.lock().connections
+    }
+
+    /// Waits until at least `count` messages have arrived, or the timeout.
+    pub async fn wait_for(&self, count: usize, timeout: Duration) -> Vec<ReceivedMail> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.arrived.notified();
+            let received = self.received();
+            if received.len() >= count {
+                return received;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.received();
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+async fn accept_loop(listener: TcpListener, state: Arc<Mutex<State>>, arrived: Arc<Notify>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let state = state.clone();
+        let arrived = arrived.clone();
+        tokio::spawn(async move {
+            let _ = Session::new(stream, state, arrived).run().await;
+        });
+    }
+}
+
+struct Session {
+    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    writer: tokio::net::tcp::OwnedWriteHalf,
+    state: Arc<Mutex<State>>,
+    arrived: Arc<Notify>,
+    auth_user: Option<String>,
+    mail_from: Option<String>,
+    rcpt_to: Vec<String>,
+}
+
+enum Step {
+    Continue,
+    Close,
+}
+
+impl Session {
+    fn new(stream: TcpStream, state: Arc<Mutex<State>>, arrived: Arc<Notify>) -> Self {
+        let (read, write) = stream.into_split();
+        Session {
+            reader: BufReader::new(read),
+            writer: write,
+            state,
+            arrived,
+            auth_user: None,
+            mail_from: None,
+            rcpt_to: Vec::new(),
+        }
+    }
+
+    fn fault(&self, stage: Stage) -> Option<Fault> {
+        self.state.lock().ok()?.faults.get(&stage).cloned()
+    }
+
+    /// Applies an injected fault. `Some(step)` means the fault replaced the reply.
+    async fn inject(&mut self, fault: Option<Fault>) -> std::io::Result<Option<Step>> {
+        match fault {
+            None => Ok(None),
+            Some(Fault::Drop) => Ok(Some(Step::Close)),
+            Some(Fault::Stall(d)) => {
+                tokio::time::sleep(d).await;
+                Ok(None)
+            }
+            Some(Fault::Reply(code, text)) => {
+                self.reply(code, &text).await?;
+                Ok(Some(if code == 421 { Step::Close } else { Step::Continue }))
+            }
+        }
+    }
+
+    async fn reply(&mut self, code: u16, text: &str) -> std::io::Result<()> {
+        self.writer.write_all(format!("{code} {text}\r\n").as_bytes()).await
+    }
+
+    async fn read_line(&mut self) -> std::io::Result<Option<String>> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line).await? == 0 {
+            return Ok(None);
+        }
+        Ok(Some(line.trim_end_matches(['\r', '\n']).to_string()))
+    }
+
+    async fn run(mut self) -> std::io::Result<()> {
+        if let Ok(mut s) = self.state.lock() {
+            s.connections += 1;
+        }
+        let fault = self.fault(Stage::Connect);
+        if let Some(Step::Close) = self.inject(fault).await? {
+            return Ok(());
+        }
+        self.reply(220, "smtp-sink ESMTP ready").await?;
+        while let Some(line) = self.read_line().await? {
+            if let Step::Close = self.command(&line).await? {
+                break;
+            }
+        }
+        let _ = self.writer.shutdown().await;
+        Ok(())
+    }
+
+    async fn command(&mut self, line: &str) -> std::io::Result<Step> {
+        let (verb, rest) = line.split_once(' ').unwrap_or((line, ""));
+        match verb.to_ascii_uppercase().as_str() {
+            "EHLO" => {
+                let banner = format!(
+                    "250-smtp-sink greets {rest}\r\n250-SIZE {MAX_MESSAGE}\r\n250-8BITMIME\r\n250-AUTH PLAIN LOGIN\r\n250 SMTPUTF8\r\n"
+                );
+                self.writer.write_all(banner.as_bytes()).await?;
+            }
+            "HELO" => self.reply(250, "smtp-sink").await?,
+            "AUTH" => return self.auth(rest).await,
+            "MAIL" => {
+                let fault = self.fault(Stage::MailFrom);
+                if let Some(step) = self.inject(fault).await? {
+                    return Ok(step);
+                }
+                let needs_auth = self.state.lock().map(|s| s.credentials.is_some()).unwrap_or(false);
+                if needs_auth && self.auth_user.is_none() {
+                    self.reply(530, "5.7.0 Authentication required").await?;
+                } else {
+                    self.mail_from = Some(path_of(rest));
+                    self.rcpt_to.clear();
+                    self.reply(250, "2.1.0 Ok").await?;
+                }
+            }
+            "RCPT" => {
+                let recipient = path_of(rest);
+                let fault = self
+                    .state
+                    .lock()
+                    .ok()
+                    .and_then(|s| s.recipient_faults.get(&recipient.to_ascii_lowercase()).cloned())
+                    .or_else(|| self.fault(Stage::RcptTo));
+                if let Some(step) = self.inject(fault).await? {
+                    return Ok(step);
+                }
+                if self.mail_from.is_none() {
+                    self.reply(503, "5.5.1 MAIL first").await?;
+                } else {
+                    self.rcpt_to.push(recipient);
+                    self.reply(250, "2.1.5 Ok").await?;
+                }
+            }
+            "DATA" => return self.data().await,
+            "RSET" => {
+                self.mail_from = None;
+                self.rcpt_to.clear();
+                self.reply(250, "2.0.0 Ok").await?;
+            }
+            "NOOP" => self.reply(250, "2.0.0 Ok").await?,
+            "QUIT" => {
+                self.reply(221, "2.0.0 Bye").await?;
+                return Ok(Step::Close);
+            }
+            _ => self.reply(502, "5.5.2 Command not recognized").await?,
+        }
+        Ok(Step::Continue)
+    }
+
+    async fn auth(&mut self, rest: &str) -> std::io::Result<Step> {
+        let fault = self.fault(Stage::Auth);
+        if let Some(step) = self.inject(fault).await? {
+            return Ok(step);
+        }
+        let mut parts = rest.split_whitespace();
+        let mechanism = parts.next().unwrap_or("").to_ascii_uppercase();
+        let (user, password) = match mechanism.as_str() {
+            "PLAIN" => {
+                let payload = match parts.next() {
+                    Some(p) => p.to_string(),
+                    None => {
+                        self.writer.write_all(b"334 \r\n").await?;
+                        self.read_line().await?.unwrap_or_default()
+                    }
+                };
+                let decoded = decode(&payload);
+                let mut fields = decoded.split('\0').skip(1);
+                (
+                    fields.next().unwrap_or("").to_string(),
+                    fields.next().unwrap_or("").to_string(),
+                )
+            }
+            "LOGIN" => {
+                self.writer.write_all(b"334 VXNlcm5hbWU6\r\n").await?;
+                let user = decode(&self.read_line().await?.unwrap_or_default());
+                self.writer.write_all(b"334 UGFzc3dvcmQ6\r\n").await?;
+                let password = decode(&self.read_line().await?.unwrap_or_default());
+                (user, password)
+            }
+            _ => {
+                self.reply(504, "5.5.4 Unrecognized authentication type").await?;
+                return Ok(Step::Continue);
+            }
+        };
+        let expected = self.state.lock().ok().and_then(|s| s.credentials.clone());
+        match expected {
+            Some((u, p)) if u != user || p != password => {
+                self.reply(535, "5.7.8 Authentication credentials invalid").await?;
+            }
+            _ => {
+                self.auth_user = Some(user);
+                self.reply(235, "2.7.0 Authentication successful").await?;
+            }
+        }
+        Ok(Step::Continue)
+    }
+
+    async fn data(&mut self) -> std::io::Result<Step> {
+        if self.rcpt_to.is_empty() {
+            self.reply(503, "5.5.1 RCPT first").await?;
+            return Ok(Step::Continue);
+        }
+        self.reply(354, "End data with <CR><LF>.<CR><LF>").await?;
+        let mut data = Vec::new();
+        loop {
+            let mut line = Vec::new();
+            if self.reader.read_until(b'\n', &mut line).await? == 0 {
+                return Ok(Step::Close);
+            }
+            if line == b".\r\n" || line == b".\n" {
+                break;
+            }
+            let content = if line.starts_with(b"..") { &line[1..] } else { &line[..] };
+            data.extend_from_slice(content);
+            if data.len() > MAX_MESSAGE {
+                self.reply(552, "5.3.4 Message too big").await?;
+                return Ok(Step::Close);
+            }
+        }
+        if data.ends_with(b"\r\n") {
+            data.truncate(data.len() - 2);
+        }
+        let fault = self.fault(Stage::DataEnd);
+        if let Some(step) = self.inject(fault).await? {
+            return Ok(step);
+        }
+        let id = {
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            state.received.push(ReceivedMail {
+                auth_user: self.auth_user.clone(),
+                mail_from: self.mail_from.take().unwrap_or_default(),
+                rcpt_to: std::mem::take(&mut self.rcpt_to),
+                data,
+            });
+            state.received.len()
+        };
+        self.arrived.notify_waiters();
+        self.reply(250, &format!("2.0.0 Ok: queued as SINK{id:06}")).await?;
+        Ok(Step::Continue)
+    }
+}
+
+fn decode(b64: &str) -> String {
+    base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+/// `FROM:<a@b> SIZE=10` → `a@b`.
+fn path_of(argument: &str) -> String {
+    let after_colon = argument.split_once(':').map_or(argument, |(_, r)| r);
+    let path = after_colon.trim().split_whitespace().next().unwrap_or("");
+    path.trim_start_matches('<').trim_end_matches('>').to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_extracted() {
+        assert_eq!(path_of("FROM:<a@b.c> SIZE=10"), "a@b.c");
+        assert_eq!(path_of("TO: <x@y.z>"), "x@y.z");
+    }
+}
