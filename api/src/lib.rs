@@ -1,1 +1,16 @@
+//! The REST API of the notification platform.
 
+pub mod auth;
+pub mod cli;
+pub mod docs;
+pub mod error;
+pub mod extract;
+pub mod http_metrics;
+pub mod idempotency;
+pub mod routes;
+pub mod send_request;
+pub mod startup;
+pub mod state;
+pub mod validate;
+
+pub use startup::Application;

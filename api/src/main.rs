@@ -1,1 +1,65 @@
-fn main() {}
+use clap::{Parser, Subcommand};
+use platform::{db, telemetry, Settings};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "notify-api", version, about = "REST API of the notification platform")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API (the default).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Create an API key; prints the key and its secret once.
+    CreateApiKey {
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Grant the admin scope (SMTP accounts, keys).
+        #[arg(long)]
+        admin: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::from_env() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("notify-api: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    telemetry::init_tracing(&settings);
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(settings).await,
+        Command::Migrate => db::migrate(&settings.database_url)
+            .await
+            .map(|applied| println!("migrations applied: {}", if applied.is_empty() { "none pending".into() } else { applied.join(", ") }))
+            .map_err(Into::into),
+        Command::CreateApiKey { name, description, admin } => {
+            notify_api::cli::create_api_key(&settings, &name, &description, admin).await
+        }
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("notify-api: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let app = notify_api::Application::build(settings).await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(platform::shutdown::on_signal(shutdown.clone()));
+    app.run(shutdown).await
+}

@@ -41,3 +41,37 @@ pub fn metrics_handle() -> PrometheusHandle {
         })
         .clone()
 }
+
+/// Serves `/metrics` on `port` (all interfaces) for processes without an
+/// HTTP API of their own (worker, scheduler). `None` disables it.
+pub fn serve_metrics(port: Option<u16>) -> anyhow::Result<()> {
+    let Some(port) = port else {
+        return Ok(());
+    };
+    let handle = metrics_handle();
+    let listener = std::net::TcpListener::bind(("0.0.0.0", port))
+        .map_err(|e| anyhow::anyhow!("binding metrics port {port}: {e}"))?;
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let body = handle.render();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut request = [0u8; 1024];
+                let _ = stream.read(&mut request).await;
+                let ok = request.starts_with(b"GET /metrics") || request.starts_with(b"GET /health");
+                let (status, body) = if ok { ("200 OK", body) } else { ("404 Not Found", String::new()) };
+                let response = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    Ok(())
+}

@@ -1,1 +1,41 @@
+//! The delivery worker: consumes Celery task messages and sends mail
+//! through the SMTP account pool.
 
+pub mod consumer;
+pub mod context;
+pub mod delivery;
+pub mod outcome;
+pub mod pool;
+pub mod tasks;
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use platform::celery::ResultBackend;
+use platform::{db, Settings};
+use tokio_util::sync::CancellationToken;
+
+use crate::consumer::Consumer;
+use crate::context::Context;
+use crate::pool::TransportCache;
+
+/// Connects to PostgreSQL and Redis, then consumes until `shutdown`.
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let pool = db::connect(&settings).await.context("connecting to PostgreSQL")?;
+    let results = ResultBackend::new(&settings.result_backend_url, settings.result_expires)?;
+    let transports = TransportCache::new(
+        settings.keyring.clone(),
+        settings.email_timeout,
+        settings.worker_concurrency as u32,
+    );
+    let node_name = platform::node_name("notify-worker");
+    let ctx = Arc::new(Context {
+        settings: Arc::new(settings),
+        pool,
+        results,
+        transports,
+    });
+    Consumer::new(ctx, node_name).run(shutdown).await;
+    tracing::info!("worker stopped");
+    Ok(())
+}

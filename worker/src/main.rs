@@ -1,1 +1,27 @@
-fn main() {}
+use platform::{telemetry, Settings};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let settings = match Settings::from_env() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("notify-worker: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    telemetry::init_tracing(&settings);
+    if let Err(e) = telemetry::serve_metrics(settings.metrics_port) {
+        eprintln!("notify-worker: {e:#}");
+        return std::process::ExitCode::FAILURE;
+    }
+    let shutdown = CancellationToken::new();
+    tokio::spawn(platform::shutdown::on_signal(shutdown.clone()));
+    match notify_worker::run(settings, shutdown).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("notify-worker: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! The caller of a protected route, from its bearer token.
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use uuid::Uuid;
+
+use super::TokenKind;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Send,
+    Read,
+    Admin,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Send => "send",
+            Scope::Read => "read",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub key_id: Uuid,
+    pub scopes: Vec<String>,
+}
+
+impl Principal {
+    pub fn has(&self, scope: Scope) -> bool {
+        self.scopes.iter().any(|s| s == scope.as_str())
+    }
+
+    pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
+        if self.has(scope) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(scope.as_str()))
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(AUTHORIZATION)
+            .ok_or_else(|| ApiError::unauthorized("missing_token", "Authorization: Bearer <token> is required"))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| ApiError::unauthorized("invalid_token", "Authorization header must be `Bearer <token>`"))?;
+        let claims = state.tokens.verify(token, TokenKind::Access)?;
+        // Checked on every request so that revoking a key stops its tokens at once.
+        if !platform::db::api_keys::is_usable(&state.pool, claims.sub).await? {
+            return Err(ApiError::unauthorized("key_revoked", "the API key behind this token is revoked"));
+        }
+        Ok(Principal {
+            key_id: claims.sub,
+            scopes: claims.scopes,
+        })
+    }
+}

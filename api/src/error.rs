@@ -1,0 +1,145 @@
+//! The API's one error type, mapped once to HTTP responses.
+//!
+//! Every error body is `{"error": {"code": "...", "message": "..."}}`, with
+//! a machine-readable `code`. Internal details are logged, never sent.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the request cannot be parsed (malformed JSON, bad header).
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+    /// 401: missing, expired, tampered or revoked credentials.
+    #[error("{message}")]
+    Unauthorized { code: &'static str, message: String },
+    /// 403: authenticated, but the key lacks the scope.
+    #[error("this API key lacks the {0:?} scope")]
+    Forbidden(&'static str),
+    /// 404
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// 409: conflicts with the current state (duplicate, request in flight).
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    /// 413
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// 415
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// 422: well-formed but invalid; `field` names the culprit.
+    #[error("{message}")]
+    Validation {
+        code: &'static str,
+        field: Option<String>,
+        message: String,
+    },
+    /// 503: a dependency the request needs is unavailable.
+    #[error("{0}")]
+    Unavailable(String),
+    /// 500: a bug or an unexpected failure; details are only logged.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+/// Error response body.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Machine-readable code, e.g. `validation_error`, `invalid_token`.
+    pub code: String,
+    /// Human-readable explanation.
+    pub message: String,
+    /// The request field at fault, for validation errors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    pub fn validation(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::Validation {
+            code: "validation_error",
+            field: Some(field.into()),
+            message: message.into(),
+        }
+    }
+
+    pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::Unauthorized {
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
+            ApiError::Unauthorized { code, .. } => (StatusCode::UNAUTHORIZED, code),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "insufficient_scope"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
+            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            ApiError::Validation { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        match &self {
+            ApiError::Internal(e) => tracing::error!(error = ?e, "request failed"),
+            ApiError::Unavailable(m) => tracing::warn!(reason = %m, "dependency unavailable"),
+            _ => {}
+        }
+        let field = match &self {
+            ApiError::Validation { field, .. } => field.clone(),
+            _ => None,
+        };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: code.to_string(),
+                message: self.to_string(),
+                field,
+            },
+        };
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                ApiError::Unavailable(format!("database unavailable: {e}"))
+            }
+            other => ApiError::Internal(other.into()),
+        }
+    }
+}
+
+/// Maps a unique-constraint violation to a 409, leaving other errors alone.
+pub fn on_unique(constraint: &'static str, conflict: impl FnOnce() -> ApiError) -> impl FnOnce(sqlx::Error) -> ApiError {
+    move |e| match &e {
+        sqlx::Error::Database(db) if db.constraint() == Some(constraint) => conflict(),
+        _ => ApiError::from(e),
+    }
+}

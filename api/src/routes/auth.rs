@@ -1,0 +1,91 @@
+//! `POST /api/v1/auth/token` and `POST /api/v1/auth/refresh`.
+
+use axum::extract::State;
+use axum::Json;
+use platform::crypto::hash_token;
+use platform::db::api_keys;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::Data;
+use crate::auth::TokenKind;
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::JsonBody;
+use crate::state::AppState;
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct TokenRequest {
+    /// The public key, `noti_...`.
+    pub api_key: String,
+    pub api_secret: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenPair {
+    pub access_token: String,
+    pub refresh_token: String,
+    /// Always `bearer`.
+    pub token_type: &'static str,
+    /// Lifetime of the access token, in seconds.
+    pub expires_in: u64,
+}
+
+/// Exchanges an API key and secret for an access token and a refresh token.
+#[utoipa::path(post, path = "/api/v1/auth/token", tag = "auth", request_body = TokenRequest,
+    responses(
+        (status = 200, body = Data<TokenPair>),
+        (status = 400, body = ErrorBody, description = "Malformed JSON"),
+        (status = 401, body = ErrorBody, description = "Unknown key, wrong secret or revoked key (`invalid_credentials`)"),
+        (status = 422, body = ErrorBody, description = "Missing fields")))]
+pub async fn issue_token(
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<TokenRequest>,
+) -> Result<Json<Data<TokenPair>>, ApiError> {
+    let invalid = || ApiError::unauthorized("invalid_credentials", "API key or secret is wrong, or the key is revoked");
+    if request.api_key.len() > 256 || request.api_secret.len() > 256 {
+        return Err(invalid());
+    }
+    let key = api_keys::find_by_key(&state.pool, &request.api_key)
+        .await?
+        .ok_or_else(invalid)?;
+    let secret_ok = constant_time_eq(hash_token(&request.api_secret).as_bytes(), key.secret_hash.as_bytes());
+    if !secret_ok || !key.is_active {
+        return Err(invalid());
+    }
+    api_keys::touch(&state.pool, key.id).await?;
+    Ok(Data::new(pair(&state, key.id, &key.scopes)?))
+}
+
+/// Exchanges a refresh token for a new access token (and a new refresh token).
+#[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "auth", request_body = RefreshRequest,
+    responses(
+        (status = 200, body = Data<TokenPair>),
+        (status = 401, body = ErrorBody, description = "Invalid, expired or revoked refresh token")))]
+pub async fn refresh(
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<RefreshRequest>,
+) -> Result<Json<Data<TokenPair>>, ApiError> {
+    let claims = state.tokens.verify(&request.refresh_token, TokenKind::Refresh)?;
+    if !api_keys::is_usable(&state.pool, claims.sub).await? {
+        return Err(ApiError::unauthorized("key_revoked", "the API key behind this token is revoked"));
+    }
+    Ok(Data::new(pair(&state, claims.sub, &claims.scopes)?))
+}
+
+fn pair(state: &AppState, key_id: uuid::Uuid, scopes: &[String]) -> Result<TokenPair, ApiError> {
+    Ok(TokenPair {
+        access_token: state.tokens.issue(key_id, scopes, TokenKind::Access)?,
+        refresh_token: state.tokens.issue(key_id, scopes, TokenKind::Refresh)?,
+        token_type: "bearer",
+        expires_in: state.tokens.access_ttl.as_secs(),
+    })
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,271 @@
+//! `/api/v1/admin/email-accounts`: the SMTP account pool (admin scope).
+//! Passwords are sealed with AES-256-GCM on the way in and never returned.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use platform::db::email_accounts::{self, AccountPatch, EmailAccount, NewEmailAccount, TlsMode, PASSWORD_PURPOSE};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::Data;
+use crate::auth::{Principal, Scope};
+use crate::error::{on_unique, ApiError, ErrorBody};
+use crate::extract::{JsonBody, PathParam};
+use crate::state::AppState;
+use crate::validate;
+
+const MAX_DAILY_LIMIT: i64 = 10_000_000;
+const PRIORITY_RANGE: (i64, i64) = (-1000, 1000);
+const MAX_PASSWORD: usize = 1024;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateEmailAccount {
+    /// Address used as From.
+    pub email: String,
+    pub smtp_host: String,
+    pub smtp_port: u16,
+    /// Defaults to `email`.
+    pub smtp_username: Option<String>,
+    /// Stored AES-256-GCM encrypted; never returned.
+    pub smtp_password: String,
+    #[serde(default)]
+    pub display_name: String,
+    /// `implicit` (SMTPS), `starttls` or `none`. Defaults by port: 465 implicit, otherwise starttls.
+    #[schema(value_type = Option<String>, example = "starttls")]
+    pub tls_mode: Option<TlsMode>,
+    /// Sends per day (days turn over at midnight in `TZ`). Default 500.
+    pub daily_limit: Option<i64>,
+    /// Higher is used first. Default 0.
+    pub priority: Option<i64>,
+    pub is_active: Option<bool>,
+}
+
+/// Every field is optional; absent fields keep their value.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateEmailAccount {
+    pub email: Option<String>,
+    pub smtp_host: Option<String>,
+    pub smtp_port: Option<u16>,
+    pub smtp_username: Option<String>,
+    pub smtp_password: Option<String>,
+    pub display_name: Option<String>,
+    #[schema(value_type = Option<String>, example = "starttls")]
+    pub tls_mode: Option<TlsMode>,
+    pub daily_limit: Option<i64>,
+    pub priority: Option<i64>,
+    pub is_active: Option<bool>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EmailAccountView {
+    pub id: Uuid,
+    pub email: String,
+    pub display_name: String,
+    pub smtp_host: String,
+    pub smtp_port: i32,
+    pub smtp_username: String,
+    pub tls_mode: String,
+    pub daily_limit: i32,
+    /// Sends counted today (in `TZ`).
+    pub daily_sent_count: i32,
+    pub remaining_today: i32,
+    pub priority: i32,
+    pub is_active: bool,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<EmailAccount> for EmailAccountView {
+    fn from(a: EmailAccount) -> Self {
+        EmailAccountView {
+            id: a.id,
+            remaining_today: (a.daily_limit - a.sent_today).max(0),
+            email: a.email,
+            display_name: a.display_name,
+            smtp_host: a.smtp_host,
+            smtp_port: a.smtp_port,
+            smtp_username: a.smtp_username,
+            tls_mode: a.tls_mode,
+            daily_limit: a.daily_limit,
+            daily_sent_count: a.sent_today,
+            priority: a.priority,
+            is_active: a.is_active,
+            last_used_at: a.last_used_at,
+            last_error: a.last_error,
+            last_error_at: a.last_error_at,
+            created_at: a.created_at,
+            updated_at: a.updated_at,
+        }
+    }
+}
+
+fn duplicate() -> ApiError {
+    ApiError::Conflict {
+        code: "account_exists",
+        message: "an email account with this address already exists".into(),
+    }
+}
+
+fn host(value: &str) -> Result<String, ApiError> {
+    let host = validate::header_text("smtp_host", value, true, 253)?;
+    if host.contains(char::is_whitespace) || host.contains('/') {
+        return Err(ApiError::validation("smtp_host", "smtp_host must be a host name or IP address"));
+    }
+    Ok(host)
+}
+
+fn port(value: u16) -> Result<u16, ApiError> {
+    if value == 0 {
+        return Err(ApiError::validation("smtp_port", "smtp_port must be between 1 and 65535"));
+    }
+    Ok(value)
+}
+
+fn password(value: &str) -> Result<&str, ApiError> {
+    if value.is_empty() || value.len() > MAX_PASSWORD {
+        return Err(ApiError::validation(
+            "smtp_password",
+            format!("smtp_password must be 1 to {MAX_PASSWORD} bytes"),
+        ));
+    }
+    Ok(value)
+}
+
+/// Adds an SMTP account to the pool.
+#[utoipa::path(post, path = "/api/v1/admin/email-accounts", tag = "email-accounts",
+    request_body = CreateEmailAccount, security(("bearer" = [])),
+    responses(
+        (status = 201, body = Data<EmailAccountView>),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody, description = "Not an admin key"),
+        (status = 409, body = ErrorBody, description = "`account_exists`"),
+        (status = 422, body = ErrorBody, description = "A field is invalid; `field` names it")))]
+pub async fn create(
+    State(state): State<AppState>,
+    principal: Principal,
+    JsonBody(req): JsonBody<CreateEmailAccount>,
+) -> Result<(StatusCode, Json<Data<EmailAccountView>>), ApiError> {
+    principal.require(Scope::Admin)?;
+    let email = validate::email("email", &req.email)?;
+    let smtp_port = port(req.smtp_port)?;
+    let new = NewEmailAccount {
+        smtp_host: host(&req.smtp_host)?,
+        smtp_port,
+        smtp_username: validate::header_text(
+            "smtp_username",
+            req.smtp_username.as_deref().unwrap_or(email.as_str()),
+            true,
+            320,
+        )?,
+        password: state.settings.keyring.seal(password(&req.smtp_password)?, PASSWORD_PURPOSE),
+        display_name: validate::header_text("display_name", &req.display_name, false, 128)?,
+        tls_mode: req.tls_mode.unwrap_or_else(|| TlsMode::default_for_port(smtp_port)),
+        daily_limit: validate::in_range("daily_limit", req.daily_limit.unwrap_or(500), 0, MAX_DAILY_LIMIT)?,
+        priority: validate::in_range("priority", req.priority.unwrap_or(0), PRIORITY_RANGE.0, PRIORITY_RANGE.1)?,
+        is_active: req.is_active.unwrap_or(true),
+        email: email.to_string(),
+    };
+    let account = email_accounts::insert(&state.pool, platform::today(&state.settings), &new)
+        .await
+        .map_err(on_unique("email_accounts_email_key", duplicate))?;
+    tracing::info!(account_id = %account.id, actor = %principal.key_id, "email account created");
+    Ok((StatusCode::CREATED, Data::new(account.into())))
+}
+
+/// Lists the pool, highest priority first.
+#[utoipa::path(get, path = "/api/v1/admin/email-accounts", tag = "email-accounts", security(("bearer" = [])),
+    responses((status = 200, body = Data<Vec<EmailAccountView>>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn list(State(state): State<AppState>, principal: Principal) -> Result<Json<Data<Vec<EmailAccountView>>>, ApiError> {
+    principal.require(Scope::Admin)?;
+    let accounts = email_accounts::list(&state.pool, platform::today(&state.settings)).await?;
+    Ok(Data::new(accounts.into_iter().map(Into::into).collect()))
+}
+
+#[utoipa::path(get, path = "/api/v1/admin/email-accounts/{id}", tag = "email-accounts", security(("bearer" = [])),
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = Data<EmailAccountView>), (status = 404, body = ErrorBody)))]
+pub async fn get(
+    State(state): State<AppState>,
+    principal: Principal,
+    PathParam(id): PathParam<Uuid>,
+) -> Result<Json<Data<EmailAccountView>>, ApiError> {
+    principal.require(Scope::Admin)?;
+    let account = email_accounts::get(&state.pool, platform::today(&state.settings), id)
+        .await?
+        .ok_or(ApiError::NotFound("email account"))?;
+    Ok(Data::new(account.into()))
+}
+
+/// Changes an account; disabling it (`is_active: false`) takes it out of
+/// rotation for every message claimed after the change.
+#[utoipa::path(patch, path = "/api/v1/admin/email-accounts/{id}", tag = "email-accounts", security(("bearer" = [])),
+    params(("id" = Uuid, Path)), request_body = UpdateEmailAccount,
+    responses((status = 200, body = Data<EmailAccountView>), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn update(
+    State(state): State<AppState>,
+    principal: Principal,
+    PathParam(id): PathParam<Uuid>,
+    JsonBody(req): JsonBody<UpdateEmailAccount>,
+) -> Result<Json<Data<EmailAccountView>>, ApiError> {
+    principal.require(Scope::Admin)?;
+    let patch = AccountPatch {
+        email: req.email.as_deref().map(|e| validate::email("email", e)).transpose()?.map(|e| e.to_string()),
+        display_name: req
+            .display_name
+            .as_deref()
+            .map(|n| validate::header_text("display_name", n, false, 128))
+            .transpose()?,
+        smtp_host: req.smtp_host.as_deref().map(host).transpose()?,
+        smtp_port: req.smtp_port.map(port).transpose()?,
+        smtp_username: req
+            .smtp_username
+            .as_deref()
+            .map(|u| validate::header_text("smtp_username", u, true, 320))
+            .transpose()?,
+        password: req
+            .smtp_password
+            .as_deref()
+            .map(|p| password(p).map(|p| state.settings.keyring.seal(p, PASSWORD_PURPOSE)))
+            .transpose()?,
+        tls_mode: req.tls_mode,
+        daily_limit: req
+            .daily_limit
+            .map(|l| validate::in_range("daily_limit", l, 0, MAX_DAILY_LIMIT))
+            .transpose()?,
+        priority: req
+            .priority
+            .map(|p| validate::in_range("priority", p, PRIORITY_RANGE.0, PRIORITY_RANGE.1))
+            .transpose()?,
+        is_active: req.is_active,
+    };
+    let account = email_accounts::update(&state.pool, platform::today(&state.settings), id, &patch)
+        .await
+        .map_err(on_unique("email_accounts_email_key", duplicate))?
+        .ok_or(ApiError::NotFound("email account"))?;
+    tracing::info!(account_id = %id, actor = %principal.key_id, "email account updated");
+    Ok(Data::new(account.into()))
+}
+
+#[utoipa::path(delete, path = "/api/v1/admin/email-accounts/{id}", tag = "email-accounts", security(("bearer" = [])),
+    params(("id" = Uuid, Path)),
+    responses((status = 204, description = "Deleted"), (status = 404, body = ErrorBody)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    principal: Principal,
+    PathParam(id): PathParam<Uuid>,
+) -> Result<StatusCode, ApiError> {
+    principal.require(Scope::Admin)?;
+    if !email_accounts::delete(&state.pool, id).await? {
+        return Err(ApiError::NotFound("email account"));
+    }
+    tracing::info!(account_id = %id, actor = %principal.key_id, "email account deleted");
+    Ok(StatusCode::NO_CONTENT)
+}

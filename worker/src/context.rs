@@ -1,0 +1,16 @@
+//! What every task can reach.
+
+use std::sync::Arc;
+
+use platform::celery::ResultBackend;
+use platform::Settings;
+use sqlx::PgPool;
+
+use crate::pool::TransportCache;
+
+pub struct Context {
+    pub settings: Arc<Settings>,
+    pub pool: PgPool,
+    pub results: ResultBackend,
+    pub transports: TransportCache,
+}

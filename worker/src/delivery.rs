@@ -1,0 +1,59 @@
+//! Hands a composed message to an SMTP server and classifies the result.
+
+use std::time::{Duration, Instant};
+
+use lettre::AsyncTransport;
+use lettre::Message;
+
+use crate::pool::Transport;
+
+/// How a failed attempt should be treated.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Failure {
+    /// 5xx for the message (recipient refused, content rejected): final.
+    Permanent { reply: String },
+    /// The account's fault (authentication refused): try another account.
+    Account { reply: String },
+    /// 4xx, timeouts, resets, TLS failures: retry later.
+    Temporary { reply: String },
+}
+
+impl Failure {
+    pub fn reply(&self) -> &str {
+        match self {
+            Failure::Permanent { reply } | Failure::Account { reply } | Failure::Temporary { reply } => reply,
+        }
+    }
+}
+
+pub async fn deliver(transport: &Transport, message: Message, limit: Duration) -> Result<String, Failure> {
+    let started = Instant::now();
+    let result = tokio::time::timeout(limit, transport.send(message)).await;
+    metrics::histogram!("smtp_send_duration_seconds").record(started.elapsed().as_secs_f64());
+    match result {
+        Err(_) => Err(Failure::Temporary {
+            reply: format!("no answer from the SMTP server within {limit:?}"),
+        }),
+        Ok(Ok(response)) => {
+            let text = response.message().collect::<Vec<_>>().join(" ");
+            Ok(format!("{} {}", response.code(), text).trim().to_string())
+        }
+        Ok(Err(e)) => Err(classify(&e)),
+    }
+}
+
+fn classify(error: &lettre::transport::smtp::Error) -> Failure {
+    let reply = error.to_string();
+    let Some(code) = error.status() else {
+        // No SMTP reply at all: connection refused or reset, TLS, timeout.
+        return Failure::Temporary { reply };
+    };
+    let code: u16 = code.to_string().parse().unwrap_or(0);
+    match code {
+        // 530 auth required, 534 mechanism too weak, 535 bad credentials, 538 encryption required
+        530 | 534 | 535 | 538 | 454 => Failure::Account { reply },
+        400..=499 => Failure::Temporary { reply },
+        500..=599 => Failure::Permanent { reply },
+        _ => Failure::Temporary { reply },
+    }
+}

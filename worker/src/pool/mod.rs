@@ -1,0 +1,5 @@
+//! The SMTP account pool: quota reservations and pooled connections.
+
+mod transport;
+
+pub use transport::{Transport, TransportCache, TransportError};

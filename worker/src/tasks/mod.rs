@@ -1,0 +1,22 @@
+//! The tasks this worker executes, by Celery task name.
+
+mod send_email;
+
+use platform::celery::TaskMessage;
+
+use crate::context::Context;
+use crate::outcome::Outcome;
+
+/// Names this worker registers (what `celery inspect registered` will list).
+pub const REGISTERED: &[&str] = &[platform::tasks::SEND_EMAIL];
+
+/// Runs the task a message names. An `Err` is an infrastructure failure
+/// (database unreachable): the delivery is requeued and tried again.
+pub async fn run(ctx: &Context, message: &TaskMessage) -> Result<Outcome, sqlx::Error> {
+    match message.task() {
+        platform::tasks::SEND_EMAIL => send_email::run(ctx, message).await,
+        other => Ok(Outcome::DeadLetter {
+            reason: format!("unknown task {other:?}; this worker runs {REGISTERED:?}"),
+        }),
+    }
+}
