@@ -3,7 +3,12 @@
 use platform::crypto::generate_api_credentials;
 use platform::{db, Settings};
 
-pub async fn create_api_key(settings: &Settings, name: &str, description: &str, admin: bool) -> anyhow::Result<()> {
+pub async fn create_api_key(
+    settings: &Settings,
+    name: &str,
+    description: &str,
+    admin: bool,
+) -> anyhow::Result<()> {
     let name = name.trim();
     if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
         anyhow::bail!("--name must be 1 to 128 printable characters");

@@ -88,7 +88,9 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            ApiError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            ApiError::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
             ApiError::Validation { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
@@ -137,7 +139,10 @@ impl From<sqlx::Error> for ApiError {
 }
 
 /// Maps a unique-constraint violation to a 409, leaving other errors alone.
-pub fn on_unique(constraint: &'static str, conflict: impl FnOnce() -> ApiError) -> impl FnOnce(sqlx::Error) -> ApiError {
+pub fn on_unique(
+    constraint: &'static str,
+    conflict: impl FnOnce() -> ApiError,
+) -> impl FnOnce(sqlx::Error) -> ApiError {
     move |e| match &e {
         sqlx::Error::Database(db) if db.constraint() == Some(constraint) => conflict(),
         _ => ApiError::from(e),

@@ -29,7 +29,9 @@ where
 fn json_rejection(rejection: JsonRejection) -> ApiError {
     let text = rejection.body_text();
     match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge("request body is larger than the configured limit".into()),
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::PayloadTooLarge("request body is larger than the configured limit".into())
+        }
         StatusCode::UNSUPPORTED_MEDIA_TYPE => {
             ApiError::UnsupportedMediaType("expected Content-Type: application/json".into())
         }

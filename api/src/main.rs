@@ -3,7 +3,11 @@ use platform::{db, telemetry, Settings};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "notify-api", version, about = "REST API of the notification platform")]
+#[command(
+    name = "notify-api",
+    version,
+    about = "REST API of the notification platform"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -42,11 +46,22 @@ async fn main() -> std::process::ExitCode {
         Command::Serve => serve(settings).await,
         Command::Migrate => db::migrate(&settings.database_url)
             .await
-            .map(|applied| println!("migrations applied: {}", if applied.is_empty() { "none pending".into() } else { applied.join(", ") }))
+            .map(|applied| {
+                println!(
+                    "migrations applied: {}",
+                    if applied.is_empty() {
+                        "none pending".into()
+                    } else {
+                        applied.join(", ")
+                    }
+                )
+            })
             .map_err(Into::into),
-        Command::CreateApiKey { name, description, admin } => {
-            notify_api::cli::create_api_key(&settings, &name, &description, admin).await
-        }
+        Command::CreateApiKey {
+            name,
+            description,
+            admin,
+        } => notify_api::cli::create_api_key(&settings, &name, &description, admin).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -64,7 +64,10 @@ impl SendEmailRequest {
     pub fn validate(&self, api_key_id: Uuid, max_size: usize) -> Result<NewMessage, ApiError> {
         let to = addresses("to", Some(&self.to))?;
         if to.is_empty() {
-            return Err(ApiError::validation("to", "at least one recipient is required"));
+            return Err(ApiError::validation(
+                "to",
+                "at least one recipient is required",
+            ));
         }
         let cc = addresses("cc", self.cc.as_ref())?;
         let bcc = addresses("bcc", self.bcc.as_ref())?;

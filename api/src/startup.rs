@@ -22,9 +22,9 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::auth::TokenIssuer;
 use crate::docs::ApiDoc;
 use crate::error::ApiError;
+use crate::http_metrics;
 use crate::routes::{auth, email_accounts, health, messages};
 use crate::state::AppState;
-use crate::http_metrics;
 
 pub struct Application {
     listener: TcpListener,
@@ -35,8 +35,12 @@ impl Application {
     /// Migrates the database, connects, and binds `API_HOST:API_PORT`
     /// (port 0 picks a free one).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        db::migrate(&settings.database_url).await.context("migrating the database")?;
-        let pool = db::connect(&settings).await.context("connecting to PostgreSQL")?;
+        db::migrate(&settings.database_url)
+            .await
+            .context("migrating the database")?;
+        let pool = db::connect(&settings)
+            .await
+            .context("connecting to PostgreSQL")?;
         let results = ResultBackend::new(&settings.result_backend_url, settings.result_expires)?;
         let listener = TcpListener::bind((settings.api_host.as_str(), settings.api_port))
             .await
@@ -88,7 +92,10 @@ pub fn router(state: AppState) -> Router {
         .route("/version", get(health::version))
         .route("/messages/email/send", post(messages::send))
         .route("/messages/{id}", get(messages::get))
-        .route("/admin/email-accounts", post(email_accounts::create).get(email_accounts::list))
+        .route(
+            "/admin/email-accounts",
+            post(email_accounts::create).get(email_accounts::list),
+        )
         .route(
             "/admin/email-accounts/{id}",
             get(email_accounts::get)
@@ -111,7 +118,9 @@ pub fn router(state: AppState) -> Router {
             Duration::from_secs(30),
         ))
         .layer(CatchPanicLayer::custom(|_| {
-            axum::response::IntoResponse::into_response(ApiError::Internal(anyhow::anyhow!("handler panicked")))
+            axum::response::IntoResponse::into_response(ApiError::Internal(anyhow::anyhow!(
+                "handler panicked"
+            )))
         }))
         .layer(TraceLayer::new_for_http())
         .with_state(state)

@@ -6,10 +6,18 @@ use crate::error::ApiError;
 
 /// Text bound for a single header line: no control characters (CR/LF would
 /// inject headers), trimmed, and within `max` characters.
-pub fn header_text(field: &str, value: &str, required: bool, max: usize) -> Result<String, ApiError> {
+pub fn header_text(
+    field: &str,
+    value: &str,
+    required: bool,
+    max: usize,
+) -> Result<String, ApiError> {
     let value = value.trim();
     if required && value.is_empty() {
-        return Err(ApiError::validation(field, format!("{field} must not be empty")));
+        return Err(ApiError::validation(
+            field,
+            format!("{field} must not be empty"),
+        ));
     }
     if value.chars().any(char::is_control) {
         return Err(ApiError::validation(
@@ -18,7 +26,10 @@ pub fn header_text(field: &str, value: &str, required: bool, max: usize) -> Resu
         ));
     }
     if value.chars().count() > max {
-        return Err(ApiError::validation(field, format!("{field} must be at most {max} characters")));
+        return Err(ApiError::validation(
+            field,
+            format!("{field} must be at most {max} characters"),
+        ));
     }
     Ok(value.to_string())
 }
@@ -29,7 +40,10 @@ pub fn email(field: &str, value: &str) -> Result<EmailAddress, ApiError> {
 
 pub fn in_range(field: &str, value: i64, min: i64, max: i64) -> Result<i32, ApiError> {
     if value < min || value > max {
-        return Err(ApiError::validation(field, format!("{field} must be between {min} and {max}")));
+        return Err(ApiError::validation(
+            field,
+            format!("{field} must be between {min} and {max}"),
+        ));
     }
     Ok(value as i32)
 }

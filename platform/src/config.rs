@@ -160,7 +160,9 @@ impl Settings {
 
         let keyring = build_keyring(&vars, env)?;
 
-        let redis_url = vars.get("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379/0".into());
+        let redis_url = vars
+            .get("REDIS_URL")
+            .unwrap_or_else(|| "redis://127.0.0.1:6379/0".into());
         let broker_url = vars
             .get("CELERY_BROKER_URL")
             .or_else(|| vars.get("RABBITMQ_URL"))
@@ -169,7 +171,11 @@ impl Settings {
         let result_backend_url = vars
             .get("CELERY_RESULT_BACKEND")
             .unwrap_or_else(|| "redis://127.0.0.1:6379/1".into());
-        check_url("CELERY_RESULT_BACKEND", &result_backend_url, &["redis", "rediss"])?;
+        check_url(
+            "CELERY_RESULT_BACKEND",
+            &result_backend_url,
+            &["redis", "rediss"],
+        )?;
         check_url("REDIS_URL", &redis_url, &["redis", "rediss"])?;
         let database_url = vars.required("DATABASE_URL")?;
         check_url("DATABASE_URL", &database_url, &["postgres", "postgresql"])?;
@@ -197,35 +203,51 @@ impl Settings {
             db_pool_size: vars.parse_positive_or("DB_POOL_SIZE", 10u32)?,
             redis_url,
             result_backend_url,
-            result_expires: Duration::from_secs(vars.parse_positive_or("CELERY_RESULT_EXPIRES", 86_400u64)?),
+            result_expires: Duration::from_secs(
+                vars.parse_positive_or("CELERY_RESULT_EXPIRES", 86_400u64)?,
+            ),
             broker_url,
             prefetch_count: vars.parse_positive_or("RABBITMQ_PREFETCH_COUNT", 10u16)?,
             heartbeat: vars.parse_or("RABBITMQ_HEARTBEAT", 60u16)?,
             queues: QueueNames {
-                tasks: vars.get("CELERY_DEFAULT_QUEUE").unwrap_or_else(|| "celery".into()),
+                tasks: vars
+                    .get("CELERY_DEFAULT_QUEUE")
+                    .unwrap_or_else(|| "celery".into()),
             },
             jwt: JwtSettings {
                 secret: SecretString::from(jwt_secret),
-                access_ttl: Duration::from_secs(60 * vars.parse_positive_or("JWT_EXPIRE_MINUTES", 60u64)?),
-                refresh_ttl: Duration::from_secs(86_400 * vars.parse_positive_or("JWT_REFRESH_EXPIRE_DAYS", 7u64)?),
+                access_ttl: Duration::from_secs(
+                    60 * vars.parse_positive_or("JWT_EXPIRE_MINUTES", 60u64)?,
+                ),
+                refresh_ttl: Duration::from_secs(
+                    86_400 * vars.parse_positive_or("JWT_REFRESH_EXPIRE_DAYS", 7u64)?,
+                ),
             },
             keyring,
             email_timeout: Duration::from_secs(vars.parse_positive_or("EMAIL_TIMEOUT", 30u64)?),
             email_max_size: vars.parse_positive_or("EMAIL_MAX_SIZE", 20 * 1024 * 1024usize)?,
-            attachment_max_size: vars.parse_positive_or("ATTACHMENT_MAX_SIZE", 10 * 1024 * 1024usize)?,
+            attachment_max_size: vars
+                .parse_positive_or("ATTACHMENT_MAX_SIZE", 10 * 1024 * 1024usize)?,
             worker_concurrency: vars.parse_positive_or("CELERY_WORKER_CONCURRENCY", 4usize)?,
             task_time_limit: Duration::from_secs(hard),
             task_soft_time_limit: Duration::from_secs(soft),
             max_retries: vars.parse_or("SEND_MAX_RETRIES", 3u32)?,
-            retry_backoff: Duration::from_secs(vars.parse_positive_or("SEND_RETRY_BACKOFF", 10u64)?),
-            retry_backoff_max: Duration::from_secs(vars.parse_positive_or("SEND_RETRY_BACKOFF_MAX", 1800u64)?),
+            retry_backoff: Duration::from_secs(
+                vars.parse_positive_or("SEND_RETRY_BACKOFF", 10u64)?,
+            ),
+            retry_backoff_max: Duration::from_secs(
+                vars.parse_positive_or("SEND_RETRY_BACKOFF_MAX", 1800u64)?,
+            ),
             quota_wait: Duration::from_secs(vars.parse_positive_or("QUOTA_WAIT_SECONDS", 60u64)?),
             rate_limit_enabled: vars.parse_bool_or("RATE_LIMIT_ENABLED", true)?,
             rate_limit_per_minute: vars.parse_positive_or("RATE_LIMIT_PER_MINUTE", 600u32)?,
             tz,
             api_host: vars.get("API_HOST").unwrap_or_else(|| "0.0.0.0".into()),
             api_port: vars.parse_or("API_PORT", 8000u16)?,
-            metrics_port: vars.get("METRICS_PORT").map(|_| vars.parse_or("METRICS_PORT", 0u16)).transpose()?,
+            metrics_port: vars
+                .get("METRICS_PORT")
+                .map(|_| vars.parse_or("METRICS_PORT", 0u16))
+                .transpose()?,
         };
         if settings.env.is_production() && settings.debug {
             return Err(ConfigError::Insecure {
@@ -241,7 +263,9 @@ struct Vars<'a>(&'a dyn Fn(&str) -> Option<String>);
 
 impl Vars<'_> {
     fn get(&self, key: &str) -> Option<String> {
-        (self.0)(key).map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+        (self.0)(key)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
     }
 
     fn required(&self, key: &'static str) -> Result<String, ConfigError> {
@@ -314,7 +338,9 @@ fn check_production_secret(var: &'static str, value: &str) -> Result<(), ConfigE
     if let Some(marker) = PLACEHOLDER_MARKERS.iter().find(|m| lower.contains(*m)) {
         return Err(ConfigError::Insecure {
             var,
-            reason: format!("looks like a placeholder (contains {marker:?}); generate a random value"),
+            reason: format!(
+                "looks like a placeholder (contains {marker:?}); generate a random value"
+            ),
         });
     }
     Ok(())
@@ -389,9 +415,15 @@ mod tests {
 
     fn base() -> HashMap<&'static str, String> {
         HashMap::from([
-            ("DATABASE_URL", "postgres://postgres@127.0.0.1/x".to_string()),
+            (
+                "DATABASE_URL",
+                "postgres://postgres@127.0.0.1/x".to_string(),
+            ),
             ("JWT_SECRET_KEY", "a".repeat(40)),
-            ("ENCRYPTION_KEY", "dGhpcyBpcyBhIDMyIGJ5dGUga2V5IGZvciB0ZXN0cyE=".to_string()),
+            (
+                "ENCRYPTION_KEY",
+                "dGhpcyBpcyBhIDMyIGJ5dGUga2V5IGZvciB0ZXN0cyE=".to_string(),
+            ),
         ])
     }
 
@@ -437,9 +469,15 @@ mod tests {
     fn production_refuses_placeholder_secrets() {
         let mut vars = base();
         vars.insert("ENV", "production".into());
-        vars.insert("JWT_SECRET_KEY", "your-jwt-secret-key-at-least-32-chars".into());
+        vars.insert(
+            "JWT_SECRET_KEY",
+            "your-jwt-secret-key-at-least-32-chars".into(),
+        );
         let err = load(&vars).unwrap_err().to_string();
-        assert!(err.contains("JWT_SECRET_KEY") && err.contains("placeholder"), "{err}");
+        assert!(
+            err.contains("JWT_SECRET_KEY") && err.contains("placeholder"),
+            "{err}"
+        );
 
         let mut vars = base();
         vars.insert("ENV", "production".into());
@@ -448,8 +486,14 @@ mod tests {
 
         let mut vars = base();
         vars.insert("ENV", "production".into());
-        vars.insert("JWT_SECRET_KEY", "Zk3q9XrT2vLmP8sYwA1bC4dE6fG7hJ0kN5oQ".into());
-        vars.insert("ENCRYPTION_KEY", base64::engine::general_purpose::STANDARD.encode([7u8; 32]));
+        vars.insert(
+            "JWT_SECRET_KEY",
+            "Zk3q9XrT2vLmP8sYwA1bC4dE6fG7hJ0kN5oQ".into(),
+        );
+        vars.insert(
+            "ENCRYPTION_KEY",
+            base64::engine::general_purpose::STANDARD.encode([7u8; 32]),
+        );
         let err = load(&vars).unwrap_err().to_string();
         assert!(err.contains("ENCRYPTION_KEY"), "{err}");
     }
@@ -464,7 +508,10 @@ mod tests {
     #[test]
     fn fernet_style_url_safe_key_is_accepted() {
         let mut vars = base();
-        vars.insert("ENCRYPTION_KEY", "_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-8=".into());
+        vars.insert(
+            "ENCRYPTION_KEY",
+            "_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-8=".into(),
+        );
         assert!(load(&vars).is_ok());
     }
 }

@@ -57,14 +57,21 @@ pub struct OutboxRelay {
 
 impl OutboxRelay {
     pub fn new(pool: PgPool, settings: Settings, waker: OutboxWaker) -> Self {
-        OutboxRelay { pool, settings, waker }
+        OutboxRelay {
+            pool,
+            settings,
+            waker,
+        }
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
         let mut link: Option<(Connection, Channel)> = None;
         let mut backoff = Duration::from_millis(200);
         while !shutdown.is_cancelled() {
-            if link.as_ref().is_none_or(|(c, ch)| !c.status().connected() || !ch.status().connected()) {
+            if link
+                .as_ref()
+                .is_none_or(|(c, ch)| !c.status().connected() || !ch.status().connected())
+            {
                 match self.open_channel().await {
                     Ok(l) => {
                         tracing::info!("outbox relay connected to RabbitMQ");
@@ -115,7 +122,9 @@ impl OutboxRelay {
     async fn open_channel(&self) -> Result<(Connection, Channel), RelayError> {
         let conn = broker::connect(&self.settings, "notify-outbox-relay").await?;
         let channel = conn.create_channel().await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         Topology::new(self.settings.queues.clone())
             .declare_task_queue(&channel)
             .await?;
@@ -135,8 +144,19 @@ impl OutboxRelay {
         for row in &rows {
             let priority = row.priority.and_then(|p| u8::try_from(p).ok());
             let properties = amqp_properties(&row.task_id, &row.headers, priority, None);
-            let confirm = broker::publish(channel, &row.exchange, &row.routing_key, &row.body, properties).await?;
-            confirms.push(broker::await_confirm(confirm, &row.exchange, &row.routing_key));
+            let confirm = broker::publish(
+                channel,
+                &row.exchange,
+                &row.routing_key,
+                &row.body,
+                properties,
+            )
+            .await?;
+            confirms.push(broker::await_confirm(
+                confirm,
+                &row.exchange,
+                &row.routing_key,
+            ));
         }
         for result in join_all(confirms).await {
             result?;

@@ -32,7 +32,9 @@ pub fn metrics_handle() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
-                .set_buckets(&[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+                .set_buckets(&[
+                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                ])
                 .map(|b| b.build_recorder())
                 .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
             let handle = recorder.handle();
@@ -63,8 +65,13 @@ pub fn serve_metrics(port: Option<u16>) -> anyhow::Result<()> {
                 use tokio::io::{AsyncReadExt, AsyncWriteExt};
                 let mut request = [0u8; 1024];
                 let _ = stream.read(&mut request).await;
-                let ok = request.starts_with(b"GET /metrics") || request.starts_with(b"GET /health");
-                let (status, body) = if ok { ("200 OK", body) } else { ("404 Not Found", String::new()) };
+                let ok =
+                    request.starts_with(b"GET /metrics") || request.starts_with(b"GET /health");
+                let (status, body) = if ok {
+                    ("200 OK", body)
+                } else {
+                    ("404 Not Found", String::new())
+                };
                 let response = format!(
                     "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()

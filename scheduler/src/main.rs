@@ -29,8 +29,12 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(settings: Settings) -> anyhow::Result<()> {
     telemetry::serve_metrics(settings.metrics_port)?;
-    db::migrate(&settings.database_url).await.context("migrating the database")?;
-    let pool = db::connect(&settings).await.context("connecting to PostgreSQL")?;
+    db::migrate(&settings.database_url)
+        .await
+        .context("migrating the database")?;
+    let pool = db::connect(&settings)
+        .await
+        .context("connecting to PostgreSQL")?;
     let conn = broker::connect(&settings, "notify-scheduler")
         .await
         .context("connecting to RabbitMQ")?;

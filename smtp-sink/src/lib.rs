@@ -212,13 +212,19 @@ impl Session {
             }
             Some(Fault::Reply(code, text)) => {
                 self.reply(code, &text).await?;
-                Ok(Some(if code == 421 { Step::Close } else { Step::Continue }))
+                Ok(Some(if code == 421 {
+                    Step::Close
+                } else {
+                    Step::Continue
+                }))
             }
         }
     }
 
     async fn reply(&mut self, code: u16, text: &str) -> std::io::Result<()> {
-        self.writer.write_all(format!("{code} {text}\r\n").as_bytes()).await
+        self.writer
+            .write_all(format!("{code} {text}\r\n").as_bytes())
+            .await
     }
 
     async fn read_line(&mut self) -> std::io::Result<Option<String>> {
@@ -263,7 +269,11 @@ impl Session {
                 if let Some(step) = self.inject(fault).await? {
                     return Ok(step);
                 }
-                let needs_auth = self.state.lock().map(|s| s.credentials.is_some()).unwrap_or(false);
+                let needs_auth = self
+                    .state
+                    .lock()
+                    .map(|s| s.credentials.is_some())
+                    .unwrap_or(false);
                 if needs_auth && self.auth_user.is_none() {
                     self.reply(530, "5.7.0 Authentication required").await?;
                 } else {
@@ -278,7 +288,11 @@ impl Session {
                     .state
                     .lock()
                     .ok()
-                    .and_then(|s| s.recipient_faults.get(&recipient.to_ascii_lowercase()).cloned())
+                    .and_then(|s| {
+                        s.recipient_faults
+                            .get(&recipient.to_ascii_lowercase())
+                            .cloned()
+                    })
                     .or_else(|| self.fault(Stage::RcptTo));
                 if let Some(step) = self.inject(fault).await? {
                     return Ok(step);
@@ -337,14 +351,16 @@ impl Session {
                 (user, password)
             }
             _ => {
-                self.reply(504, "5.5.4 Unrecognized authentication type").await?;
+                self.reply(504, "5.5.4 Unrecognized authentication type")
+                    .await?;
                 return Ok(Step::Continue);
             }
         };
         let expected = self.state.lock().ok().and_then(|s| s.credentials.clone());
         match expected {
             Some((u, p)) if u != user || p != password => {
-                self.reply(535, "5.7.8 Authentication credentials invalid").await?;
+                self.reply(535, "5.7.8 Authentication credentials invalid")
+                    .await?;
             }
             _ => {
                 self.auth_user = Some(user);
@@ -369,7 +385,11 @@ impl Session {
             if line == b".\r\n" || line == b".\n" {
                 break;
             }
-            let content = if line.starts_with(b"..") { &line[1..] } else { &line[..] };
+            let content = if line.starts_with(b"..") {
+                &line[1..]
+            } else {
+                &line[..]
+            };
             data.extend_from_slice(content);
             if data.len() > MAX_MESSAGE {
                 self.reply(552, "5.3.4 Message too big").await?;
@@ -394,7 +414,8 @@ impl Session {
             state.received.len()
         };
         self.arrived.notify_waiters();
-        self.reply(250, &format!("2.0.0 Ok: queued as SINK{id:06}")).await?;
+        self.reply(250, &format!("2.0.0 Ok: queued as SINK{id:06}"))
+            .await?;
         Ok(Step::Continue)
     }
 }
@@ -409,8 +430,10 @@ fn decode(b64: &str) -> String {
 /// `FROM:<a@b> SIZE=10` → `a@b`.
 fn path_of(argument: &str) -> String {
     let after_colon = argument.split_once(':').map_or(argument, |(_, r)| r);
-    let path = after_colon.trim().split_whitespace().next().unwrap_or("");
-    path.trim_start_matches('<').trim_end_matches('>').to_string()
+    let path = after_colon.split_whitespace().next().unwrap_or("");
+    path.trim_start_matches('<')
+        .trim_end_matches('>')
+        .to_string()
 }
 
 #[cfg(test)]

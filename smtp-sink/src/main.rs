@@ -28,7 +28,13 @@ async fn main() -> anyhow::Result<()> {
     loop {
         let received = sink.wait_for(seen + 1, Duration::from_secs(3600)).await;
         for (n, mail) in received.iter().enumerate().skip(seen) {
-            println!("message {} from {} to {:?} ({} bytes)", n + 1, mail.mail_from, mail.rcpt_to, mail.data.len());
+            println!(
+                "message {} from {} to {:?} ({} bytes)",
+                n + 1,
+                mail.mail_from,
+                mail.rcpt_to,
+                mail.data.len()
+            );
             if let Some(dir) = &dir {
                 std::fs::write(dir.join(format!("{:06}.eml", n + 1)), &mail.data)?;
             }

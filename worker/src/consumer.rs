@@ -8,7 +8,9 @@ use std::time::Duration;
 use chrono::Utc;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, ConfirmSelectOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, ConfirmSelectOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Connection};
 use platform::broker::{self, Topology};
@@ -72,7 +74,11 @@ impl Consumer {
         result
     }
 
-    async fn consume(&self, conn: &Connection, shutdown: &CancellationToken) -> Result<(), broker::BrokerError> {
+    async fn consume(
+        &self,
+        conn: &Connection,
+        shutdown: &CancellationToken,
+    ) -> Result<(), broker::BrokerError> {
         let channel = conn.create_channel().await?;
         channel
             .basic_qos(self.ctx.settings.prefetch_count, BasicQosOptions::default())
@@ -80,7 +86,9 @@ impl Consumer {
         self.topology.declare_task_queue(&channel).await?;
         self.topology.declare_dead_letter_queue(&channel).await?;
         let publish_channel = conn.create_channel().await?;
-        publish_channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        publish_channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         let publisher = Arc::new(Publisher {
             channel: publish_channel,
             declared: Mutex::new(HashSet::new()),
@@ -106,7 +114,11 @@ impl Consumer {
             let delivery = match next {
                 Some(Ok(d)) => d,
                 Some(Err(e)) => break Err(e.into()),
-                None => break Err(lapin::Error::InvalidChannelState(lapin::ChannelState::Closed).into()),
+                None => {
+                    break Err(
+                        lapin::Error::InvalidChannelState(lapin::ChannelState::Closed).into(),
+                    )
+                }
             };
             let Ok(permit) = slots.clone().acquire_owned().await else {
                 break Ok(());
@@ -122,9 +134,13 @@ impl Consumer {
 
         // Stop taking work, then let in-flight tasks finish within the grace period.
         let _ = channel
-            .basic_cancel(&self.node_name, lapin::options::BasicCancelOptions::default())
+            .basic_cancel(
+                &self.node_name,
+                lapin::options::BasicCancelOptions::default(),
+            )
             .await;
-        let drained = tokio::time::timeout(SHUTDOWN_GRACE, slots.acquire_many(concurrency as u32)).await;
+        let drained =
+            tokio::time::timeout(SHUTDOWN_GRACE, slots.acquire_many(concurrency as u32)).await;
         if drained.is_err() {
             tracing::warn!("in-flight tasks did not finish within the grace period; RabbitMQ will redeliver them");
         }
@@ -138,16 +154,43 @@ async fn handle(ctx: &Context, topology: &Topology, publisher: &Publisher, deliv
         Err(e) => {
             let reason = format!("undecodable message: {e}");
             tracing::error!(%reason, "dead-lettering");
-            return settle(ctx, topology, publisher, &delivery, None, Outcome::DeadLetter { reason }).await;
+            return settle(
+                ctx,
+                topology,
+                publisher,
+                &delivery,
+                None,
+                Outcome::DeadLetter { reason },
+            )
+            .await;
         }
     };
     let now = Utc::now();
-    if message.headers.expires.is_some_and(|expires| expires <= now) {
-        tracing::info!(task_id = message.id(), "task expired before it could run; revoked");
-        if let Err(e) = ctx.results.store(message.id(), TaskState::Revoked, serde_json::Value::Null).await {
+    if message
+        .headers
+        .expires
+        .is_some_and(|expires| expires <= now)
+    {
+        tracing::info!(
+            task_id = message.id(),
+            "task expired before it could run; revoked"
+        );
+        if let Err(e) = ctx
+            .results
+            .store(message.id(), TaskState::Revoked, serde_json::Value::Null)
+            .await
+        {
             tracing::warn!(error = %e, "cannot store the task result");
         }
-        return settle(ctx, topology, publisher, &delivery, Some(&message), Outcome::Done).await;
+        return settle(
+            ctx,
+            topology,
+            publisher,
+            &delivery,
+            Some(&message),
+            Outcome::Done,
+        )
+        .await;
     }
     if let Some(eta) = message.headers.eta {
         if let Ok(wait) = (eta - now).to_std() {
@@ -187,11 +230,16 @@ async fn settle(
         (Outcome::Retry { delay }, Some(message)) => {
             let mut again = message.clone();
             again.headers.retries += 1;
-            again.headers.eta = Some(Utc::now() + chrono::Duration::from_std(*delay).unwrap_or_default());
+            again.headers.eta =
+                Some(Utc::now() + chrono::Duration::from_std(*delay).unwrap_or_default());
             delay_publish(topology, publisher, &again, *delay).await
         }
-        (Outcome::Later { delay }, Some(message)) => delay_publish(topology, publisher, message, *delay).await,
-        (Outcome::DeadLetter { reason }, _) => dead_letter(topology, publisher, delivery, reason).await,
+        (Outcome::Later { delay }, Some(message)) => {
+            delay_publish(topology, publisher, message, *delay).await
+        }
+        (Outcome::DeadLetter { reason }, _) => {
+            dead_letter(topology, publisher, delivery, reason).await
+        }
         (_, None) => dead_letter(topology, publisher, delivery, "no decodable message").await,
     };
     match published {
@@ -224,16 +272,26 @@ async fn delay_publish(
     delay: Duration,
 ) -> Result<(), broker::PublishError> {
     // Whole seconds, rounded up, so a message never comes back early.
-    let delay = Duration::from_secs(delay.as_secs() + u64::from(delay.subsec_nanos() > 0)).max(Duration::from_secs(1));
+    let delay = Duration::from_secs(delay.as_secs() + u64::from(delay.subsec_nanos() > 0))
+        .max(Duration::from_secs(1));
     let queue = topology.names.delay(delay);
     {
         let mut declared = publisher.declared.lock().await;
         if !declared.contains(&queue) {
-            topology.declare_delay_queue(&publisher.channel, delay).await?;
+            topology
+                .declare_delay_queue(&publisher.channel, delay)
+                .await?;
             declared.insert(queue.clone());
         }
     }
-    broker::publish_confirmed(&publisher.channel, "", &queue, &message.body(), message.properties()).await
+    broker::publish_confirmed(
+        &publisher.channel,
+        "",
+        &queue,
+        &message.body(),
+        message.properties(),
+    )
+    .await
 }
 
 async fn dead_letter(
@@ -248,6 +306,17 @@ async fn dead_letter(
         ShortString::from("x-notify-dead-letter-reason"),
         AMQPValue::LongString(LongString::from(reason.as_bytes().to_vec())),
     );
-    let properties = delivery.properties.clone().with_headers(headers).with_delivery_mode(2);
-    broker::publish_confirmed(&publisher.channel, "", &topology.names.dead_letter(), &delivery.data, properties).await
+    let properties = delivery
+        .properties
+        .clone()
+        .with_headers(headers)
+        .with_delivery_mode(2);
+    broker::publish_confirmed(
+        &publisher.channel,
+        "",
+        &topology.names.dead_letter(),
+        &delivery.data,
+        properties,
+    )
+    .await
 }

@@ -21,12 +21,18 @@ pub enum Failure {
 impl Failure {
     pub fn reply(&self) -> &str {
         match self {
-            Failure::Permanent { reply } | Failure::Account { reply } | Failure::Temporary { reply } => reply,
+            Failure::Permanent { reply }
+            | Failure::Account { reply }
+            | Failure::Temporary { reply } => reply,
         }
     }
 }
 
-pub async fn deliver(transport: &Transport, message: Message, limit: Duration) -> Result<String, Failure> {
+pub async fn deliver(
+    transport: &Transport,
+    message: Message,
+    limit: Duration,
+) -> Result<String, Failure> {
     let started = Instant::now();
     let result = tokio::time::timeout(limit, transport.send(message)).await;
     metrics::histogram!("smtp_send_duration_seconds").record(started.elapsed().as_secs_f64());

@@ -21,7 +21,9 @@ use crate::pool::TransportCache;
 
 /// Connects to PostgreSQL and Redis, then consumes until `shutdown`.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let pool = db::connect(&settings).await.context("connecting to PostgreSQL")?;
+    let pool = db::connect(&settings)
+        .await
+        .context("connecting to PostgreSQL")?;
     let results = ResultBackend::new(&settings.result_backend_url, settings.result_expires)?;
     let transports = TransportCache::new(
         settings.keyring.clone(),

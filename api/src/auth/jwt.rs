@@ -60,7 +60,12 @@ impl TokenIssuer {
         }
     }
 
-    pub fn issue(&self, key_id: Uuid, scopes: &[String], kind: TokenKind) -> Result<String, ApiError> {
+    pub fn issue(
+        &self,
+        key_id: Uuid,
+        scopes: &[String],
+        kind: TokenKind,
+    ) -> Result<String, ApiError> {
         let now = Utc::now().timestamp();
         let ttl = match kind {
             TokenKind::Access => self.access_ttl,
@@ -81,13 +86,16 @@ impl TokenIssuer {
     }
 
     pub fn verify(&self, token: &str, expected: TokenKind) -> Result<Claims, ApiError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| {
-            match e.kind() {
-                ErrorKind::ExpiredSignature => ApiError::unauthorized("token_expired", "token has expired"),
-                ErrorKind::ImmatureSignature => ApiError::unauthorized("invalid_token", "token is not valid yet"),
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => {
+                    ApiError::unauthorized("token_expired", "token has expired")
+                }
+                ErrorKind::ImmatureSignature => {
+                    ApiError::unauthorized("invalid_token", "token is not valid yet")
+                }
                 _ => ApiError::unauthorized("invalid_token", "token is invalid"),
-            }
-        })?;
+            })?;
         if data.claims.typ != expected {
             return Err(ApiError::unauthorized(
                 "invalid_token",
@@ -115,7 +123,9 @@ mod tests {
     fn issued_tokens_verify_and_carry_scopes() {
         let issuer = issuer("s".repeat(32).as_str());
         let id = Uuid::new_v4();
-        let token = issuer.issue(id, &["send".into()], TokenKind::Access).unwrap();
+        let token = issuer
+            .issue(id, &["send".into()], TokenKind::Access)
+            .unwrap();
         let claims = issuer.verify(&token, TokenKind::Access).unwrap();
         assert_eq!(claims.sub, id);
         assert_eq!(claims.scopes, vec!["send"]);

@@ -5,4 +5,4 @@ mod jwt;
 mod principal;
 
 pub use jwt::{Claims, TokenIssuer, TokenKind};
-pub use principal::{Principal, Scope};
+pub use principal::{Admin, Principal, Scope};

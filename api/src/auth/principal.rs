@@ -49,26 +49,57 @@ impl Principal {
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .ok_or_else(|| ApiError::unauthorized("missing_token", "Authorization: Bearer <token> is required"))?;
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let header = parts.headers.get(AUTHORIZATION).ok_or_else(|| {
+            ApiError::unauthorized("missing_token", "Authorization: Bearer <token> is required")
+        })?;
         let token = header
             .to_str()
             .ok()
-            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
             .map(str::trim)
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| ApiError::unauthorized("invalid_token", "Authorization header must be `Bearer <token>`"))?;
+            .ok_or_else(|| {
+                ApiError::unauthorized(
+                    "invalid_token",
+                    "Authorization header must be `Bearer <token>`",
+                )
+            })?;
         let claims = state.tokens.verify(token, TokenKind::Access)?;
         // Checked on every request so that revoking a key stops its tokens at once.
         if !platform::db::api_keys::is_usable(&state.pool, claims.sub).await? {
-            return Err(ApiError::unauthorized("key_revoked", "the API key behind this token is revoked"));
+            return Err(ApiError::unauthorized(
+                "key_revoked",
+                "the API key behind this token is revoked",
+            ));
         }
         Ok(Principal {
             key_id: claims.sub,
             scopes: claims.scopes,
         })
+    }
+}
+
+/// A principal with the admin scope. As an extractor it runs before the
+/// body is read, so a non-admin caller gets 403 whatever it sent.
+#[derive(Debug, Clone)]
+pub struct Admin(pub Principal);
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let principal = Principal::from_request_parts(parts, state).await?;
+        principal.require(Scope::Admin)?;
+        Ok(Admin(principal))
     }
 }

@@ -46,14 +46,22 @@ pub async fn issue_token(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<TokenRequest>,
 ) -> Result<Json<Data<TokenPair>>, ApiError> {
-    let invalid = || ApiError::unauthorized("invalid_credentials", "API key or secret is wrong, or the key is revoked");
+    let invalid = || {
+        ApiError::unauthorized(
+            "invalid_credentials",
+            "API key or secret is wrong, or the key is revoked",
+        )
+    };
     if request.api_key.len() > 256 || request.api_secret.len() > 256 {
         return Err(invalid());
     }
     let key = api_keys::find_by_key(&state.pool, &request.api_key)
         .await?
         .ok_or_else(invalid)?;
-    let secret_ok = constant_time_eq(hash_token(&request.api_secret).as_bytes(), key.secret_hash.as_bytes());
+    let secret_ok = constant_time_eq(
+        hash_token(&request.api_secret).as_bytes(),
+        key.secret_hash.as_bytes(),
+    );
     if !secret_ok || !key.is_active {
         return Err(invalid());
     }
@@ -70,9 +78,14 @@ pub async fn refresh(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<RefreshRequest>,
 ) -> Result<Json<Data<TokenPair>>, ApiError> {
-    let claims = state.tokens.verify(&request.refresh_token, TokenKind::Refresh)?;
+    let claims = state
+        .tokens
+        .verify(&request.refresh_token, TokenKind::Refresh)?;
     if !api_keys::is_usable(&state.pool, claims.sub).await? {
-        return Err(ApiError::unauthorized("key_revoked", "the API key behind this token is revoked"));
+        return Err(ApiError::unauthorized(
+            "key_revoked",
+            "the API key behind this token is revoked",
+        ));
     }
     Ok(Data::new(pair(&state, claims.sub, &claims.scopes)?))
 }

@@ -5,13 +5,15 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
-use platform::db::email_accounts::{self, AccountPatch, EmailAccount, NewEmailAccount, TlsMode, PASSWORD_PURPOSE};
+use platform::db::email_accounts::{
+    self, AccountPatch, EmailAccount, NewEmailAccount, TlsMode, PASSWORD_PURPOSE,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::Data;
-use crate::auth::{Principal, Scope};
+use crate::auth::Admin;
 use crate::error::{on_unique, ApiError, ErrorBody};
 use crate::extract::{JsonBody, PathParam};
 use crate::state::AppState;
@@ -117,14 +119,20 @@ fn duplicate() -> ApiError {
 fn host(value: &str) -> Result<String, ApiError> {
     let host = validate::header_text("smtp_host", value, true, 253)?;
     if host.contains(char::is_whitespace) || host.contains('/') {
-        return Err(ApiError::validation("smtp_host", "smtp_host must be a host name or IP address"));
+        return Err(ApiError::validation(
+            "smtp_host",
+            "smtp_host must be a host name or IP address",
+        ));
     }
     Ok(host)
 }
 
 fn port(value: u16) -> Result<u16, ApiError> {
     if value == 0 {
-        return Err(ApiError::validation("smtp_port", "smtp_port must be between 1 and 65535"));
+        return Err(ApiError::validation(
+            "smtp_port",
+            "smtp_port must be between 1 and 65535",
+        ));
     }
     Ok(value)
 }
@@ -149,10 +157,9 @@ fn password(value: &str) -> Result<&str, ApiError> {
         (status = 422, body = ErrorBody, description = "A field is invalid; `field` names it")))]
 pub async fn create(
     State(state): State<AppState>,
-    principal: Principal,
+    Admin(principal): Admin,
     JsonBody(req): JsonBody<CreateEmailAccount>,
 ) -> Result<(StatusCode, Json<Data<EmailAccountView>>), ApiError> {
-    principal.require(Scope::Admin)?;
     let email = validate::email("email", &req.email)?;
     let smtp_port = port(req.smtp_port)?;
     let new = NewEmailAccount {
@@ -164,11 +171,26 @@ pub async fn create(
             true,
             320,
         )?,
-        password: state.settings.keyring.seal(password(&req.smtp_password)?, PASSWORD_PURPOSE),
+        password: state
+            .settings
+            .keyring
+            .seal(password(&req.smtp_password)?, PASSWORD_PURPOSE),
         display_name: validate::header_text("display_name", &req.display_name, false, 128)?,
-        tls_mode: req.tls_mode.unwrap_or_else(|| TlsMode::default_for_port(smtp_port)),
-        daily_limit: validate::in_range("daily_limit", req.daily_limit.unwrap_or(500), 0, MAX_DAILY_LIMIT)?,
-        priority: validate::in_range("priority", req.priority.unwrap_or(0), PRIORITY_RANGE.0, PRIORITY_RANGE.1)?,
+        tls_mode: req
+            .tls_mode
+            .unwrap_or_else(|| TlsMode::default_for_port(smtp_port)),
+        daily_limit: validate::in_range(
+            "daily_limit",
+            req.daily_limit.unwrap_or(500),
+            0,
+            MAX_DAILY_LIMIT,
+        )?,
+        priority: validate::in_range(
+            "priority",
+            req.priority.unwrap_or(0),
+            PRIORITY_RANGE.0,
+            PRIORITY_RANGE.1,
+        )?,
         is_active: req.is_active.unwrap_or(true),
         email: email.to_string(),
     };
@@ -182,8 +204,10 @@ pub async fn create(
 /// Lists the pool, highest priority first.
 #[utoipa::path(get, path = "/api/v1/admin/email-accounts", tag = "email-accounts", security(("bearer" = [])),
     responses((status = 200, body = Data<Vec<EmailAccountView>>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
-pub async fn list(State(state): State<AppState>, principal: Principal) -> Result<Json<Data<Vec<EmailAccountView>>>, ApiError> {
-    principal.require(Scope::Admin)?;
+pub async fn list(
+    State(state): State<AppState>,
+    Admin(_principal): Admin,
+) -> Result<Json<Data<Vec<EmailAccountView>>>, ApiError> {
     let accounts = email_accounts::list(&state.pool, platform::today(&state.settings)).await?;
     Ok(Data::new(accounts.into_iter().map(Into::into).collect()))
 }
@@ -193,10 +217,9 @@ pub async fn list(State(state): State<AppState>, principal: Principal) -> Result
     responses((status = 200, body = Data<EmailAccountView>), (status = 404, body = ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
-    principal: Principal,
+    Admin(_principal): Admin,
     PathParam(id): PathParam<Uuid>,
 ) -> Result<Json<Data<EmailAccountView>>, ApiError> {
-    principal.require(Scope::Admin)?;
     let account = email_accounts::get(&state.pool, platform::today(&state.settings), id)
         .await?
         .ok_or(ApiError::NotFound("email account"))?;
@@ -211,13 +234,17 @@ pub async fn get(
         (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn update(
     State(state): State<AppState>,
-    principal: Principal,
+    Admin(principal): Admin,
     PathParam(id): PathParam<Uuid>,
     JsonBody(req): JsonBody<UpdateEmailAccount>,
 ) -> Result<Json<Data<EmailAccountView>>, ApiError> {
-    principal.require(Scope::Admin)?;
     let patch = AccountPatch {
-        email: req.email.as_deref().map(|e| validate::email("email", e)).transpose()?.map(|e| e.to_string()),
+        email: req
+            .email
+            .as_deref()
+            .map(|e| validate::email("email", e))
+            .transpose()?
+            .map(|e| e.to_string()),
         display_name: req
             .display_name
             .as_deref()
@@ -259,10 +286,9 @@ pub async fn update(
     responses((status = 204, description = "Deleted"), (status = 404, body = ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
-    principal: Principal,
+    Admin(principal): Admin,
     PathParam(id): PathParam<Uuid>,
 ) -> Result<StatusCode, ApiError> {
-    principal.require(Scope::Admin)?;
     if !email_accounts::delete(&state.pool, id).await? {
         return Err(ApiError::NotFound("email account"));
     }

@@ -31,7 +31,11 @@ pub async fn live() -> Json<Value> {
 pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let (database, broker, redis) = tokio::join!(
         check(async {
-            sqlx::query("SELECT 1").execute(&state.pool).await.map(|_| ()).map_err(|e| e.to_string())
+            sqlx::query("SELECT 1")
+                .execute(&state.pool)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
         }),
         check(async {
             let conn = platform::broker::connect(&state.settings, "notify-api-readiness")
@@ -44,11 +48,22 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     );
     let mut checks = Map::new();
     let mut all_ok = true;
-    for (name, result) in [("database", database), ("rabbitmq", broker), ("redis", redis)] {
+    for (name, result) in [
+        ("database", database),
+        ("rabbitmq", broker),
+        ("redis", redis),
+    ] {
         all_ok &= result.is_ok();
-        checks.insert(name.into(), Value::String(result.map_or_else(|e| format!("down: {e}"), |_| "ok".into())));
+        checks.insert(
+            name.into(),
+            Value::String(result.map_or_else(|e| format!("down: {e}"), |_| "ok".into())),
+        );
     }
-    let status = if all_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if all_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let label = if all_ok { "ready" } else { "unavailable" };
     (status, Json(json!({"status": label, "checks": checks})))
 }
@@ -80,7 +95,10 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         metrics::gauge!("outbox_pending_messages").set(pending as f64);
     }
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
         state.metrics.render(),
     )
 }

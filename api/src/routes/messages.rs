@@ -55,7 +55,9 @@ pub async fn send(
 ) -> Result<Response, ApiError> {
     principal.require(Scope::Send)?;
     let body = body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge("request body is larger than the configured limit".into()),
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::PayloadTooLarge("request body is larger than the configured limit".into())
+        }
         _ => ApiError::BadRequest {
             code: "invalid_body",
             message: rejection.body_text(),
@@ -75,7 +77,8 @@ pub async fn send(
             if stored.request_hash != fingerprint {
                 return Err(idem::reused());
             }
-            let status = StatusCode::from_u16(stored.response_status as u16).unwrap_or(StatusCode::ACCEPTED);
+            let status =
+                StatusCode::from_u16(stored.response_status as u16).unwrap_or(StatusCode::ACCEPTED);
             let mut response = (status, Json(stored.response_body.0)).into_response();
             response
                 .headers_mut()
@@ -103,7 +106,15 @@ pub async fn send(
         status: "queued".into(),
     }});
     if let Some(key) = &idempotency_key {
-        idempotency::save(&mut tx, principal.key_id, key.as_str(), &fingerprint, 202, &body).await?;
+        idempotency::save(
+            &mut tx,
+            principal.key_id,
+            key.as_str(),
+            &fingerprint,
+            202,
+            &body,
+        )
+        .await?;
     }
     tx.commit().await?;
     state.outbox.wake();
@@ -114,13 +125,22 @@ pub async fn send(
 
 /// The send body is parsed by hand (not by an extractor) so that the
 /// fingerprint covers exactly what was accepted.
-fn parse_json<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, ApiError> {
+fn parse_json<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<T, ApiError> {
     let is_json = headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")));
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+        });
     if !is_json {
-        return Err(ApiError::UnsupportedMediaType("expected Content-Type: application/json".into()));
+        return Err(ApiError::UnsupportedMediaType(
+            "expected Content-Type: application/json".into(),
+        ));
     }
     let value: Value = serde_json::from_slice(body).map_err(|e| ApiError::BadRequest {
         code: "invalid_json",

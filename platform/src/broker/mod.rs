@@ -21,7 +21,10 @@ pub enum BrokerError {
 
 /// Opens a connection driven by the tokio runtime, with the configured
 /// heartbeat so dead peers are noticed.
-pub async fn connect(settings: &Settings, connection_name: &str) -> Result<Connection, BrokerError> {
+pub async fn connect(
+    settings: &Settings,
+    connection_name: &str,
+) -> Result<Connection, BrokerError> {
     let mut uri: AMQPUri = settings.broker_url.parse().map_err(BrokerError::Url)?;
     uri.query.heartbeat = Some(settings.heartbeat);
     let properties = ConnectionProperties::default()

@@ -14,7 +14,10 @@ pub enum PublishError {
     #[error("RabbitMQ refused the message (nack)")]
     Nacked,
     #[error("no queue is bound for exchange {exchange:?} and routing key {routing_key:?}")]
-    Unroutable { exchange: String, routing_key: String },
+    Unroutable {
+        exchange: String,
+        routing_key: String,
+    },
     #[error("no publisher confirm within {0:?}")]
     Timeout(Duration),
 }
@@ -40,7 +43,11 @@ pub async fn publish(
         .await?)
 }
 
-pub async fn await_confirm(confirm: PublisherConfirm, exchange: &str, routing_key: &str) -> Result<(), PublishError> {
+pub async fn await_confirm(
+    confirm: PublisherConfirm,
+    exchange: &str,
+    routing_key: &str,
+) -> Result<(), PublishError> {
     let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
         .await
         .map_err(|_| PublishError::Timeout(CONFIRM_TIMEOUT))??;

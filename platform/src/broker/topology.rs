@@ -26,19 +26,33 @@ impl Topology {
     pub async fn declare_task_queue(&self, channel: &Channel) -> Result<(), lapin::Error> {
         let name = self.names.tasks.as_str();
         channel
-            .exchange_declare(name, ExchangeKind::Direct, durable_exchange(), FieldTable::default())
+            .exchange_declare(
+                name,
+                ExchangeKind::Direct,
+                durable_exchange(),
+                FieldTable::default(),
+            )
             .await?;
         channel
             .queue_declare(name, durable_queue(), FieldTable::default())
             .await?;
         channel
-            .queue_bind(name, name, name, QueueBindOptions::default(), FieldTable::default())
+            .queue_bind(
+                name,
+                name,
+                name,
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
             .await?;
         Ok(())
     }
 
     /// Messages that cannot be processed, published with a reason header.
-    pub async fn declare_dead_letter_queue(&self, channel: &Channel) -> Result<String, lapin::Error> {
+    pub async fn declare_dead_letter_queue(
+        &self,
+        channel: &Channel,
+    ) -> Result<String, lapin::Error> {
         let name = self.names.dead_letter();
         channel
             .queue_declare(&name, durable_queue(), FieldTable::default())
@@ -51,12 +65,22 @@ impl Topology {
     /// task queue. Delayed work thus stays durable in RabbitMQ instead of in
     /// worker memory. The queue removes itself once unused for a while
     /// longer than its delay, so one-off delays do not accumulate.
-    pub async fn declare_delay_queue(&self, channel: &Channel, delay: Duration) -> Result<String, lapin::Error> {
+    pub async fn declare_delay_queue(
+        &self,
+        channel: &Channel,
+        delay: Duration,
+    ) -> Result<String, lapin::Error> {
         let name = self.names.delay(delay);
         let delay_ms = delay.as_millis().max(1000) as i64;
         let mut args = FieldTable::default();
-        args.insert(ShortString::from("x-message-ttl"), AMQPValue::LongLongInt(delay_ms));
-        args.insert(ShortString::from("x-expires"), AMQPValue::LongLongInt(delay_ms * 2 + 600_000));
+        args.insert(
+            ShortString::from("x-message-ttl"),
+            AMQPValue::LongLongInt(delay_ms),
+        );
+        args.insert(
+            ShortString::from("x-expires"),
+            AMQPValue::LongLongInt(delay_ms * 2 + 600_000),
+        );
         args.insert(
             ShortString::from("x-dead-letter-exchange"),
             AMQPValue::LongString(LongString::from(self.names.tasks.as_bytes().to_vec())),

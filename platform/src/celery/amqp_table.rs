@@ -32,8 +32,12 @@ fn value_to_json(value: &AMQPValue) -> Value {
             Number::from_f64(value).map_or(Value::Null, Value::Number)
         }
         AMQPValue::ShortString(s) => Value::String(s.to_string()),
-        AMQPValue::LongString(s) => Value::String(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ByteArray(b) => Value::String(String::from_utf8_lossy(b.as_slice()).into_owned()),
+        AMQPValue::LongString(s) => {
+            Value::String(String::from_utf8_lossy(s.as_bytes()).into_owned())
+        }
+        AMQPValue::ByteArray(b) => {
+            Value::String(String::from_utf8_lossy(b.as_slice()).into_owned())
+        }
         AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(value_to_json).collect()),
         AMQPValue::FieldTable(t) => Value::Object(table_to_json(t)),
         AMQPValue::Timestamp(t) => Value::from(*t),
@@ -59,9 +63,9 @@ fn json_to_value(value: &Value) -> AMQPValue {
             (None, None) => AMQPValue::Void,
         },
         Value::String(s) => AMQPValue::LongString(LongString::from(s.as_bytes().to_vec())),
-        Value::Array(items) => {
-            AMQPValue::FieldArray(FieldArray::from(items.iter().map(json_to_value).collect::<Vec<_>>()))
-        }
+        Value::Array(items) => AMQPValue::FieldArray(FieldArray::from(
+            items.iter().map(json_to_value).collect::<Vec<_>>(),
+        )),
         Value::Object(map) => AMQPValue::FieldTable(json_to_table(map)),
     }
 }

@@ -180,7 +180,12 @@ impl TaskMessage {
     }
 
     pub fn properties(&self) -> BasicProperties {
-        amqp_properties(&self.headers.id, &self.headers_json(), self.priority, self.reply_to.as_deref())
+        amqp_properties(
+            &self.headers.id,
+            &self.headers_json(),
+            self.priority,
+            self.reply_to.as_deref(),
+        )
     }
 
     /// Decodes a delivery. Refuses anything but JSON: pickle and other
@@ -198,7 +203,10 @@ impl TaskMessage {
                 return Err(DecodeError::UnsupportedEncoding(encoding));
             }
         }
-        let table = properties.headers().as_ref().ok_or(DecodeError::NoHeaders)?;
+        let table = properties
+            .headers()
+            .as_ref()
+            .ok_or(DecodeError::NoHeaders)?;
         let headers: TaskHeaders = serde_json::from_value(Value::Object(table_to_json(table)))
             .map_err(|e| DecodeError::InvalidHeaders(e.to_string()))?;
 
@@ -208,9 +216,16 @@ impl TaskMessage {
             return Err(DecodeError::InvalidBody("not an array".into()));
         };
         if parts.len() < 2 || parts.len() > 3 {
-            return Err(DecodeError::InvalidBody(format!("{} elements", parts.len())));
+            return Err(DecodeError::InvalidBody(format!(
+                "{} elements",
+                parts.len()
+            )));
         }
-        let embed = if parts.len() == 3 { parts.pop().unwrap_or(Value::Null) } else { Value::Null };
+        let embed = if parts.len() == 3 {
+            parts.pop().unwrap_or(Value::Null)
+        } else {
+            Value::Null
+        };
         let kwargs = match parts.pop() {
             Some(Value::Object(map)) => map,
             Some(Value::Null) => Map::new(),
@@ -275,7 +290,15 @@ mod tests {
             decoded.headers.eta.unwrap().timestamp_micros(),
             msg.headers.eta.unwrap().timestamp_micros()
         );
-        assert_eq!(decoded.properties().correlation_id().as_ref().unwrap().as_str(), "t1");
+        assert_eq!(
+            decoded
+                .properties()
+                .correlation_id()
+                .as_ref()
+                .unwrap()
+                .as_str(),
+            "t1"
+        );
     }
 
     #[test]
@@ -293,23 +316,39 @@ mod tests {
             .with_headers(json_to_table(headers.as_object().unwrap()));
         let body = br#"[[], {"to": "a@b.c"}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]"#;
         let msg = TaskMessage::decode(&props, body).unwrap();
-        assert_eq!(msg.headers.eta.unwrap().to_rfc3339(), "2026-01-02T03:04:05.000006+00:00");
+        assert_eq!(
+            msg.headers.eta.unwrap().to_rfc3339(),
+            "2026-01-02T03:04:05.000006+00:00"
+        );
         assert_eq!(msg.headers.extra["future_field"], json!([1, 2]));
         assert_eq!(msg.kwargs["to"], "a@b.c");
     }
 
     #[test]
     fn pickle_and_garbage_are_refused() {
-        let props = BasicProperties::default().with_content_type("application/x-python-serialize".into());
+        let props =
+            BasicProperties::default().with_content_type("application/x-python-serialize".into());
         assert!(matches!(
             TaskMessage::decode(&props, b"\x80\x04"),
             Err(DecodeError::UnsupportedContentType(_))
         ));
         let msg = TaskMessage::new("x", "y", vec![], Map::new());
-        for body in [&b"not json"[..], b"{}", b"[1]", b"[1, 2, 3]", b"[[], [], null]"] {
-            assert!(TaskMessage::decode(&msg.properties(), body).is_err(), "{body:?}");
+        for body in [
+            &b"not json"[..],
+            b"{}",
+            b"[1]",
+            b"[1, 2, 3]",
+            b"[[], [], null]",
+        ] {
+            assert!(
+                TaskMessage::decode(&msg.properties(), body).is_err(),
+                "{body:?}"
+            );
         }
         let no_headers = BasicProperties::default().with_content_type("application/json".into());
-        assert_eq!(TaskMessage::decode(&no_headers, b"[[],{},null]"), Err(DecodeError::NoHeaders));
+        assert_eq!(
+            TaskMessage::decode(&no_headers, b"[[],{},null]"),
+            Err(DecodeError::NoHeaders)
+        );
     }
 }

@@ -6,6 +6,6 @@ mod message;
 mod result;
 
 pub use amqp_table::{json_to_table, table_to_json};
+pub use message::amqp_properties;
 pub use message::{DecodeError, TaskHeaders, TaskMessage};
 pub use result::{key_for as result_key, ResultBackend, ResultError, TaskState};
-pub use message::amqp_properties;

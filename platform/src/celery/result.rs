@@ -62,23 +62,45 @@ impl ResultBackend {
     }
 
     /// Stores a successful result or a state without a result.
-    pub async fn store(&self, task_id: &str, state: TaskState, result: Value) -> Result<(), ResultError> {
+    pub async fn store(
+        &self,
+        task_id: &str,
+        state: TaskState,
+        result: Value,
+    ) -> Result<(), ResultError> {
         self.write(task_id, state, result, Value::Null).await
     }
 
     /// Stores a failure the way Celery serializes exceptions, so that
     /// `AsyncResult.get()` raises `exc_type(message)` in Python.
-    pub async fn store_failure(&self, task_id: &str, exc_type: &str, message: &str) -> Result<(), ResultError> {
+    pub async fn store_failure(
+        &self,
+        task_id: &str,
+        exc_type: &str,
+        message: &str,
+    ) -> Result<(), ResultError> {
         let result = json!({
             "exc_type": exc_type,
             "exc_message": [message],
             "exc_module": "builtins",
         });
         let traceback = format!("{exc_type}: {message}");
-        self.write(task_id, TaskState::Failure, result, Value::String(traceback)).await
+        self.write(
+            task_id,
+            TaskState::Failure,
+            result,
+            Value::String(traceback),
+        )
+        .await
     }
 
-    async fn write(&self, task_id: &str, state: TaskState, result: Value, traceback: Value) -> Result<(), ResultError> {
+    async fn write(
+        &self,
+        task_id: &str,
+        state: TaskState,
+        result: Value,
+        traceback: Value,
+    ) -> Result<(), ResultError> {
         let document = json!({
             "status": state.as_str(),
             "result": result,
@@ -102,7 +124,10 @@ impl ResultBackend {
 
     pub async fn fetch(&self, task_id: &str) -> Result<Option<Value>, ResultError> {
         let mut conn = self.pool.get().await?;
-        let raw: Option<String> = redis::cmd("GET").arg(key_for(task_id)).query_async(&mut *conn).await?;
+        let raw: Option<String> = redis::cmd("GET")
+            .arg(key_for(task_id))
+            .query_async(&mut *conn)
+            .await?;
         Ok(raw.and_then(|r| serde_json::from_str(&r).ok()))
     }
 

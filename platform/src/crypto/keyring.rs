@@ -49,7 +49,9 @@ impl KeyId {
     pub fn parse(raw: &str) -> Result<Self, String> {
         let ok = !raw.is_empty()
             && raw.len() <= 32
-            && raw.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            && raw
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         if ok {
             Ok(KeyId(raw.to_string()))
         } else {
@@ -157,7 +159,11 @@ mod tests {
     use secrecy::ExposeSecret;
 
     fn ring(id: &str, byte: u8) -> Keyring {
-        Keyring::new(KeyId::parse(id).unwrap(), MasterKey([byte; 32]), HashMap::new())
+        Keyring::new(
+            KeyId::parse(id).unwrap(),
+            MasterKey([byte; 32]),
+            HashMap::new(),
+        )
     }
 
     #[test]
@@ -175,9 +181,15 @@ mod tests {
     fn tampering_and_wrong_purpose_are_detected() {
         let ring = ring("k1", 1);
         let mut sealed = ring.seal("hunter2", "smtp");
-        assert!(matches!(ring.open(&sealed, "other"), Err(CryptoError::Tampered)));
+        assert!(matches!(
+            ring.open(&sealed, "other"),
+            Err(CryptoError::Tampered)
+        ));
         sealed.ciphertext[0] ^= 1;
-        assert!(matches!(ring.open(&sealed, "smtp"), Err(CryptoError::Tampered)));
+        assert!(matches!(
+            ring.open(&sealed, "smtp"),
+            Err(CryptoError::Tampered)
+        ));
     }
 
     #[test]
@@ -189,8 +201,14 @@ mod tests {
             MasterKey([2; 32]),
             HashMap::from([(KeyId::parse("k1").unwrap(), MasterKey([1; 32]))]),
         );
-        assert_eq!(rotated.open(&sealed, "smtp").unwrap().expose_secret(), "hunter2");
+        assert_eq!(
+            rotated.open(&sealed, "smtp").unwrap().expose_secret(),
+            "hunter2"
+        );
         assert_eq!(rotated.seal("x", "smtp").key_id, "k2");
-        assert!(matches!(ring("k3", 3).open(&sealed, "smtp"), Err(CryptoError::UnknownKey(_))));
+        assert!(matches!(
+            ring("k3", 3).open(&sealed, "smtp"),
+            Err(CryptoError::UnknownKey(_))
+        ));
     }
 }

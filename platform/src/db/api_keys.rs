@@ -46,10 +46,12 @@ pub async fn insert(
 }
 
 pub async fn find_by_key(pool: &PgPool, key: &str) -> Result<Option<ApiKey>, sqlx::Error> {
-    sqlx::query_as(&format!("SELECT {COLUMNS} FROM api_keys WHERE key_hash = $1"))
-        .bind(hash_token(key))
-        .fetch_optional(pool)
-        .await
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM api_keys WHERE key_hash = $1"
+    ))
+    .bind(hash_token(key))
+    .fetch_optional(pool)
+    .await
 }
 
 /// Whether tokens minted for this key are still honoured.

@@ -122,7 +122,11 @@ pub struct AccountPatch {
     pub is_active: Option<bool>,
 }
 
-pub async fn insert(pool: &PgPool, today: NaiveDate, new: &NewEmailAccount) -> Result<EmailAccount, sqlx::Error> {
+pub async fn insert(
+    pool: &PgPool,
+    today: NaiveDate,
+    new: &NewEmailAccount,
+) -> Result<EmailAccount, sqlx::Error> {
     sqlx::query_as(&format!(
         "INSERT INTO email_accounts (id, email, display_name, smtp_host, smtp_port, smtp_username,
             smtp_password_ciphertext, smtp_password_nonce, smtp_password_key_id, tls_mode,
@@ -157,12 +161,18 @@ pub async fn list(pool: &PgPool, today: NaiveDate) -> Result<Vec<EmailAccount>, 
     .await
 }
 
-pub async fn get(pool: &PgPool, today: NaiveDate, id: Uuid) -> Result<Option<EmailAccount>, sqlx::Error> {
-    sqlx::query_as(&format!("SELECT {COLUMNS} FROM email_accounts WHERE id = $2"))
-        .bind(today)
-        .bind(id)
-        .fetch_optional(pool)
-        .await
+pub async fn get(
+    pool: &PgPool,
+    today: NaiveDate,
+    id: Uuid,
+) -> Result<Option<EmailAccount>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM email_accounts WHERE id = $2"
+    ))
+    .bind(today)
+    .bind(id)
+    .fetch_optional(pool)
+    .await
 }
 
 pub async fn update(

@@ -52,7 +52,10 @@ impl MessageStatus {
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            MessageStatus::Sent | MessageStatus::Failed | MessageStatus::Suppressed | MessageStatus::Cancelled
+            MessageStatus::Sent
+                | MessageStatus::Failed
+                | MessageStatus::Suppressed
+                | MessageStatus::Cancelled
         )
     }
 }
@@ -108,7 +111,8 @@ pub struct NewMessage {
     pub text_body: Option<String>,
 }
 
-const INSERT: &str = "INSERT INTO message_records (id, task_id, api_key_id, status, to_addrs, cc_addrs,
+const INSERT: &str =
+    "INSERT INTO message_records (id, task_id, api_key_id, status, to_addrs, cc_addrs,
         bcc_addrs, reply_to, from_name, subject, html_body, text_body, queued_at)
     VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, $11, now())";
 
@@ -138,7 +142,10 @@ pub async fn insert(executor: impl PgExecutor<'_>, new: &NewMessage) -> Result<(
 /// Records a message that arrived as a task without a record (a Python
 /// producer calling `send_task` directly). A redelivery finds the row the
 /// first delivery wrote.
-pub async fn insert_for_task(pool: &PgPool, new: &NewMessage) -> Result<MessageRecord, sqlx::Error> {
+pub async fn insert_for_task(
+    pool: &PgPool,
+    new: &NewMessage,
+) -> Result<MessageRecord, sqlx::Error> {
     let query = format!("{INSERT} ON CONFLICT (task_id) DO NOTHING");
     bind_new(sqlx::query(&query), new).execute(pool).await?;
     sqlx::query_as("SELECT * FROM message_records WHERE task_id = $1")

@@ -35,12 +35,17 @@ pub async fn connect(settings: &Settings) -> Result<PgPool, sqlx::Error> {
 /// Applies pending migrations. Several processes may start at once, so the
 /// run is serialized by an advisory lock.
 pub async fn migrate(database_url: &str) -> Result<Vec<String>, MigrateError> {
-    let (mut client, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls).await?;
+    let (mut client, connection) =
+        tokio_postgres::connect(database_url, tokio_postgres::NoTls).await?;
     let driver = tokio::spawn(connection);
     const LOCK: i64 = 0x6e6f_7469_6679; // "notify"
-    client.execute("SELECT pg_advisory_lock($1)", &[&LOCK]).await?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&LOCK])
+        .await?;
     let report = embedded::migrations::runner().run_async(&mut client).await;
-    let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&LOCK]).await;
+    let _ = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&LOCK])
+        .await;
     drop(client);
     let _ = driver.await;
     Ok(report?

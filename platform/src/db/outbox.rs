@@ -61,5 +61,7 @@ pub async fn delete(tx: &mut Transaction<'_, Postgres>, ids: &[i64]) -> Result<(
 }
 
 pub async fn pending(executor: impl PgExecutor<'_>) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(executor).await
+    sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(executor)
+        .await
 }

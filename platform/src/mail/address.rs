@@ -54,14 +54,25 @@ mod tests {
 
     #[test]
     fn accepts_ordinary_addresses() {
-        for ok in ["a@example.com", "first.last+tag@sub.example.org", " spaced@example.com "] {
+        for ok in [
+            "a@example.com",
+            "first.last+tag@sub.example.org",
+            " spaced@example.com ",
+        ] {
             assert!(EmailAddress::parse(ok).is_ok(), "{ok}");
         }
     }
 
     #[test]
     fn refuses_malformed_and_injected_addresses() {
-        for bad in ["", "plain", "a@", "@example.com", "a b@example.com", "a@example.com\r\nBcc: x@y.z"] {
+        for bad in [
+            "",
+            "plain",
+            "a@",
+            "@example.com",
+            "a b@example.com",
+            "a@example.com\r\nBcc: x@y.z",
+        ] {
             assert!(EmailAddress::parse(bad).is_err(), "{bad:?}");
         }
         assert_eq!(

@@ -34,15 +34,24 @@ pub struct ComposedEmail {
 }
 
 fn mailbox(name: Option<&str>, address: &str) -> Result<Mailbox, ComposeError> {
-    let parsed = EmailAddress::parse(address).map_err(|_| ComposeError::Address(address.to_string()))?;
+    let parsed =
+        EmailAddress::parse(address).map_err(|_| ComposeError::Address(address.to_string()))?;
     let address = parsed
         .as_str()
         .parse()
         .map_err(|_| ComposeError::Address(address.to_string()))?;
-    Ok(Mailbox::new(name.filter(|n| !n.is_empty()).map(str::to_string), address))
+    Ok(Mailbox::new(
+        name.filter(|n| !n.is_empty()).map(str::to_string),
+        address,
+    ))
 }
 
-pub fn compose(envelope: &Envelope<'_>, subject: &str, html: &str, text: Option<&str>) -> Result<ComposedEmail, ComposeError> {
+pub fn compose(
+    envelope: &Envelope<'_>,
+    subject: &str,
+    html: &str,
+    text: Option<&str>,
+) -> Result<ComposedEmail, ComposeError> {
     let from = mailbox(Some(envelope.from_name), envelope.from_email)?;
     let domain = EmailAddress::parse(envelope.from_email)
         .map(|a| a.domain().to_string())
@@ -109,7 +118,10 @@ mod tests {
         };
         let email = compose(&envelope, "Hi", "<h1>Hello</h1><p>World</p>", None).unwrap();
         let raw = String::from_utf8(email.message.formatted()).unwrap();
-        assert!(raw.contains("From: Notifier <noreply@example.com>"), "{raw}");
+        assert!(
+            raw.contains("From: Notifier <noreply@example.com>"),
+            "{raw}"
+        );
         assert!(raw.contains(&format!("Message-ID: <{}>", email.message_id)));
         assert!(email.message_id.ends_with("@example.com"));
         assert!(raw.contains("Date: "));

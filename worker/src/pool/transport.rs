@@ -55,7 +55,9 @@ impl TransportCache {
     }
 
     fn build(&self, account: &EmailAccount) -> Result<Transport, TransportError> {
-        let password = self.keyring.open(&account.sealed_password(), PASSWORD_PURPOSE)?;
+        let password = self
+            .keyring
+            .open(&account.sealed_password(), PASSWORD_PURPOSE)?;
         let host = account.smtp_host.as_str();
         let builder = match account.tls() {
             TlsMode::Implicit => Transport::relay(host)?,
@@ -69,7 +71,11 @@ impl TransportCache {
                 password.expose_secret().to_string(),
             ))
             .timeout(Some(self.timeout))
-            .pool_config(PoolConfig::new().max_size(self.pool_size).idle_timeout(Duration::from_secs(60)))
+            .pool_config(
+                PoolConfig::new()
+                    .max_size(self.pool_size)
+                    .idle_timeout(Duration::from_secs(60)),
+            )
             .build())
     }
 }

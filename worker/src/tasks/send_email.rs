@@ -38,7 +38,7 @@ pub async fn run(ctx: &Context, message: &TaskMessage) -> Result<Outcome, sqlx::
     };
     match record.status() {
         MessageStatus::Queued => {}
-        MessageStatus::Sending => return Ok(interrupted(ctx, &record).await?),
+        MessageStatus::Sending => return interrupted(ctx, &record).await,
         // Handled by an earlier delivery of this task, or cancelled/suppressed.
         _ => return Ok(Outcome::Done),
     }
@@ -46,12 +46,18 @@ pub async fn run(ctx: &Context, message: &TaskMessage) -> Result<Outcome, sqlx::
     let today = platform::today(&ctx.settings);
     let Some(account) = email_accounts::reserve(&ctx.pool, today).await? else {
         let wait = ctx.settings.quota_wait;
-        messages::note_waiting(&ctx.pool, record.id, "waiting for an SMTP account with quota left").await?;
+        messages::note_waiting(
+            &ctx.pool,
+            record.id,
+            "waiting for an SMTP account with quota left",
+        )
+        .await?;
         metrics::counter!("emails_waiting_for_quota_total").increment(1);
         tracing::info!(message_id = %record.id, retry_in = ?wait, "no SMTP account has quota left; message waits");
         return Ok(Outcome::Later { delay: wait });
     };
-    let Some(record) = messages::claim(&ctx.pool, record.id, account.id, &account.email).await? else {
+    let Some(record) = messages::claim(&ctx.pool, record.id, account.id, &account.email).await?
+    else {
         // Another delivery of the same task claimed it first.
         email_accounts::release(&ctx.pool, today, account.id).await?;
         return Ok(Outcome::Done);
@@ -74,11 +80,23 @@ async fn send(
         bcc: &record.bcc_addrs,
         reply_to: record.reply_to.as_deref(),
     };
-    let composed = match compose(&envelope, &record.subject, &record.html_body, record.text_body.as_deref()) {
+    let composed = match compose(
+        &envelope,
+        &record.subject,
+        &record.html_body,
+        record.text_body.as_deref(),
+    ) {
         Ok(c) => c,
         Err(e) => {
             email_accounts::release(&ctx.pool, today, account.id).await?;
-            return fail(ctx, message, record, &format!("cannot build the email: {e}"), None).await;
+            return fail(
+                ctx,
+                message,
+                record,
+                &format!("cannot build the email: {e}"),
+                None,
+            )
+            .await;
         }
     };
     let transport = match ctx.transports.get(account) {
@@ -94,7 +112,8 @@ async fn send(
     let limit = ctx.settings.task_soft_time_limit;
     match delivery::deliver(&transport, composed.message, limit).await {
         Ok(reply) => {
-            persist(|| messages::mark_sent(&ctx.pool, record.id, &composed.message_id, &reply)).await?;
+            persist(|| messages::mark_sent(&ctx.pool, record.id, &composed.message_id, &reply))
+                .await?;
             metrics::counter!("emails_sent_total").increment(1);
             tracing::info!(message_id = %record.id, account = %account.email, %reply, "email sent");
             let result = json!({
@@ -111,14 +130,23 @@ async fn send(
             email_accounts::release(&ctx.pool, today, account.id).await?;
             match &failure {
                 Failure::Permanent { reply } => {
-                    fail(ctx, message, record, &format!("rejected by the SMTP server: {reply}"), Some(reply)).await
+                    fail(
+                        ctx,
+                        message,
+                        record,
+                        &format!("rejected by the SMTP server: {reply}"),
+                        Some(reply),
+                    )
+                    .await
                 }
                 Failure::Account { reply } => {
                     email_accounts::record_error(&ctx.pool, account.id, reply).await?;
                     tracing::warn!(account = %account.email, %reply, "SMTP account refused");
                     retry_or_fail(ctx, message, record, reply, Some(reply)).await
                 }
-                Failure::Temporary { reply } => retry_or_fail(ctx, message, record, reply, Some(failure.reply())).await,
+                Failure::Temporary { reply } => {
+                    retry_or_fail(ctx, message, record, reply, Some(failure.reply())).await
+                }
             }
         }
     }
@@ -127,11 +155,15 @@ async fn send(
 /// Finds the record the task refers to, or records the email a Python
 /// producer passed directly. `Ok(Err(reason))` means the task's arguments
 /// are unusable.
-async fn load_or_record(ctx: &Context, message: &TaskMessage) -> Result<Result<MessageRecord, String>, sqlx::Error> {
-    let kwargs: SendEmailKwargs = match serde_json::from_value(serde_json::Value::Object(message.kwargs.clone())) {
-        Ok(k) => k,
-        Err(e) => return Ok(Err(format!("invalid arguments: {e}"))),
-    };
+async fn load_or_record(
+    ctx: &Context,
+    message: &TaskMessage,
+) -> Result<Result<MessageRecord, String>, sqlx::Error> {
+    let kwargs: SendEmailKwargs =
+        match serde_json::from_value(serde_json::Value::Object(message.kwargs.clone())) {
+            Ok(k) => k,
+            Err(e) => return Ok(Err(format!("invalid arguments: {e}"))),
+        };
     if let Some(id) = kwargs.message_id {
         return Ok(messages::get(&ctx.pool, id)
             .await?
@@ -149,7 +181,11 @@ fn new_message_from_kwargs(task_id: &str, kwargs: SendEmailKwargs) -> Result<New
         list.map(|l| l.into_vec())
             .unwrap_or_default()
             .iter()
-            .map(|a| EmailAddress::parse(a).map(|a| a.to_string()).map_err(|e| e.to_string()))
+            .map(|a| {
+                EmailAddress::parse(a)
+                    .map(|a| a.to_string())
+                    .map_err(|e| e.to_string())
+            })
             .collect()
     };
     let to = addresses(kwargs.to)?;
@@ -160,7 +196,10 @@ fn new_message_from_kwargs(task_id: &str, kwargs: SendEmailKwargs) -> Result<New
     if subject.chars().any(char::is_control) {
         return Err("subject must not contain control characters".into());
     }
-    let content = kwargs.content.filter(|c| !c.trim().is_empty()).ok_or("`content` is required")?;
+    let content = kwargs
+        .content
+        .filter(|c| !c.trim().is_empty())
+        .ok_or("`content` is required")?;
     Ok(NewMessage {
         id: Uuid::now_v7(),
         task_id: task_id.to_string(),
@@ -170,9 +209,15 @@ fn new_message_from_kwargs(task_id: &str, kwargs: SendEmailKwargs) -> Result<New
         bcc: addresses(kwargs.bcc)?,
         reply_to: kwargs
             .reply_to
-            .map(|r| EmailAddress::parse(&r).map(|a| a.to_string()).map_err(|e| e.to_string()))
+            .map(|r| {
+                EmailAddress::parse(&r)
+                    .map(|a| a.to_string())
+                    .map_err(|e| e.to_string())
+            })
             .transpose()?,
-        from_name: kwargs.from_name.filter(|n| !n.chars().any(char::is_control)),
+        from_name: kwargs
+            .from_name
+            .filter(|n| !n.chars().any(char::is_control)),
         subject,
         html_body: content,
         text_body: kwargs.text,
@@ -212,7 +257,13 @@ async fn retry_or_fail(
     let delay = backoff(ctx, retries);
     metrics::counter!("email_retries_total").increment(1);
     tracing::info!(message_id = %record.id, retries, retry_in = ?delay, %reason, "temporary failure; will retry");
-    store(ctx, message.id(), TaskState::Retry, json!({"exc_type": EXC_TYPE, "exc_message": [reason], "exc_module": "builtins"})).await;
+    store(
+        ctx,
+        message.id(),
+        TaskState::Retry,
+        json!({"exc_type": EXC_TYPE, "exc_message": [reason], "exc_module": "builtins"}),
+    )
+    .await;
     Ok(Outcome::Retry { delay })
 }
 

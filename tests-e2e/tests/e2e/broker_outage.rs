@@ -1,0 +1,73 @@
+//! Requests accepted while RabbitMQ is unreachable are delivered later.
+
+use std::time::Duration;
+
+use crate::support::proxy::TcpProxy;
+use crate::support::{eventually, TestEnv};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_accepted_during_a_broker_outage_are_delivered_after_it() {
+    let mut env = TestEnv::new().await;
+    // The API reaches RabbitMQ only through a proxy the test controls.
+    let proxy = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let mut settings = env.settings();
+    settings.broker_url = format!("amqp://guest:guest@{}/%2f", proxy.addr);
+    env.start_api_with(settings).await;
+    env.start_worker();
+    let token = env.api().admin_token(&env.pool).await;
+    env.api()
+        .add_account(&token, env.smtp.port(), "sender@example.com", 100, 0)
+        .await;
+
+    let before = env.api().send_simple(&token, "before@example.org").await;
+    env.wait_status(before, "sent", Duration::from_secs(20))
+        .await;
+
+    proxy.cut();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(
+            env.api()
+                .send_simple(&token, &format!("during{i}@example.org"))
+                .await,
+        );
+    }
+    let ready = env
+        .api()
+        .request(reqwest::Method::GET, "/health/ready", None, None)
+        .await;
+    assert_eq!(ready.status, reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        ready.body["checks"]["rabbitmq"]
+            .as_str()
+            .unwrap()
+            .starts_with("down"),
+        "{}",
+        ready.body
+    );
+    assert_eq!(ready.body["checks"]["database"], "ok");
+
+    // Nothing reaches the queue while the broker is cut off; the outbox holds it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(pending, 5);
+    assert_eq!(env.smtp.received().len(), 1);
+
+    proxy.restore();
+    for id in &ids {
+        env.wait_status(*id, "sent", Duration::from_secs(30)).await;
+    }
+    eventually("the outbox to drain", Duration::from_secs(5), || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+        (n == 0).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(env.smtp.received().len(), 6, "each message exactly once");
+}

@@ -1,0 +1,160 @@
+//! SMTP failures are classified, retried or final, and nothing is sent twice.
+
+use std::time::Duration;
+
+use platform::celery::TaskMessage;
+use platform::db::{messages, outbox};
+use smtp_sink::{Fault, Stage};
+use uuid::Uuid;
+
+use crate::support::{eventually, TestEnv};
+
+async fn env_with_account(vars: &[(&str, &str)]) -> (TestEnv, String) {
+    let mut env = TestEnv::with_vars(vars).await;
+    env.start_api().await;
+    let token = env.api().admin_token(&env.pool).await;
+    env.api()
+        .add_account(&token, env.smtp.port(), "sender@example.com", 1000, 0)
+        .await;
+    env.start_worker();
+    (env, token)
+}
+
+async fn record(env: &TestEnv, id: Uuid) -> messages::MessageRecord {
+    messages::get(&env.pool, id).await.unwrap().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_rejection_fails_the_message_with_the_servers_reply() {
+    let (env, token) = env_with_account(&[]).await;
+    env.smtp.set_recipient_fault(
+        "nobody@example.org",
+        Fault::Reply(550, "5.1.1 No such user".into()),
+    );
+    let id = env.api().send_simple(&token, "nobody@example.org").await;
+    env.wait_status(id, "failed", Duration::from_secs(20)).await;
+    let rec = record(&env, id).await;
+    assert!(
+        rec.error.as_deref().unwrap().contains("550"),
+        "{:?}",
+        rec.error
+    );
+    assert!(rec
+        .smtp_response
+        .as_deref()
+        .unwrap()
+        .contains("No such user"));
+    assert_eq!(rec.attempts, 1, "a 5xx is final: no retry");
+    assert!(rec.failed_at.is_some());
+
+    // The Celery result says FAILURE, as Python would read it.
+    let result = env
+        .api()
+        .state
+        .results
+        .fetch(&rec.task_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(result["status"], "FAILURE");
+    assert_eq!(result["result"]["exc_type"], "EmailDeliveryError");
+    // The failed quota reservation was given back.
+    let sent: i32 = sqlx::query_scalar("SELECT daily_sent_count FROM email_accounts")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(sent, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn temporary_rejection_is_retried_until_delivered() {
+    let (env, token) = env_with_account(&[]).await;
+    env.smtp.set_fault(
+        Stage::RcptTo,
+        Fault::Reply(451, "4.3.0 Try again later".into()),
+    );
+    let id = env.api().send_simple(&token, "later@example.org").await;
+    eventually("a retry after the 451", Duration::from_secs(20), || async {
+        let rec = record(&env, id).await;
+        (rec.attempts >= 2 && rec.status == "queued").then_some(())
+    })
+    .await;
+    let rec = record(&env, id).await;
+    assert!(
+        rec.error.as_deref().unwrap().contains("451"),
+        "{:?}",
+        rec.error
+    );
+    env.smtp.clear_faults();
+    env.wait_status(id, "sent", Duration::from_secs(20)).await;
+    assert_eq!(env.smtp.received().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_connection_is_retried_and_exhausted_retries_fail() {
+    let (env, token) = env_with_account(&[("SEND_MAX_RETRIES", "1")]).await;
+    env.smtp.set_fault(Stage::DataEnd, Fault::Drop);
+    let id = env.api().send_simple(&token, "dropped@example.org").await;
+    env.wait_status(id, "failed", Duration::from_secs(30)).await;
+    let rec = record(&env, id).await;
+    assert_eq!(rec.attempts, 2);
+    assert!(
+        rec.error
+            .as_deref()
+            .unwrap()
+            .contains("gave up after 2 attempts"),
+        "{:?}",
+        rec.error
+    );
+    assert!(env.smtp.received().is_empty());
+
+    // Once the server behaves, new mail flows again through the same worker.
+    env.smtp.clear_faults();
+    let id = env.api().send_simple(&token, "fine@example.org").await;
+    env.wait_status(id, "sent", Duration::from_secs(20)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_published_twice_sends_one_email() {
+    let (env, _token) = env_with_account(&[]).await;
+    let new = messages::NewMessage {
+        id: Uuid::now_v7(),
+        task_id: Uuid::new_v4().to_string(),
+        api_key_id: None,
+        to: vec!["twice@example.org".into()],
+        cc: vec![],
+        bcc: vec![],
+        reply_to: None,
+        from_name: None,
+        subject: "Once".into(),
+        html_body: "<p>once</p>".into(),
+        text_body: None,
+    };
+    let kwargs = serde_json::json!({"message_id": new.id})
+        .as_object()
+        .unwrap()
+        .clone();
+    let task = TaskMessage::new(platform::tasks::SEND_EMAIL, &new.task_id, vec![], kwargs);
+    // As if the relay had published, crashed before deleting, and published again.
+    let mut tx = env.pool.begin().await.unwrap();
+    messages::insert(&mut *tx, &new).await.unwrap();
+    for _ in 0..3 {
+        outbox::enqueue(&mut *tx, &env.queue, &env.queue, &task)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    env.wait_status(new.id, "sent", Duration::from_secs(20))
+        .await;
+    eventually("the outbox to drain", Duration::from_secs(10), || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+        (n == 0).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(env.smtp.received().len(), 1);
+    assert_eq!(record(&env, new.id).await.attempts, 1);
+}

@@ -1,0 +1,12 @@
+//! End-to-end tests against the real PostgreSQL, RabbitMQ and Redis and a
+//! loopback SMTP server. One binary, so the workspace links it once.
+
+mod support;
+
+mod auth_and_input;
+mod broker_outage;
+mod dead_letters;
+mod delivery;
+mod python_interop;
+mod quota;
+mod walkthrough;

@@ -1,0 +1,248 @@
+//! Test harness: every test gets its own database, its own queue names and
+//! its own SMTP server, runs the real API in-process and real worker
+//! processes, and talks to the real PostgreSQL, RabbitMQ and Redis.
+
+pub mod api;
+pub mod proxy;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use smtp_sink::SmtpSink;
+use sqlx::PgPool;
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
+pub const RABBITMQ: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const REDIS_RESULTS: &str = "redis://127.0.0.1:6379/1";
+
+/// Polls `check` until it returns `Some`, or panics after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A built binary of the workspace, next to this test executable.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run `cargo build --workspace` first",
+        path.display()
+    );
+    path
+}
+
+pub struct TestEnv {
+    pub vars: HashMap<String, String>,
+    pub pool: PgPool,
+    pub smtp: SmtpSink,
+    pub queue: String,
+    pub api: Option<api::RunningApi>,
+    workers: Vec<Child>,
+    shutdown: CancellationToken,
+    database: String,
+}
+
+impl TestEnv {
+    /// A fresh database (migrated), unique queue names and an SMTP server.
+    pub async fn new() -> TestEnv {
+        Self::with_vars(&[]).await
+    }
+
+    pub async fn with_vars(overrides: &[(&str, &str)]) -> TestEnv {
+        let id = Uuid::new_v4().simple().to_string();
+        let database = format!("notify_t_{id}");
+        let admin = PgPool::connect(&format!("{POSTGRES}/postgres?sslmode=disable"))
+            .await
+            .expect("postgres");
+        sqlx::query(&format!("CREATE DATABASE {database}"))
+            .execute(&admin)
+            .await
+            .expect("create database");
+        admin.close().await;
+        let database_url = format!("{POSTGRES}/{database}?sslmode=disable");
+        platform::db::migrate(&database_url).await.expect("migrate");
+        let pool = PgPool::connect(&database_url)
+            .await
+            .expect("connect test database");
+
+        let smtp = SmtpSink::start().await.expect("smtp sink");
+        let queue = format!("t_{id}");
+        let mut vars: HashMap<String, String> = [
+            ("ENV", "test"),
+            ("LOG_LEVEL", "info"),
+            ("DATABASE_URL", database_url.as_str()),
+            ("DB_POOL_SIZE", "5"),
+            ("CELERY_BROKER_URL", RABBITMQ),
+            ("CELERY_RESULT_BACKEND", REDIS_RESULTS),
+            ("REDIS_URL", "redis://127.0.0.1:6379/0"),
+            ("CELERY_DEFAULT_QUEUE", queue.as_str()),
+            (
+                "JWT_SECRET_KEY",
+                "test-jwt-secret-0123456789abcdef0123456789",
+            ),
+            (
+                "ENCRYPTION_KEY",
+                "dGhpcyBpcyBhIDMyIGJ5dGUga2V5IGZvciB0ZXN0cyE=",
+            ),
+            ("API_HOST", "127.0.0.1"),
+            ("API_PORT", "0"),
+            ("QUOTA_WAIT_SECONDS", "1"),
+            ("SEND_RETRY_BACKOFF", "1"),
+            ("SEND_RETRY_BACKOFF_MAX", "2"),
+            ("EMAIL_TIMEOUT", "5"),
+            ("CELERY_TASK_SOFT_TIME_LIMIT", "10"),
+            ("CELERY_TASK_TIME_LIMIT", "12"),
+            ("CELERY_WORKER_CONCURRENCY", "4"),
+            ("RABBITMQ_HEARTBEAT", "10"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        for (k, v) in overrides {
+            vars.insert(k.to_string(), v.to_string());
+        }
+        TestEnv {
+            vars,
+            pool,
+            smtp,
+            queue,
+            api: None,
+            workers: Vec::new(),
+            shutdown: CancellationToken::new(),
+            database,
+        }
+    }
+
+    pub fn settings(&self) -> platform::Settings {
+        platform::Settings::from_lookup(|k| self.vars.get(k).cloned()).expect("test settings")
+    }
+
+    /// Starts the API in this process, with its outbox relay.
+    pub async fn start_api(&mut self) -> &api::RunningApi {
+        self.start_api_with(self.settings()).await
+    }
+
+    pub async fn start_api_with(&mut self, settings: platform::Settings) -> &api::RunningApi {
+        let running = api::RunningApi::start(settings, self.shutdown.child_token()).await;
+        self.api = Some(running);
+        self.api.as_ref().expect("api just started")
+    }
+
+    pub fn api(&self) -> &api::RunningApi {
+        self.api.as_ref().expect("start_api first")
+    }
+
+    /// Starts a worker process with this environment's settings.
+    pub fn start_worker(&mut self) {
+        self.start_worker_with(&[]);
+    }
+
+    pub fn start_worker_with(&mut self, extra: &[(&str, &str)]) {
+        let n = self.workers.len();
+        let mut cmd = Command::new(binary("notify-worker"));
+        cmd.env_clear()
+            .envs(&self.vars)
+            .env("CELERY_WORKER_NAME", format!("worker{n}@{}", self.queue))
+            .envs(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            // Away from the repository, so a developer's .env is not read.
+            .current_dir(std::env::temp_dir())
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        if std::env::var("E2E_QUIET").is_ok() {
+            cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+        self.workers.push(cmd.spawn().expect("spawn notify-worker"));
+    }
+
+    /// Status of a message as recorded.
+    pub async fn status(&self, id: Uuid) -> String {
+        sqlx::query_scalar("SELECT status FROM message_records WHERE id = $1")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await
+            .expect("message exists")
+    }
+
+    pub async fn wait_status(&self, id: Uuid, want: &str, timeout: Duration) {
+        eventually(&format!("message {id} to be {want}"), timeout, || async {
+            (self.status(id).await == want).then_some(())
+        })
+        .await
+    }
+
+    pub async fn count_status(&self, status: &str) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM message_records WHERE status = $1")
+            .bind(status)
+            .fetch_one(&self.pool)
+            .await
+            .expect("count")
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        for w in &mut self.workers {
+            let _ = w.start_kill();
+        }
+        // Remove this test's queues and database from a separate thread (the
+        // test's runtime is finishing). Delay queues expire by themselves.
+        let queues = [self.queue.clone(), format!("{}.dead_letter", self.queue)];
+        let database = self.database.clone();
+        let cleanup = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                if let Ok(conn) =
+                    lapin::Connection::connect(RABBITMQ, lapin::ConnectionProperties::default())
+                        .await
+                {
+                    if let Ok(channel) = conn.create_channel().await {
+                        for q in &queues {
+                            let _ = channel.queue_delete(q, Default::default()).await;
+                            let _ = channel.exchange_delete(q, Default::default()).await;
+                        }
+                    }
+                    let _ = conn.close(200, "test done").await;
+                }
+                if let Ok(admin) =
+                    PgPool::connect(&format!("{POSTGRES}/postgres?sslmode=disable")).await
+                {
+                    let _ =
+                        sqlx::query(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+                            .execute(&admin)
+                            .await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
