@@ -38,6 +38,13 @@ CREATE TABLE email_accounts (
     quota_day                date NOT NULL DEFAULT '1970-01-01',
     priority                 integer NOT NULL DEFAULT 0,
     is_active                boolean NOT NULL DEFAULT true,
+    -- Optional throttles beyond the daily cap, held across all workers.
+    rate_limit_per_minute    integer CHECK (rate_limit_per_minute > 0),
+    max_connections          integer CHECK (max_connections > 0),
+    -- Circuit breaker: account-level failures in a row, and until when the
+    -- account is out of rotation after too many.
+    consecutive_failures     integer NOT NULL DEFAULT 0,
+    circuit_open_until       timestamptz,
     last_used_at             timestamptz,
     last_error               text,
     last_error_at            timestamptz,

@@ -41,8 +41,16 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    telemetry::init_tracing(&settings);
-    let result = match cli.command.unwrap_or(Command::Serve) {
+    let command = cli.command.unwrap_or(Command::Serve);
+    if !matches!(command, Command::Serve) {
+        // One-shot commands print their own output; keep logs to problems.
+        let mut quiet = settings.clone();
+        quiet.log_level = "warn".into();
+        telemetry::init_tracing(&quiet);
+    } else {
+        telemetry::init_tracing(&settings);
+    }
+    let result = match command {
         Command::Serve => serve(settings).await,
         Command::Migrate => db::migrate(&settings.database_url)
             .await

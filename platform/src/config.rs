@@ -134,6 +134,12 @@ const PLACEHOLDER_MARKERS: &[&str] = &[
     "insecure",
 ];
 
+/// Keys published in `.env.example` and the tests; refused in production.
+const DEVELOPMENT_KEYS: &[&str] = &[
+    "ZGV2LW9ubHktZW5jcnlwdGlvbi1rZXktMzJieXRlcyE=",
+    "dGhpcyBpcyBhIDMyIGJ5dGUga2V5IGZvciB0ZXN0cyE=",
+];
+
 impl Settings {
     /// Reads `.env` (when present) and then the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -357,6 +363,12 @@ fn build_keyring(vars: &Vars<'_>, env: Environment) -> Result<Keyring, ConfigErr
         check_production_secret("ENCRYPTION_KEY", &raw)?;
     }
     let current = decode_key("ENCRYPTION_KEY", &raw)?;
+    if env.is_production() && DEVELOPMENT_KEYS.contains(&raw.as_str()) {
+        return Err(ConfigError::Insecure {
+            var: "ENCRYPTION_KEY",
+            reason: "this is the published development key from .env.example; generate one".into(),
+        });
+    }
     if env.is_production() && current.is_weak() {
         return Err(ConfigError::Insecure {
             var: "ENCRYPTION_KEY",

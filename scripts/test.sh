@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The test command: starts (installing if absent) the services the tests
+# need, builds the workspace once, and runs every test against the real
+# PostgreSQL, RabbitMQ, Redis and loopback SMTP servers.
+#
+#   scripts/test.sh            # everything
+#   scripts/test.sh quota      # only tests whose name matches
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+bash scripts/services.sh
+
+# Test databases of interrupted runs (each test drops its own when it ends).
+psql -h 127.0.0.1 -U postgres -d postgres -Atqc \
+  "SELECT datname FROM pg_database WHERE datname LIKE 'notify\_t\_%'" |
+  while read -r db; do psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)"; done
+
+# The Python interoperability tests' virtualenv (pinned celery).
+bash scripts/python-venv.sh >/dev/null
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+cargo build --workspace --all-targets --quiet
+
+export E2E_QUIET=1
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast "$@"
+else
+  cargo test --workspace --no-fail-fast -- "$@"
+fi
