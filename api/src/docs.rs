@@ -15,12 +15,14 @@ use crate::routes;
         routes::email_accounts::create, routes::email_accounts::list, routes::email_accounts::get,
         routes::email_accounts::update, routes::email_accounts::delete,
         routes::messages::send, routes::messages::get,
+        routes::dead_letters::list, routes::dead_letters::requeue,
     ),
     modifiers(&BearerAuth),
     tags(
         (name = "auth", description = "API keys for JWTs"),
         (name = "messages", description = "Sending email and following its delivery"),
         (name = "email-accounts", description = "The SMTP account pool (admin)"),
+        (name = "dead-letters", description = "Tasks the worker gave up on (admin)"),
         (name = "health", description = "Liveness, readiness, version"),
     )
 )]

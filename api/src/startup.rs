@@ -23,7 +23,7 @@ use crate::auth::TokenIssuer;
 use crate::docs::ApiDoc;
 use crate::error::ApiError;
 use crate::http_metrics;
-use crate::routes::{auth, email_accounts, health, messages};
+use crate::routes::{auth, dead_letters, email_accounts, health, messages};
 use crate::state::AppState;
 
 pub struct Application {
@@ -101,6 +101,11 @@ pub fn router(state: AppState) -> Router {
             get(email_accounts::get)
                 .patch(email_accounts::update)
                 .delete(email_accounts::delete),
+        )
+        .route("/admin/dead-letters", get(dead_letters::list))
+        .route(
+            "/admin/dead-letters/{id}/requeue",
+            post(dead_letters::requeue),
         )
         .fallback(|| async { ApiError::NotFound("route") });
 

@@ -98,6 +98,7 @@ pub struct Settings {
     pub retry_backoff: Duration,
     pub retry_backoff_max: Duration,
     pub quota_wait: Duration,
+    pub breaker: crate::db::email_accounts::Breaker,
     pub rate_limit_enabled: bool,
     pub rate_limit_per_minute: u32,
     pub tz: Tz,
@@ -245,6 +246,12 @@ impl Settings {
                 vars.parse_positive_or("SEND_RETRY_BACKOFF_MAX", 1800u64)?,
             ),
             quota_wait: Duration::from_secs(vars.parse_positive_or("QUOTA_WAIT_SECONDS", 60u64)?),
+            breaker: crate::db::email_accounts::Breaker {
+                threshold: vars.parse_positive_or("CIRCUIT_FAILURE_THRESHOLD", 3i32)?,
+                cooldown: Duration::from_secs(
+                    vars.parse_positive_or("CIRCUIT_COOLDOWN_SECONDS", 60u64)?,
+                ),
+            },
             rate_limit_enabled: vars.parse_bool_or("RATE_LIMIT_ENABLED", true)?,
             rate_limit_per_minute: vars.parse_positive_or("RATE_LIMIT_PER_MINUTE", 600u32)?,
             tz,

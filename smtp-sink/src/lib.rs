@@ -60,7 +60,8 @@ struct State {
     received: Vec<ReceivedMail>,
     faults: HashMap<Stage, Fault>,
     recipient_faults: HashMap<String, Fault>,
-    credentials: Option<(String, String)>,
+    /// When non-empty, AUTH must match one of these user → password pairs.
+    credentials: HashMap<String, String>,
     connections: usize,
 }
 
@@ -105,9 +106,12 @@ impl SmtpSink {
         self.addr.port()
     }
 
-    /// Requires AUTH with exactly these credentials before MAIL.
+    /// Requires AUTH before MAIL, accepting this user with this password
+    /// (call again to accept more users).
     pub fn require_auth(&self, user: &str, password: &str) {
-        self.lock().credentials = Some((user.to_string(), password.to_string()));
+        self.lock()
+            .credentials
+            .insert(user.to_string(), password.to_string());
     }
 
     pub fn set_fault(&self, stage: Stage, fault: Fault) {
@@ -272,7 +276,7 @@ impl Session {
                 let needs_auth = self
                     .state
                     .lock()
-                    .map(|s| s.credentials.is_some())
+                    .map(|s| !s.credentials.is_empty())
                     .unwrap_or(false);
                 if needs_auth && self.auth_user.is_none() {
                     self.reply(530, "5.7.0 Authentication required").await?;
@@ -356,16 +360,17 @@ impl Session {
                 return Ok(Step::Continue);
             }
         };
-        let expected = self.state.lock().ok().and_then(|s| s.credentials.clone());
-        match expected {
-            Some((u, p)) if u != user || p != password => {
-                self.reply(535, "5.7.8 Authentication credentials invalid")
-                    .await?;
-            }
-            _ => {
-                self.auth_user = Some(user);
-                self.reply(235, "2.7.0 Authentication successful").await?;
-            }
+        let accepted = self
+            .state
+            .lock()
+            .map(|s| s.credentials.is_empty() || s.credentials.get(&user) == Some(&password))
+            .unwrap_or(false);
+        if accepted {
+            self.auth_user = Some(user);
+            self.reply(235, "2.7.0 Authentication successful").await?;
+        } else {
+            self.reply(535, "5.7.8 Authentication credentials invalid")
+                .await?;
         }
         Ok(Step::Continue)
     }

@@ -14,7 +14,8 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Connection};
 use platform::broker::{self, Topology};
-use platform::celery::{TaskMessage, TaskState};
+use platform::celery::{table_to_json, TaskMessage, TaskState};
+use platform::db::dead_letters;
 use tokio::sync::{Mutex, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -218,29 +219,44 @@ async fn handle(ctx: &Context, topology: &Topology, publisher: &Publisher, deliv
 /// original is acknowledged: a crash in between can duplicate a message
 /// but never lose one, and duplicates are absorbed by the record's claim.
 async fn settle(
-    _ctx: &Context,
+    ctx: &Context,
     topology: &Topology,
     publisher: &Publisher,
     delivery: &Delivery,
     message: Option<&TaskMessage>,
     outcome: Outcome,
 ) {
-    let published = match (&outcome, message) {
+    let published: Result<(), String> = match (&outcome, message) {
         (Outcome::Done, _) => Ok(()),
         (Outcome::Retry { delay }, Some(message)) => {
             let mut again = message.clone();
             again.headers.retries += 1;
             again.headers.eta =
                 Some(Utc::now() + chrono::Duration::from_std(*delay).unwrap_or_default());
-            delay_publish(topology, publisher, &again, *delay).await
+            delay_publish(topology, publisher, &again, *delay)
+                .await
+                .map_err(|e| e.to_string())
         }
         (Outcome::Later { delay }, Some(message)) => {
-            delay_publish(topology, publisher, message, *delay).await
+            delay_publish(topology, publisher, message, *delay)
+                .await
+                .map_err(|e| e.to_string())
         }
-        (Outcome::DeadLetter { reason }, _) => {
-            dead_letter(topology, publisher, delivery, reason).await
+        (Outcome::DeadLetter { reason }, message) => {
+            dead_letter(ctx, topology, publisher, delivery, message, reason)
+                .await
+                .map_err(|e| e.to_string())
         }
-        (_, None) => dead_letter(topology, publisher, delivery, "no decodable message").await,
+        (_, None) => dead_letter(
+            ctx,
+            topology,
+            publisher,
+            delivery,
+            None,
+            "no decodable message",
+        )
+        .await
+        .map_err(|e| e.to_string()),
     };
     match published {
         Ok(()) => {
@@ -250,6 +266,7 @@ async fn settle(
         }
         Err(e) => {
             tracing::warn!(error = %e, "re-publication failed; requeueing the original");
+            tokio::time::sleep(Duration::from_millis(500)).await;
             nack_requeue(delivery).await;
         }
     }
@@ -294,14 +311,40 @@ async fn delay_publish(
     .await
 }
 
+/// Records the dead letter for operators (listing, requeue through the
+/// API), then moves the message to the dead-letter queue with its reason.
 async fn dead_letter(
+    ctx: &Context,
     topology: &Topology,
     publisher: &Publisher,
     delivery: &Delivery,
+    message: Option<&TaskMessage>,
     reason: &str,
-) -> Result<(), broker::PublishError> {
+) -> Result<(), DeadLetterError> {
     metrics::counter!("dead_letters_total").increment(1);
-    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    let headers = delivery.properties.headers().clone().unwrap_or_default();
+    let message_id = message
+        .and_then(|m| m.kwargs.get("message_id"))
+        .and_then(|v| v.as_str())
+        .and_then(|v| v.parse().ok());
+    dead_letters::insert(
+        &ctx.pool,
+        dead_letters::NewDeadLetter {
+            task_id: message.map(|m| m.id()),
+            task_name: message.map(|m| m.task()),
+            message_id,
+            reason,
+            content_type: delivery
+                .properties
+                .content_type()
+                .as_ref()
+                .map(|c| c.as_str()),
+            headers: table_to_json(&headers),
+            body: &delivery.data,
+        },
+    )
+    .await?;
+    let mut headers = headers;
     headers.insert(
         ShortString::from("x-notify-dead-letter-reason"),
         AMQPValue::LongString(LongString::from(reason.as_bytes().to_vec())),
@@ -318,5 +361,14 @@ async fn dead_letter(
         &delivery.data,
         properties,
     )
-    .await
+    .await?;
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+enum DeadLetterError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Publish(#[from] broker::PublishError),
 }

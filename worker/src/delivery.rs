@@ -14,7 +14,10 @@ pub enum Failure {
     Permanent { reply: String },
     /// The account's fault (authentication refused): try another account.
     Account { reply: String },
-    /// 4xx, timeouts, resets, TLS failures: retry later.
+    /// No SMTP reply at all (refused, reset, TLS failure, timeout): retry
+    /// later, and count against the account's circuit breaker.
+    Unreachable { reply: String },
+    /// A 4xx reply: retry later.
     Temporary { reply: String },
 }
 
@@ -23,6 +26,7 @@ impl Failure {
         match self {
             Failure::Permanent { reply }
             | Failure::Account { reply }
+            | Failure::Unreachable { reply }
             | Failure::Temporary { reply } => reply,
         }
     }
@@ -37,7 +41,7 @@ pub async fn deliver(
     let result = tokio::time::timeout(limit, transport.send(message)).await;
     metrics::histogram!("smtp_send_duration_seconds").record(started.elapsed().as_secs_f64());
     match result {
-        Err(_) => Err(Failure::Temporary {
+        Err(_) => Err(Failure::Unreachable {
             reply: format!("no answer from the SMTP server within {limit:?}"),
         }),
         Ok(Ok(response)) => {
@@ -52,12 +56,14 @@ fn classify(error: &lettre::transport::smtp::Error) -> Failure {
     let reply = error.to_string();
     let Some(code) = error.status() else {
         // No SMTP reply at all: connection refused or reset, TLS, timeout.
-        return Failure::Temporary { reply };
+        return Failure::Unreachable { reply };
     };
     let code: u16 = code.to_string().parse().unwrap_or(0);
     match code {
         // 530 auth required, 534 mechanism too weak, 535 bad credentials, 538 encryption required
         530 | 534 | 535 | 538 | 454 => Failure::Account { reply },
+        // 421: the server is closing the channel (overloaded, shutting down).
+        421 => Failure::Unreachable { reply },
         400..=499 => Failure::Temporary { reply },
         500..=599 => Failure::Permanent { reply },
         _ => Failure::Temporary { reply },

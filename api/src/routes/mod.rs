@@ -1,6 +1,7 @@
 //! HTTP routes, one module per resource.
 
 pub mod auth;
+pub mod dead_letters;
 pub mod email_accounts;
 pub mod health;
 pub mod messages;

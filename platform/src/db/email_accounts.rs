@@ -65,6 +65,8 @@ pub struct EmailAccount {
     pub sent_today: i32,
     pub priority: i32,
     pub is_active: bool,
+    pub consecutive_failures: i32,
+    pub circuit_open_until: Option<DateTime<Utc>>,
     pub last_used_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
     pub last_error_at: Option<DateTime<Utc>>,
@@ -93,7 +95,11 @@ pub const PASSWORD_PURPOSE: &str = "email_accounts.smtp_password";
 const COLUMNS: &str = "id, email, display_name, smtp_host, smtp_port, smtp_username, \
     smtp_password_ciphertext, smtp_password_nonce, smtp_password_key_id, tls_mode, daily_limit, \
     (CASE WHEN quota_day = $1 THEN daily_sent_count ELSE 0 END) AS sent_today, \
-    priority, is_active, last_used_at, last_error, last_error_at, created_at, updated_at";
+    priority, is_active, consecutive_failures, circuit_open_until, \
+    last_used_at, last_error, last_error_at, created_at, updated_at";
+
+/// An account can take a send: active, and its circuit not open.
+const USABLE: &str = "is_active AND (circuit_open_until IS NULL OR circuit_open_until <= now())";
 
 pub struct NewEmailAccount {
     pub email: String,
@@ -239,14 +245,14 @@ pub async fn delete(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
 /// candidate, preserving priority order.
 pub async fn reserve(pool: &PgPool, today: NaiveDate) -> Result<Option<EmailAccount>, sqlx::Error> {
     loop {
-        let candidates: Vec<Uuid> = sqlx::query_scalar(
+        let candidates: Vec<Uuid> = sqlx::query_scalar(&format!(
             "SELECT id FROM email_accounts
-             WHERE is_active AND daily_limit > (CASE WHEN quota_day = $1 THEN daily_sent_count ELSE 0 END)
+             WHERE {USABLE} AND daily_limit > (CASE WHEN quota_day = $1 THEN daily_sent_count ELSE 0 END)
              ORDER BY priority DESC,
                       (CASE WHEN quota_day = $1 THEN daily_sent_count ELSE 0 END),
                       last_used_at NULLS FIRST
-             LIMIT 8",
-        )
+             LIMIT 8"
+        ))
         .bind(today)
         .fetch_all(pool)
         .await?;
@@ -259,7 +265,7 @@ pub async fn reserve(pool: &PgPool, today: NaiveDate) -> Result<Option<EmailAcco
                     daily_sent_count = (CASE WHEN quota_day = $1 THEN daily_sent_count ELSE 0 END) + 1,
                     quota_day = $1,
                     last_used_at = now()
-                 WHERE id = $2 AND is_active
+                 WHERE id = $2 AND {USABLE}
                    AND daily_limit > (CASE WHEN quota_day = $1 THEN daily_sent_count ELSE 0 END)
                  RETURNING {COLUMNS}"
             ))
@@ -288,11 +294,55 @@ pub async fn release(pool: &PgPool, today: NaiveDate, id: Uuid) -> Result<(), sq
     Ok(())
 }
 
-pub async fn record_error(pool: &PgPool, id: Uuid, error: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE email_accounts SET last_error = $2, last_error_at = now() WHERE id = $1")
-        .bind(id)
-        .bind(error)
-        .execute(pool)
-        .await?;
+/// Circuit breaker settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Breaker {
+    /// Account-level failures in a row that open the circuit.
+    pub threshold: i32,
+    /// How long an open circuit keeps the account out of rotation; after
+    /// it the account is tried again (half-open) and one more failure
+    /// reopens it at once.
+    pub cooldown: std::time::Duration,
+}
+
+/// Records an account-level failure (refused authentication, unreachable
+/// server). `open_now` opens the circuit whatever the count: a refused
+/// password will not get better by retrying. Returns whether it is open.
+pub async fn record_failure(
+    pool: &PgPool,
+    id: Uuid,
+    error: &str,
+    breaker: Breaker,
+    open_now: bool,
+) -> Result<bool, sqlx::Error> {
+    let open: Option<bool> = sqlx::query_scalar(
+        "UPDATE email_accounts SET
+            consecutive_failures = consecutive_failures + 1,
+            last_error = $2, last_error_at = now(),
+            circuit_open_until = CASE WHEN $3 OR consecutive_failures + 1 >= $4
+                THEN now() + make_interval(secs => $5) ELSE circuit_open_until END
+         WHERE id = $1
+         RETURNING circuit_open_until > now()",
+    )
+    .bind(id)
+    .bind(error)
+    .bind(open_now)
+    .bind(breaker.threshold)
+    .bind(breaker.cooldown.as_secs_f64())
+    .fetch_optional(pool)
+    .await?
+    .flatten();
+    Ok(open == Some(true))
+}
+
+/// A success closes the circuit and resets the failure count.
+pub async fn record_success(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE email_accounts SET consecutive_failures = 0, circuit_open_until = NULL
+         WHERE id = $1 AND (consecutive_failures > 0 OR circuit_open_until IS NOT NULL)",
+    )
+    .bind(id)
+    .execute(pool)
+    .await?;
     Ok(())
 }

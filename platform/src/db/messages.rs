@@ -161,23 +161,27 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<MessageRecord>, sqlx:
         .await
 }
 
-/// Claims a queued message for sending through `account`. Returns `None`
-/// when the message is not (or no longer) queued.
+/// Claims a message for sending through `account`: a queued one, or one
+/// left `sending` since before `stale_before` by a worker that died (its
+/// outcome unknown: it is sent again with the same Message-ID, which lets
+/// receivers drop a duplicate). Returns `None` when another delivery has it.
 pub async fn claim(
     pool: &PgPool,
     id: Uuid,
     account_id: Uuid,
     account_email: &str,
+    stale_before: DateTime<Utc>,
 ) -> Result<Option<MessageRecord>, sqlx::Error> {
     sqlx::query_as(
         "UPDATE message_records SET status = 'sending', attempts = attempts + 1, sending_at = now(),
             account_id = $2, account_email = $3, updated_at = now()
-         WHERE id = $1 AND status = 'queued'
+         WHERE id = $1 AND (status = 'queued' OR (status = 'sending' AND sending_at < $4))
          RETURNING *",
     )
     .bind(id)
     .bind(account_id)
     .bind(account_email)
+    .bind(stale_before)
     .fetch_optional(pool)
     .await
 }
@@ -252,4 +256,17 @@ pub async fn note_waiting(pool: &PgPool, id: Uuid, reason: &str) -> Result<(), s
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// Puts a failed message back in the queue (an operator requeued its dead
+/// letter).
+pub async fn requeue_failed(executor: impl PgExecutor<'_>, id: Uuid) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE message_records SET status = 'queued', failed_at = NULL, updated_at = now()
+         WHERE id = $1 AND status = 'failed'",
+    )
+    .bind(id)
+    .execute(executor)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }

@@ -1,6 +1,7 @@
 //! Schema access: the connection pool, migrations, and one module per table.
 
 pub mod api_keys;
+pub mod dead_letters;
 pub mod email_accounts;
 pub mod idempotency;
 pub mod messages;

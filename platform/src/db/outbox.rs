@@ -22,16 +22,39 @@ pub async fn enqueue(
     routing_key: &str,
     message: &TaskMessage,
 ) -> Result<(), sqlx::Error> {
+    let priority = message.priority.map(i16::from);
+    enqueue_raw(
+        executor,
+        message.id(),
+        exchange,
+        routing_key,
+        &message.headers_json(),
+        &message.body(),
+        priority,
+    )
+    .await
+}
+
+/// Enqueues an already-encoded task message (a requeued dead letter).
+pub async fn enqueue_raw(
+    executor: impl PgExecutor<'_>,
+    task_id: &str,
+    exchange: &str,
+    routing_key: &str,
+    headers: &Map<String, Value>,
+    body: &[u8],
+    priority: Option<i16>,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO outbox (task_id, exchange, routing_key, headers, body, priority)
          VALUES ($1, $2, $3, $4, $5, $6)",
     )
-    .bind(message.id())
+    .bind(task_id)
     .bind(exchange)
     .bind(routing_key)
-    .bind(sqlx::types::Json(message.headers_json()))
-    .bind(message.body())
-    .bind(message.priority.map(i16::from))
+    .bind(sqlx::types::Json(headers))
+    .bind(body)
+    .bind(priority)
     .execute(executor)
     .await?;
     Ok(())

@@ -19,6 +19,10 @@ pub enum ComposeError {
 
 /// Who sends, and to whom.
 pub struct Envelope<'a> {
+    /// The message record's id. The Message-ID derives from it, so every
+    /// attempt of one message carries the same Message-ID and a receiver
+    /// can recognise a duplicate.
+    pub record_id: Uuid,
     pub from_email: &'a str,
     pub from_name: &'a str,
     pub to: &'a [String],
@@ -56,7 +60,7 @@ pub fn compose(
     let domain = EmailAddress::parse(envelope.from_email)
         .map(|a| a.domain().to_string())
         .unwrap_or_else(|_| "localhost".into());
-    let message_id = format!("{}@{}", Uuid::new_v4().simple(), domain);
+    let message_id = format!("{}@{}", envelope.record_id.simple(), domain);
 
     let mut builder = Message::builder()
         .from(from)
@@ -109,6 +113,7 @@ mod tests {
     fn message_has_from_ids_and_both_bodies() {
         let to = vec!["rcpt@example.org".to_string()];
         let envelope = Envelope {
+            record_id: Uuid::new_v4(),
             from_email: "noreply@example.com",
             from_name: "Notifier",
             to: &to,

@@ -9,4 +9,5 @@ mod dead_letters;
 mod delivery;
 mod python_interop;
 mod quota;
+mod resilience;
 mod walkthrough;

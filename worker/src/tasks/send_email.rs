@@ -1,12 +1,16 @@
 //! `notifications.send_email`: one email through the account pool.
 //!
 //! The record moves `queued → sending → sent|failed` and the delivery is
-//! acknowledged only after the outcome is committed. What remains
-//! ambiguous: if the worker dies after the SMTP server accepted the message
-//! but before `sent` is committed, the record stays `sending`; a later
-//! delivery of the same task finds it there and, once the time limit has
-//! passed, marks it failed as "outcome unknown" rather than risk sending a
-//! second copy.
+//! acknowledged only after the outcome is committed. A redelivered or
+//! duplicated task finds the record `sending` or final and sends nothing.
+//!
+//! What remains ambiguous: a worker that dies during the SMTP transaction
+//! leaves the record `sending` with no outcome. RabbitMQ redelivers the
+//! task; once the hard time limit has passed (so the first attempt cannot
+//! still be running) it is sent again, with the same Message-ID. Only if
+//! the worker died between the server's acceptance of DATA and the commit
+//! of `sent` (a window of milliseconds) does the recipient get two copies,
+//! which carry one Message-ID and are commonly merged by receivers.
 
 use std::time::Duration;
 
@@ -36,9 +40,23 @@ pub async fn run(ctx: &Context, message: &TaskMessage) -> Result<Outcome, sqlx::
             return Ok(Outcome::Done);
         }
     };
+    // A message left `sending` longer than the hard time limit belongs to a
+    // worker that died mid-send; younger ones may still be in flight.
+    let lease = ctx.settings.task_time_limit + Duration::from_secs(5);
+    let stale_before = Utc::now() - chrono::Duration::from_std(lease).unwrap_or_default();
     match record.status() {
         MessageStatus::Queued => {}
-        MessageStatus::Sending => return interrupted(ctx, &record).await,
+        MessageStatus::Sending => {
+            let started = record.sending_at.unwrap_or(record.updated_at);
+            if started >= stale_before {
+                let wait = (started - stale_before).to_std().unwrap_or_default();
+                return Ok(Outcome::Later {
+                    delay: wait + Duration::from_secs(1),
+                });
+            }
+            tracing::warn!(message_id = %record.id, "previous attempt was interrupted; sending again with the same Message-ID");
+            metrics::counter!("emails_interrupted_total").increment(1);
+        }
         // Handled by an earlier delivery of this task, or cancelled/suppressed.
         _ => return Ok(Outcome::Done),
     }
@@ -56,8 +74,15 @@ pub async fn run(ctx: &Context, message: &TaskMessage) -> Result<Outcome, sqlx::
         tracing::info!(message_id = %record.id, retry_in = ?wait, "no SMTP account has quota left; message waits");
         return Ok(Outcome::Later { delay: wait });
     };
-    let Some(record) = messages::claim(&ctx.pool, record.id, account.id, &account.email).await?
-    else {
+    let claimed = messages::claim(
+        &ctx.pool,
+        record.id,
+        account.id,
+        &account.email,
+        stale_before,
+    )
+    .await?;
+    let Some(record) = claimed else {
         // Another delivery of the same task claimed it first.
         email_accounts::release(&ctx.pool, today, account.id).await?;
         return Ok(Outcome::Done);
@@ -73,6 +98,7 @@ async fn send(
 ) -> Result<Outcome, sqlx::Error> {
     let today = platform::today(&ctx.settings);
     let envelope = Envelope {
+        record_id: record.id,
         from_email: &account.email,
         from_name: record.from_name.as_deref().unwrap_or(&account.display_name),
         to: &record.to_addrs,
@@ -102,10 +128,9 @@ async fn send(
     let transport = match ctx.transports.get(account) {
         Ok(t) => t,
         Err(e) => {
-            let reason = e.to_string();
+            let reply = e.to_string();
             email_accounts::release(&ctx.pool, today, account.id).await?;
-            email_accounts::record_error(&ctx.pool, account.id, &reason).await?;
-            return retry_or_fail(ctx, message, record, &reason, None).await;
+            return account_fault(ctx, message, record, account, &reply, true).await;
         }
     };
 
@@ -114,6 +139,9 @@ async fn send(
         Ok(reply) => {
             persist(|| messages::mark_sent(&ctx.pool, record.id, &composed.message_id, &reply))
                 .await?;
+            if account.consecutive_failures > 0 || account.circuit_open_until.is_some() {
+                email_accounts::record_success(&ctx.pool, account.id).await?;
+            }
             metrics::counter!("emails_sent_total").increment(1);
             tracing::info!(message_id = %record.id, account = %account.email, %reply, "email sent");
             let result = json!({
@@ -128,28 +156,64 @@ async fn send(
         }
         Err(failure) => {
             email_accounts::release(&ctx.pool, today, account.id).await?;
-            match &failure {
+            match failure {
                 Failure::Permanent { reply } => {
-                    fail(
-                        ctx,
-                        message,
-                        record,
-                        &format!("rejected by the SMTP server: {reply}"),
-                        Some(reply),
-                    )
-                    .await
+                    let reason = format!("rejected by the SMTP server: {reply}");
+                    fail(ctx, message, record, &reason, Some(&reply)).await
                 }
                 Failure::Account { reply } => {
-                    email_accounts::record_error(&ctx.pool, account.id, reply).await?;
-                    tracing::warn!(account = %account.email, %reply, "SMTP account refused");
-                    retry_or_fail(ctx, message, record, reply, Some(reply)).await
+                    account_fault(ctx, message, record, account, &reply, true).await
+                }
+                Failure::Unreachable { reply } => {
+                    email_accounts::record_failure(
+                        &ctx.pool,
+                        account.id,
+                        &reply,
+                        ctx.settings.breaker,
+                        false,
+                    )
+                    .await?;
+                    retry_or_fail(ctx, message, record, &reply, Some(&reply)).await
                 }
                 Failure::Temporary { reply } => {
-                    retry_or_fail(ctx, message, record, reply, Some(failure.reply())).await
+                    retry_or_fail(ctx, message, record, &reply, Some(&reply)).await
                 }
             }
         }
     }
+}
+
+/// The account, not the message, is at fault (its password is refused, or
+/// it cannot even be set up): open its circuit so the pool stops using it,
+/// and put the message straight back for another account, without
+/// counting a retry against it.
+async fn account_fault(
+    ctx: &Context,
+    message: &TaskMessage,
+    record: &MessageRecord,
+    account: &EmailAccount,
+    reply: &str,
+    open_now: bool,
+) -> Result<Outcome, sqlx::Error> {
+    email_accounts::record_failure(&ctx.pool, account.id, reply, ctx.settings.breaker, open_now)
+        .await?;
+    metrics::counter!("smtp_account_failures_total").increment(1);
+    tracing::warn!(account = %account.email, %reply, "SMTP account failed; circuit opened, message moves to another account");
+    let reason = format!(
+        "account {} failed: {reply}; trying another account",
+        account.email
+    );
+    persist(|| messages::mark_retrying(&ctx.pool, record.id, &reason, Some(reply))).await?;
+    store(
+        ctx,
+        message.id(),
+        TaskState::Retry,
+        json!({"exc_type": EXC_TYPE, "exc_message": [reason], "exc_module": "builtins"}),
+    )
+    .await;
+    Ok(Outcome::Later {
+        delay: Duration::from_secs(1),
+    })
 }
 
 /// Finds the record the task refers to, or records the email a Python
@@ -224,23 +288,6 @@ fn new_message_from_kwargs(task_id: &str, kwargs: SendEmailKwargs) -> Result<New
     })
 }
 
-/// A delivery found the message `sending`: another worker has it, or one
-/// died mid-send. Wait out the time limit, then give up without resending.
-async fn interrupted(ctx: &Context, record: &MessageRecord) -> Result<Outcome, sqlx::Error> {
-    let started = record.sending_at.unwrap_or(record.updated_at);
-    let lease = ctx.settings.task_time_limit + Duration::from_secs(30);
-    let elapsed = (Utc::now() - started).to_std().unwrap_or_default();
-    if elapsed < lease {
-        return Ok(Outcome::Later {
-            delay: lease - elapsed + Duration::from_secs(1),
-        });
-    }
-    let reason = "delivery outcome unknown: the worker stopped during the SMTP transaction; not resent to avoid a duplicate";
-    messages::mark_failed(&ctx.pool, record.id, reason, None).await?;
-    store_failure(ctx, &record.task_id, reason).await;
-    Ok(Outcome::Done)
-}
-
 async fn retry_or_fail(
     ctx: &Context,
     message: &TaskMessage,
@@ -251,7 +298,8 @@ async fn retry_or_fail(
     let retries = message.headers.retries;
     if retries >= ctx.settings.max_retries {
         let reason = format!("gave up after {} attempts: {reason}", retries + 1);
-        return fail(ctx, message, record, &reason, reply).await;
+        fail(ctx, message, record, &reason, reply).await?;
+        return Ok(Outcome::DeadLetter { reason });
     }
     persist(|| messages::mark_retrying(&ctx.pool, record.id, reason, reply)).await?;
     let delay = backoff(ctx, retries);

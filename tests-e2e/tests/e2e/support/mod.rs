@@ -178,6 +178,29 @@ impl TestEnv {
         self.workers.push(cmd.spawn().expect("spawn notify-worker"));
     }
 
+    /// Sends a signal (`TERM`, `KILL`) to worker `index`.
+    pub async fn signal_worker(&self, index: usize, signal: &str) {
+        let pid = self.workers[index].id().expect("worker still running");
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .await
+            .expect("run kill");
+        assert!(status.success());
+    }
+
+    /// Waits for worker `index` to exit and returns its exit status.
+    pub async fn wait_worker(
+        &mut self,
+        index: usize,
+        timeout: Duration,
+    ) -> std::process::ExitStatus {
+        tokio::time::timeout(timeout, self.workers[index].wait())
+            .await
+            .expect("worker exited in time")
+            .expect("wait for worker")
+    }
+
     /// Status of a message as recorded.
     pub async fn status(&self, id: Uuid) -> String {
         sqlx::query_scalar("SELECT status FROM message_records WHERE id = $1")
