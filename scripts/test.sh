@@ -11,9 +11,12 @@ cd "$root"
 
 bash scripts/services.sh
 
-# Test databases of interrupted runs (each test drops its own when it ends).
+# Test databases of interrupted runs (each test drops its own when it ends;
+# the name carries its creation time, and only those older than two hours go).
+cutoff=$(( $(date +%s) - 7200 ))
 psql -h 127.0.0.1 -U postgres -d postgres -Atqc \
-  "SELECT datname FROM pg_database WHERE datname LIKE 'notify\_t\_%'" |
+  "SELECT datname FROM pg_database WHERE CASE WHEN datname ~ '^notify_test_[0-9]+_'
+     THEN split_part(datname, '_', 3)::bigint < $cutoff ELSE false END" |
   while read -r db; do psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)"; done
 
 # The Python interoperability tests' virtualenv (pinned celery).

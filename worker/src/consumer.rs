@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use futures_util::StreamExt;
+use futures_util::future::join_all;
+use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, ConfirmSelectOptions,
@@ -21,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::context::Context;
 use crate::outcome::Outcome;
-use crate::tasks;
+use crate::tasks::{self, send_batch};
 
 /// How long in-flight tasks may run on after SIGTERM before the worker
 /// exits (their deliveries are then redelivered to another worker).
@@ -112,8 +113,8 @@ impl Consumer {
                 next = deliveries.next() => next,
                 _ = shutdown.cancelled() => break Ok(()),
             };
-            let delivery = match next {
-                Some(Ok(d)) => d,
+            let mut batch = match next {
+                Some(Ok(d)) => vec![d],
                 Some(Err(e)) => break Err(e.into()),
                 None => {
                     break Err(
@@ -121,15 +122,22 @@ impl Consumer {
                     )
                 }
             };
-            let Ok(permit) = slots.clone().acquire_owned().await else {
+            // Whatever else has already arrived joins this batch.
+            while batch.len() < concurrency {
+                match deliveries.next().now_or_never() {
+                    Some(Some(Ok(d))) => batch.push(d),
+                    _ => break,
+                }
+            }
+            let Ok(permits) = slots.clone().acquire_many_owned(batch.len() as u32).await else {
                 break Ok(());
             };
             let ctx = self.ctx.clone();
             let topology = self.topology.clone();
             let publisher = publisher.clone();
             tokio::spawn(async move {
-                handle(&ctx, &topology, &publisher, delivery).await;
-                drop(permit);
+                handle_batch(&ctx, &topology, &publisher, batch).await;
+                drop(permits);
             });
         };
 
@@ -147,6 +155,64 @@ impl Consumer {
         }
         outcome
     }
+}
+
+/// Deliveries that arrived together: plain API-published sends take the
+/// batched fast path, everything else (and whatever the fast path hands
+/// back) is handled one by one.
+async fn handle_batch(
+    ctx: &Context,
+    topology: &Topology,
+    publisher: &Publisher,
+    deliveries: Vec<Delivery>,
+) {
+    let now = Utc::now();
+    let mut fast = Vec::new();
+    let mut single = Vec::new();
+    for delivery in deliveries {
+        match TaskMessage::decode(&delivery.properties, &delivery.data) {
+            Ok(message) if message.headers.expires.is_none_or(|e| e > now) => {
+                match send_batch::fast_path_id(&message) {
+                    Some(id) => fast.push((delivery, message, id)),
+                    None => single.push(delivery),
+                }
+            }
+            _ => single.push(delivery),
+        }
+    }
+    if fast.len() == 1 {
+        single.extend(fast.drain(..).map(|(d, _, _)| d));
+    }
+    if !fast.is_empty() {
+        let batch: Vec<(uuid::Uuid, &TaskMessage)> =
+            fast.iter().map(|(_, m, id)| (*id, m)).collect();
+        match send_batch::run(ctx, &batch).await {
+            Ok(outcomes) => {
+                for ((delivery, message, _), outcome) in fast.into_iter().zip(outcomes) {
+                    match outcome {
+                        Some(outcome) => {
+                            settle(ctx, topology, publisher, &delivery, Some(&message), outcome)
+                                .await
+                        }
+                        None => single.push(delivery),
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "database unavailable; the batch goes back to the queue");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                for (delivery, _, _) in &fast {
+                    nack_requeue(delivery).await;
+                }
+            }
+        }
+    }
+    join_all(
+        single
+            .into_iter()
+            .map(|d| handle(ctx, topology, publisher, d)),
+    )
+    .await;
 }
 
 async fn handle(ctx: &Context, topology: &Topology, publisher: &Publisher, delivery: Delivery) {

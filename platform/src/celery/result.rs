@@ -94,14 +94,30 @@ impl ResultBackend {
         .await
     }
 
-    async fn write(
+    /// Stores several results in one round trip.
+    pub async fn store_many(
         &self,
-        task_id: &str,
-        state: TaskState,
-        result: Value,
-        traceback: Value,
+        results: &[(String, TaskState, Value)],
     ) -> Result<(), ResultError> {
-        let document = json!({
+        if results.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for (task_id, state, result) in results {
+            let document = Self::document(task_id, *state, result.clone(), Value::Null);
+            let key = key_for(task_id);
+            pipe.set_ex(&key, &document, self.expires.as_secs().max(1))
+                .ignore()
+                .publish(&key, &document)
+                .ignore();
+        }
+        let mut conn = self.pool.get().await?;
+        pipe.query_async::<()>(&mut *conn).await?;
+        Ok(())
+    }
+
+    fn document(task_id: &str, state: TaskState, result: Value, traceback: Value) -> String {
+        json!({
             "status": state.as_str(),
             "result": result,
             "traceback": traceback,
@@ -109,7 +125,17 @@ impl ResultBackend {
             "date_done": Utc::now().to_rfc3339_opts(SecondsFormat::Micros, false),
             "task_id": task_id,
         })
-        .to_string();
+        .to_string()
+    }
+
+    async fn write(
+        &self,
+        task_id: &str,
+        state: TaskState,
+        result: Value,
+        traceback: Value,
+    ) -> Result<(), ResultError> {
+        let document = Self::document(task_id, state, result, traceback);
         let key = key_for(task_id);
         let mut conn = self.pool.get().await?;
         redis::pipe()

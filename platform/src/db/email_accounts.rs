@@ -346,3 +346,88 @@ pub async fn record_success(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> 
     .await?;
     Ok(())
 }
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Reservation {
+    #[sqlx(flatten)]
+    pub account: EmailAccount,
+    /// Sends reserved on the account, at most what was asked.
+    pub granted: i32,
+}
+
+/// Reserves up to `wanted` sends at once, filling the best accounts first
+/// (same order and guarantees as [`reserve`]). Accounts with their own
+/// throttles (per-minute rate, connection cap) are left to [`reserve`],
+/// which checks them one send at a time. Fewer than `wanted` (or none) are
+/// granted when quota runs out.
+pub async fn reserve_many(
+    pool: &PgPool,
+    today: NaiveDate,
+    wanted: i32,
+) -> Result<Vec<Reservation>, sqlx::Error> {
+    let mut reservations = Vec::new();
+    let mut left = wanted;
+    let mut tried: Vec<Uuid> = Vec::new();
+    while left > 0 {
+        let candidate: Option<Uuid> = sqlx::query_scalar(&format!(
+            "SELECT id FROM email_accounts
+             WHERE {USABLE} AND rate_limit_per_minute IS NULL AND max_connections IS NULL
+               AND daily_limit > (CASE WHEN quota_day = $1 THEN daily_sent_count ELSE 0 END)
+               AND id <> ALL($2)
+             ORDER BY priority DESC,
+                      (CASE WHEN quota_day = $1 THEN daily_sent_count ELSE 0 END),
+                      last_used_at NULLS FIRST
+             LIMIT 1"
+        ))
+        .bind(today)
+        .bind(&tried)
+        .fetch_optional(pool)
+        .await?;
+        let Some(id) = candidate else { break };
+        tried.push(id);
+        // The row lock in `old` makes the read of the current count and the
+        // increment one step, so concurrent workers never pass the limit.
+        let reserved: Option<Reservation> = sqlx::query_as(&format!(
+            "WITH old AS (
+                SELECT id AS acct, (CASE WHEN quota_day = $1 THEN daily_sent_count ELSE 0 END) AS used
+                FROM email_accounts WHERE id = $2 AND {USABLE} FOR UPDATE
+             )
+             UPDATE email_accounts SET
+                daily_sent_count = old.used + LEAST($3, daily_limit - old.used),
+                quota_day = $1,
+                last_used_at = now()
+             FROM old
+             WHERE id = old.acct AND daily_limit > old.used
+             RETURNING {COLUMNS}, LEAST($3, daily_limit - old.used) AS granted"
+        ))
+        .bind(today)
+        .bind(id)
+        .bind(left)
+        .fetch_optional(pool)
+        .await?;
+        if let Some(r) = reserved {
+            left -= r.granted;
+            reservations.push(r);
+        }
+    }
+    Ok(reservations)
+}
+
+/// Gives back `count` reservations at once.
+pub async fn release_many(
+    pool: &PgPool,
+    today: NaiveDate,
+    id: Uuid,
+    count: i32,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE email_accounts SET daily_sent_count = GREATEST(daily_sent_count - $3, 0)
+         WHERE id = $1 AND quota_day = $2",
+    )
+    .bind(id)
+    .bind(today)
+    .bind(count)
+    .execute(pool)
+    .await?;
+    Ok(())
+}

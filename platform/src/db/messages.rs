@@ -270,3 +270,53 @@ pub async fn requeue_failed(executor: impl PgExecutor<'_>, id: Uuid) -> Result<b
     .await?;
     Ok(done.rows_affected() == 1)
 }
+
+pub async fn get_many(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<MessageRecord>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM message_records WHERE id = ANY($1)")
+        .bind(ids)
+        .fetch_all(pool)
+        .await
+}
+
+/// [`claim`] for many queued messages in one statement; returns those
+/// claimed (a message another delivery holds is left out).
+pub async fn claim_many(
+    pool: &PgPool,
+    ids: &[Uuid],
+    account_ids: &[Uuid],
+    account_emails: &[String],
+) -> Result<Vec<MessageRecord>, sqlx::Error> {
+    sqlx::query_as(
+        "UPDATE message_records m SET status = 'sending', attempts = m.attempts + 1, sending_at = now(),
+            account_id = c.account_id, account_email = c.account_email, updated_at = now()
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[]) AS c(id, account_id, account_email)
+         WHERE m.id = c.id AND m.status = 'queued'
+         RETURNING m.*",
+    )
+    .bind(ids)
+    .bind(account_ids)
+    .bind(account_emails)
+    .fetch_all(pool)
+    .await
+}
+
+/// [`mark_sent`] for many messages in one statement.
+pub async fn mark_sent_many(
+    pool: &PgPool,
+    ids: &[Uuid],
+    smtp_message_ids: &[String],
+    smtp_responses: &[String],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE message_records m SET status = 'sent', smtp_message_id = s.message_id,
+            smtp_response = s.response, error = NULL, sent_at = now(), updated_at = now()
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[]) AS s(id, message_id, response)
+         WHERE m.id = s.id AND m.status = 'sending'",
+    )
+    .bind(ids)
+    .bind(smtp_message_ids)
+    .bind(smtp_responses)
+    .execute(pool)
+    .await?;
+    Ok(())
+}

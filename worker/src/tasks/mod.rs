@@ -1,5 +1,6 @@
 //! The tasks this worker executes, by Celery task name.
 
+pub mod send_batch;
 mod send_email;
 
 use platform::celery::TaskMessage;

@@ -96,7 +96,46 @@ async fn send(
     record: &MessageRecord,
     account: &EmailAccount,
 ) -> Result<Outcome, sqlx::Error> {
-    let today = platform::today(&ctx.settings);
+    match attempt(ctx, record, account).await {
+        Attempt::Sent {
+            smtp_message_id,
+            reply,
+        } => {
+            persist(|| messages::mark_sent(&ctx.pool, record.id, &smtp_message_id, &reply)).await?;
+            if account.consecutive_failures > 0 || account.circuit_open_until.is_some() {
+                email_accounts::record_success(&ctx.pool, account.id).await?;
+            }
+            metrics::counter!("emails_sent_total").increment(1);
+            tracing::info!(message_id = %record.id, account = %account.email, %reply, "email sent");
+            let result = sent_result(record, account, &smtp_message_id, &reply);
+            store(ctx, message.id(), TaskState::Success, result).await;
+            Ok(Outcome::Done)
+        }
+        failed => {
+            email_accounts::release(&ctx.pool, platform::today(&ctx.settings), account.id).await?;
+            settle_failure(ctx, message, record, account, failed).await
+        }
+    }
+}
+
+/// One SMTP attempt for a claimed message, before anything is recorded.
+pub(super) enum Attempt {
+    Sent {
+        smtp_message_id: String,
+        reply: String,
+    },
+    /// The message cannot be turned into an email.
+    Unbuildable(String),
+    /// The account's transport cannot be set up (e.g. its password does not decrypt).
+    NoTransport(String),
+    Failed(Failure),
+}
+
+pub(super) async fn attempt(
+    ctx: &Context,
+    record: &MessageRecord,
+    account: &EmailAccount,
+) -> Attempt {
     let envelope = Envelope {
         record_id: record.id,
         from_email: &account.email,
@@ -113,72 +152,78 @@ async fn send(
         record.text_body.as_deref(),
     ) {
         Ok(c) => c,
-        Err(e) => {
-            email_accounts::release(&ctx.pool, today, account.id).await?;
-            return fail(
-                ctx,
-                message,
-                record,
-                &format!("cannot build the email: {e}"),
-                None,
-            )
-            .await;
-        }
+        Err(e) => return Attempt::Unbuildable(format!("cannot build the email: {e}")),
     };
     let transport = match ctx.transports.get(account) {
         Ok(t) => t,
-        Err(e) => {
-            let reply = e.to_string();
-            email_accounts::release(&ctx.pool, today, account.id).await?;
-            return account_fault(ctx, message, record, account, &reply, true).await;
-        }
+        Err(e) => return Attempt::NoTransport(e.to_string()),
     };
+    match delivery::deliver(
+        &transport,
+        composed.message,
+        ctx.settings.task_soft_time_limit,
+    )
+    .await
+    {
+        Ok(reply) => Attempt::Sent {
+            smtp_message_id: composed.message_id,
+            reply,
+        },
+        Err(failure) => Attempt::Failed(failure),
+    }
+}
 
-    let limit = ctx.settings.task_soft_time_limit;
-    match delivery::deliver(&transport, composed.message, limit).await {
-        Ok(reply) => {
-            persist(|| messages::mark_sent(&ctx.pool, record.id, &composed.message_id, &reply))
-                .await?;
-            if account.consecutive_failures > 0 || account.circuit_open_until.is_some() {
-                email_accounts::record_success(&ctx.pool, account.id).await?;
-            }
-            metrics::counter!("emails_sent_total").increment(1);
-            tracing::info!(message_id = %record.id, account = %account.email, %reply, "email sent");
-            let result = json!({
-                "message_id": record.id,
-                "status": "sent",
-                "account": account.email,
-                "smtp_message_id": composed.message_id,
-                "smtp_response": reply,
-            });
-            store(ctx, message.id(), TaskState::Success, result).await;
-            Ok(Outcome::Done)
+/// The Celery result of a sent email.
+pub(super) fn sent_result(
+    record: &MessageRecord,
+    account: &EmailAccount,
+    smtp_message_id: &str,
+    reply: &str,
+) -> serde_json::Value {
+    json!({
+        "message_id": record.id,
+        "status": "sent",
+        "account": account.email,
+        "smtp_message_id": smtp_message_id,
+        "smtp_response": reply,
+    })
+}
+
+/// Records a failed attempt (its quota already given back) and decides
+/// what happens to the task.
+pub(super) async fn settle_failure(
+    ctx: &Context,
+    message: &TaskMessage,
+    record: &MessageRecord,
+    account: &EmailAccount,
+    attempt: Attempt,
+) -> Result<Outcome, sqlx::Error> {
+    match attempt {
+        Attempt::Sent { .. } => Ok(Outcome::Done),
+        Attempt::Unbuildable(reason) => fail(ctx, message, record, &reason, None).await,
+        Attempt::NoTransport(reply) => {
+            account_fault(ctx, message, record, account, &reply, true).await
         }
-        Err(failure) => {
-            email_accounts::release(&ctx.pool, today, account.id).await?;
-            match failure {
-                Failure::Permanent { reply } => {
-                    let reason = format!("rejected by the SMTP server: {reply}");
-                    fail(ctx, message, record, &reason, Some(&reply)).await
-                }
-                Failure::Account { reply } => {
-                    account_fault(ctx, message, record, account, &reply, true).await
-                }
-                Failure::Unreachable { reply } => {
-                    email_accounts::record_failure(
-                        &ctx.pool,
-                        account.id,
-                        &reply,
-                        ctx.settings.breaker,
-                        false,
-                    )
-                    .await?;
-                    retry_or_fail(ctx, message, record, &reply, Some(&reply)).await
-                }
-                Failure::Temporary { reply } => {
-                    retry_or_fail(ctx, message, record, &reply, Some(&reply)).await
-                }
-            }
+        Attempt::Failed(Failure::Permanent { reply }) => {
+            let reason = format!("rejected by the SMTP server: {reply}");
+            fail(ctx, message, record, &reason, Some(&reply)).await
+        }
+        Attempt::Failed(Failure::Account { reply }) => {
+            account_fault(ctx, message, record, account, &reply, true).await
+        }
+        Attempt::Failed(Failure::Unreachable { reply }) => {
+            email_accounts::record_failure(
+                &ctx.pool,
+                account.id,
+                &reply,
+                ctx.settings.breaker,
+                false,
+            )
+            .await?;
+            retry_or_fail(ctx, message, record, &reply, Some(&reply)).await
+        }
+        Attempt::Failed(Failure::Temporary { reply }) => {
+            retry_or_fail(ctx, message, record, &reply, Some(&reply)).await
         }
     }
 }
@@ -339,7 +384,7 @@ fn backoff(ctx: &Context, retries: u32) -> Duration {
 
 /// Outcome writes after an SMTP transaction are retried for a while: giving
 /// up would leave an accepted email looking unsent.
-async fn persist<F, Fut>(write: F) -> Result<(), sqlx::Error>
+pub(super) async fn persist<F, Fut>(write: F) -> Result<(), sqlx::Error>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<(), sqlx::Error>>,

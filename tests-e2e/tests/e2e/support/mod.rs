@@ -73,7 +73,13 @@ impl TestEnv {
 
     pub async fn with_vars(overrides: &[(&str, &str)]) -> TestEnv {
         let id = Uuid::new_v4().simple().to_string();
-        let database = format!("notify_t_{id}");
+        // The creation time in the name lets scripts/test.sh drop databases
+        // that interrupted runs left behind without touching live ones.
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let database = format!("notify_test_{created}_{id}");
         let admin = PgPool::connect(&format!("{POSTGRES}/postgres?sslmode=disable"))
             .await
             .expect("postgres");

@@ -1,0 +1,334 @@
+//! `notify-bench`: measures the platform end to end on this machine.
+//!
+//! Starts the release `notify-api` and `notify-worker` binaries against the
+//! local PostgreSQL, RabbitMQ and Redis (a fresh database and queue), with
+//! an in-process SMTP sink, then:
+//!   1. ingest: N sends through the API at C concurrent clients with the
+//!      workers stopped — requests/s, p50/p99 latency;
+//!   2. drain: starts the workers — emails/s until the backlog is delivered;
+//!   3. end to end: N more sends with the workers running — first request
+//!      to last email received and recorded `sent`, and per-message latency
+//!      (created → sent) p50/p99; worker peak RSS.
+//!
+//! Usage: notify-bench [--messages N] [--concurrency C] [--workers W]
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::json;
+use smtp_sink::SmtpSink;
+use sqlx::PgPool;
+use tokio::process::{Child, Command};
+use tokio::sync::Semaphore;
+
+struct Options {
+    messages: usize,
+    concurrency: usize,
+    workers: usize,
+}
+
+fn options() -> anyhow::Result<Options> {
+    let mut o = Options {
+        messages: 20_000,
+        concurrency: 64,
+        workers: 1,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value: usize = args.next().context("flag needs a value")?.parse()?;
+        match flag.as_str() {
+            "--messages" => o.messages = value,
+            "--concurrency" => o.concurrency = value,
+            "--workers" => o.workers = value,
+            other => bail!("unknown flag {other}; usage: notify-bench [--messages N] [--concurrency C] [--workers W]"),
+        }
+    }
+    Ok(o)
+}
+
+fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe.parent().context("binary directory")?.join(name);
+    if !path.exists() {
+        bail!(
+            "{} is not built (cargo build --release --workspace)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+struct Platform {
+    vars: Vec<(String, String)>,
+    api: Child,
+    workers: Vec<Child>,
+}
+
+impl Platform {
+    fn spawn(&self, name: &str, extra: &[(&str, String)]) -> anyhow::Result<Child> {
+        Ok(Command::new(binary(name)?)
+            .env_clear()
+            .envs(self.vars.iter().cloned())
+            .envs(extra.iter().map(|(k, v)| (k.to_string(), v.clone())))
+            .current_dir(std::env::temp_dir())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?)
+    }
+}
+
+async fn send_all(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    count: usize,
+    concurrency: usize,
+    offset: usize,
+) -> anyhow::Result<(Duration, Vec<f64>)> {
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(count);
+    for i in 0..count {
+        let permit = slots.clone().acquire_owned().await?;
+        let request = client
+            .post(url)
+            .bearer_auth(token)
+            .json(&json!({"to": format!("user{}@example.org", offset + i), "subject": "Bench", "content": "<p>Hello from the benchmark</p>"}));
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let res = request.send().await;
+            drop(permit);
+            match res {
+                Ok(r) if r.status().as_u16() == 202 => Ok(t.elapsed().as_secs_f64() * 1000.0),
+                Ok(r) => Err(anyhow::anyhow!("status {}", r.status())),
+                Err(e) => Err(e.into()),
+            }
+        }));
+    }
+    let mut latencies = Vec::with_capacity(count);
+    for t in tasks {
+        latencies.push(t.await??);
+    }
+    let elapsed = started.elapsed();
+    latencies.sort_by(f64::total_cmp);
+    Ok((elapsed, latencies))
+}
+
+async fn wait_sent(
+    pool: &PgPool,
+    sink: &SmtpSink,
+    total: i64,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let sent: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM message_records WHERE status = 'sent'")
+                .fetch_one(pool)
+                .await?;
+        if sent >= total && sink.received().len() as i64 >= total {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("only {sent} of {total} sent after {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn peak_rss_mb(pid: Option<u32>) -> f64 {
+    let Some(pid) = pid else { return 0.0 };
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let o = options()?;
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let database = format!("notify_bench_{}", &id[..8]);
+    let admin =
+        PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable").await?;
+    sqlx::query(&format!("CREATE DATABASE {database}"))
+        .execute(&admin)
+        .await?;
+    let database_url = format!("postgres://postgres@127.0.0.1:5432/{database}?sslmode=disable");
+    platform::db::migrate(&database_url).await?;
+    let pool = PgPool::connect(&database_url).await?;
+    let sink = SmtpSink::start().await?;
+    let api_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?.port()
+    };
+    let queue = format!("bench_{}", &id[..8]);
+    let vars: Vec<(String, String)> = [
+        ("ENV", "production"),
+        ("LOG_LEVEL", "warn"),
+        ("DATABASE_URL", database_url.as_str()),
+        ("DB_POOL_SIZE", "20"),
+        ("CELERY_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+        ("CELERY_RESULT_BACKEND", "redis://127.0.0.1:6379/1"),
+        ("CELERY_DEFAULT_QUEUE", queue.as_str()),
+        (
+            "JWT_SECRET_KEY",
+            "Zq8vB3nR6tY1uW4xK7mP0sD2fG5hJ9lA3cV6bN8mQ1wE4rT7",
+        ),
+        (
+            "ENCRYPTION_KEY",
+            "q0ZJmR3wX8y2Vt6Nf1Kp4Lc7Hs9Ua5Db0Eg3Ii6Oo8Y=",
+        ),
+        ("API_HOST", "127.0.0.1"),
+        ("CELERY_WORKER_CONCURRENCY", "32"),
+        ("RABBITMQ_PREFETCH_COUNT", "64"),
+        ("PATH", "/usr/bin:/bin"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let mut platform = Platform {
+        vars,
+        api: Command::new("true").spawn()?,
+        workers: Vec::new(),
+    };
+    platform.api = platform.spawn("notify-api", &[("API_PORT", api_port.to_string())])?;
+    let base = format!("http://127.0.0.1:{api_port}");
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(o.concurrency)
+        .build()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.get(format!("{base}/health")).send().await.is_err() {
+        if Instant::now() > deadline {
+            bail!("notify-api did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let credentials = platform::crypto::generate_api_credentials();
+    let scopes = vec!["send".to_string(), "read".to_string(), "admin".to_string()];
+    platform::db::api_keys::insert(&pool, "bench", "", &scopes, &credentials).await?;
+    let token: serde_json::Value = client
+        .post(format!("{base}/api/v1/auth/token"))
+        .json(&json!({"api_key": credentials.key, "api_secret": credentials.secret}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let token = token["data"]["access_token"]
+        .as_str()
+        .context("token")?
+        .to_string();
+    client
+        .post(format!("{base}/api/v1/admin/email-accounts"))
+        .bearer_auth(&token)
+        .json(&json!({"email": "bench@example.com", "smtp_host": "127.0.0.1", "smtp_port": sink.port(),
+            "smtp_password": "pw", "daily_limit": 10_000_000, "tls_mode": "none"}))
+        .send()
+        .await?
+        .error_for_status()?;
+    let send_url = format!("{base}/api/v1/messages/email/send");
+    println!(
+        "notify-bench: {} messages, {} concurrent clients, {} worker process(es)",
+        o.messages, o.concurrency, o.workers
+    );
+
+    // 1. Ingest with the workers stopped.
+    let (elapsed, lat) = send_all(&client, &send_url, &token, o.messages, o.concurrency, 0).await?;
+    println!(
+        "ingest (workers idle): {:.0} requests/s, p50 {:.1} ms, p99 {:.1} ms",
+        o.messages as f64 / elapsed.as_secs_f64(),
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99)
+    );
+
+    // 2. Drain the backlog.
+    let started = Instant::now();
+    for i in 0..o.workers {
+        let worker = platform.spawn(
+            "notify-worker",
+            &[("CELERY_WORKER_NAME", format!("bench{i}@{queue}"))],
+        )?;
+        platform.workers.push(worker);
+    }
+    wait_sent(&pool, &sink, o.messages as i64, Duration::from_secs(600)).await?;
+    let drained = started.elapsed();
+    println!(
+        "drain: {:.0} emails/s ({} emails in {:.1} s)",
+        o.messages as f64 / drained.as_secs_f64(),
+        o.messages,
+        drained.as_secs_f64()
+    );
+
+    // 3. End to end with the workers running.
+    let started = Instant::now();
+    let (elapsed, lat) = send_all(
+        &client,
+        &send_url,
+        &token,
+        o.messages,
+        o.concurrency,
+        o.messages,
+    )
+    .await?;
+    wait_sent(
+        &pool,
+        &sink,
+        2 * o.messages as i64,
+        Duration::from_secs(600),
+    )
+    .await?;
+    let total = started.elapsed();
+    let e2e: Vec<f64> = sqlx::query_scalar(
+        "SELECT (extract(epoch FROM sent_at - created_at) * 1000)::float8 FROM message_records
+         WHERE status = 'sent' ORDER BY created_at DESC LIMIT $1",
+    )
+    .bind(o.messages as i64)
+    .fetch_all(&pool)
+    .await?;
+    let mut e2e = e2e;
+    e2e.sort_by(f64::total_cmp);
+    println!(
+        "ingest (workers draining): {:.0} requests/s, p50 {:.1} ms, p99 {:.1} ms",
+        o.messages as f64 / elapsed.as_secs_f64(),
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99)
+    );
+    println!(
+        "end to end: {:.0} emails/s (first request to last email sent: {:.1} s); per-message latency p50 {:.0} ms, p99 {:.0} ms",
+        o.messages as f64 / total.as_secs_f64(),
+        total.as_secs_f64(),
+        percentile(&e2e, 0.5),
+        percentile(&e2e, 0.99)
+    );
+    for (i, w) in platform.workers.iter().enumerate() {
+        println!("worker {i} peak RSS: {:.0} MB", peak_rss_mb(w.id()));
+    }
+    println!("api peak RSS: {:.0} MB", peak_rss_mb(platform.api.id()));
+
+    for w in &mut platform.workers {
+        let _ = w.kill().await;
+    }
+    let _ = platform.api.kill().await;
+    pool.close().await;
+    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+        .execute(&admin)
+        .await;
+    Ok(())
+}

@@ -1,0 +1,182 @@
+//! The fast path for many `send_email` tasks that arrive together.
+//!
+//! Each statement of the single path (load, reserve quota, claim, record
+//! `sent`, store the result) is done once for the whole batch instead of
+//! once per message; the SMTP sends run concurrently over the pooled
+//! connections. Anything that is not the plain case (a record not
+//! `queued`, quota running out, an account with its own throttles, a
+//! failed send) is handed back to or settled by the single path, so the
+//! guarantees are the same.
+
+use std::collections::HashMap;
+
+use futures_util::future::join_all;
+use platform::celery::{TaskMessage, TaskState};
+use platform::db::email_accounts::{self, EmailAccount};
+use platform::db::messages::{self, MessageRecord, MessageStatus};
+use uuid::Uuid;
+
+use super::send_email::{self, Attempt};
+use crate::context::Context;
+use crate::outcome::Outcome;
+
+/// The record id an API-published send task refers to, when the message
+/// can take the fast path.
+pub fn fast_path_id(message: &TaskMessage) -> Option<Uuid> {
+    if message.task() != platform::tasks::SEND_EMAIL || message.headers.eta.is_some() {
+        return None;
+    }
+    message.kwargs.get("message_id")?.as_str()?.parse().ok()
+}
+
+/// Outcomes by position in `batch`; `None` sends that message down the
+/// single path.
+pub async fn run(
+    ctx: &Context,
+    batch: &[(Uuid, &TaskMessage)],
+) -> Result<Vec<Option<Outcome>>, sqlx::Error> {
+    let mut outcomes: Vec<Option<Outcome>> = (0..batch.len()).map(|_| None).collect();
+    let ids: Vec<Uuid> = batch.iter().map(|(id, _)| *id).collect();
+    let records: HashMap<Uuid, MessageRecord> = messages::get_many(&ctx.pool, &ids)
+        .await?
+        .into_iter()
+        .map(|r| (r.id, r))
+        .collect();
+    // The same task twice in one batch (published twice): the first copy
+    // carries it, the others are acknowledged as duplicates.
+    let mut seen = std::collections::HashSet::new();
+    let mut queued: Vec<usize> = Vec::new();
+    for (i, (id, _)) in batch.iter().enumerate() {
+        if !seen.insert(*id) {
+            outcomes[i] = Some(Outcome::Done);
+        } else if records
+            .get(id)
+            .is_some_and(|r| r.status() == MessageStatus::Queued)
+        {
+            queued.push(i);
+        }
+    }
+    if queued.is_empty() {
+        return Ok(outcomes);
+    }
+
+    // Quota for as many as possible, best accounts first.
+    let today = platform::today(&ctx.settings);
+    let reservations = email_accounts::reserve_many(&ctx.pool, today, queued.len() as i32).await?;
+    let mut assigned: Vec<(usize, usize)> = Vec::new(); // (batch index, reservation index)
+    let mut slots = reservations
+        .iter()
+        .enumerate()
+        .flat_map(|(r, res)| std::iter::repeat_n(r, res.granted.max(0) as usize));
+    for &i in &queued {
+        match slots.next() {
+            Some(r) => assigned.push((i, r)),
+            None => break,
+        }
+    }
+    if assigned.is_empty() {
+        return Ok(outcomes);
+    }
+
+    let claim_ids: Vec<Uuid> = assigned.iter().map(|(i, _)| batch[*i].0).collect();
+    let claim_accounts: Vec<Uuid> = assigned
+        .iter()
+        .map(|(_, r)| reservations[*r].account.id)
+        .collect();
+    let claim_emails: Vec<String> = assigned
+        .iter()
+        .map(|(_, r)| reservations[*r].account.email.clone())
+        .collect();
+    let claimed: HashMap<Uuid, MessageRecord> =
+        messages::claim_many(&ctx.pool, &claim_ids, &claim_accounts, &claim_emails)
+            .await?
+            .into_iter()
+            .map(|r| (r.id, r))
+            .collect();
+
+    // Quota reserved for messages another delivery claimed goes back.
+    let mut unused: HashMap<Uuid, i32> = HashMap::new();
+    for (i, r) in &assigned {
+        if !claimed.contains_key(&batch[*i].0) {
+            *unused.entry(reservations[*r].account.id).or_default() += 1;
+            outcomes[*i] = Some(Outcome::Done);
+        }
+    }
+    // Reserved but never assigned (more quota than messages, which cannot
+    // happen as asked, but keep the books right).
+    let granted: i32 = reservations.iter().map(|r| r.granted).sum();
+    if granted as usize > assigned.len() {
+        if let Some(last) = reservations.last() {
+            *unused.entry(last.account.id).or_default() += granted - assigned.len() as i32;
+        }
+    }
+    for (account, count) in unused {
+        email_accounts::release_many(&ctx.pool, today, account, count).await?;
+    }
+
+    let work: Vec<(usize, &MessageRecord, &EmailAccount)> = assigned
+        .iter()
+        .filter_map(|(i, r)| {
+            claimed
+                .get(&batch[*i].0)
+                .map(|rec| (*i, rec, &reservations[*r].account))
+        })
+        .collect();
+    let attempts = join_all(
+        work.iter()
+            .map(|(_, rec, account)| send_email::attempt(ctx, rec, account)),
+    )
+    .await;
+
+    let mut sent_ids = Vec::new();
+    let mut sent_message_ids = Vec::new();
+    let mut sent_replies = Vec::new();
+    let mut results = Vec::new();
+    let mut failures = Vec::new();
+    for ((i, record, account), attempt) in work.into_iter().zip(attempts) {
+        match attempt {
+            Attempt::Sent {
+                smtp_message_id,
+                reply,
+            } => {
+                results.push((
+                    batch[i].1.id().to_string(),
+                    TaskState::Success,
+                    send_email::sent_result(record, account, &smtp_message_id, &reply),
+                ));
+                sent_ids.push(record.id);
+                sent_message_ids.push(smtp_message_id);
+                sent_replies.push(reply);
+                outcomes[i] = Some(Outcome::Done);
+            }
+            failed => failures.push((i, record, account, failed)),
+        }
+    }
+    send_email::persist(|| {
+        messages::mark_sent_many(&ctx.pool, &sent_ids, &sent_message_ids, &sent_replies)
+    })
+    .await?;
+    metrics::counter!("emails_sent_total").increment(sent_ids.len() as u64);
+    tracing::debug!(sent = sent_ids.len(), "batch sent");
+    let mut recovered: Vec<Uuid> = Vec::new();
+    for r in &reservations {
+        let account = &r.account;
+        let any_sent = claim_accounts.contains(&account.id);
+        if any_sent && (account.consecutive_failures > 0 || account.circuit_open_until.is_some()) {
+            recovered.push(account.id);
+        }
+    }
+    for account in recovered {
+        email_accounts::record_success(&ctx.pool, account).await?;
+    }
+    if let Err(e) = ctx.results.store_many(&results).await {
+        tracing::warn!(error = %e, "cannot store task results");
+    }
+
+    for (i, record, account, failed) in failures {
+        email_accounts::release(&ctx.pool, today, account.id).await?;
+        outcomes[i] =
+            Some(send_email::settle_failure(ctx, batch[i].1, record, account, failed).await?);
+    }
+    Ok(outcomes)
+}
