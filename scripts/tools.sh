@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the operations tools the deployment tests run for real (nginx,
-# promtool, shellcheck, docker-compose) from Debian's packages when absent,
+# promtool, shellcheck, docker-compose, and curl, redis-cli, pg_dump for the
+# operations scripts) from Debian's packages when absent,
 # and enables RabbitMQ's management and Prometheus plugins. Idempotent and
 # quick when everything is already there. Services are not started by the
 # packages (the tests run nginx on their own loopback ports).
@@ -20,6 +21,9 @@ need nginx nginx
 need promtool prometheus
 need shellcheck shellcheck
 need openssl openssl
+need curl curl
+need redis-cli redis-tools
+need pg_dump postgresql-client
 if ! command -v docker-compose >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1; then
   missing+=(docker-compose)
 fi

@@ -37,13 +37,10 @@ pub fn port_from_env(var: &'static str, default: Option<u16>) -> Result<u16, Hea
     let _ = dotenvy::dotenv();
     match std::env::var(var) {
         Ok(value) if !value.trim().is_empty() => {
-            value
-                .trim()
-                .parse()
-                .map_err(|_| HealthCheckError::BadPort {
-                    var,
-                    value: value.clone(),
-                })
+            value.trim().parse().map_err(|_| HealthCheckError::BadPort {
+                var,
+                value: value.clone(),
+            })
         }
         _ => default.ok_or(HealthCheckError::PortUnset(var)),
     }

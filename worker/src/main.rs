@@ -19,6 +19,17 @@ async fn main() -> std::process::ExitCode {
         eprintln!("notify-worker: {e:#}");
         return std::process::ExitCode::FAILURE;
     }
+    // Zero-valued series from the start: rate() and the alerts need them
+    // before the first failure or dead letter happens.
+    for name in [
+        "emails_sent_total",
+        "emails_failed_total",
+        "email_retries_total",
+        "emails_waiting_for_quota_total",
+        "dead_letters_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
     let shutdown = CancellationToken::new();
     tokio::spawn(platform::shutdown::on_signal(shutdown.clone()));
     match notify_worker::run(settings, shutdown).await {

@@ -64,7 +64,9 @@ pub async fn rotate_encryption_key(settings: &Settings) -> Result<RotationReport
         let plaintext = match keyring.open(&row.sealed, PASSWORD_PURPOSE) {
             Ok(p) => p,
             Err(e) => {
-                report.failed.push(format!("{} ({}): {e}", row.email, row.id));
+                report
+                    .failed
+                    .push(format!("{} ({}): {e}", row.email, row.id));
                 continue;
             }
         };

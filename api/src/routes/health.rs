@@ -103,10 +103,16 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             metrics::gauge!("email_account_quota_remaining", &account)
                 .set(f64::from(a.quota_remaining));
             metrics::gauge!("email_account_daily_limit", &account).set(f64::from(a.daily_limit));
-            metrics::gauge!("email_account_circuit_open", &account)
-                .set(if a.circuit_open { 1.0 } else { 0.0 });
-            metrics::gauge!("email_account_active", &account)
-                .set(if a.is_active { 1.0 } else { 0.0 });
+            metrics::gauge!("email_account_circuit_open", &account).set(if a.circuit_open {
+                1.0
+            } else {
+                0.0
+            });
+            metrics::gauge!("email_account_active", &account).set(if a.is_active {
+                1.0
+            } else {
+                0.0
+            });
         }
     }
     (

@@ -333,7 +333,15 @@ pub struct StoredPassword {
 
 /// Every account's sealed password (no quota columns needed).
 pub async fn stored_passwords(pool: &PgPool) -> Result<Vec<StoredPassword>, sqlx::Error> {
-    let rows: Vec<(Uuid, String, String, Vec<u8>, Vec<u8>)> = sqlx::query_as(
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        id: Uuid,
+        email: String,
+        smtp_password_key_id: String,
+        smtp_password_nonce: Vec<u8>,
+        smtp_password_ciphertext: Vec<u8>,
+    }
+    let rows: Vec<Row> = sqlx::query_as(
         "SELECT id, email, smtp_password_key_id, smtp_password_nonce, smtp_password_ciphertext
          FROM email_accounts ORDER BY created_at, id",
     )
@@ -341,13 +349,13 @@ pub async fn stored_passwords(pool: &PgPool) -> Result<Vec<StoredPassword>, sqlx
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(id, email, key_id, nonce, ciphertext)| StoredPassword {
-            id,
-            email,
+        .map(|r| StoredPassword {
+            id: r.id,
+            email: r.email,
             sealed: Sealed {
-                key_id,
-                nonce,
-                ciphertext,
+                key_id: r.smtp_password_key_id,
+                nonce: r.smtp_password_nonce,
+                ciphertext: r.smtp_password_ciphertext,
             },
         })
         .collect())
