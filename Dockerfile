@@ -4,7 +4,9 @@
 #   docker build -t notify-platform .
 
 # ---- build ----------------------------------------------------------------
-FROM rust:1.85-bookworm AS build
+# The toolchain CI uses; the locked dependencies need Rust >= 1.89. Bookworm,
+# like the runtime image, so the binaries link against the same glibc.
+FROM rust:1.95-bookworm AS build
 WORKDIR /src
 
 # Dependency layer: only the manifests and stub sources, so editing the code

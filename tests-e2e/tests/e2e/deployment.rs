@@ -430,6 +430,26 @@ fn service<'a>(config: &'a serde_yaml::Value, name: &str) -> &'a serde_yaml::Val
     &config["services"][name]
 }
 
+/// Container ports a service publishes, from either syntax compose prints
+/// ("127.0.0.1:15672:15672/tcp" or {published, target}).
+fn container_ports(service: &serde_yaml::Value) -> Vec<u64> {
+    let Some(ports) = service["ports"].as_sequence() else {
+        return Vec::new();
+    };
+    ports
+        .iter()
+        .map(|p| match p {
+            serde_yaml::Value::String(s) => s
+                .split('/')
+                .next()
+                .and_then(|s| s.rsplit(':').next())
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("port {s:?}")),
+            other => other["target"].as_u64().expect("target port"),
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn compose_files_validate_with_health_checks_and_no_published_database_ports() {
     let dir = TempDir::new("notify-compose");
@@ -483,12 +503,8 @@ async fn compose_files_validate_with_health_checks_and_no_published_database_por
             "{name} publishes a port in production"
         );
     }
-    let rabbit_ports = format!("{:?}", service(&prod, "rabbitmq")["ports"]);
-    assert!(
-        !rabbit_ports.contains("5672\""),
-        "AMQP is published: {rabbit_ports}"
-    );
-    assert!(rabbit_ports.contains("15672"), "{rabbit_ports}");
+    let rabbit_ports = container_ports(service(&prod, "rabbitmq"));
+    assert_eq!(rabbit_ports, [15672], "only the management UI is published");
     assert!(
         service(&prod, "api")["ports"].is_null(),
         "api is reached through nginx"
@@ -522,7 +538,7 @@ async fn compose_files_validate_with_health_checks_and_no_published_database_por
     for volume in ["postgres_data", "redis_data", "rabbitmq_data"] {
         assert!(!prod["volumes"][volume].is_null(), "volume {volume}");
     }
-    assert!(!service(&prod, "nginx")["ports"].is_null());
+    assert_eq!(container_ports(service(&prod, "nginx")), [80, 443]);
 
     // Development: the override adds the SMTP capture server and ports.
     let dev = compose_config(
@@ -533,8 +549,38 @@ async fn compose_files_validate_with_health_checks_and_no_published_database_por
     let sink = service(&dev, "smtp-sink");
     assert!(format!("{:?}", sink["command"]).contains("smtp-sink"));
     assert!(sink["healthcheck"]["test"].as_sequence().is_some());
-    assert!(!service(&dev, "postgres")["ports"].is_null());
+    assert_eq!(container_ports(service(&dev, "postgres")), [5432]);
+    assert_eq!(container_ports(service(&dev, "smtp-sink")), [2525]);
     assert!(!service(&dev, "worker")["depends_on"]["smtp-sink"].is_null());
+
+    // The image compose runs: built in stages, small, non-root, no curl.
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    assert!(dockerfile.contains(" AS build"), "multi-stage");
+    assert!(dockerfile.contains("FROM debian:bookworm-slim"));
+    assert!(dockerfile.contains("USER notify"));
+    let runtime = dockerfile
+        .split("FROM debian:bookworm-slim")
+        .nth(1)
+        .unwrap_or_default();
+    let installs: String = runtime
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect();
+    assert!(
+        !installs.contains("curl") && !installs.contains("wget"),
+        "the runtime image probes with health-check, not curl"
+    );
+    for bin in [
+        "notify-api",
+        "notify-worker",
+        "notify-scheduler",
+        "smtp-sink",
+    ] {
+        assert!(
+            dockerfile.contains(&format!("target/release/{bin}")),
+            "{bin}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------- prometheus
@@ -880,6 +926,47 @@ async fn shell_scripts_pass_shellcheck() {
         .current_dir(&scripts))
     .await;
     assert!(out.ok, "shellcheck: {out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_api_key_script_prints_a_key_that_gets_a_token() {
+    let mut env = TestEnv::new().await;
+    env.start_api().await;
+    let mut vars = env.vars.clone();
+    vars.insert(
+        "NOTIFY_API_BIN".into(),
+        binary("notify-api").display().to_string(),
+    );
+    let out = run(script("create_api_key.sh", &vars).args([
+        "--name",
+        "ops",
+        "--description",
+        "made by the script",
+        "--admin",
+    ]))
+    .await;
+    assert!(out.ok, "create_api_key.sh: {out}");
+    let field = |label: &str| {
+        out.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(label))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| panic!("no {label} in {out}"))
+    };
+    let (key, secret) = (field("API Key:"), field("API Secret:"));
+    assert!(key.starts_with("noti_"), "{key}");
+    let res = env
+        .api()
+        .request(
+            reqwest::Method::POST,
+            "/api/v1/auth/token",
+            None,
+            Some(&json!({"api_key": key, "api_secret": secret})),
+        )
+        .await;
+    assert_eq!(res.status, reqwest::StatusCode::OK, "{}", res.body);
+    let missing = run(&mut script("create_api_key.sh", &vars)).await;
+    assert!(!missing.ok, "no arguments must fail: {missing}");
 }
 
 async fn snapshot(pool: &PgPool) -> Vec<String> {
