@@ -49,7 +49,10 @@ esac
 
 bash scripts/services.sh
 [ -f .env ] || { cp .env.example .env; echo "created .env from .env.example"; }
-set -a; . ./.env; set +a
+set -a
+# shellcheck source=/dev/null # the operator's .env
+. ./.env
+set +a
 db_name=$(echo "$DATABASE_URL" | sed -E 's#.*/([^/?]+)(\?.*)?$#\1#')
 psql -h 127.0.0.1 -U postgres -d postgres -Atqc "SELECT 1 FROM pg_database WHERE datname = '$db_name'" | grep -q 1 ||
   psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE \"$db_name\""

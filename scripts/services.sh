@@ -47,7 +47,7 @@ if ! command -v pg_ctlcluster >/dev/null 2>&1; then
 fi
 ensure_package pg_isready postgresql-client
 if ! pg_isready -h 127.0.0.1 -p 5432 -q; then
-  version=$(ls /etc/postgresql | sort -V | tail -n 1)
+  version=$(find /etc/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' | sort -V | tail -n 1)
   log "starting PostgreSQL $version"
   as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
   wait_for PostgreSQL 60 pg_isready -h 127.0.0.1 -p 5432 -q

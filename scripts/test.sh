@@ -10,6 +10,9 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 bash scripts/services.sh
+# nginx, promtool, shellcheck, docker-compose and RabbitMQ's management and
+# Prometheus plugins, which the deployment tests run for real.
+bash scripts/tools.sh
 
 # Test databases of interrupted runs (each test drops its own when it ends;
 # the name carries its creation time, and only those older than two hours go).

@@ -1,5 +1,7 @@
 //! `notify-api create-api-key`: mints a key and prints its secret once.
 
+pub mod rotate;
+
 use platform::crypto::generate_api_credentials;
 use platform::{db, Settings};
 

@@ -29,11 +29,20 @@ enum Command {
         #[arg(long)]
         admin: bool,
     },
+    /// Container health probe: GET http://127.0.0.1:$API_PORT/health; exit 0 or 1.
+    HealthCheck,
+    /// Re-encrypt stored SMTP passwords under the current ENCRYPTION_KEY_ID
+    /// (older keys must be listed in ENCRYPTION_PREVIOUS_KEYS).
+    RotateEncryptionKey,
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // Before loading settings: the probe only needs API_PORT.
+    if matches!(cli.command, Some(Command::HealthCheck)) {
+        return platform::healthcheck::run("notify-api", "API_PORT", Some(8000)).await;
+    }
     let settings = match Settings::from_env() {
         Ok(s) => s,
         Err(e) => {
@@ -70,6 +79,12 @@ async fn main() -> std::process::ExitCode {
             description,
             admin,
         } => notify_api::cli::create_api_key(&settings, &name, &description, admin).await,
+        Command::RotateEncryptionKey => notify_api::cli::rotate::rotate_encryption_key(&settings)
+            .await
+            .map(|report| println!("{report}"))
+            .map_err(Into::into),
+        // Answered before the settings were loaded.
+        Command::HealthCheck => Ok(()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

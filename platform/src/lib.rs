@@ -6,6 +6,7 @@ pub mod celery;
 pub mod config;
 pub mod crypto;
 pub mod db;
+pub mod healthcheck;
 pub mod mail;
 pub mod outbox;
 pub mod shutdown;

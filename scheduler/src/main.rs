@@ -10,6 +10,10 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    // Container health probe: asks this process's METRICS_PORT listener.
+    if std::env::args().nth(1).as_deref() == Some("health-check") {
+        return platform::healthcheck::run("notify-scheduler", "METRICS_PORT", None).await;
+    }
     let settings = match Settings::from_env() {
         Ok(s) => s,
         Err(e) => {

@@ -3,6 +3,10 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    // Container health probe: asks this process's METRICS_PORT listener.
+    if std::env::args().nth(1).as_deref() == Some("health-check") {
+        return platform::healthcheck::run("notify-worker", "METRICS_PORT", None).await;
+    }
     let settings = match Settings::from_env() {
         Ok(s) => s,
         Err(e) => {
@@ -14,6 +18,17 @@ async fn main() -> std::process::ExitCode {
     if let Err(e) = telemetry::serve_metrics(settings.metrics_port) {
         eprintln!("notify-worker: {e:#}");
         return std::process::ExitCode::FAILURE;
+    }
+    // Zero-valued series from the start: rate() and the alerts need them
+    // before the first failure or dead letter happens.
+    for name in [
+        "emails_sent_total",
+        "emails_failed_total",
+        "email_retries_total",
+        "emails_waiting_for_quota_total",
+        "dead_letters_total",
+    ] {
+        metrics::counter!(name).increment(0);
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(platform::shutdown::on_signal(shutdown.clone()));

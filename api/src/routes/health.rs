@@ -94,6 +94,27 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     if let Ok(pending) = platform::db::outbox::pending(&state.pool).await {
         metrics::gauge!("outbox_pending_messages").set(pending as f64);
     }
+    // Account pool state for the quota and circuit-breaker alerts. Read at
+    // scrape time, so every API replica reports the same values.
+    let today = platform::today(&state.settings);
+    if let Ok(accounts) = platform::db::email_accounts::gauges(&state.pool, today).await {
+        for a in accounts {
+            let account = [("account", a.email)];
+            metrics::gauge!("email_account_quota_remaining", &account)
+                .set(f64::from(a.quota_remaining));
+            metrics::gauge!("email_account_daily_limit", &account).set(f64::from(a.daily_limit));
+            metrics::gauge!("email_account_circuit_open", &account).set(if a.circuit_open {
+                1.0
+            } else {
+                0.0
+            });
+            metrics::gauge!("email_account_active", &account).set(if a.is_active {
+                1.0
+            } else {
+                0.0
+            });
+        }
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

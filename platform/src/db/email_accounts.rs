@@ -431,3 +431,95 @@ pub async fn release_many(
     .await?;
     Ok(())
 }
+
+/// Per-account state for the scrape-time gauges of `/metrics`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AccountGauges {
+    pub email: String,
+    pub daily_limit: i32,
+    /// `daily_limit` minus today's sends (in TZ), never below zero.
+    pub quota_remaining: i32,
+    pub circuit_open: bool,
+    pub is_active: bool,
+}
+
+/// `$1` is today's date in TZ, as for the quota counters.
+pub async fn gauges(pool: &PgPool, today: NaiveDate) -> Result<Vec<AccountGauges>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT email, daily_limit,
+                GREATEST(daily_limit - (CASE WHEN quota_day = $1 THEN daily_sent_count ELSE 0 END), 0)
+                    AS quota_remaining,
+                COALESCE(circuit_open_until > now(), false) AS circuit_open,
+                is_active
+         FROM email_accounts ORDER BY email",
+    )
+    .bind(today)
+    .fetch_all(pool)
+    .await
+}
+
+/// One stored SMTP password, for key rotation.
+#[derive(Debug, Clone)]
+pub struct StoredPassword {
+    pub id: Uuid,
+    pub email: String,
+    pub sealed: Sealed,
+}
+
+/// Every account's sealed password (no quota columns needed).
+pub async fn stored_passwords(pool: &PgPool) -> Result<Vec<StoredPassword>, sqlx::Error> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        id: Uuid,
+        email: String,
+        smtp_password_key_id: String,
+        smtp_password_nonce: Vec<u8>,
+        smtp_password_ciphertext: Vec<u8>,
+    }
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT id, email, smtp_password_key_id, smtp_password_nonce, smtp_password_ciphertext
+         FROM email_accounts ORDER BY created_at, id",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| StoredPassword {
+            id: r.id,
+            email: r.email,
+            sealed: Sealed {
+                key_id: r.smtp_password_key_id,
+                nonce: r.smtp_password_nonce,
+                ciphertext: r.smtp_password_ciphertext,
+            },
+        })
+        .collect())
+}
+
+/// Replaces a sealed password with its re-encryption, only if the row still
+/// holds exactly `old` (a password changed meanwhile through the API is
+/// already under the current key and must not be overwritten). One
+/// statement, so one short transaction per row. Returns whether it changed.
+pub async fn reseal_password(
+    pool: &PgPool,
+    id: Uuid,
+    old: &Sealed,
+    new: &Sealed,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE email_accounts SET
+            smtp_password_ciphertext = $5, smtp_password_nonce = $6, smtp_password_key_id = $7
+         WHERE id = $1 AND smtp_password_key_id = $2 AND smtp_password_nonce = $3
+           AND smtp_password_ciphertext = $4",
+    )
+    .bind(id)
+    .bind(&old.key_id)
+    .bind(&old.nonce)
+    .bind(&old.ciphertext)
+    .bind(&new.ciphertext)
+    .bind(&new.nonce)
+    .bind(&new.key_id)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}

@@ -7,6 +7,7 @@ mod auth_and_input;
 mod broker_outage;
 mod dead_letters;
 mod delivery;
+mod deployment;
 mod python_interop;
 mod quota;
 mod resilience;

@@ -1,0 +1,87 @@
+//! `notify-api rotate-encryption-key`: re-encrypts every stored SMTP
+//! password under the current key (ENCRYPTION_KEY / ENCRYPTION_KEY_ID),
+//! opening each with the keyring (current key plus ENCRYPTION_PREVIOUS_KEYS).
+//!
+//! Safe while the platform runs: each row is one conditional UPDATE, and
+//! readers accept both keys until the old one is removed. Rows already on
+//! the current key are skipped, so the command can be re-run after a failure.
+
+use platform::db::email_accounts::{self, PASSWORD_PURPOSE};
+use platform::{db, Settings};
+use secrecy::ExposeSecret;
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RotationReport {
+    pub key_id: String,
+    pub rotated: usize,
+    pub already_current: usize,
+    /// Changed by someone else between read and write (so already re-sealed).
+    pub changed_concurrently: usize,
+    /// Accounts whose password could not be opened (unknown or wrong key).
+    pub failed: Vec<String>,
+}
+
+impl std::fmt::Display for RotationReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "key {}: {} re-encrypted, {} already current, {} changed meanwhile, {} failed",
+            self.key_id,
+            self.rotated,
+            self.already_current,
+            self.changed_concurrently,
+            self.failed.len()
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RotationError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migrating: {0}")]
+    Migrate(#[from] db::MigrateError),
+    #[error(
+        "{} account(s) could not be decrypted with the configured keys (add their key to \
+         ENCRYPTION_PREVIOUS_KEYS and run again): {}", .0.len(), .0.join("; ")
+    )]
+    Undecryptable(Vec<String>),
+}
+
+pub async fn rotate_encryption_key(settings: &Settings) -> Result<RotationReport, RotationError> {
+    db::migrate(&settings.database_url).await?;
+    let pool = db::connect(settings).await?;
+    let keyring = &settings.keyring;
+    let mut report = RotationReport {
+        key_id: keyring.current_key_id().to_string(),
+        ..Default::default()
+    };
+    for row in email_accounts::stored_passwords(&pool).await? {
+        if row.sealed.key_id == keyring.current_key_id() {
+            report.already_current += 1;
+            continue;
+        }
+        let plaintext = match keyring.open(&row.sealed, PASSWORD_PURPOSE) {
+            Ok(p) => p,
+            Err(e) => {
+                report
+                    .failed
+                    .push(format!("{} ({}): {e}", row.email, row.id));
+                continue;
+            }
+        };
+        let resealed = keyring.seal(plaintext.expose_secret(), PASSWORD_PURPOSE);
+        if email_accounts::reseal_password(&pool, row.id, &row.sealed, &resealed).await? {
+            report.rotated += 1;
+        } else {
+            report.changed_concurrently += 1;
+        }
+    }
+    pool.close().await;
+    if report.failed.is_empty() {
+        Ok(report)
+    } else {
+        println!("{report}");
+        Err(RotationError::Undecryptable(report.failed))
+    }
+}
