@@ -7,6 +7,7 @@ pub mod error;
 pub mod extract;
 pub mod http_metrics;
 pub mod idempotency;
+pub mod ingest;
 pub mod routes;
 pub mod send_request;
 pub mod startup;

@@ -19,10 +19,11 @@ use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::auth::TokenIssuer;
+use crate::auth::{KeyCache, TokenIssuer};
 use crate::docs::ApiDoc;
 use crate::error::ApiError;
 use crate::http_metrics;
+use crate::ingest::Ingest;
 use crate::routes::{auth, dead_letters, email_accounts, health, messages};
 use crate::state::AppState;
 
@@ -45,12 +46,15 @@ impl Application {
         let listener = TcpListener::bind((settings.api_host.as_str(), settings.api_port))
             .await
             .with_context(|| format!("binding {}:{}", settings.api_host, settings.api_port))?;
+        let outbox = OutboxWaker::default();
         let state = AppState {
             tokens: Arc::new(TokenIssuer::new(&settings.jwt)),
+            keys: KeyCache::start(pool.clone()),
+            ingest: Ingest::start(pool.clone(), settings.queues.tasks.clone(), outbox.clone()),
             settings: Arc::new(settings),
             pool,
             results,
-            outbox: OutboxWaker::default(),
+            outbox,
             metrics: platform::telemetry::metrics_handle(),
         };
         Ok(Application { listener, state })

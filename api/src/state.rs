@@ -8,7 +8,8 @@ use platform::outbox::OutboxWaker;
 use platform::Settings;
 use sqlx::PgPool;
 
-use crate::auth::TokenIssuer;
+use crate::auth::{KeyCache, TokenIssuer};
+use crate::ingest::Ingest;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -16,6 +17,8 @@ pub struct AppState {
     pub pool: PgPool,
     pub results: ResultBackend,
     pub tokens: Arc<TokenIssuer>,
+    pub keys: Arc<KeyCache>,
+    pub ingest: Ingest,
     pub outbox: OutboxWaker,
     pub metrics: PrometheusHandle,
 }

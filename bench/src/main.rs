@@ -137,7 +137,7 @@ async fn wait_sent(
             sqlx::query_scalar("SELECT count(*) FROM message_records WHERE status = 'sent'")
                 .fetch_one(pool)
                 .await?;
-        if sent >= total && sink.received().len() as i64 >= total {
+        if sent >= total && sink.count() as i64 >= total {
             return Ok(());
         }
         if Instant::now() > deadline {

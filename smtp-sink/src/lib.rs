@@ -135,6 +135,11 @@ impl SmtpSink {
         self.lock().received.clone()
     }
 
+    /// How many messages have arrived (without copying them).
+    pub fn count(&self) -> usize {
+        self.lock().received.len()
+    }
+
     pub fn connections(&self) -> usize {
         self.lock().connections
     }

@@ -2,7 +2,9 @@
 //! route takes a [`Principal`] extracted from the bearer token.
 
 mod jwt;
+mod key_cache;
 mod principal;
 
 pub use jwt::{Claims, TokenIssuer, TokenKind};
+pub use key_cache::KeyCache;
 pub use principal::{Admin, Principal, Scope};

@@ -73,7 +73,7 @@ impl FromRequestParts<AppState> for Principal {
             })?;
         let claims = state.tokens.verify(token, TokenKind::Access)?;
         // Checked on every request so that revoking a key stops its tokens at once.
-        if !platform::db::api_keys::is_usable(&state.pool, claims.sub).await? {
+        if !state.keys.is_usable(&state.pool, claims.sub).await? {
             return Err(ApiError::unauthorized(
                 "key_revoked",
                 "the API key behind this token is revoked",

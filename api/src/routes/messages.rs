@@ -67,27 +67,6 @@ pub async fn send(
     let request: SendEmailRequest = parse_json(&headers, &body)?;
     let new = request.validate(principal.key_id, state.settings.email_max_size)?;
 
-    let mut tx = state.pool.begin().await?;
-    let fingerprint = idem::fingerprint(&serde_json::to_value(&request).unwrap_or(Value::Null));
-    if let Some(key) = &idempotency_key {
-        if !idempotency::try_lock(&mut tx, principal.key_id, key.as_str()).await? {
-            return Err(idem::in_flight());
-        }
-        if let Some(stored) = idempotency::find(&mut tx, principal.key_id, key.as_str()).await? {
-            if stored.request_hash != fingerprint {
-                return Err(idem::reused());
-            }
-            let status =
-                StatusCode::from_u16(stored.response_status as u16).unwrap_or(StatusCode::ACCEPTED);
-            let mut response = (status, Json(stored.response_body.0)).into_response();
-            response
-                .headers_mut()
-                .insert("idempotent-replayed", HeaderValue::from_static("true"));
-            return Ok(response);
-        }
-    }
-
-    messages::insert(&mut *tx, &new).await?;
     let kwargs = SendEmailKwargs {
         message_id: Some(new.id),
         ..Default::default()
@@ -97,29 +76,54 @@ pub async fn send(
         _ => serde_json::Map::new(),
     };
     let task = TaskMessage::new(SEND_EMAIL, &new.task_id, Vec::new(), kwargs);
-    let queue = &state.settings.queues.tasks;
-    outbox::enqueue(&mut *tx, queue, queue, &task).await?;
-
     let body = serde_json::json!({"data": SendAccepted {
         message_id: new.id,
         task_id: new.task_id.clone(),
         status: "queued".into(),
     }});
-    if let Some(key) = &idempotency_key {
-        idempotency::save(
-            &mut tx,
-            principal.key_id,
-            key.as_str(),
-            &fingerprint,
-            202,
-            &body,
-        )
-        .await?;
+    let (message_id, task_id) = (new.id, new.task_id.clone());
+
+    match idempotency_key {
+        // The common case goes through group commit.
+        None => state.ingest.submit(new, task).await?,
+        Some(key) => {
+            let fingerprint =
+                idem::fingerprint(&serde_json::to_value(&request).unwrap_or(Value::Null));
+            let mut tx = state.pool.begin().await?;
+            if !idempotency::try_lock(&mut tx, principal.key_id, key.as_str()).await? {
+                return Err(idem::in_flight());
+            }
+            if let Some(stored) = idempotency::find(&mut tx, principal.key_id, key.as_str()).await?
+            {
+                if stored.request_hash != fingerprint {
+                    return Err(idem::reused());
+                }
+                let status = StatusCode::from_u16(stored.response_status as u16)
+                    .unwrap_or(StatusCode::ACCEPTED);
+                let mut response = (status, Json(stored.response_body.0)).into_response();
+                response
+                    .headers_mut()
+                    .insert("idempotent-replayed", HeaderValue::from_static("true"));
+                return Ok(response);
+            }
+            messages::insert(&mut *tx, &new).await?;
+            let queue = &state.settings.queues.tasks;
+            outbox::enqueue(&mut *tx, queue, queue, &task).await?;
+            idempotency::save(
+                &mut tx,
+                principal.key_id,
+                key.as_str(),
+                &fingerprint,
+                202,
+                &body,
+            )
+            .await?;
+            tx.commit().await?;
+            state.outbox.wake();
+        }
     }
-    tx.commit().await?;
-    state.outbox.wake();
     metrics::counter!("messages_accepted_total").increment(1);
-    tracing::info!(message_id = %new.id, task_id = %new.task_id, "email accepted");
+    tracing::debug!(%message_id, %task_id, "email accepted");
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 

@@ -16,3 +16,17 @@ CREATE TABLE dead_letters (
 );
 
 CREATE INDEX dead_letters_created_at_idx ON dead_letters (created_at);
+
+-- API instances cache which keys are usable; any change that can make a key
+-- unusable (revocation, deletion) is announced so every instance forgets
+-- it at once.
+CREATE FUNCTION notify_api_key_change() RETURNS trigger AS $$
+BEGIN
+    PERFORM pg_notify('api_key_changed', OLD.id::text);
+    RETURN NULL;
+END;
+$$ LANGUAGE plpgsql;
+
+CREATE TRIGGER api_keys_changed
+    AFTER UPDATE OF is_active, revoked_at, scopes OR DELETE ON api_keys
+    FOR EACH ROW EXECUTE FUNCTION notify_api_key_change();
