@@ -62,13 +62,22 @@ pub struct QueueNames {
 }
 
 impl QueueNames {
+    /// Campaign and batch sends: consumed beside the task queue with slots
+    /// of their own, so a bulk backlog never delays transactional mail.
+    pub fn bulk(&self) -> String {
+        format!("{}.bulk", self.tasks)
+    }
+    /// The queues a worker consumes, transactional first.
+    pub fn consumed(&self) -> [String; 2] {
+        [self.tasks.clone(), self.bulk()]
+    }
     pub fn dead_letter(&self) -> String {
         format!("{}.dead_letter", self.tasks)
     }
-    /// A durable holding queue whose messages return to the task queue after
+    /// A durable holding queue whose messages return to `target` after
     /// `delay`: how retries and quota waits are kept out of worker memory.
-    pub fn delay(&self, delay: Duration) -> String {
-        format!("{}.delay.{}s", self.tasks, delay.as_secs().max(1))
+    pub fn delay(&self, target: &str, delay: Duration) -> String {
+        format!("{target}.delay.{}s", delay.as_secs().max(1))
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod consumer;
 pub mod context;
 pub mod delivery;
+pub mod lane;
 pub mod outcome;
 pub mod pool;
 pub mod tasks;

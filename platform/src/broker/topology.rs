@@ -23,28 +23,31 @@ impl Topology {
     /// same name, bound with the same routing key, and no queue arguments
     /// (Celery declares the queue without any, and RabbitMQ refuses a
     /// redeclaration with different arguments).
+    /// Declares the task queue and the bulk queue.
     pub async fn declare_task_queue(&self, channel: &Channel) -> Result<(), lapin::Error> {
-        let name = self.names.tasks.as_str();
-        channel
-            .exchange_declare(
-                name,
-                ExchangeKind::Direct,
-                durable_exchange(),
-                FieldTable::default(),
-            )
-            .await?;
-        channel
-            .queue_declare(name, durable_queue(), FieldTable::default())
-            .await?;
-        channel
-            .queue_bind(
-                name,
-                name,
-                name,
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        for name in self.names.consumed() {
+            let name = name.as_str();
+            channel
+                .exchange_declare(
+                    name,
+                    ExchangeKind::Direct,
+                    durable_exchange(),
+                    FieldTable::default(),
+                )
+                .await?;
+            channel
+                .queue_declare(name, durable_queue(), FieldTable::default())
+                .await?;
+            channel
+                .queue_bind(
+                    name,
+                    name,
+                    name,
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
         Ok(())
     }
 
@@ -68,9 +71,10 @@ impl Topology {
     pub async fn declare_delay_queue(
         &self,
         channel: &Channel,
+        target: &str,
         delay: Duration,
     ) -> Result<String, lapin::Error> {
-        let name = self.names.delay(delay);
+        let name = self.names.delay(target, delay);
         let delay_ms = delay.as_millis().max(1000) as i64;
         let mut args = FieldTable::default();
         args.insert(
@@ -83,11 +87,11 @@ impl Topology {
         );
         args.insert(
             ShortString::from("x-dead-letter-exchange"),
-            AMQPValue::LongString(LongString::from(self.names.tasks.as_bytes().to_vec())),
+            AMQPValue::LongString(LongString::from(target.as_bytes().to_vec())),
         );
         args.insert(
             ShortString::from("x-dead-letter-routing-key"),
-            AMQPValue::LongString(LongString::from(self.names.tasks.as_bytes().to_vec())),
+            AMQPValue::LongString(LongString::from(target.as_bytes().to_vec())),
         );
         channel.queue_declare(&name, durable_queue(), args).await?;
         Ok(name)
