@@ -2,10 +2,10 @@
 
 use std::time::{Duration, Instant};
 
-use lettre::AsyncTransport;
 use lettre::Message;
+use platform::db::email_accounts::EmailAccount;
 
-use crate::pool::Transport;
+use crate::pool::{SendError, Transport, TransportCache};
 
 /// How a failed attempt should be treated.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,12 +33,16 @@ impl Failure {
 }
 
 pub async fn deliver(
+    pool: &TransportCache,
+    account: &EmailAccount,
     transport: &Transport,
     message: Message,
     limit: Duration,
 ) -> Result<String, Failure> {
     let started = Instant::now();
-    let result = tokio::time::timeout(limit, transport.send(message)).await;
+    let email = message.formatted();
+    let send = pool.send(account, transport, message.envelope(), &email);
+    let result = tokio::time::timeout(limit, send).await;
     metrics::histogram!("smtp_send_duration_seconds").record(started.elapsed().as_secs_f64());
     match result {
         Err(_) => Err(Failure::Unreachable {
@@ -52,13 +56,12 @@ pub async fn deliver(
     }
 }
 
-fn classify(error: &lettre::transport::smtp::Error) -> Failure {
+fn classify(error: &SendError) -> Failure {
     let reply = error.to_string();
     let Some(code) = error.status() else {
         // No SMTP reply at all: connection refused or reset, TLS, timeout.
         return Failure::Unreachable { reply };
     };
-    let code: u16 = code.to_string().parse().unwrap_or(0);
     match code {
         // 530 auth required, 534 mechanism too weak, 535 bad credentials, 538 encryption required
         530 | 534 | 535 | 538 | 454 => Failure::Account { reply },

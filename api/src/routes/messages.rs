@@ -95,6 +95,10 @@ pub async fn send(
             }
             if let Some(stored) = idempotency::find(&mut tx, principal.key_id, key.as_str()).await?
             {
+                // Release the key's lock now, not whenever the pool gets to
+                // the dropped transaction, so a retry right after this one
+                // is not told the key is in flight.
+                tx.rollback().await?;
                 if stored.request_hash != fingerprint {
                     return Err(idem::reused());
                 }

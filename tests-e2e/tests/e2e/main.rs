@@ -8,6 +8,7 @@ mod broker_outage;
 mod dead_letters;
 mod delivery;
 mod deployment;
+mod priorities;
 mod python_interop;
 mod quota;
 mod resilience;

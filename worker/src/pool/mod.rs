@@ -2,4 +2,4 @@
 
 mod transport;
 
-pub use transport::{Transport, TransportCache, TransportError};
+pub use transport::{SendError, Transport, TransportCache, TransportError};

@@ -35,6 +35,7 @@ pub async fn run(
     ctx: &Context,
     batch: &[(Uuid, &TaskMessage)],
 ) -> Result<Vec<Option<Outcome>>, sqlx::Error> {
+    let started = std::time::Instant::now();
     let mut outcomes: Vec<Option<Outcome>> = (0..batch.len()).map(|_| None).collect();
     let ids: Vec<Uuid> = batch.iter().map(|(id, _)| *id).collect();
     let records: HashMap<Uuid, MessageRecord> = messages::get_many(&ctx.pool, &ids)
@@ -122,11 +123,13 @@ pub async fn run(
                 .map(|rec| (*i, rec, &reservations[*r].account))
         })
         .collect();
+    let prepared = started.elapsed();
     let attempts = join_all(
         work.iter()
             .map(|(_, rec, account)| send_email::attempt(ctx, rec, account)),
     )
     .await;
+    let smtp_done = started.elapsed();
 
     let mut sent_ids = Vec::new();
     let mut sent_message_ids = Vec::new();
@@ -157,7 +160,14 @@ pub async fn run(
     })
     .await?;
     metrics::counter!("emails_sent_total").increment(sent_ids.len() as u64);
-    tracing::debug!(sent = sent_ids.len(), "batch sent");
+    tracing::debug!(
+        batch = batch.len(),
+        sent = sent_ids.len(),
+        prepare_ms = prepared.as_millis() as u64,
+        smtp_ms = (smtp_done - prepared).as_millis() as u64,
+        record_ms = (started.elapsed() - smtp_done).as_millis() as u64,
+        "batch sent"
+    );
     let mut recovered: Vec<Uuid> = Vec::new();
     for r in &reservations {
         let account = &r.account;

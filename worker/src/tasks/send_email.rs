@@ -159,6 +159,8 @@ pub(super) async fn attempt(
         Err(e) => return Attempt::NoTransport(e.to_string()),
     };
     match delivery::deliver(
+        &ctx.transports,
+        account,
         &transport,
         composed.message,
         ctx.settings.task_soft_time_limit,

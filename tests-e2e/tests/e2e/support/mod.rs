@@ -178,6 +178,10 @@ impl TestEnv {
             .current_dir(std::env::temp_dir())
             .stdin(Stdio::null())
             .kill_on_drop(true);
+        // E2E_WORKER_LOG=notify_worker=debug shows a worker's details in a test run.
+        if let Ok(level) = std::env::var("E2E_WORKER_LOG") {
+            cmd.env("LOG_LEVEL", level);
+        }
         if std::env::var("E2E_QUIET").is_ok() {
             cmd.stdout(Stdio::null()).stderr(Stdio::null());
         }
@@ -240,7 +244,11 @@ impl Drop for TestEnv {
         }
         // Remove this test's queues and database from a separate thread (the
         // test's runtime is finishing). Delay queues expire by themselves.
-        let queues = [self.queue.clone(), format!("{}.dead_letter", self.queue)];
+        let queues = [
+            self.queue.clone(),
+            format!("{}.bulk", self.queue),
+            format!("{}.dead_letter", self.queue),
+        ];
         let database = self.database.clone();
         let cleanup = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
