@@ -63,6 +63,9 @@ struct State {
     /// When non-empty, AUTH must match one of these user → password pairs.
     credentials: HashMap<String, String>,
     connections: usize,
+    /// Mail transactions in progress now, and the most seen at once.
+    transactions: usize,
+    peak_transactions: usize,
 }
 
 pub struct SmtpSink {
@@ -140,6 +143,12 @@ impl SmtpSink {
         self.lock().received.len()
     }
 
+    /// The most mail transactions (MAIL FROM to the end of DATA) that were
+    /// in progress at the same time.
+    pub fn peak_transactions(&self) -> usize {
+        self.lock().peak_transactions
+    }
+
     pub fn connections(&self) -> usize {
         self.lock().connections
     }
@@ -185,6 +194,7 @@ struct Session {
     auth_user: Option<String>,
     mail_from: Option<String>,
     rcpt_to: Vec<String>,
+    in_transaction: bool,
 }
 
 enum Step {
@@ -201,8 +211,26 @@ impl Session {
             state,
             arrived,
             auth_user: None,
+            in_transaction: false,
             mail_from: None,
             rcpt_to: Vec::new(),
+        }
+    }
+
+    fn begin_transaction(&mut self) {
+        if !self.in_transaction {
+            self.in_transaction = true;
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            state.transactions += 1;
+            state.peak_transactions = state.peak_transactions.max(state.transactions);
+        }
+    }
+
+    fn end_transaction(&mut self) {
+        if self.in_transaction {
+            self.in_transaction = false;
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            state.transactions = state.transactions.saturating_sub(1);
         }
     }
 
@@ -258,6 +286,7 @@ impl Session {
                 break;
             }
         }
+        self.end_transaction();
         let _ = self.writer.shutdown().await;
         Ok(())
     }
@@ -287,6 +316,7 @@ impl Session {
                     self.reply(530, "5.7.0 Authentication required").await?;
                 } else {
                     self.mail_from = Some(path_of(rest));
+                    self.begin_transaction();
                     self.rcpt_to.clear();
                     self.reply(250, "2.1.0 Ok").await?;
                 }
@@ -316,6 +346,7 @@ impl Session {
             "DATA" => return self.data().await,
             "RSET" => {
                 self.mail_from = None;
+                self.end_transaction();
                 self.rcpt_to.clear();
                 self.reply(250, "2.0.0 Ok").await?;
             }
@@ -410,7 +441,9 @@ impl Session {
             data.truncate(data.len() - 2);
         }
         let fault = self.fault(Stage::DataEnd);
-        if let Some(step) = self.inject(fault).await? {
+        let injected = self.inject(fault).await?;
+        self.end_transaction();
+        if let Some(step) = injected {
             return Ok(step);
         }
         let id = {

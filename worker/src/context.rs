@@ -6,11 +6,12 @@ use platform::celery::ResultBackend;
 use platform::Settings;
 use sqlx::PgPool;
 
-use crate::pool::TransportCache;
+use crate::pool::{Throttle, TransportCache};
 
 pub struct Context {
     pub settings: Arc<Settings>,
     pub pool: PgPool,
     pub results: ResultBackend,
     pub transports: TransportCache,
+    pub throttle: Throttle,
 }

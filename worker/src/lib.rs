@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::consumer::Consumer;
 use crate::context::Context;
-use crate::pool::TransportCache;
+use crate::pool::{Throttle, TransportCache};
 
 /// Connects to PostgreSQL and Redis, then consumes until `shutdown`.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -31,12 +31,17 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         settings.email_timeout,
         settings.worker_concurrency as u32,
     );
+    let redis = deadpool_redis::Config::from_url(settings.redis_url.as_str())
+        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+        .context("REDIS_URL")?;
+    let throttle = Throttle::new(redis, &format!("notify:{}:throttle", settings.queues.tasks));
     let node_name = platform::node_name("notify-worker");
     let ctx = Arc::new(Context {
         settings: Arc::new(settings),
         pool,
         results,
         transports,
+        throttle,
     });
     Consumer::new(ctx, node_name).run(shutdown).await;
     tracing::info!("worker stopped");

@@ -22,6 +22,8 @@ use crate::validate;
 const MAX_DAILY_LIMIT: i64 = 10_000_000;
 const PRIORITY_RANGE: (i64, i64) = (-1000, 1000);
 const MAX_PASSWORD: usize = 1024;
+const MAX_RATE: i64 = 1_000_000;
+const MAX_CONNECTIONS: i64 = 1000;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -44,6 +46,10 @@ pub struct CreateEmailAccount {
     /// Higher is used first. Default 0.
     pub priority: Option<i64>,
     pub is_active: Option<bool>,
+    /// Sends per rolling minute, held across all workers. Absent: no limit.
+    pub rate_limit_per_minute: Option<i64>,
+    /// Concurrent SMTP transactions, held across all workers. Absent: no limit.
+    pub max_connections: Option<i64>,
 }
 
 /// Every field is optional; absent fields keep their value.
@@ -61,6 +67,10 @@ pub struct UpdateEmailAccount {
     pub daily_limit: Option<i64>,
     pub priority: Option<i64>,
     pub is_active: Option<bool>,
+    /// Sends per rolling minute; 0 removes the limit.
+    pub rate_limit_per_minute: Option<i64>,
+    /// Concurrent SMTP transactions; 0 removes the limit.
+    pub max_connections: Option<i64>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -78,6 +88,11 @@ pub struct EmailAccountView {
     pub remaining_today: i32,
     pub priority: i32,
     pub is_active: bool,
+    pub rate_limit_per_minute: Option<i32>,
+    pub max_connections: Option<i32>,
+    /// Until when the circuit breaker keeps the account out of rotation.
+    pub circuit_open_until: Option<DateTime<Utc>>,
+    pub consecutive_failures: i32,
     pub last_used_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
     pub last_error_at: Option<DateTime<Utc>>,
@@ -100,6 +115,10 @@ impl From<EmailAccount> for EmailAccountView {
             daily_sent_count: a.sent_today,
             priority: a.priority,
             is_active: a.is_active,
+            rate_limit_per_minute: a.rate_limit_per_minute,
+            max_connections: a.max_connections,
+            circuit_open_until: a.circuit_open_until,
+            consecutive_failures: a.consecutive_failures,
             last_used_at: a.last_used_at,
             last_error: a.last_error,
             last_error_at: a.last_error_at,
@@ -192,6 +211,14 @@ pub async fn create(
             PRIORITY_RANGE.1,
         )?,
         is_active: req.is_active.unwrap_or(true),
+        rate_limit_per_minute: req
+            .rate_limit_per_minute
+            .map(|l| validate::in_range("rate_limit_per_minute", l, 1, MAX_RATE))
+            .transpose()?,
+        max_connections: req
+            .max_connections
+            .map(|c| validate::in_range("max_connections", c, 1, MAX_CONNECTIONS))
+            .transpose()?,
         email: email.to_string(),
     };
     let account = email_accounts::insert(&state.pool, platform::today(&state.settings), &new)
@@ -272,6 +299,14 @@ pub async fn update(
             .map(|p| validate::in_range("priority", p, PRIORITY_RANGE.0, PRIORITY_RANGE.1))
             .transpose()?,
         is_active: req.is_active,
+        rate_limit_per_minute: req
+            .rate_limit_per_minute
+            .map(|l| validate::in_range("rate_limit_per_minute", l, 0, MAX_RATE))
+            .transpose()?,
+        max_connections: req
+            .max_connections
+            .map(|c| validate::in_range("max_connections", c, 0, MAX_CONNECTIONS))
+            .transpose()?,
     };
     let account = email_accounts::update(&state.pool, platform::today(&state.settings), id, &patch)
         .await

@@ -65,6 +65,10 @@ pub struct EmailAccount {
     pub sent_today: i32,
     pub priority: i32,
     pub is_active: bool,
+    /// Sends per rolling minute across all workers; `None`: no limit.
+    pub rate_limit_per_minute: Option<i32>,
+    /// Concurrent SMTP transactions across all workers; `None`: no limit.
+    pub max_connections: Option<i32>,
     pub consecutive_failures: i32,
     pub circuit_open_until: Option<DateTime<Utc>>,
     pub last_used_at: Option<DateTime<Utc>>,
@@ -95,7 +99,7 @@ pub const PASSWORD_PURPOSE: &str = "email_accounts.smtp_password";
 const COLUMNS: &str = "id, email, display_name, smtp_host, smtp_port, smtp_username, \
     smtp_password_ciphertext, smtp_password_nonce, smtp_password_key_id, tls_mode, daily_limit, \
     (CASE WHEN quota_day = $1 THEN daily_sent_count ELSE 0 END) AS sent_today, \
-    priority, is_active, consecutive_failures, circuit_open_until, \
+    priority, is_active, rate_limit_per_minute, max_connections, consecutive_failures, circuit_open_until, \
     last_used_at, last_error, last_error_at, created_at, updated_at";
 
 /// An account can take a send: active, and its circuit not open.
@@ -112,6 +116,8 @@ pub struct NewEmailAccount {
     pub daily_limit: i32,
     pub priority: i32,
     pub is_active: bool,
+    pub rate_limit_per_minute: Option<i32>,
+    pub max_connections: Option<i32>,
 }
 
 #[derive(Default)]
@@ -126,6 +132,10 @@ pub struct AccountPatch {
     pub daily_limit: Option<i32>,
     pub priority: Option<i32>,
     pub is_active: Option<bool>,
+    /// `Some(0)` removes the limit.
+    pub rate_limit_per_minute: Option<i32>,
+    /// `Some(0)` removes the limit.
+    pub max_connections: Option<i32>,
 }
 
 pub async fn insert(
@@ -136,8 +146,8 @@ pub async fn insert(
     sqlx::query_as(&format!(
         "INSERT INTO email_accounts (id, email, display_name, smtp_host, smtp_port, smtp_username,
             smtp_password_ciphertext, smtp_password_nonce, smtp_password_key_id, tls_mode,
-            daily_limit, priority, is_active)
-         VALUES ($2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+            daily_limit, priority, is_active, rate_limit_per_minute, max_connections)
+         VALUES ($2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
          RETURNING {COLUMNS}"
     ))
     .bind(today)
@@ -154,6 +164,8 @@ pub async fn insert(
     .bind(new.daily_limit)
     .bind(new.priority)
     .bind(new.is_active)
+    .bind(new.rate_limit_per_minute)
+    .bind(new.max_connections)
     .fetch_one(pool)
     .await
 }
@@ -205,6 +217,8 @@ pub async fn update(
             daily_limit = COALESCE($12, daily_limit),
             priority = COALESCE($13, priority),
             is_active = COALESCE($14, is_active),
+            rate_limit_per_minute = CASE WHEN $15 IS NULL THEN rate_limit_per_minute ELSE NULLIF($15, 0) END,
+            max_connections = CASE WHEN $16 IS NULL THEN max_connections ELSE NULLIF($16, 0) END,
             updated_at = now()
          WHERE id = $2
          RETURNING {COLUMNS}"
@@ -223,6 +237,8 @@ pub async fn update(
     .bind(patch.daily_limit)
     .bind(patch.priority)
     .bind(patch.is_active)
+    .bind(patch.rate_limit_per_minute)
+    .bind(patch.max_connections)
     .fetch_optional(pool)
     .await
 }
@@ -243,17 +259,25 @@ pub async fn delete(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
 /// waiting for a concurrent writer, so the count can never pass the limit,
 /// however many workers race; a lost race just moves on to the next
 /// candidate, preserving priority order.
-pub async fn reserve(pool: &PgPool, today: NaiveDate) -> Result<Option<EmailAccount>, sqlx::Error> {
+///
+/// `exclude` skips accounts the caller found throttled.
+pub async fn reserve(
+    pool: &PgPool,
+    today: NaiveDate,
+    exclude: &[Uuid],
+) -> Result<Option<EmailAccount>, sqlx::Error> {
     loop {
         let candidates: Vec<Uuid> = sqlx::query_scalar(&format!(
             "SELECT id FROM email_accounts
              WHERE {USABLE} AND daily_limit > (CASE WHEN quota_day = $1 THEN daily_sent_count ELSE 0 END)
+               AND id <> ALL($2)
              ORDER BY priority DESC,
                       (CASE WHEN quota_day = $1 THEN daily_sent_count ELSE 0 END),
                       last_used_at NULLS FIRST
              LIMIT 8"
         ))
         .bind(today)
+        .bind(exclude)
         .fetch_all(pool)
         .await?;
         if candidates.is_empty() {

@@ -12,4 +12,5 @@ mod priorities;
 mod python_interop;
 mod quota;
 mod resilience;
+mod throttle;
 mod walkthrough;

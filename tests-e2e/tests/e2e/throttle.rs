@@ -16,18 +16,35 @@ async fn a_per_minute_rate_holds_across_two_workers() {
     env.start_worker();
     let api = env.api();
     let token = api.admin_token(&env.pool).await;
-    let account = api.add_account(&token, env.smtp.port(), "limited@example.com", 1000, 0).await;
-    let path = format!("/api/v1/admin/email-accounts/{}", account["id"].as_str().unwrap());
-    let res = api
-        .request(Method::PATCH, &path, Some(&token), Some(&json!({"rate_limit_per_minute": 20})))
+    let account = api
+        .add_account(&token, env.smtp.port(), "limited@example.com", 1000, 0)
         .await;
-    assert_eq!(res.body["data"]["rate_limit_per_minute"], 20, "{}", res.body);
+    let path = format!(
+        "/api/v1/admin/email-accounts/{}",
+        account["id"].as_str().unwrap()
+    );
+    let res = api
+        .request(
+            Method::PATCH,
+            &path,
+            Some(&token),
+            Some(&json!({"rate_limit_per_minute": 20})),
+        )
+        .await;
+    assert_eq!(
+        res.body["data"]["rate_limit_per_minute"], 20,
+        "{}",
+        res.body
+    );
 
     let mut ids = Vec::new();
     for i in 0..30 {
         ids.push(api.send_simple(&token, &format!("r{i}@example.org")).await);
     }
-    eventually("20 sends", Duration::from_secs(20), || async { (env.smtp.count() >= 20).then_some(()) }).await;
+    eventually("20 sends", Duration::from_secs(20), || async {
+        (env.smtp.count() >= 20).then_some(())
+    })
+    .await;
     // The other ten wait for the window, however many workers ask.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(env.smtp.count(), 20);
@@ -42,11 +59,24 @@ async fn a_connection_cap_holds_across_two_workers() {
     env.start_worker();
     let api = env.api();
     let token = api.admin_token(&env.pool).await;
-    let account = api.add_account(&token, env.smtp.port(), "capped@example.com", 1000, 0).await;
-    let path = format!("/api/v1/admin/email-accounts/{}", account["id"].as_str().unwrap());
-    let res = api.request(Method::PATCH, &path, Some(&token), Some(&json!({"max_connections": 2}))).await;
+    let account = api
+        .add_account(&token, env.smtp.port(), "capped@example.com", 1000, 0)
+        .await;
+    let path = format!(
+        "/api/v1/admin/email-accounts/{}",
+        account["id"].as_str().unwrap()
+    );
+    let res = api
+        .request(
+            Method::PATCH,
+            &path,
+            Some(&token),
+            Some(&json!({"max_connections": 2})),
+        )
+        .await;
     assert_eq!(res.body["data"]["max_connections"], 2, "{}", res.body);
-    env.smtp.set_fault(Stage::DataEnd, Fault::Stall(Duration::from_millis(150)));
+    env.smtp
+        .set_fault(Stage::DataEnd, Fault::Stall(Duration::from_millis(150)));
 
     let mut ids = Vec::new();
     for i in 0..20 {
@@ -56,5 +86,9 @@ async fn a_connection_cap_holds_across_two_workers() {
         env.wait_status(id, "sent", Duration::from_secs(60)).await;
     }
     assert_eq!(env.smtp.count(), 20);
-    assert!(env.smtp.peak_transactions() <= 2, "peak {}", env.smtp.peak_transactions());
+    assert!(
+        env.smtp.peak_transactions() <= 2,
+        "peak {}",
+        env.smtp.peak_transactions()
+    );
 }

@@ -27,6 +27,7 @@ use uuid::Uuid;
 use crate::context::Context;
 use crate::delivery::{self, Failure};
 use crate::outcome::Outcome;
+use crate::pool::Lease;
 
 /// Exception type Python sees in `AsyncResult.get()` for a failed send.
 const EXC_TYPE: &str = "EmailDeliveryError";
@@ -62,17 +63,14 @@ pub async fn run(ctx: &Context, message: &TaskMessage) -> Result<Outcome, sqlx::
     }
 
     let today = platform::today(&ctx.settings);
-    let Some(account) = email_accounts::reserve(&ctx.pool, today).await? else {
-        let wait = ctx.settings.quota_wait;
-        messages::note_waiting(
-            &ctx.pool,
-            record.id,
-            "waiting for an SMTP account with quota left",
-        )
-        .await?;
-        metrics::counter!("emails_waiting_for_quota_total").increment(1);
-        tracing::info!(message_id = %record.id, retry_in = ?wait, "no SMTP account has quota left; message waits");
-        return Ok(Outcome::Later { delay: wait });
+    let (account, lease) = match reserve_admitted(ctx, today).await? {
+        Ok(reserved) => reserved,
+        Err((wait, why)) => {
+            messages::note_waiting(&ctx.pool, record.id, why).await?;
+            metrics::counter!("emails_waiting_for_quota_total").increment(1);
+            tracing::info!(message_id = %record.id, retry_in = ?wait, why, "message waits");
+            return Ok(Outcome::Later { delay: wait });
+        }
     };
     let claimed = messages::claim(
         &ctx.pool,
@@ -85,9 +83,86 @@ pub async fn run(ctx: &Context, message: &TaskMessage) -> Result<Outcome, sqlx::
     let Some(record) = claimed else {
         // Another delivery of the same task claimed it first.
         email_accounts::release(&ctx.pool, today, account.id).await?;
+        release_lease(ctx, lease).await;
         return Ok(Outcome::Done);
     };
-    send(ctx, message, &record, &account).await
+    let outcome = send(ctx, message, &record, &account).await;
+    release_lease(ctx, lease).await;
+    outcome
+}
+
+/// Reserves quota on the best account whose own throttles (rate per
+/// minute, connection cap) admit one more send now. `Err((wait, why))`
+/// when no account can take the message yet.
+async fn reserve_admitted(
+    ctx: &Context,
+    today: chrono::NaiveDate,
+) -> Result<Result<(EmailAccount, Option<Lease>), (Duration, &'static str)>, sqlx::Error> {
+    let mut throttled: Vec<Uuid> = Vec::new();
+    let mut soonest: Option<Duration> = None;
+    loop {
+        let Some(account) = email_accounts::reserve(&ctx.pool, today, &throttled).await? else {
+            return Ok(Err(match soonest {
+                Some(wait) => (
+                    wait,
+                    "waiting for an SMTP account's rate or connection limit",
+                ),
+                None => (
+                    ctx.settings.quota_wait,
+                    "waiting for an SMTP account with quota left",
+                ),
+            }));
+        };
+        match admit(ctx, &account).await {
+            Ok(lease) => return Ok(Ok((account, lease))),
+            Err(wait) => {
+                email_accounts::release(&ctx.pool, today, account.id).await?;
+                throttled.push(account.id);
+                soonest = Some(soonest.map_or(wait, |s| s.min(wait)));
+            }
+        }
+    }
+}
+
+/// Applies the account's throttles; `Err(wait)` when it must wait. When
+/// Redis cannot be asked, a throttled account is held back rather than
+/// risk passing its provider's limits.
+async fn admit(ctx: &Context, account: &EmailAccount) -> Result<Option<Lease>, Duration> {
+    let unavailable = |e: crate::pool::ThrottleError| {
+        tracing::warn!(account = %account.email, error = %e, "throttle unavailable; holding the account back");
+        Duration::from_secs(5)
+    };
+    if let Some(limit) = account.rate_limit_per_minute {
+        if let Some(wait) = ctx
+            .throttle
+            .admit(account.id, limit as u32)
+            .await
+            .map_err(unavailable)?
+        {
+            return Err(wait);
+        }
+    }
+    if let Some(max) = account.max_connections {
+        let lease_for = ctx.settings.task_time_limit;
+        return match ctx
+            .throttle
+            .lease(account.id, max as u32, lease_for)
+            .await
+            .map_err(unavailable)?
+        {
+            Some(lease) => Ok(Some(lease)),
+            None => Err(Duration::from_secs(1)),
+        };
+    }
+    Ok(None)
+}
+
+async fn release_lease(ctx: &Context, lease: Option<Lease>) {
+    if let Some(lease) = lease {
+        if let Err(e) = ctx.throttle.release(lease).await {
+            tracing::warn!(error = %e, "cannot release a connection slot; it expires by itself");
+        }
+    }
 }
 
 async fn send(
