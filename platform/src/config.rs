@@ -59,6 +59,10 @@ pub struct QueueNames {
     /// Celery's default queue; the exchange of the same name is direct and
     /// routes the routing key of the same name to it, as Celery declares it.
     pub tasks: String,
+    /// Declare every queue as a quorum queue (replicated across a RabbitMQ
+    /// cluster) instead of a classic one. Python producers must then declare
+    /// the same (`queue_arguments={"x-queue-type": "quorum"}`).
+    pub quorum: bool,
 }
 
 impl QueueNames {
@@ -223,9 +227,19 @@ impl Settings {
                 vars.parse_positive_or("CELERY_RESULT_EXPIRES", 86_400u64)?,
             ),
             broker_url,
-            prefetch_count: vars.parse_positive_or("RABBITMQ_PREFETCH_COUNT", 10u16)?,
+            prefetch_count: vars.parse_positive_or("RABBITMQ_PREFETCH_COUNT", 32u16)?,
             heartbeat: vars.parse_or("RABBITMQ_HEARTBEAT", 60u16)?,
             queues: QueueNames {
+                quorum: match vars.get("CELERY_QUEUE_TYPE").as_deref() {
+                    None | Some("classic") => false,
+                    Some("quorum") => true,
+                    Some(other) => {
+                        return Err(ConfigError::Invalid {
+                            var: "CELERY_QUEUE_TYPE",
+                            reason: format!("expected classic or quorum, got {other:?}"),
+                        })
+                    }
+                },
                 tasks: vars
                     .get("CELERY_DEFAULT_QUEUE")
                     .unwrap_or_else(|| "celery".into()),
@@ -244,7 +258,7 @@ impl Settings {
             email_max_size: vars.parse_positive_or("EMAIL_MAX_SIZE", 20 * 1024 * 1024usize)?,
             attachment_max_size: vars
                 .parse_positive_or("ATTACHMENT_MAX_SIZE", 10 * 1024 * 1024usize)?,
-            worker_concurrency: vars.parse_positive_or("CELERY_WORKER_CONCURRENCY", 4usize)?,
+            worker_concurrency: vars.parse_positive_or("CELERY_WORKER_CONCURRENCY", 16usize)?,
             task_time_limit: Duration::from_secs(hard),
             task_soft_time_limit: Duration::from_secs(soft),
             max_retries: vars.parse_or("SEND_MAX_RETRIES", 3u32)?,

@@ -23,6 +23,19 @@ impl Topology {
     /// same name, bound with the same routing key, and no queue arguments
     /// (Celery declares the queue without any, and RabbitMQ refuses a
     /// redeclaration with different arguments).
+    /// `x-queue-type` when quorum queues are configured, nothing otherwise
+    /// (Celery declares its queues without arguments).
+    fn queue_arguments(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        if self.names.quorum {
+            args.insert(
+                ShortString::from("x-queue-type"),
+                AMQPValue::LongString(LongString::from(b"quorum".to_vec())),
+            );
+        }
+        args
+    }
+
     /// Declares the task queue and the bulk queue.
     pub async fn declare_task_queue(&self, channel: &Channel) -> Result<(), lapin::Error> {
         for name in self.names.consumed() {
@@ -36,7 +49,7 @@ impl Topology {
                 )
                 .await?;
             channel
-                .queue_declare(name, durable_queue(), FieldTable::default())
+                .queue_declare(name, durable_queue(), self.queue_arguments())
                 .await?;
             channel
                 .queue_bind(
@@ -58,7 +71,7 @@ impl Topology {
     ) -> Result<String, lapin::Error> {
         let name = self.names.dead_letter();
         channel
-            .queue_declare(&name, durable_queue(), FieldTable::default())
+            .queue_declare(&name, durable_queue(), self.queue_arguments())
             .await?;
         Ok(name)
     }
@@ -76,7 +89,19 @@ impl Topology {
     ) -> Result<String, lapin::Error> {
         let name = self.names.delay(target, delay);
         let delay_ms = delay.as_millis().max(1000) as i64;
-        let mut args = FieldTable::default();
+        let mut args = self.queue_arguments();
+        if self.names.quorum {
+            // Quorum queues dead-letter at most once unless told otherwise;
+            // a delayed retry must not vanish on its way back.
+            args.insert(
+                ShortString::from("x-dead-letter-strategy"),
+                AMQPValue::LongString(LongString::from(b"at-least-once".to_vec())),
+            );
+            args.insert(
+                ShortString::from("x-overflow"),
+                AMQPValue::LongString(LongString::from(b"reject-publish".to_vec())),
+            );
+        }
         args.insert(
             ShortString::from("x-message-ttl"),
             AMQPValue::LongLongInt(delay_ms),

@@ -158,3 +158,36 @@ async fn a_task_published_twice_sends_one_email() {
     assert_eq!(env.smtp.received().len(), 1);
     assert_eq!(record(&env, new.id).await.attempts, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_queues_carry_sends_and_delayed_retries() {
+    let (env, token) = env_with_account(&[("CELERY_QUEUE_TYPE", "quorum")]).await;
+    env.smtp.set_fault(
+        Stage::RcptTo,
+        Fault::Reply(451, "4.3.0 Try again later".into()),
+    );
+    let id = env.api().send_simple(&token, "quorum@example.org").await;
+    eventually(
+        "a retry through the delay queue",
+        Duration::from_secs(20),
+        || async { (record(&env, id).await.attempts >= 2).then_some(()) },
+    )
+    .await;
+    env.smtp.clear_faults();
+    env.wait_status(id, "sent", Duration::from_secs(20)).await;
+
+    // RabbitMQ says the queues are quorum queues.
+    let client = reqwest::Client::new();
+    for queue in [env.queue.clone(), format!("{}.bulk", env.queue)] {
+        let info: serde_json::Value = client
+            .get(format!("http://127.0.0.1:15672/api/queues/%2F/{queue}"))
+            .basic_auth("guest", Some("guest"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(info["type"], "quorum", "{queue}: {info}");
+    }
+}
