@@ -29,6 +29,12 @@ pub enum ApiError {
     /// 413
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// 413 with a specific code (`attachment_too_large`, `email_too_large`).
+    #[error("{message}")]
+    TooLarge { code: &'static str, message: String },
+    /// 429: the API key's rate limit is spent until the window turns over.
+    #[error("rate limit of {limit} requests per window exceeded; retry in {retry_after} s")]
+    RateLimited { limit: u64, retry_after: u64 },
     /// 415
     #[error("{0}")]
     UnsupportedMediaType(String),
@@ -53,7 +59,7 @@ pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// Machine-readable code, e.g. `validation_error`, `invalid_token`.
     pub code: String,
@@ -73,6 +79,38 @@ impl ApiError {
         }
     }
 
+    pub fn invalid(
+        code: &'static str,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        ApiError::Validation {
+            code,
+            field: Some(field.into()),
+            message: message.into(),
+        }
+    }
+
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::Conflict {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The body of this error, for reports that list several (batch, import).
+    pub fn detail(&self) -> ErrorDetail {
+        let (_, code) = self.status_and_code();
+        ErrorDetail {
+            code: code.to_string(),
+            message: self.to_string(),
+            field: match self {
+                ApiError::Validation { field, .. } => field.clone(),
+                _ => None,
+            },
+        }
+    }
+
     pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
         ApiError::Unauthorized {
             code,
@@ -88,6 +126,8 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::TooLarge { code, .. } => (StatusCode::PAYLOAD_TOO_LARGE, code),
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
@@ -118,6 +158,11 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (status, Json(body)).into_response();
+        if let ApiError::RateLimited { retry_after, .. } = &self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+        }
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()

@@ -9,6 +9,7 @@ use platform::Settings;
 use sqlx::PgPool;
 
 use crate::auth::TokenIssuer;
+use crate::ratelimit::RateLimiter;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -18,4 +19,5 @@ pub struct AppState {
     pub tokens: Arc<TokenIssuer>,
     pub outbox: OutboxWaker,
     pub metrics: PrometheusHandle,
+    pub rate_limiter: RateLimiter,
 }

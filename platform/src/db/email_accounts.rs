@@ -70,6 +70,10 @@ pub struct EmailAccount {
     pub last_error_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    #[sqlx(default)]
+    pub consecutive_failures: i32,
+    #[sqlx(default)]
+    pub circuit_open_until: Option<DateTime<Utc>>,
 }
 
 impl EmailAccount {
@@ -93,7 +97,8 @@ pub const PASSWORD_PURPOSE: &str = "email_accounts.smtp_password";
 const COLUMNS: &str = "id, email, display_name, smtp_host, smtp_port, smtp_username, \
     smtp_password_ciphertext, smtp_password_nonce, smtp_password_key_id, tls_mode, daily_limit, \
     (CASE WHEN quota_day = $1 THEN daily_sent_count ELSE 0 END) AS sent_today, \
-    priority, is_active, last_used_at, last_error, last_error_at, created_at, updated_at";
+    priority, is_active, last_used_at, last_error, last_error_at, created_at, updated_at, \
+    consecutive_failures, circuit_open_until";
 
 pub struct NewEmailAccount {
     pub email: String,

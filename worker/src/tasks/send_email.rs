@@ -14,6 +14,7 @@ use chrono::Utc;
 use platform::celery::{TaskMessage, TaskState};
 use platform::db::email_accounts::{self, EmailAccount};
 use platform::db::messages::{self, MessageRecord, MessageStatus, NewMessage};
+use platform::db::{attachments, suppressions};
 use platform::mail::{compose, EmailAddress, Envelope};
 use platform::tasks::SendEmailKwargs;
 use rand::Rng;
@@ -62,6 +63,15 @@ pub async fn run(ctx: &Context, message: &TaskMessage) -> Result<Outcome, sqlx::
         email_accounts::release(&ctx.pool, today, account.id).await?;
         return Ok(Outcome::Done);
     };
+    // A suppression added after the message was accepted still holds.
+    let recipients = [&record.to_addrs[..], &record.cc_addrs, &record.bcc_addrs].concat();
+    if let Some(address) = suppressions::first_suppressed(&ctx.pool, &recipients).await? {
+        email_accounts::release(&ctx.pool, today, account.id).await?;
+        let reason = format!("recipient {address} is on the suppression list");
+        messages::mark_suppressed(&ctx.pool, record.id, &reason).await?;
+        store_failure(ctx, message.id(), &reason).await;
+        return Ok(Outcome::Done);
+    }
     send(ctx, message, &record, &account).await
 }
 
@@ -80,11 +90,13 @@ async fn send(
         bcc: &record.bcc_addrs,
         reply_to: record.reply_to.as_deref(),
     };
+    let files = attachments::for_message(&ctx.pool, record.id).await?;
     let composed = match compose(
         &envelope,
         &record.subject,
         &record.html_body,
         record.text_body.as_deref(),
+        &files,
     ) {
         Ok(c) => c,
         Err(e) => {
