@@ -9,7 +9,7 @@ use platform::db::audit_log::{self, NewAuditEntry};
 use serde_json::Value;
 use sqlx::PgExecutor;
 
-use crate::auth::Principal;
+use crate::auth::{Principal, Scope};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -101,5 +101,39 @@ pub fn redact(value: Value) -> Value {
         ),
         Value::Array(items) => Value::Array(items.into_iter().map(redact).collect()),
         other => other,
+    }
+}
+
+/// An [`Actor`] with the admin scope, checked before the body is read.
+#[derive(Debug, Clone)]
+pub struct AdminActor(pub Actor);
+
+impl FromRequestParts<AppState> for AdminActor {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let actor = Actor::from_request_parts(parts, state).await?;
+        actor.principal.require(Scope::Admin)?;
+        Ok(AdminActor(actor))
+    }
+}
+
+/// An [`Actor`] with the send scope, checked before the body is read.
+#[derive(Debug, Clone)]
+pub struct SendActor(pub Actor);
+
+impl FromRequestParts<AppState> for SendActor {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let actor = Actor::from_request_parts(parts, state).await?;
+        actor.principal.require(Scope::Send)?;
+        Ok(SendActor(actor))
     }
 }

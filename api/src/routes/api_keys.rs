@@ -14,8 +14,8 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::Data;
-use crate::audit::Actor;
-use crate::auth::Scope;
+use crate::audit::AdminActor;
+
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{JsonBody, PathParam};
 use crate::state::AppState;
@@ -93,10 +93,9 @@ pub struct CreatedApiKey {
         (status = 429, body = ErrorBody, description = "`rate_limited`")))]
 pub async fn create(
     State(state): State<AppState>,
-    actor: Actor,
+    AdminActor(actor): AdminActor,
     JsonBody(req): JsonBody<CreateApiKey>,
 ) -> Result<(StatusCode, Json<Data<CreatedApiKey>>), ApiError> {
-    actor.principal.require(Scope::Admin)?;
     let name = validate::header_text("name", &req.name, true, 128)?;
     let description = validate::header_text("description", &req.description, false, 500)?;
     if req.scopes.is_empty() {
@@ -160,9 +159,8 @@ pub async fn create(
         (status = 429, body = ErrorBody, description = "`rate_limited`")))]
 pub async fn list(
     State(state): State<AppState>,
-    actor: Actor,
+    AdminActor(_actor): AdminActor,
 ) -> Result<Json<Data<Vec<ApiKeyView>>>, ApiError> {
-    actor.principal.require(Scope::Admin)?;
     let keys = api_keys::list(&state.pool).await?;
     Ok(Data::new(keys.into_iter().map(Into::into).collect()))
 }
@@ -179,10 +177,9 @@ pub async fn list(
         (status = 429, body = ErrorBody, description = "`rate_limited`")))]
 pub async fn revoke(
     State(state): State<AppState>,
-    actor: Actor,
+    AdminActor(actor): AdminActor,
     PathParam(id): PathParam<Uuid>,
 ) -> Result<StatusCode, ApiError> {
-    actor.principal.require(Scope::Admin)?;
     if !api_keys::revoke(&state.pool, id).await? {
         return match api_keys::get(&state.pool, id).await? {
             Some(_) => Err(ApiError::conflict(

@@ -14,8 +14,8 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::Data;
-use crate::audit::Actor;
-use crate::auth::{Admin, Scope};
+use crate::audit::{Actor, AdminActor};
+use crate::auth::Admin;
 use crate::error::{on_unique, ApiError, ErrorBody};
 use crate::extract::{JsonBody, PathParam};
 use crate::state::AppState;
@@ -229,10 +229,9 @@ fn summary(a: &EmailAccount) -> Value {
         (status = 429, body = ErrorBody, description = "`rate_limited`")))]
 pub async fn create(
     State(state): State<AppState>,
-    actor: Actor,
+    AdminActor(actor): AdminActor,
     JsonBody(req): JsonBody<CreateEmailAccount>,
 ) -> Result<(StatusCode, Json<Data<EmailAccountView>>), ApiError> {
-    actor.principal.require(Scope::Admin)?;
     let new = new_account(&state, &req)?;
     let account = insert_audited(&state, &actor, &new).await?;
     tracing::info!(account_id = %account.id, actor = %actor.principal.key_id, "email account created");
@@ -291,10 +290,9 @@ pub struct ImportReport {
         (status = 429, body = ErrorBody, description = "`rate_limited`")))]
 pub async fn import(
     State(state): State<AppState>,
-    actor: Actor,
+    AdminActor(actor): AdminActor,
     JsonBody(entries): JsonBody<Vec<Value>>,
 ) -> Result<Json<Data<ImportReport>>, ApiError> {
-    actor.principal.require(Scope::Admin)?;
     if entries.is_empty() || entries.len() > MAX_IMPORT {
         return Err(ApiError::validation(
             "accounts",
@@ -357,10 +355,9 @@ pub struct ConnectionTest {
         (status = 429, body = ErrorBody, description = "`rate_limited`")))]
 pub async fn test(
     State(state): State<AppState>,
-    actor: Actor,
+    AdminActor(actor): AdminActor,
     PathParam(id): PathParam<Uuid>,
 ) -> Result<Json<Data<ConnectionTest>>, ApiError> {
-    actor.principal.require(Scope::Admin)?;
     let account = email_accounts::get(&state.pool, platform::today(&state.settings), id)
         .await?
         .ok_or(ApiError::NotFound("email account"))?;
@@ -459,11 +456,10 @@ pub async fn get(
         (status = 429, body = ErrorBody, description = "`rate_limited`")))]
 pub async fn update(
     State(state): State<AppState>,
-    actor: Actor,
+    AdminActor(actor): AdminActor,
     PathParam(id): PathParam<Uuid>,
     JsonBody(req): JsonBody<UpdateEmailAccount>,
 ) -> Result<Json<Data<EmailAccountView>>, ApiError> {
-    actor.principal.require(Scope::Admin)?;
     let changed: Vec<&str> = [
         ("email", req.email.is_some()),
         ("smtp_host", req.smtp_host.is_some()),
@@ -543,10 +539,9 @@ pub async fn update(
         (status = 429, body = ErrorBody, description = "`rate_limited`")))]
 pub async fn delete(
     State(state): State<AppState>,
-    actor: Actor,
+    AdminActor(actor): AdminActor,
     PathParam(id): PathParam<Uuid>,
 ) -> Result<StatusCode, ApiError> {
-    actor.principal.require(Scope::Admin)?;
     if !email_accounts::delete(&state.pool, id).await? {
         return Err(ApiError::NotFound("email account"));
     }

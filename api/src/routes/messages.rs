@@ -18,6 +18,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::Data;
+use crate::audit::{Actor, SendActor};
 use crate::auth::{Principal, Scope};
 use crate::error::ErrorDetail;
 use crate::error::{ApiError, ErrorBody};
@@ -224,10 +225,9 @@ pub struct BatchAccepted {
         (status = 429, body = ErrorBody, description = "`rate_limited`")))]
 pub async fn send_batch(
     State(state): State<AppState>,
-    principal: Principal,
+    SendActor(Actor { principal, .. }): SendActor,
     JsonBody(batch): JsonBody<BatchRequest>,
 ) -> Result<(StatusCode, Json<Data<BatchAccepted>>), ApiError> {
-    principal.require(Scope::Send)?;
     if batch.messages.is_empty() {
         return Err(ApiError::validation(
             "messages",

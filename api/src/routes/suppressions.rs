@@ -13,7 +13,7 @@ use serde_json::json;
 use utoipa::ToSchema;
 
 use super::Data;
-use crate::audit::Actor;
+use crate::audit::SendActor;
 use crate::auth::{Principal, Scope};
 use crate::error::{on_unique, ApiError, ErrorBody};
 use crate::extract::{JsonBody, PathParam, QueryParams};
@@ -107,10 +107,9 @@ pub async fn list(
         (status = 429, body = ErrorBody, description = "`rate_limited`")))]
 pub async fn create(
     State(state): State<AppState>,
-    actor: Actor,
+    SendActor(actor): SendActor,
     JsonBody(req): JsonBody<SuppressionRequest>,
 ) -> Result<(StatusCode, Json<Data<SuppressionView>>), ApiError> {
-    actor.principal.require(Scope::Send)?;
     let address = validate::email("address", &req.address)?;
     let reason = validate::header_text("reason", &req.reason, false, 500)?;
     let mut tx = state.pool.begin().await?;
@@ -143,10 +142,9 @@ pub async fn create(
         (status = 429, body = ErrorBody, description = "`rate_limited`")))]
 pub async fn delete(
     State(state): State<AppState>,
-    actor: Actor,
+    SendActor(actor): SendActor,
     PathParam(address): PathParam<String>,
 ) -> Result<StatusCode, ApiError> {
-    actor.principal.require(Scope::Send)?;
     let mut tx = state.pool.begin().await?;
     if !suppressions::delete(&mut *tx, &address).await? {
         return Err(ApiError::NotFound("suppression"));

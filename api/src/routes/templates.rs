@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::Data;
-use crate::audit::Actor;
+use crate::audit::SendActor;
 use crate::auth::{Principal, Scope};
 use crate::error::{on_unique, ApiError, ErrorBody};
 use crate::extract::{JsonBody, PathParam, QueryParams};
@@ -215,10 +215,9 @@ fn summary(t: &Template) -> Value {
         (status = 429, body = ErrorBody, description = "`rate_limited`")))]
 pub async fn create(
     State(state): State<AppState>,
-    actor: Actor,
+    SendActor(actor): SendActor,
     JsonBody(req): JsonBody<TemplateRequest>,
 ) -> Result<(StatusCode, Json<Data<TemplateView>>), ApiError> {
-    actor.principal.require(Scope::Send)?;
     let content = content(req)?;
     let mut tx = state.pool.begin().await?;
     let template = templates::insert(&mut *tx, &content, actor.principal.key_id)
@@ -305,11 +304,10 @@ pub async fn get(
         (status = 429, body = ErrorBody, description = "`rate_limited`")))]
 pub async fn replace(
     State(state): State<AppState>,
-    actor: Actor,
+    SendActor(actor): SendActor,
     PathParam(id): PathParam<Uuid>,
     JsonBody(req): JsonBody<TemplateRequest>,
 ) -> Result<Json<Data<TemplateView>>, ApiError> {
-    actor.principal.require(Scope::Send)?;
     let content = content(req)?;
     let mut tx = state.pool.begin().await?;
     let template = templates::replace(&mut *tx, id, &content)
@@ -339,10 +337,9 @@ pub async fn replace(
         (status = 429, body = ErrorBody, description = "`rate_limited`")))]
 pub async fn delete(
     State(state): State<AppState>,
-    actor: Actor,
+    SendActor(actor): SendActor,
     PathParam(id): PathParam<Uuid>,
 ) -> Result<StatusCode, ApiError> {
-    actor.principal.require(Scope::Send)?;
     let mut tx = state.pool.begin().await?;
     let template = templates::delete(&mut *tx, id)
         .await?

@@ -3,10 +3,19 @@
 
 mod support;
 
+mod admin;
+mod attachments;
 mod auth_and_input;
+mod batch;
 mod broker_outage;
 mod dead_letters;
 mod delivery;
+mod openapi;
 mod python_interop;
+mod queries;
 mod quota;
+mod rate_limit;
+mod scheduling;
+mod suppressions;
+mod templates;
 mod walkthrough;

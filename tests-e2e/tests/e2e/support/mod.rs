@@ -121,6 +121,11 @@ impl TestEnv {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
+        // Rate-limit counters of this test only.
+        vars.insert(
+            "RATE_LIMIT_REDIS_PREFIX".into(),
+            format!("{queue}:ratelimit"),
+        );
         for (k, v) in overrides {
             vars.insert(k.to_string(), v.to_string());
         }
