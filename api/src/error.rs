@@ -55,6 +55,7 @@ pub enum ApiError {
 
 /// Error response body.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"error": {"code": "validation_error", "message": "to[0]: \"nope\" is not a valid email address", "field": "to[0]"}}))]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }

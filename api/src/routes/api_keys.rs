@@ -180,7 +180,8 @@ pub async fn revoke(
     AdminActor(actor): AdminActor,
     PathParam(id): PathParam<Uuid>,
 ) -> Result<StatusCode, ApiError> {
-    if !api_keys::revoke(&state.pool, id).await? {
+    let mut tx = state.pool.begin().await?;
+    if !api_keys::revoke(&mut *tx, id).await? {
         return match api_keys::get(&state.pool, id).await? {
             Some(_) => Err(ApiError::conflict(
                 "already_revoked",
@@ -190,7 +191,8 @@ pub async fn revoke(
         };
     }
     actor
-        .record(&state.pool, "api_key.revoke", "api_key", id, json!({}))
+        .record(&mut *tx, "api_key.revoke", "api_key", id, json!({}))
         .await?;
+    tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -27,7 +27,8 @@ const MAX_PASSWORD: usize = 1024;
 /// Most accounts in one import.
 pub const MAX_IMPORT: usize = 1000;
 
-#[derive(Debug, Deserialize, ToSchema)]
+/// Not `Debug`: it holds a password, and must never reach a log line.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateEmailAccount {
     /// Address used as From.
@@ -50,8 +51,9 @@ pub struct CreateEmailAccount {
     pub is_active: Option<bool>,
 }
 
-/// Every field is optional; absent fields keep their value.
-#[derive(Debug, Deserialize, ToSchema)]
+/// Every field is optional; absent fields keep their value. Not `Debug`:
+/// it may hold a password.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateEmailAccount {
     pub email: Option<String>,
@@ -243,18 +245,20 @@ async fn insert_audited(
     actor: &Actor,
     new: &NewEmailAccount,
 ) -> Result<EmailAccount, ApiError> {
-    let account = email_accounts::insert(&state.pool, platform::today(&state.settings), new)
+    let mut tx = state.pool.begin().await?;
+    let account = email_accounts::insert(&mut *tx, platform::today(&state.settings), new)
         .await
         .map_err(on_unique("email_accounts_email_key", duplicate))?;
     actor
         .record(
-            &state.pool,
+            &mut *tx,
             "email_account.create",
             "email_account",
             account.id,
             summary(&account),
         )
         .await?;
+    tx.commit().await?;
     Ok(account)
 }
 
@@ -510,7 +514,8 @@ pub async fn update(
             .transpose()?,
         is_active: req.is_active,
     };
-    let account = email_accounts::update(&state.pool, platform::today(&state.settings), id, &patch)
+    let mut tx = state.pool.begin().await?;
+    let account = email_accounts::update(&mut *tx, platform::today(&state.settings), id, &patch)
         .await
         .map_err(on_unique("email_accounts_email_key", duplicate))?
         .ok_or(ApiError::NotFound("email account"))?;
@@ -525,6 +530,7 @@ pub async fn update(
             details,
         )
         .await?;
+    tx.commit().await?;
     tracing::info!(account_id = %id, actor = %actor.principal.key_id, "email account updated");
     Ok(Data::new(account.into()))
 }
@@ -542,7 +548,8 @@ pub async fn delete(
     AdminActor(actor): AdminActor,
     PathParam(id): PathParam<Uuid>,
 ) -> Result<StatusCode, ApiError> {
-    if !email_accounts::delete(&state.pool, id).await? {
+    let mut tx = state.pool.begin().await?;
+    if !email_accounts::delete(&mut *tx, id).await? {
         return Err(ApiError::NotFound("email account"));
     }
     actor
@@ -554,6 +561,7 @@ pub async fn delete(
             json!({}),
         )
         .await?;
+    tx.commit().await?;
     tracing::info!(account_id = %id, actor = %actor.principal.key_id, "email account deleted");
     Ok(StatusCode::NO_CONTENT)
 }

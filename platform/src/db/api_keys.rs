@@ -73,12 +73,12 @@ pub async fn touch(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-pub async fn revoke(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+pub async fn revoke(executor: impl sqlx::PgExecutor<'_>, id: Uuid) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE api_keys SET is_active = false, revoked_at = now() WHERE id = $1 AND is_active",
     )
     .bind(id)
-    .execute(pool)
+    .execute(executor)
     .await?;
     Ok(done.rows_affected() == 1)
 }

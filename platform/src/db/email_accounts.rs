@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
+use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
 use crate::crypto::Sealed;
@@ -128,7 +128,7 @@ pub struct AccountPatch {
 }
 
 pub async fn insert(
-    pool: &PgPool,
+    executor: impl PgExecutor<'_>,
     today: NaiveDate,
     new: &NewEmailAccount,
 ) -> Result<EmailAccount, sqlx::Error> {
@@ -153,7 +153,7 @@ pub async fn insert(
     .bind(new.daily_limit)
     .bind(new.priority)
     .bind(new.is_active)
-    .fetch_one(pool)
+    .fetch_one(executor)
     .await
 }
 
@@ -181,7 +181,7 @@ pub async fn get(
 }
 
 pub async fn update(
-    pool: &PgPool,
+    executor: impl PgExecutor<'_>,
     today: NaiveDate,
     id: Uuid,
     patch: &AccountPatch,
@@ -222,14 +222,14 @@ pub async fn update(
     .bind(patch.daily_limit)
     .bind(patch.priority)
     .bind(patch.is_active)
-    .fetch_optional(pool)
+    .fetch_optional(executor)
     .await
 }
 
-pub async fn delete(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+pub async fn delete(executor: impl PgExecutor<'_>, id: Uuid) -> Result<bool, sqlx::Error> {
     let done = sqlx::query("DELETE FROM email_accounts WHERE id = $1")
         .bind(id)
-        .execute(pool)
+        .execute(executor)
         .await?;
     Ok(done.rows_affected() == 1)
 }

@@ -10,6 +10,7 @@ mod batch;
 mod broker_outage;
 mod dead_letters;
 mod delivery;
+mod error_codes;
 mod openapi;
 mod python_interop;
 mod queries;
