@@ -159,6 +159,13 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The body may be left unread: the connection cannot be reused,
+            // and saying so keeps clients from sending on a closing socket.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let ApiError::RateLimited { retry_after, .. } = &self {
             response
                 .headers_mut()
