@@ -86,6 +86,10 @@ pub async fn send(
             return Err(idem::in_flight());
         }
         if let Some(stored) = idempotency::find(&mut tx, principal.key_id, key.as_str()).await? {
+            // Release the key's lock now, not when the dropped transaction
+            // is rolled back in the background: a retry right after must not
+            // find it still held.
+            tx.rollback().await?;
             if stored.request_hash != fingerprint {
                 return Err(idem::reused());
             }
