@@ -23,6 +23,9 @@ pub enum ApiError {
     /// 404
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// 405: the path exists, but not with this method.
+    #[error("this method is not allowed on this path")]
+    MethodNotAllowed,
     /// 409: conflicts with the current state (duplicate, request in flight).
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
@@ -125,6 +128,7 @@ impl ApiError {
             ApiError::Unauthorized { code, .. } => (StatusCode::UNAUTHORIZED, code),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "insufficient_scope"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::TooLarge { code, .. } => (StatusCode::PAYLOAD_TOO_LARGE, code),

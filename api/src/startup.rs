@@ -220,6 +220,7 @@ pub fn router(state: AppState) -> Router {
     }
     app.merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
         .fallback(|| async { ApiError::NotFound("route") })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::middleware::from_fn(ratelimit::headers))
         .layer(axum::middleware::from_fn(http_metrics::record))
         .layer(DefaultBodyLimit::max(body_limit))

@@ -115,4 +115,11 @@ async fn spec_and_docs_are_served_and_responses_carry_request_ids() {
         (StatusCode::NOT_FOUND, "not_found")
     );
     assert!(res.headers.contains_key("x-request-id"));
+    let res = api
+        .request(Method::PATCH, "/api/v1/messages/email/send", None, None)
+        .await;
+    assert_eq!(
+        (res.status, res.code()),
+        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+    );
 }
