@@ -28,5 +28,5 @@ END;
 $$ LANGUAGE plpgsql;
 
 CREATE TRIGGER api_keys_changed
-    AFTER UPDATE OF is_active, revoked_at, scopes OR DELETE ON api_keys
+    AFTER UPDATE OF is_active, revoked_at, scopes, rate_limit_per_minute OR DELETE ON api_keys
     FOR EACH ROW EXECUTE FUNCTION notify_api_key_change();

@@ -8,25 +8,46 @@ use crate::routes;
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Notification platform API", description = "Transactional email through a pool of SMTP accounts. \
-        Errors are `{\"error\": {\"code\", \"message\", \"field\"?}}` with a machine-readable code."),
+        Errors are `{\"error\": {\"code\", \"message\", \"field\"?}}` with a machine-readable code; \
+        data is `{\"data\": ...}`. Authenticated responses carry `X-RateLimit-Limit`, `X-RateLimit-Remaining` \
+        and `X-RateLimit-Reset`; every response carries `x-request-id`."),
     paths(
-        routes::health::live, routes::health::ready, routes::health::version,
+        routes::health::live, routes::health::ready, routes::health::version, metrics,
         routes::auth::issue_token, routes::auth::refresh,
         routes::email_accounts::create, routes::email_accounts::list, routes::email_accounts::get,
         routes::email_accounts::update, routes::email_accounts::delete,
-        routes::messages::send, routes::messages::get,
         routes::dead_letters::list, routes::dead_letters::requeue,
+        routes::email_accounts::import, routes::email_accounts::test,
+        routes::messages::send, routes::messages::send_batch, routes::messages::get,
+        routes::messages::cancel, routes::messages::list, routes::messages::stats,
+        routes::templates::create, routes::templates::list, routes::templates::get,
+        routes::templates::replace, routes::templates::delete, routes::templates::render,
+        routes::suppressions::list, routes::suppressions::create, routes::suppressions::delete,
+        routes::api_keys::create, routes::api_keys::list, routes::api_keys::revoke,
+        routes::audit_log::list, routes::queues::list,
     ),
     modifiers(&BearerAuth),
     tags(
         (name = "auth", description = "API keys for JWTs"),
-        (name = "messages", description = "Sending email and following its delivery"),
+        (name = "messages", description = "Sending email (single, batch, templated, scheduled, with attachments) and following its delivery"),
+        (name = "templates", description = "Email templates (minijinja, HTML auto-escaped)"),
+        (name = "suppressions", description = "Addresses that never receive mail"),
         (name = "email-accounts", description = "The SMTP account pool (admin)"),
         (name = "dead-letters", description = "Tasks the worker gave up on (admin)"),
-        (name = "health", description = "Liveness, readiness, version"),
+        (name = "api-keys", description = "API keys (admin)"),
+        (name = "audit", description = "The audit log of admin changes (admin)"),
+        (name = "queues", description = "RabbitMQ queue depths (admin)"),
+        (name = "health", description = "Liveness, readiness, version, metrics"),
     )
 )]
 pub struct ApiDoc;
+
+/// Prometheus metrics in the text exposition format: HTTP requests by
+/// route and status, latencies, accepted messages by kind, outbox depth.
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+#[allow(dead_code)]
+fn metrics() {}
 
 struct BearerAuth;
 

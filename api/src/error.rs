@@ -23,12 +23,21 @@ pub enum ApiError {
     /// 404
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// 405: the path exists, but not with this method.
+    #[error("this method is not allowed on this path")]
+    MethodNotAllowed,
     /// 409: conflicts with the current state (duplicate, request in flight).
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
     /// 413
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// 413 with a specific code (`attachment_too_large`, `email_too_large`).
+    #[error("{message}")]
+    TooLarge { code: &'static str, message: String },
+    /// 429: the API key's rate limit is spent until the window turns over.
+    #[error("rate limit of {limit} requests per window exceeded; retry in {retry_after} s")]
+    RateLimited { limit: u64, retry_after: u64 },
     /// 415
     #[error("{0}")]
     UnsupportedMediaType(String),
@@ -49,11 +58,12 @@ pub enum ApiError {
 
 /// Error response body.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"error": {"code": "validation_error", "message": "to[0]: \"nope\" is not a valid email address", "field": "to[0]"}}))]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// Machine-readable code, e.g. `validation_error`, `invalid_token`.
     pub code: String,
@@ -73,6 +83,38 @@ impl ApiError {
         }
     }
 
+    pub fn invalid(
+        code: &'static str,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        ApiError::Validation {
+            code,
+            field: Some(field.into()),
+            message: message.into(),
+        }
+    }
+
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::Conflict {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The body of this error, for reports that list several (batch, import).
+    pub fn detail(&self) -> ErrorDetail {
+        let (_, code) = self.status_and_code();
+        ErrorDetail {
+            code: code.to_string(),
+            message: self.to_string(),
+            field: match self {
+                ApiError::Validation { field, .. } => field.clone(),
+                _ => None,
+            },
+        }
+    }
+
     pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
         ApiError::Unauthorized {
             code,
@@ -86,8 +128,11 @@ impl ApiError {
             ApiError::Unauthorized { code, .. } => (StatusCode::UNAUTHORIZED, code),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "insufficient_scope"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::TooLarge { code, .. } => (StatusCode::PAYLOAD_TOO_LARGE, code),
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
@@ -118,6 +163,18 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The body may be left unread: the connection cannot be reused,
+            // and saying so keeps clients from sending on a closing socket.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let ApiError::RateLimited { retry_after, .. } = &self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+        }
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()

@@ -71,3 +71,24 @@ fn path_rejection(rejection: PathRejection) -> ApiError {
         message: rejection.body_text(),
     }
 }
+
+/// `Query<T>` whose rejection is a 400 `invalid_query` in the API's format.
+pub struct QueryParams<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for QueryParams<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(QueryParams(value)),
+            Err(rejection) => Err(ApiError::BadRequest {
+                code: "invalid_query",
+                message: rejection.body_text(),
+            }),
+        }
+    }
+}

@@ -1,5 +1,6 @@
 //! The REST API of the notification platform.
 
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod docs;
@@ -8,10 +9,13 @@ pub mod extract;
 pub mod http_metrics;
 pub mod idempotency;
 pub mod ingest;
+pub mod pagination;
+pub mod ratelimit;
 pub mod routes;
 pub mod send_request;
 pub mod startup;
 pub mod state;
+pub mod templating;
 pub mod validate;
 
 pub use startup::Application;

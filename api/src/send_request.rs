@@ -1,19 +1,30 @@
 //! The body of `POST /api/v1/messages/email/send`, and its validation into
 //! a message ready to record.
 
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use platform::db::attachments::Attachment;
 use platform::db::messages::NewMessage;
+use platform::db::templates::{self, Template};
 use platform::mail::EmailAddress;
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sqlx::PgExecutor;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::error::ApiError;
+use crate::templating::{self, Rendered, Sources};
 use crate::validate;
 
 /// Most recipients (to + cc + bcc) in one message.
 pub const MAX_RECIPIENTS: usize = 50;
 /// RFC 5322's line limit, which a subject must fit.
 pub const MAX_SUBJECT: usize = 998;
+/// Most attachments on one message.
+pub const MAX_ATTACHMENTS: usize = 10;
+/// How far ahead `send_at` may be.
+pub const MAX_SCHEDULE_DAYS: i64 = 365;
 
 /// One address, or a list of addresses.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -32,22 +43,78 @@ impl OneOrMany {
     }
 }
 
+/// One file attached to a message.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+pub struct AttachmentRequest {
+    /// File name shown to the recipient (1 to 255 characters, no path separators).
+    #[schema(example = "invoice.pdf")]
+    pub filename: String,
+    /// MIME type, `type/subtype`.
+    #[schema(example = "application/pdf")]
+    pub content_type: String,
+    /// The file, base64 (standard alphabet). At most ATTACHMENT_MAX_SIZE
+    /// bytes decoded; the whole email at most EMAIL_MAX_SIZE.
+    pub content: String,
+}
+
+/// An email to send: either `subject` and `content`, or a template
+/// (`template_id` or `template` by name) and its `variables`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"to": "user@example.com", "subject": "Welcome", "content": "<p>Hello</p>"}))]
 pub struct SendEmailRequest {
     /// Recipient address, or a list of them.
     pub to: OneOrMany,
     pub cc: Option<OneOrMany>,
     pub bcc: Option<OneOrMany>,
-    /// At most 998 characters, no line breaks.
-    pub subject: String,
-    /// HTML body.
-    pub content: String,
+    /// At most 998 characters, no line breaks. Required without a template.
+    pub subject: Option<String>,
+    /// HTML body. Required without a template.
+    pub content: Option<String>,
     /// Plain-text alternative; derived from the HTML when absent.
     pub text: Option<String>,
     pub reply_to: Option<String>,
     /// Display name for From; defaults to the sending account's.
     pub from_name: Option<String>,
+    /// A template to render instead of subject/content.
+    pub template_id: Option<Uuid>,
+    /// A template by name (instead of `template_id`).
+    pub template: Option<String>,
+    /// Exactly the template's declared variables.
+    #[schema(value_type = Option<Object>)]
+    pub variables: Option<Map<String, Value>>,
+    /// At most 10 files.
+    pub attachments: Option<Vec<AttachmentRequest>>,
+    /// RFC 3339 time to send at (future, at most 365 days ahead): the message
+    /// is recorded as `scheduled` and released by the scheduler.
+    #[schema(example = "2030-01-01T09:00:00Z")]
+    pub send_at: Option<String>,
+    /// Groups messages for queries and statistics.
+    pub campaign_id: Option<Uuid>,
+}
+
+/// A template named by id or by name.
+#[derive(Debug, Clone, Copy)]
+pub enum TemplateRef<'a> {
+    Id(Uuid),
+    Name(&'a str),
+}
+
+/// A request checked and ready to record.
+#[derive(Debug, Clone)]
+pub struct AcceptedEmail {
+    pub new: NewMessage,
+    pub attachments: Vec<Attachment>,
+    pub send_at: Option<DateTime<Utc>>,
+    pub campaign_id: Option<Uuid>,
+}
+
+/// Limits that apply to each email.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub email_max_size: usize,
+    pub attachment_max_size: usize,
 }
 
 fn addresses(field: &str, list: Option<&OneOrMany>) -> Result<Vec<String>, ApiError> {
@@ -61,7 +128,71 @@ fn addresses(field: &str, list: Option<&OneOrMany>) -> Result<Vec<String>, ApiEr
 }
 
 impl SendEmailRequest {
-    pub fn validate(&self, api_key_id: Uuid, max_size: usize) -> Result<NewMessage, ApiError> {
+    /// The template this request names, if any.
+    pub fn template_ref(&self) -> Result<Option<TemplateRef<'_>>, ApiError> {
+        match (&self.template_id, &self.template) {
+            (Some(_), Some(_)) => Err(ApiError::validation(
+                "template",
+                "give template_id or template, not both",
+            )),
+            (Some(id), None) => Ok(Some(TemplateRef::Id(*id))),
+            (None, Some(name)) => Ok(Some(TemplateRef::Name(name))),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// Renders the request's template (or `shared`, when the request has
+    /// neither its own template nor content) with its variables.
+    pub async fn render(
+        &self,
+        executor: impl PgExecutor<'_>,
+        shared: Option<TemplateRef<'_>>,
+    ) -> Result<Option<Rendered>, ApiError> {
+        let own = self.template_ref()?;
+        let chosen = match own {
+            Some(r) => Some(r),
+            None if self.subject.is_none() && self.content.is_none() => shared,
+            None => None,
+        };
+        let Some(reference) = chosen else {
+            if self.variables.is_some() {
+                return Err(ApiError::validation(
+                    "variables",
+                    "variables are only for templated sends",
+                ));
+            }
+            return Ok(None);
+        };
+        if self.subject.is_some() || self.content.is_some() || self.text.is_some() {
+            return Err(ApiError::validation(
+                if self.subject.is_some() {
+                    "subject"
+                } else {
+                    "content"
+                },
+                "subject, content and text come from the template; do not send them with one",
+            ));
+        }
+        let template = load_template(executor, reference).await?;
+        let empty = Map::new();
+        templating::render(
+            &Sources {
+                subject: &template.subject,
+                html: &template.html_body,
+                text: template.text_body.as_deref(),
+            },
+            &template.variables,
+            self.variables.as_ref().unwrap_or(&empty),
+        )
+        .map(Some)
+    }
+
+    pub fn validate(
+        &self,
+        api_key_id: Uuid,
+        limits: Limits,
+        rendered: Option<Rendered>,
+    ) -> Result<AcceptedEmail, ApiError> {
         let to = addresses("to", Some(&self.to))?;
         if to.is_empty() {
             return Err(ApiError::validation(
@@ -77,16 +208,30 @@ impl SendEmailRequest {
                 format!("at most {MAX_RECIPIENTS} recipients (to, cc and bcc together)"),
             ));
         }
-        let subject = validate::header_text("subject", &self.subject, true, MAX_SUBJECT)?;
-        if self.content.trim().is_empty() {
+        let (subject, content, text) = match rendered {
+            Some(r) => (r.subject, r.html, r.text),
+            None => (
+                self.subject
+                    .clone()
+                    .ok_or_else(|| ApiError::validation("subject", "subject is required"))?,
+                self.content
+                    .clone()
+                    .ok_or_else(|| ApiError::validation("content", "content is required"))?,
+                self.text.clone(),
+            ),
+        };
+        let subject = validate::header_text("subject", &subject, true, MAX_SUBJECT)?;
+        if content.trim().is_empty() {
             return Err(ApiError::validation("content", "content must not be empty"));
         }
-        let size = self.content.len() + self.text.as_ref().map_or(0, String::len);
+        let max_size = limits.email_max_size;
+        let size = content.len() + text.as_ref().map_or(0, String::len);
         if size > max_size {
             return Err(ApiError::PayloadTooLarge(format!(
                 "content and text together are {size} bytes; the limit (EMAIL_MAX_SIZE) is {max_size}"
             )));
         }
+        let attachments = self.attachments(limits, size)?;
         let reply_to = self
             .reply_to
             .as_deref()
@@ -98,18 +243,148 @@ impl SendEmailRequest {
             .map(|n| validate::header_text("from_name", n, false, 128))
             .transpose()?
             .filter(|n| !n.is_empty());
-        Ok(NewMessage {
-            id: Uuid::now_v7(),
-            task_id: Uuid::new_v4().to_string(),
-            api_key_id: Some(api_key_id),
-            to,
-            cc,
-            bcc,
-            reply_to,
-            from_name,
-            subject,
-            html_body: self.content.clone(),
-            text_body: self.text.clone(),
+        let send_at = self.send_at.as_deref().map(parse_send_at).transpose()?;
+        Ok(AcceptedEmail {
+            new: NewMessage {
+                id: Uuid::now_v7(),
+                task_id: Uuid::new_v4().to_string(),
+                api_key_id: Some(api_key_id),
+                to,
+                cc,
+                bcc,
+                reply_to,
+                from_name,
+                subject,
+                html_body: content,
+                text_body: text,
+            },
+            attachments,
+            send_at,
+            campaign_id: self.campaign_id,
         })
     }
+
+    fn attachments(&self, limits: Limits, body_size: usize) -> Result<Vec<Attachment>, ApiError> {
+        let list = self.attachments.as_deref().unwrap_or_default();
+        if list.len() > MAX_ATTACHMENTS {
+            return Err(ApiError::validation(
+                "attachments",
+                format!("at most {MAX_ATTACHMENTS} attachments"),
+            ));
+        }
+        let mut total = body_size;
+        let mut out = Vec::with_capacity(list.len());
+        for (i, a) in list.iter().enumerate() {
+            let field = |name: &str| format!("attachments[{i}].{name}");
+            let filename = validate::header_text(&field("filename"), &a.filename, true, 255)?;
+            if filename.contains(['/', '\\']) {
+                return Err(ApiError::validation(
+                    field("filename"),
+                    "filename must not contain path separators",
+                ));
+            }
+            let content_type = a.content_type.trim().to_ascii_lowercase();
+            if !is_mime_type(&content_type) {
+                return Err(ApiError::validation(
+                    field("content_type"),
+                    "content_type must be a MIME type such as application/pdf",
+                ));
+            }
+            // Decoded size, estimated before decoding so a huge file is refused cheaply.
+            let estimate = a.content.len() / 4 * 3;
+            let max = limits.attachment_max_size;
+            if estimate > max + 2 {
+                return Err(too_large_attachment(i, estimate, max));
+            }
+            let content = base64::engine::general_purpose::STANDARD
+                .decode(a.content.trim())
+                .map_err(|_| {
+                    ApiError::invalid(
+                        "invalid_attachment",
+                        field("content"),
+                        "content must be base64 (standard alphabet, padded)",
+                    )
+                })?;
+            if content.len() > max {
+                return Err(too_large_attachment(i, content.len(), max));
+            }
+            total += content.len();
+            if total > limits.email_max_size {
+                return Err(ApiError::TooLarge {
+                    code: "email_too_large",
+                    message: format!(
+                        "the email with its attachments is over EMAIL_MAX_SIZE ({} bytes)",
+                        limits.email_max_size
+                    ),
+                });
+            }
+            out.push(Attachment {
+                filename,
+                content_type,
+                content,
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn too_large_attachment(index: usize, size: usize, max: usize) -> ApiError {
+    ApiError::TooLarge {
+        code: "attachment_too_large",
+        message: format!(
+            "attachments[{index}] is {size} bytes; the limit (ATTACHMENT_MAX_SIZE) is {max}"
+        ),
+    }
+}
+
+fn is_mime_type(raw: &str) -> bool {
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 127
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+    };
+    raw.split_once('/')
+        .is_some_and(|(t, sub)| token(t) && token(sub))
+}
+
+fn parse_send_at(raw: &str) -> Result<DateTime<Utc>, ApiError> {
+    let at = DateTime::parse_from_rfc3339(raw.trim())
+        .map_err(|_| {
+            ApiError::invalid(
+                "invalid_send_at",
+                "send_at",
+                "send_at must be an RFC 3339 time, e.g. 2030-01-01T09:00:00Z",
+            )
+        })?
+        .with_timezone(&Utc);
+    let now = Utc::now();
+    if at <= now {
+        return Err(ApiError::invalid(
+            "invalid_send_at",
+            "send_at",
+            "send_at must be in the future",
+        ));
+    }
+    if at > now + chrono::Duration::days(MAX_SCHEDULE_DAYS) {
+        return Err(ApiError::invalid(
+            "invalid_send_at",
+            "send_at",
+            format!("send_at must be at most {MAX_SCHEDULE_DAYS} days ahead"),
+        ));
+    }
+    Ok(at)
+}
+
+pub async fn load_template(
+    executor: impl PgExecutor<'_>,
+    reference: TemplateRef<'_>,
+) -> Result<Template, ApiError> {
+    let (found, field) = match reference {
+        TemplateRef::Id(id) => (templates::get(executor, id).await?, "template_id"),
+        TemplateRef::Name(name) => (templates::find_by_name(executor, name).await?, "template"),
+    };
+    found.ok_or_else(|| {
+        ApiError::invalid("unknown_template", field, "no template by this id or name")
+    })
 }

@@ -1,12 +1,14 @@
 //! Builds the application from settings; used by `main` and by the tests
 //! alike, so tests run the real thing.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::http::{HeaderName, Method, Request};
+use axum::routing::{delete, get, patch, post, put, MethodRouter};
 use axum::Router;
 use platform::celery::ResultBackend;
 use platform::outbox::{OutboxRelay, OutboxWaker};
@@ -14,6 +16,7 @@ use platform::{db, Settings};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
@@ -24,7 +27,11 @@ use crate::docs::ApiDoc;
 use crate::error::ApiError;
 use crate::http_metrics;
 use crate::ingest::Ingest;
-use crate::routes::{auth, dead_letters, email_accounts, health, messages};
+use crate::ratelimit::{self, RateLimiter};
+use crate::routes::{
+    api_keys, audit_log, auth, dead_letters, email_accounts, health, messages, queues,
+    suppressions, templates,
+};
 use crate::state::AppState;
 
 pub struct Application {
@@ -47,7 +54,9 @@ impl Application {
             .await
             .with_context(|| format!("binding {}:{}", settings.api_host, settings.api_port))?;
         let outbox = OutboxWaker::default();
+        let rate_limiter = RateLimiter::new(&settings)?;
         let state = AppState {
+            rate_limiter,
             tokens: Arc::new(TokenIssuer::new(&settings.jwt)),
             keys: KeyCache::start(pool.clone()),
             ingest: Ingest::start(pool.clone(), settings.queues.tasks.clone(), outbox.clone()),
@@ -78,48 +87,156 @@ impl Application {
         let relay_task = tokio::spawn(relay.run(shutdown.clone()));
         tracing::info!(address = %self.listener.local_addr()?, "notify-api listening");
         let app = router(self.state);
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .await?;
+        axum::serve(
+            self.listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await?;
         shutdown.cancel();
         let _ = relay_task.await;
         Ok(())
     }
 }
 
+/// Every route the API serves, as (method, path, handler): the single list
+/// the router is built from, and that the OpenAPI test compares with the
+/// spec (`/docs` and `/openapi.json`, which serve the spec, aside).
+pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
+    vec![
+        (Method::GET, "/health", get(health::live)),
+        (Method::GET, "/health/ready", get(health::ready)),
+        (Method::GET, "/metrics", get(health::metrics)),
+        (Method::POST, "/api/v1/auth/token", post(auth::issue_token)),
+        (Method::POST, "/api/v1/auth/refresh", post(auth::refresh)),
+        (Method::GET, "/api/v1/version", get(health::version)),
+        (
+            Method::POST,
+            "/api/v1/messages/email/send",
+            post(messages::send),
+        ),
+        (
+            Method::POST,
+            "/api/v1/messages/email/batch",
+            post(messages::send_batch),
+        ),
+        (Method::GET, "/api/v1/messages", get(messages::list)),
+        (Method::GET, "/api/v1/messages/stats", get(messages::stats)),
+        (Method::GET, "/api/v1/messages/{id}", get(messages::get)),
+        (
+            Method::POST,
+            "/api/v1/messages/{id}/cancel",
+            post(messages::cancel),
+        ),
+        (Method::POST, "/api/v1/templates", post(templates::create)),
+        (Method::GET, "/api/v1/templates", get(templates::list)),
+        (Method::GET, "/api/v1/templates/{id}", get(templates::get)),
+        (
+            Method::PUT,
+            "/api/v1/templates/{id}",
+            put(templates::replace),
+        ),
+        (
+            Method::DELETE,
+            "/api/v1/templates/{id}",
+            delete(templates::delete),
+        ),
+        (
+            Method::POST,
+            "/api/v1/templates/{id}/render",
+            post(templates::render),
+        ),
+        (Method::GET, "/api/v1/suppressions", get(suppressions::list)),
+        (
+            Method::POST,
+            "/api/v1/suppressions",
+            post(suppressions::create),
+        ),
+        (
+            Method::DELETE,
+            "/api/v1/suppressions/{address}",
+            delete(suppressions::delete),
+        ),
+        (
+            Method::POST,
+            "/api/v1/admin/email-accounts",
+            post(email_accounts::create),
+        ),
+        (
+            Method::GET,
+            "/api/v1/admin/email-accounts",
+            get(email_accounts::list),
+        ),
+        (
+            Method::POST,
+            "/api/v1/admin/email-accounts/import",
+            post(email_accounts::import),
+        ),
+        (
+            Method::GET,
+            "/api/v1/admin/email-accounts/{id}",
+            get(email_accounts::get),
+        ),
+        (
+            Method::PATCH,
+            "/api/v1/admin/email-accounts/{id}",
+            patch(email_accounts::update),
+        ),
+        (
+            Method::DELETE,
+            "/api/v1/admin/email-accounts/{id}",
+            delete(email_accounts::delete),
+        ),
+        (
+            Method::POST,
+            "/api/v1/admin/email-accounts/{id}/test",
+            post(email_accounts::test),
+        ),
+        (
+            Method::POST,
+            "/api/v1/admin/api-keys",
+            post(api_keys::create),
+        ),
+        (Method::GET, "/api/v1/admin/api-keys", get(api_keys::list)),
+        (
+            Method::DELETE,
+            "/api/v1/admin/api-keys/{id}",
+            delete(api_keys::revoke),
+        ),
+        (Method::GET, "/api/v1/admin/audit-log", get(audit_log::list)),
+        (Method::GET, "/api/v1/admin/queues", get(queues::list)),
+        (
+            Method::GET,
+            "/api/v1/admin/dead-letters",
+            get(dead_letters::list),
+        ),
+        (
+            Method::POST,
+            "/api/v1/admin/dead-letters/{id}/requeue",
+            post(dead_letters::requeue),
+        ),
+    ]
+}
+
+/// The (method, path) pairs of [`routes`].
+pub fn route_table() -> Vec<(Method, &'static str)> {
+    routes().into_iter().map(|(m, p, _)| (m, p)).collect()
+}
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 pub fn router(state: AppState) -> Router {
     let max = state.settings.email_max_size;
     let body_limit = max + max / 2 + 1024 * 1024;
-    let api = Router::new()
-        .route("/auth/token", post(auth::issue_token))
-        .route("/auth/refresh", post(auth::refresh))
-        .route("/version", get(health::version))
-        .route("/messages/email/send", post(messages::send))
-        .route("/messages/{id}", get(messages::get))
-        .route(
-            "/admin/email-accounts",
-            post(email_accounts::create).get(email_accounts::list),
-        )
-        .route(
-            "/admin/email-accounts/{id}",
-            get(email_accounts::get)
-                .patch(email_accounts::update)
-                .delete(email_accounts::delete),
-        )
-        .route("/admin/dead-letters", get(dead_letters::list))
-        .route(
-            "/admin/dead-letters/{id}/requeue",
-            post(dead_letters::requeue),
-        )
-        .fallback(|| async { ApiError::NotFound("route") });
-
-    Router::new()
-        .route("/health", get(health::live))
-        .route("/health/ready", get(health::ready))
-        .route("/metrics", get(health::metrics))
-        .nest("/api/v1", api)
-        .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
+    let mut app = Router::new();
+    for (_, path, handler) in routes() {
+        // Routes on one path with different methods merge.
+        app = app.route(path, handler);
+    }
+    app.merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
         .fallback(|| async { ApiError::NotFound("route") })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(axum::middleware::from_fn(ratelimit::headers))
         .layer(axum::middleware::from_fn(http_metrics::record))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(TimeoutLayer::with_status_code(
@@ -131,6 +248,22 @@ pub fn router(state: AppState) -> Router {
                 "handler panicked"
             )))
         }))
-        .layer(TraceLayer::new_for_http())
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
+                let request_id = request
+                    .headers()
+                    .get(&REQUEST_ID)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                tracing::info_span!(
+                    "request",
+                    method = %request.method(),
+                    uri = %request.uri().path(),
+                    request_id = %request_id,
+                )
+            }),
+        )
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .with_state(state)
 }

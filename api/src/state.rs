@@ -10,6 +10,7 @@ use sqlx::PgPool;
 
 use crate::auth::{KeyCache, TokenIssuer};
 use crate::ingest::Ingest;
+use crate::ratelimit::RateLimiter;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -21,4 +22,5 @@ pub struct AppState {
     pub ingest: Ingest,
     pub outbox: OutboxWaker,
     pub metrics: PrometheusHandle,
+    pub rate_limiter: RateLimiter,
 }

@@ -199,6 +199,8 @@ async fn main() -> anyhow::Result<()> {
         ("CELERY_WORKER_CONCURRENCY", "32"),
         ("RABBITMQ_PREFETCH_COUNT", "64"),
         ("PATH", "/usr/bin:/bin"),
+        // One key drives the whole load; per-key rate limiting would refuse it.
+        ("RATE_LIMIT_ENABLED", "false"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))

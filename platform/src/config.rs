@@ -114,6 +114,11 @@ pub struct Settings {
     pub breaker: crate::db::email_accounts::Breaker,
     pub rate_limit_enabled: bool,
     pub rate_limit_per_minute: u32,
+    /// Length of a rate-limit window (`RATE_LIMIT_WINDOW_SECONDS`, default
+    /// 60): a key may make its per-minute limit of requests per window.
+    pub rate_limit_window: Duration,
+    /// Prefix of the rate-limit counters in Redis (`RATE_LIMIT_REDIS_PREFIX`).
+    pub rate_limit_prefix: String,
     pub tz: Tz,
     pub api_host: String,
     pub api_port: u16,
@@ -277,6 +282,12 @@ impl Settings {
             },
             rate_limit_enabled: vars.parse_bool_or("RATE_LIMIT_ENABLED", true)?,
             rate_limit_per_minute: vars.parse_positive_or("RATE_LIMIT_PER_MINUTE", 600u32)?,
+            rate_limit_window: Duration::from_secs(
+                vars.parse_positive_or("RATE_LIMIT_WINDOW_SECONDS", 60u64)?,
+            ),
+            rate_limit_prefix: vars
+                .get("RATE_LIMIT_REDIS_PREFIX")
+                .unwrap_or_else(|| "notify:ratelimit".into()),
             tz,
             api_host: vars.get("API_HOST").unwrap_or_else(|| "0.0.0.0".into()),
             api_port: vars.parse_or("API_PORT", 8000u16)?,

@@ -20,7 +20,8 @@ const CHANNEL: &str = "api_key_changed";
 
 #[derive(Default)]
 pub struct KeyCache {
-    usable: Mutex<HashMap<Uuid, Instant>>,
+    /// Usable keys, with their own rate limit, and when they were read.
+    usable: Mutex<HashMap<Uuid, (Option<i32>, Instant)>>,
     listening: AtomicBool,
     /// Bumped on every eviction: an answer read from the database before a
     /// change arrived must not be cached after it.
@@ -60,19 +61,38 @@ impl KeyCache {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Instant>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, (Option<i32>, Instant)>> {
         self.usable.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub async fn is_usable(&self, pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+    /// Drops a key this instance just changed, without waiting for the
+    /// notification.
+    pub fn forget(&self, id: Uuid) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.lock().remove(&id);
+    }
+
+    /// `None` when the key is revoked or unknown; otherwise its own rate
+    /// limit, if it has one.
+    pub async fn usable_limit(
+        &self,
+        pool: &PgPool,
+        id: Uuid,
+    ) -> Result<Option<Option<i32>>, sqlx::Error> {
         let listening = self.listening.load(Ordering::SeqCst);
-        if listening && self.lock().get(&id).is_some_and(|at| at.elapsed() < TTL) {
-            return Ok(true);
+        if listening {
+            if let Some((limit, at)) = self.lock().get(&id) {
+                if at.elapsed() < TTL {
+                    return Ok(Some(*limit));
+                }
+            }
         }
         let generation = self.generation.load(Ordering::SeqCst);
-        let usable = platform::db::api_keys::is_usable(pool, id).await?;
-        if usable && listening && self.generation.load(Ordering::SeqCst) == generation {
-            self.lock().insert(id, Instant::now());
+        let usable = platform::db::api_keys::usable_limit(pool, id).await?;
+        if let Some(limit) = usable {
+            if listening && self.generation.load(Ordering::SeqCst) == generation {
+                self.lock().insert(id, (limit, Instant::now()));
+            }
         }
         Ok(usable)
     }

@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use super::TokenKind;
 use crate::error::ApiError;
+use crate::ratelimit::DecisionSlot;
 use crate::state::AppState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,18 +72,35 @@ impl FromRequestParts<AppState> for Principal {
                     "Authorization header must be `Bearer <token>`",
                 )
             })?;
+        if let Some(known) = parts.extensions.get::<Principal>() {
+            return Ok(known.clone());
+        }
         let claims = state.tokens.verify(token, TokenKind::Access)?;
-        // Checked on every request so that revoking a key stops its tokens at once.
-        if !state.keys.is_usable(&state.pool, claims.sub).await? {
+        // Checked on every request (through a cache that a key change evicts
+        // at once) so that revoking a key stops its tokens.
+        let Some(key_limit) = state.keys.usable_limit(&state.pool, claims.sub).await? else {
             return Err(ApiError::unauthorized(
                 "key_revoked",
                 "the API key behind this token is revoked",
             ));
+        };
+        if let Some(decision) = state.rate_limiter.hit(claims.sub, key_limit).await {
+            if let Some(slot) = parts.extensions.get::<DecisionSlot>() {
+                slot.set(decision);
+            }
+            if !decision.allowed {
+                return Err(ApiError::RateLimited {
+                    limit: decision.limit,
+                    retry_after: decision.reset.max(1),
+                });
+            }
         }
-        Ok(Principal {
+        let principal = Principal {
             key_id: claims.sub,
             scopes: claims.scopes,
-        })
+        };
+        parts.extensions.insert(principal.clone());
+        Ok(principal)
     }
 }
 

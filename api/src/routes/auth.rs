@@ -39,9 +39,10 @@ pub struct TokenPair {
 #[utoipa::path(post, path = "/api/v1/auth/token", tag = "auth", request_body = TokenRequest,
     responses(
         (status = 200, body = Data<TokenPair>),
-        (status = 400, body = ErrorBody, description = "Malformed JSON"),
-        (status = 401, body = ErrorBody, description = "Unknown key, wrong secret or revoked key (`invalid_credentials`)"),
-        (status = 422, body = ErrorBody, description = "Missing fields")))]
+        (status = 400, body = ErrorBody, description = "`invalid_json`"),
+        (status = 401, body = ErrorBody, description = "`invalid_credentials`: unknown key, wrong secret or revoked key"),
+        (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
+        (status = 422, body = ErrorBody, description = "`invalid_body`: missing fields")))]
 pub async fn issue_token(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<TokenRequest>,
@@ -73,7 +74,10 @@ pub async fn issue_token(
 #[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "auth", request_body = RefreshRequest,
     responses(
         (status = 200, body = Data<TokenPair>),
-        (status = 401, body = ErrorBody, description = "Invalid, expired or revoked refresh token")))]
+        (status = 400, body = ErrorBody, description = "`invalid_json`"),
+        (status = 401, body = ErrorBody, description = "`invalid_token`, `token_expired` or `key_revoked`: the refresh token is invalid, expired or its key revoked"),
+        (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
+        (status = 422, body = ErrorBody, description = "`invalid_body`: missing refresh_token")))]
 pub async fn refresh(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<RefreshRequest>,

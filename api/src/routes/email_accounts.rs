@@ -9,10 +9,12 @@ use platform::db::email_accounts::{
     self, AccountPatch, EmailAccount, NewEmailAccount, TlsMode, PASSWORD_PURPOSE,
 };
 use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::Data;
+use crate::audit::{Actor, AdminActor};
 use crate::auth::Admin;
 use crate::error::{on_unique, ApiError, ErrorBody};
 use crate::extract::{JsonBody, PathParam};
@@ -24,8 +26,11 @@ const PRIORITY_RANGE: (i64, i64) = (-1000, 1000);
 const MAX_PASSWORD: usize = 1024;
 const MAX_RATE: i64 = 1_000_000;
 const MAX_CONNECTIONS: i64 = 1000;
+/// Most accounts in one import.
+pub const MAX_IMPORT: usize = 1000;
 
-#[derive(Debug, Deserialize, ToSchema)]
+/// Not `Debug`: it holds a password, and must never reach a log line.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateEmailAccount {
     /// Address used as From.
@@ -52,8 +57,9 @@ pub struct CreateEmailAccount {
     pub max_connections: Option<i64>,
 }
 
-/// Every field is optional; absent fields keep their value.
-#[derive(Debug, Deserialize, ToSchema)]
+/// Every field is optional; absent fields keep their value. Not `Debug`:
+/// it may hold a password.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateEmailAccount {
     pub email: Option<String>,
@@ -90,19 +96,34 @@ pub struct EmailAccountView {
     pub is_active: bool,
     pub rate_limit_per_minute: Option<i32>,
     pub max_connections: Option<i32>,
-    /// Until when the circuit breaker keeps the account out of rotation.
-    pub circuit_open_until: Option<DateTime<Utc>>,
-    pub consecutive_failures: i32,
     pub last_used_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
     pub last_error_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// `healthy`, `failing` (recent consecutive failures), `circuit_open`
+    /// (out of rotation until `circuit_open_until`) or `disabled`.
+    pub health: &'static str,
+    /// Account-level failures in a row.
+    pub consecutive_failures: i32,
+    pub circuit_open_until: Option<DateTime<Utc>>,
 }
 
 impl From<EmailAccount> for EmailAccountView {
     fn from(a: EmailAccount) -> Self {
+        let health = if !a.is_active {
+            "disabled"
+        } else if a.circuit_open_until.is_some_and(|t| t > Utc::now()) {
+            "circuit_open"
+        } else if a.consecutive_failures > 0 {
+            "failing"
+        } else {
+            "healthy"
+        };
         EmailAccountView {
+            health,
+            consecutive_failures: a.consecutive_failures,
+            circuit_open_until: a.circuit_open_until,
             id: a.id,
             remaining_today: (a.daily_limit - a.sent_today).max(0),
             email: a.email,
@@ -117,8 +138,6 @@ impl From<EmailAccount> for EmailAccountView {
             is_active: a.is_active,
             rate_limit_per_minute: a.rate_limit_per_minute,
             max_connections: a.max_connections,
-            circuit_open_until: a.circuit_open_until,
-            consecutive_failures: a.consecutive_failures,
             last_used_at: a.last_used_at,
             last_error: a.last_error,
             last_error_at: a.last_error_at,
@@ -166,22 +185,10 @@ fn password(value: &str) -> Result<&str, ApiError> {
     Ok(value)
 }
 
-/// Adds an SMTP account to the pool.
-#[utoipa::path(post, path = "/api/v1/admin/email-accounts", tag = "email-accounts",
-    request_body = CreateEmailAccount, security(("bearer" = [])),
-    responses(
-        (status = 201, body = Data<EmailAccountView>),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody, description = "Not an admin key"),
-        (status = 409, body = ErrorBody, description = "`account_exists`"),
-        (status = 422, body = ErrorBody, description = "A field is invalid; `field` names it")))]
-pub async fn create(
-    State(state): State<AppState>,
-    Admin(principal): Admin,
-    JsonBody(req): JsonBody<CreateEmailAccount>,
-) -> Result<(StatusCode, Json<Data<EmailAccountView>>), ApiError> {
+fn new_account(state: &AppState, req: &CreateEmailAccount) -> Result<NewEmailAccount, ApiError> {
     let email = validate::email("email", &req.email)?;
     let smtp_port = port(req.smtp_port)?;
-    let new = NewEmailAccount {
+    Ok(NewEmailAccount {
         smtp_host: host(&req.smtp_host)?,
         smtp_port,
         smtp_username: validate::header_text(
@@ -220,17 +227,219 @@ pub async fn create(
             .map(|c| validate::in_range("max_connections", c, 1, MAX_CONNECTIONS))
             .transpose()?,
         email: email.to_string(),
-    };
-    let account = email_accounts::insert(&state.pool, platform::today(&state.settings), &new)
+    })
+}
+
+/// What the audit log keeps of an account: never the password.
+fn summary(a: &EmailAccount) -> Value {
+    json!({
+        "email": a.email, "smtp_host": a.smtp_host, "smtp_port": a.smtp_port,
+        "smtp_username": a.smtp_username, "tls_mode": a.tls_mode, "daily_limit": a.daily_limit,
+        "priority": a.priority, "is_active": a.is_active,
+    })
+}
+
+/// Adds an SMTP account to the pool.
+#[utoipa::path(post, path = "/api/v1/admin/email-accounts", tag = "email-accounts",
+    request_body = CreateEmailAccount, security(("bearer" = [])),
+    responses(
+        (status = 201, body = Data<EmailAccountView>),
+        (status = 400, body = ErrorBody, description = "`invalid_json`"),
+        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
+        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
+        (status = 409, body = ErrorBody, description = "`account_exists`"),
+        (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
+        (status = 422, body = ErrorBody, description = "`validation_error` (`field` names it), `invalid_body`"),
+        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+pub async fn create(
+    State(state): State<AppState>,
+    AdminActor(actor): AdminActor,
+    JsonBody(req): JsonBody<CreateEmailAccount>,
+) -> Result<(StatusCode, Json<Data<EmailAccountView>>), ApiError> {
+    let new = new_account(&state, &req)?;
+    let account = insert_audited(&state, &actor, &new).await?;
+    tracing::info!(account_id = %account.id, actor = %actor.principal.key_id, "email account created");
+    Ok((StatusCode::CREATED, Data::new(account.into())))
+}
+
+async fn insert_audited(
+    state: &AppState,
+    actor: &Actor,
+    new: &NewEmailAccount,
+) -> Result<EmailAccount, ApiError> {
+    let mut tx = state.pool.begin().await?;
+    let account = email_accounts::insert(&mut *tx, platform::today(&state.settings), new)
         .await
         .map_err(on_unique("email_accounts_email_key", duplicate))?;
-    tracing::info!(account_id = %account.id, actor = %principal.key_id, "email account created");
-    Ok((StatusCode::CREATED, Data::new(account.into())))
+    actor
+        .record(
+            &mut *tx,
+            "email_account.create",
+            "email_account",
+            account.id,
+            summary(&account),
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(account)
+}
+
+/// The outcome of one imported account.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ImportItem {
+    pub index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<crate::error::ErrorDetail>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ImportReport {
+    pub imported: usize,
+    pub rejected: usize,
+    pub results: Vec<ImportItem>,
+}
+
+/// Imports up to 1000 accounts. Each entry is validated like a create
+/// (passwords encrypted the same way); invalid or duplicate entries are
+/// reported by index and the others are imported.
+#[utoipa::path(post, path = "/api/v1/admin/email-accounts/import", tag = "email-accounts",
+    request_body = Vec<CreateEmailAccount>, security(("bearer" = [])),
+    responses(
+        (status = 200, body = Data<ImportReport>),
+        (status = 400, body = ErrorBody, description = "`invalid_json`"),
+        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
+        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
+        (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
+        (status = 422, body = ErrorBody, description = "`validation_error` (empty or over 1000 entries), `invalid_body` (not an array)"),
+        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+pub async fn import(
+    State(state): State<AppState>,
+    AdminActor(actor): AdminActor,
+    JsonBody(entries): JsonBody<Vec<Value>>,
+) -> Result<Json<Data<ImportReport>>, ApiError> {
+    if entries.is_empty() || entries.len() > MAX_IMPORT {
+        return Err(ApiError::validation(
+            "accounts",
+            format!("import 1 to {MAX_IMPORT} accounts"),
+        ));
+    }
+    let mut results = Vec::with_capacity(entries.len());
+    for (index, raw) in entries.into_iter().enumerate() {
+        let outcome = async {
+            let req: CreateEmailAccount =
+                serde_json::from_value(raw).map_err(|e| ApiError::Validation {
+                    code: "invalid_body",
+                    field: None,
+                    message: e.to_string(),
+                })?;
+            let new = new_account(&state, &req)?;
+            insert_audited(&state, &actor, &new).await
+        }
+        .await;
+        results.push(match outcome {
+            Ok(account) => ImportItem {
+                index,
+                id: Some(account.id),
+                error: None,
+            },
+            Err(e @ (ApiError::Internal(_) | ApiError::Unavailable(_))) => return Err(e),
+            Err(e) => ImportItem {
+                index,
+                id: None,
+                error: Some(e.detail()),
+            },
+        });
+    }
+    let imported = results.iter().filter(|r| r.error.is_none()).count();
+    tracing::info!(imported, rejected = results.len() - imported, actor = %actor.principal.key_id, "email accounts imported");
+    Ok(Data::new(ImportReport {
+        imported,
+        rejected: results.len() - imported,
+        results,
+    }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConnectionTest {
+    /// True when the server accepted the connection (and TLS and AUTH as configured).
+    pub ok: bool,
+    /// What happened, including the server's error reply on failure.
+    pub message: String,
+}
+
+/// Connects and authenticates to the account's SMTP server, as the worker
+/// would, and reports the outcome. Sends nothing.
+#[utoipa::path(post, path = "/api/v1/admin/email-accounts/{id}/test", tag = "email-accounts",
+    security(("bearer" = [])), params(("id" = Uuid, Path)),
+    responses((status = 200, body = Data<ConnectionTest>),
+        (status = 400, body = ErrorBody, description = "`invalid_path`"),
+        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
+        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
+        (status = 404, body = ErrorBody, description = "`not_found`"),
+        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+pub async fn test(
+    State(state): State<AppState>,
+    AdminActor(actor): AdminActor,
+    PathParam(id): PathParam<Uuid>,
+) -> Result<Json<Data<ConnectionTest>>, ApiError> {
+    let account = email_accounts::get(&state.pool, platform::today(&state.settings), id)
+        .await?
+        .ok_or(ApiError::NotFound("email account"))?;
+    let timeout = state.settings.email_timeout;
+    let result = match platform::mail::build_transport(&account, &state.settings.keyring, timeout) {
+        Err(e) => ConnectionTest {
+            ok: false,
+            message: e.to_string(),
+        },
+        Ok(transport) => {
+            match tokio::time::timeout(
+                timeout + std::time::Duration::from_secs(1),
+                transport.test_connection(),
+            )
+            .await
+            {
+                Ok(Ok(true)) => ConnectionTest {
+                    ok: true,
+                    message: format!(
+                        "connected to {}:{} and authenticated",
+                        account.smtp_host, account.smtp_port
+                    ),
+                },
+                Ok(Ok(false)) => ConnectionTest {
+                    ok: false,
+                    message: "the server did not answer NOOP".into(),
+                },
+                Ok(Err(e)) => ConnectionTest {
+                    ok: false,
+                    message: e.to_string(),
+                },
+                Err(_) => ConnectionTest {
+                    ok: false,
+                    message: format!("no answer within {timeout:?}"),
+                },
+            }
+        }
+    };
+    actor
+        .record(
+            &state.pool,
+            "email_account.test",
+            "email_account",
+            id,
+            json!({"ok": result.ok}),
+        )
+        .await?;
+    Ok(Data::new(result))
 }
 
 /// Lists the pool, highest priority first.
 #[utoipa::path(get, path = "/api/v1/admin/email-accounts", tag = "email-accounts", security(("bearer" = [])),
-    responses((status = 200, body = Data<Vec<EmailAccountView>>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, body = Data<Vec<EmailAccountView>>),
+        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
+        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
+        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
 pub async fn list(
     State(state): State<AppState>,
     Admin(_principal): Admin,
@@ -241,7 +450,12 @@ pub async fn list(
 
 #[utoipa::path(get, path = "/api/v1/admin/email-accounts/{id}", tag = "email-accounts", security(("bearer" = [])),
     params(("id" = Uuid, Path)),
-    responses((status = 200, body = Data<EmailAccountView>), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Data<EmailAccountView>),
+        (status = 400, body = ErrorBody, description = "`invalid_path`"),
+        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
+        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
+        (status = 404, body = ErrorBody, description = "`not_found`"),
+        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
 pub async fn get(
     State(state): State<AppState>,
     Admin(_principal): Admin,
@@ -257,14 +471,36 @@ pub async fn get(
 /// rotation for every message claimed after the change.
 #[utoipa::path(patch, path = "/api/v1/admin/email-accounts/{id}", tag = "email-accounts", security(("bearer" = [])),
     params(("id" = Uuid, Path)), request_body = UpdateEmailAccount,
-    responses((status = 200, body = Data<EmailAccountView>), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = Data<EmailAccountView>),
+        (status = 400, body = ErrorBody, description = "`invalid_json`, `invalid_path`"),
+        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
+        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
+        (status = 404, body = ErrorBody, description = "`not_found`"),
+        (status = 409, body = ErrorBody, description = "`account_exists`"),
+        (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
+        (status = 422, body = ErrorBody, description = "`validation_error`, `invalid_body`"),
+        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
 pub async fn update(
     State(state): State<AppState>,
-    Admin(principal): Admin,
+    AdminActor(actor): AdminActor,
     PathParam(id): PathParam<Uuid>,
     JsonBody(req): JsonBody<UpdateEmailAccount>,
 ) -> Result<Json<Data<EmailAccountView>>, ApiError> {
+    let changed: Vec<&str> = [
+        ("email", req.email.is_some()),
+        ("smtp_host", req.smtp_host.is_some()),
+        ("smtp_port", req.smtp_port.is_some()),
+        ("smtp_username", req.smtp_username.is_some()),
+        ("smtp_password", req.smtp_password.is_some()),
+        ("display_name", req.display_name.is_some()),
+        ("tls_mode", req.tls_mode.is_some()),
+        ("daily_limit", req.daily_limit.is_some()),
+        ("priority", req.priority.is_some()),
+        ("is_active", req.is_active.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(name, set)| set.then_some(name))
+    .collect();
     let patch = AccountPatch {
         email: req
             .email
@@ -308,25 +544,54 @@ pub async fn update(
             .map(|c| validate::in_range("max_connections", c, 0, MAX_CONNECTIONS))
             .transpose()?,
     };
-    let account = email_accounts::update(&state.pool, platform::today(&state.settings), id, &patch)
+    let mut tx = state.pool.begin().await?;
+    let account = email_accounts::update(&mut *tx, platform::today(&state.settings), id, &patch)
         .await
         .map_err(on_unique("email_accounts_email_key", duplicate))?
         .ok_or(ApiError::NotFound("email account"))?;
-    tracing::info!(account_id = %id, actor = %principal.key_id, "email account updated");
+    let mut details = summary(&account);
+    details["changed"] = json!(changed);
+    actor
+        .record(
+            &state.pool,
+            "email_account.update",
+            "email_account",
+            id,
+            details,
+        )
+        .await?;
+    tx.commit().await?;
+    tracing::info!(account_id = %id, actor = %actor.principal.key_id, "email account updated");
     Ok(Data::new(account.into()))
 }
 
 #[utoipa::path(delete, path = "/api/v1/admin/email-accounts/{id}", tag = "email-accounts", security(("bearer" = [])),
     params(("id" = Uuid, Path)),
-    responses((status = 204, description = "Deleted"), (status = 404, body = ErrorBody)))]
+    responses((status = 204, description = "Deleted"),
+        (status = 400, body = ErrorBody, description = "`invalid_path`"),
+        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
+        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
+        (status = 404, body = ErrorBody, description = "`not_found`"),
+        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
 pub async fn delete(
     State(state): State<AppState>,
-    Admin(principal): Admin,
+    AdminActor(actor): AdminActor,
     PathParam(id): PathParam<Uuid>,
 ) -> Result<StatusCode, ApiError> {
-    if !email_accounts::delete(&state.pool, id).await? {
+    let mut tx = state.pool.begin().await?;
+    if !email_accounts::delete(&mut *tx, id).await? {
         return Err(ApiError::NotFound("email account"));
     }
-    tracing::info!(account_id = %id, actor = %principal.key_id, "email account deleted");
+    actor
+        .record(
+            &state.pool,
+            "email_account.delete",
+            "email_account",
+            id,
+            json!({}),
+        )
+        .await?;
+    tx.commit().await?;
+    tracing::info!(account_id = %id, actor = %actor.principal.key_id, "email account deleted");
     Ok(StatusCode::NO_CONTENT)
 }

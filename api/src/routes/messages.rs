@@ -1,4 +1,5 @@
-//! `POST /api/v1/messages/email/send` and `GET /api/v1/messages/{id}`.
+//! Messages: sending (single, batch, templated, scheduled, with
+//! attachments), following, cancelling, listing and statistics.
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -8,19 +9,23 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use platform::celery::TaskMessage;
-use platform::db::{idempotency, messages, outbox};
+use platform::db::messages::{Acceptance, MessageFilter, MessageStatus};
+use platform::db::{attachments, idempotency, messages, outbox, suppressions};
 use platform::tasks::{SendEmailKwargs, SEND_EMAIL};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::Data;
+use crate::audit::{Actor, SendActor};
 use crate::auth::{Principal, Scope};
+use crate::error::ErrorDetail;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::PathParam;
+use crate::extract::{JsonBody, PathParam, QueryParams};
 use crate::idempotency::{self as idem, IdempotencyKey};
-use crate::send_request::SendEmailRequest;
+use crate::pagination::{self, Page};
+use crate::send_request::{AcceptedEmail, Limits, SendEmailRequest, TemplateRef};
 use crate::state::AppState;
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -28,25 +33,31 @@ pub struct SendAccepted {
     pub message_id: Uuid,
     /// Celery task id; its result is stored under `celery-task-meta-<task_id>`.
     pub task_id: String,
-    /// `queued`
+    /// `queued`; `scheduled` with `send_at`; `suppressed` when a recipient
+    /// is on the suppression list (recorded, never sent).
     pub status: String,
 }
 
 /// Accepts an email for delivery. The message is recorded and its Celery
 /// task committed in one transaction before the 202, so it is delivered
-/// even if RabbitMQ is unreachable at this moment.
+/// even if RabbitMQ is unreachable at this moment. With a template, the
+/// subject and bodies are rendered now (HTML auto-escaped), so a missing or
+/// unknown variable is a 422 naming it. With `send_at` the message is
+/// `scheduled`; to a suppressed address it is recorded `suppressed` and not sent.
 #[utoipa::path(post, path = "/api/v1/messages/email/send", tag = "messages",
     request_body = SendEmailRequest, security(("bearer" = [])),
     params(("Idempotency-Key" = Option<String>, Header,
         description = "Retries with the same key and body replay the first response")),
     responses(
         (status = 202, body = Data<SendAccepted>),
-        (status = 400, body = ErrorBody, description = "Malformed JSON or Idempotency-Key"),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody, description = "Key lacks the `send` scope"),
+        (status = 400, body = ErrorBody, description = "`invalid_json`, `invalid_body` or `invalid_idempotency_key`"),
+        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
+        (status = 403, body = ErrorBody, description = "`insufficient_scope`: key lacks `send`"),
         (status = 409, body = ErrorBody, description = "`idempotency_key_in_flight`"),
-        (status = 413, body = ErrorBody, description = "Body beyond EMAIL_MAX_SIZE"),
-        (status = 415, body = ErrorBody),
-        (status = 422, body = ErrorBody, description = "Invalid field (`validation_error`, with `field`), or `idempotency_key_reused`")))]
+        (status = 413, body = ErrorBody, description = "`payload_too_large`, `attachment_too_large` (ATTACHMENT_MAX_SIZE), `email_too_large` (EMAIL_MAX_SIZE)"),
+        (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
+        (status = 422, body = ErrorBody, description = "`validation_error` (with `field`), `invalid_body`, `idempotency_key_reused`, `unknown_template`, `missing_variable`, `unknown_variable`, `template_render_error`, `invalid_attachment`, `invalid_send_at`"),
+        (status = 429, body = ErrorBody, description = "`rate_limited`, with Retry-After")))]
 pub async fn send(
     State(state): State<AppState>,
     principal: Principal,
@@ -65,8 +76,92 @@ pub async fn send(
     })?;
     let idempotency_key = IdempotencyKey::from_headers(&headers)?;
     let request: SendEmailRequest = parse_json(&headers, &body)?;
-    let new = request.validate(principal.key_id, state.settings.email_max_size)?;
+    let rendered = request.render(&state.pool, None).await?;
+    let accepted = request.validate(principal.key_id, limits(&state), rendered)?;
 
+    // The common case (no idempotency key, attachments, schedule or
+    // campaign, and no suppressed recipient) goes through group commit; the
+    // worker checks suppressions again at send time, so one added meanwhile
+    // still holds.
+    let plain = idempotency_key.is_none()
+        && accepted.attachments.is_empty()
+        && accepted.send_at.is_none()
+        && accepted.campaign_id.is_none();
+    if plain {
+        let new = &accepted.new;
+        let recipients = [&new.to[..], &new.cc, &new.bcc].concat();
+        if suppressions::first_suppressed(&state.pool, &recipients)
+            .await?
+            .is_none()
+        {
+            let outcome = SendAccepted {
+                message_id: new.id,
+                task_id: new.task_id.clone(),
+                status: MessageStatus::Queued.as_str().into(),
+            };
+            let task = send_task(new);
+            state.ingest.submit(accepted.new, task).await?;
+            metrics::counter!("messages_accepted_total", "kind" => "single").increment(1);
+            let body = serde_json::json!({ "data": outcome });
+            return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
+        }
+    }
+
+    let mut tx = state.pool.begin().await?;
+    let fingerprint = idem::fingerprint(&serde_json::to_value(&request).unwrap_or(Value::Null));
+    if let Some(key) = &idempotency_key {
+        if !idempotency::try_lock(&mut tx, principal.key_id, key.as_str()).await? {
+            return Err(idem::in_flight());
+        }
+        if let Some(stored) = idempotency::find(&mut tx, principal.key_id, key.as_str()).await? {
+            // Release the key's lock now, not when the dropped transaction
+            // is rolled back in the background: a retry right after must not
+            // find it still held.
+            tx.rollback().await?;
+            if stored.request_hash != fingerprint {
+                return Err(idem::reused());
+            }
+            let status =
+                StatusCode::from_u16(stored.response_status as u16).unwrap_or(StatusCode::ACCEPTED);
+            let mut response = (status, Json(stored.response_body.0)).into_response();
+            response
+                .headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            return Ok(response);
+        }
+    }
+
+    let outcome = record(&mut tx, &state, &accepted).await?;
+    let body = serde_json::json!({ "data": outcome });
+    if let Some(key) = &idempotency_key {
+        idempotency::save(
+            &mut tx,
+            principal.key_id,
+            key.as_str(),
+            &fingerprint,
+            202,
+            &body,
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    state.outbox.wake();
+    metrics::counter!("messages_accepted_total", "kind" => "single").increment(1);
+    tracing::debug!(message_id = %outcome.message_id, task_id = %outcome.task_id, status = %outcome.status, "email accepted");
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+fn limits(state: &AppState) -> Limits {
+    Limits {
+        email_max_size: state.settings.email_max_size,
+        attachment_max_size: state.settings.attachment_max_size,
+    }
+}
+
+/// Records an accepted email in `tx`: the record, its attachments, and
+/// (when it is to be sent now) its Celery task in the outbox.
+/// The Celery task that sends a recorded message.
+fn send_task(new: &platform::db::messages::NewMessage) -> TaskMessage {
     let kwargs = SendEmailKwargs {
         message_id: Some(new.id),
         ..Default::default()
@@ -75,60 +170,181 @@ pub async fn send(
         Ok(Value::Object(map)) => map,
         _ => serde_json::Map::new(),
     };
-    let task = TaskMessage::new(SEND_EMAIL, &new.task_id, Vec::new(), kwargs);
-    let body = serde_json::json!({"data": SendAccepted {
+    TaskMessage::new(SEND_EMAIL, &new.task_id, Vec::new(), kwargs)
+}
+
+async fn record(
+    tx: &mut sqlx::PgConnection,
+    state: &AppState,
+    accepted: &AcceptedEmail,
+) -> Result<SendAccepted, ApiError> {
+    let new = &accepted.new;
+    let recipients = [&new.to[..], &new.cc, &new.bcc].concat();
+    let suppressed = suppressions::first_suppressed(&mut *tx, &recipients).await?;
+    let acceptance = Acceptance {
+        status: match (&suppressed, accepted.send_at) {
+            (Some(_), _) => MessageStatus::Suppressed,
+            (None, Some(_)) => MessageStatus::Scheduled,
+            (None, None) => MessageStatus::Queued,
+        },
+        send_at: accepted.send_at,
+        campaign_id: accepted.campaign_id,
+        error: suppressed.map(|a| format!("recipient {a} is on the suppression list")),
+    };
+    messages::insert_accepted(&mut *tx, new, &acceptance).await?;
+    attachments::insert_all(&mut *tx, new.id, &accepted.attachments).await?;
+    if acceptance.status == MessageStatus::Queued {
+        let queue = &state.settings.queues.tasks;
+        outbox::enqueue(&mut *tx, queue, queue, &send_task(new)).await?;
+    }
+    Ok(SendAccepted {
         message_id: new.id,
         task_id: new.task_id.clone(),
-        status: "queued".into(),
-    }});
-    let (message_id, task_id) = (new.id, new.task_id.clone());
+        status: acceptance.status.as_str().into(),
+    })
+}
 
-    match idempotency_key {
-        // The common case goes through group commit.
-        None => state.ingest.submit(new, task).await?,
-        Some(key) => {
-            let fingerprint =
-                idem::fingerprint(&serde_json::to_value(&request).unwrap_or(Value::Null));
-            let mut tx = state.pool.begin().await?;
-            if !idempotency::try_lock(&mut tx, principal.key_id, key.as_str()).await? {
-                return Err(idem::in_flight());
-            }
-            if let Some(stored) = idempotency::find(&mut tx, principal.key_id, key.as_str()).await?
-            {
-                // Release the key's lock now, not whenever the pool gets to
-                // the dropped transaction, so a retry right after this one
-                // is not told the key is in flight.
-                tx.rollback().await?;
-                if stored.request_hash != fingerprint {
-                    return Err(idem::reused());
-                }
-                let status = StatusCode::from_u16(stored.response_status as u16)
-                    .unwrap_or(StatusCode::ACCEPTED);
-                let mut response = (status, Json(stored.response_body.0)).into_response();
-                response
-                    .headers_mut()
-                    .insert("idempotent-replayed", HeaderValue::from_static("true"));
-                return Ok(response);
-            }
-            messages::insert(&mut *tx, &new).await?;
-            let queue = &state.settings.queues.tasks;
-            outbox::enqueue(&mut *tx, queue, queue, &task).await?;
-            idempotency::save(
-                &mut tx,
-                principal.key_id,
-                key.as_str(),
-                &fingerprint,
-                202,
-                &body,
-            )
-            .await?;
-            tx.commit().await?;
-            state.outbox.wake();
-        }
+/// Most messages in one batch request.
+pub const MAX_BATCH: usize = 500;
+
+/// Several emails in one request. Entries without their own template or
+/// subject/content use the batch's template.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    /// Shared template for entries that give no subject/content/template.
+    pub template_id: Option<Uuid>,
+    pub template: Option<String>,
+    /// 1 to 500 messages, each as for `/messages/email/send`.
+    #[schema(value_type = Vec<SendEmailRequest>)]
+    pub messages: Vec<Value>,
+}
+
+/// The outcome of one batch entry: accepted (with ids) or refused (with the error).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchItem {
+    /// Position of the entry in `messages`.
+    pub index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorDetail>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchAccepted {
+    pub accepted: usize,
+    pub rejected: usize,
+    /// One result per entry, in order.
+    pub results: Vec<BatchItem>,
+}
+
+/// Sends up to 500 emails in one request. Each valid entry is recorded and
+/// enqueued exactly like a single send, all in one transaction; invalid
+/// entries are reported by index (with the error a single send would give)
+/// and do not stop the valid ones. The answer is 202 even when every entry
+/// is refused: read `rejected`. Idempotency-Key is not supported here.
+#[utoipa::path(post, path = "/api/v1/messages/email/batch", tag = "messages",
+    request_body = BatchRequest, security(("bearer" = [])),
+    responses(
+        (status = 202, body = Data<BatchAccepted>),
+        (status = 400, body = ErrorBody, description = "`invalid_json`"),
+        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
+        (status = 403, body = ErrorBody, description = "`insufficient_scope`: key lacks `send`"),
+        (status = 413, body = ErrorBody, description = "`payload_too_large`"),
+        (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
+        (status = 422, body = ErrorBody, description = "`batch_too_large` (over 500), `validation_error` (empty batch), `invalid_body`"),
+        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+pub async fn send_batch(
+    State(state): State<AppState>,
+    SendActor(Actor { principal, .. }): SendActor,
+    JsonBody(batch): JsonBody<BatchRequest>,
+) -> Result<(StatusCode, Json<Data<BatchAccepted>>), ApiError> {
+    if batch.messages.is_empty() {
+        return Err(ApiError::validation(
+            "messages",
+            "messages must not be empty",
+        ));
     }
-    metrics::counter!("messages_accepted_total").increment(1);
-    tracing::debug!(%message_id, %task_id, "email accepted");
-    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+    if batch.messages.len() > MAX_BATCH {
+        return Err(ApiError::invalid(
+            "batch_too_large",
+            "messages",
+            format!("at most {MAX_BATCH} messages per batch"),
+        ));
+    }
+    let shared = match (&batch.template_id, &batch.template) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::validation(
+                "template",
+                "give template_id or template, not both",
+            ))
+        }
+        (Some(id), None) => Some(TemplateRef::Id(*id)),
+        (None, Some(name)) => Some(TemplateRef::Name(name)),
+        (None, None) => None,
+    };
+    let mut checked = Vec::with_capacity(batch.messages.len());
+    for (index, raw) in batch.messages.into_iter().enumerate() {
+        let outcome = async {
+            let request: SendEmailRequest =
+                serde_json::from_value(raw).map_err(|e| ApiError::Validation {
+                    code: "invalid_body",
+                    field: None,
+                    message: e.to_string(),
+                })?;
+            let rendered = request.render(&state.pool, shared).await?;
+            request.validate(principal.key_id, limits(&state), rendered)
+        }
+        .await;
+        checked.push((index, outcome));
+    }
+    let mut tx = state.pool.begin().await?;
+    let mut results = Vec::with_capacity(checked.len());
+    for (index, outcome) in checked {
+        results.push(match outcome {
+            Ok(accepted) => {
+                let done = record(&mut tx, &state, &accepted).await?;
+                BatchItem {
+                    index,
+                    message_id: Some(done.message_id),
+                    task_id: Some(done.task_id),
+                    status: Some(done.status),
+                    error: None,
+                }
+            }
+            Err(ApiError::Internal(e)) => return Err(ApiError::Internal(e)),
+            Err(ApiError::Unavailable(e)) => return Err(ApiError::Unavailable(e)),
+            Err(e) => BatchItem {
+                index,
+                message_id: None,
+                task_id: None,
+                status: None,
+                error: Some(e.detail()),
+            },
+        });
+    }
+    tx.commit().await?;
+    state.outbox.wake();
+    let accepted = results.iter().filter(|r| r.error.is_none()).count();
+    metrics::counter!("messages_accepted_total", "kind" => "batch").increment(accepted as u64);
+    tracing::info!(
+        accepted,
+        rejected = results.len() - accepted,
+        "batch accepted"
+    );
+    Ok((
+        StatusCode::ACCEPTED,
+        Data::new(BatchAccepted {
+            accepted,
+            rejected: results.len() - accepted,
+            results,
+        }),
+    ))
 }
 
 /// The send body is parsed by hand (not by an extractor) so that the
@@ -186,6 +402,9 @@ pub struct MessageView {
     pub sent_at: Option<DateTime<Utc>>,
     pub failed_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
+    pub send_at: Option<DateTime<Utc>>,
+    pub cancelled_at: Option<DateTime<Utc>>,
+    pub campaign_id: Option<Uuid>,
 }
 
 impl From<messages::MessageRecord> for MessageView {
@@ -210,6 +429,9 @@ impl From<messages::MessageRecord> for MessageView {
             sent_at: m.sent_at,
             failed_at: m.failed_at,
             updated_at: m.updated_at,
+            send_at: m.send_at,
+            cancelled_at: m.cancelled_at,
+            campaign_id: m.campaign_id,
         }
     }
 }
@@ -218,8 +440,12 @@ impl From<messages::MessageRecord> for MessageView {
 /// messages they sent.
 #[utoipa::path(get, path = "/api/v1/messages/{id}", tag = "messages", security(("bearer" = [])),
     params(("id" = Uuid, Path)),
-    responses((status = 200, body = Data<MessageView>), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Data<MessageView>),
+        (status = 400, body = ErrorBody, description = "`invalid_path`"),
+        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
+        (status = 403, body = ErrorBody, description = "`insufficient_scope`"),
+        (status = 404, body = ErrorBody, description = "`not_found`"),
+        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
 pub async fn get(
     State(state): State<AppState>,
     principal: Principal,
@@ -233,4 +459,210 @@ pub async fn get(
         .filter(|m| principal.has(Scope::Admin) || m.api_key_id == Some(principal.key_id))
         .ok_or(ApiError::NotFound("message"))?;
     Ok(Data::new(message.into()))
+}
+
+/// Cancels a message that is still `scheduled` or `queued`. A message a
+/// worker has already claimed (`sending`) or that is final cannot be
+/// cancelled: 409 `not_cancellable`. The cancel and the worker's claim are
+/// both conditional updates, so exactly one of them wins.
+#[utoipa::path(post, path = "/api/v1/messages/{id}/cancel", tag = "messages", security(("bearer" = [])),
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = Data<MessageView>),
+        (status = 400, body = ErrorBody, description = "`invalid_path`"),
+        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
+        (status = 403, body = ErrorBody, description = "`insufficient_scope`: key lacks `send`"),
+        (status = 404, body = ErrorBody, description = "`not_found`"),
+        (status = 409, body = ErrorBody, description = "`not_cancellable`: already sending or final"),
+        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+pub async fn cancel(
+    State(state): State<AppState>,
+    principal: Principal,
+    PathParam(id): PathParam<Uuid>,
+) -> Result<Json<Data<MessageView>>, ApiError> {
+    principal.require(Scope::Send)?;
+    let owner = (!principal.has(Scope::Admin)).then_some(principal.key_id);
+    if let Some(cancelled) = messages::cancel(&state.pool, id, owner).await? {
+        tracing::info!(message_id = %id, actor = %principal.key_id, "message cancelled");
+        return Ok(Data::new(cancelled.into()));
+    }
+    let current = messages::get(&state.pool, id)
+        .await?
+        .filter(|m| owner.is_none() || m.api_key_id == owner)
+        .ok_or(ApiError::NotFound("message"))?;
+    Err(ApiError::conflict(
+        "not_cancellable",
+        format!(
+            "the message is {}; only scheduled or queued messages can be cancelled",
+            current.status
+        ),
+    ))
+}
+
+/// Filters of `GET /api/v1/messages`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListMessagesQuery {
+    /// scheduled, queued, sending, sent, failed, suppressed or cancelled
+    pub status: Option<String>,
+    /// An address among to, cc or bcc (case-insensitive).
+    pub recipient: Option<String>,
+    /// Created at or after (RFC 3339).
+    pub created_after: Option<DateTime<Utc>>,
+    /// Created before (RFC 3339).
+    pub created_before: Option<DateTime<Utc>>,
+    pub campaign_id: Option<Uuid>,
+    /// 1 to 100; default 50.
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+fn status_filter(raw: Option<&str>) -> Result<Option<MessageStatus>, ApiError> {
+    raw.map(|s| {
+        MessageStatus::parse(s).ok_or_else(|| {
+            ApiError::validation(
+                "status",
+                "status must be scheduled, queued, sending, sent, failed, suppressed or cancelled",
+            )
+        })
+    })
+    .transpose()
+}
+
+/// Lists messages newest first (by creation time, then id), with cursor
+/// pagination. Keys without the admin scope see only their own messages.
+#[utoipa::path(get, path = "/api/v1/messages", tag = "messages", security(("bearer" = [])),
+    params(ListMessagesQuery),
+    responses((status = 200, body = Data<Page<MessageView>>),
+        (status = 400, body = ErrorBody, description = "`invalid_query`: an unknown parameter or a malformed value"),
+        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
+        (status = 403, body = ErrorBody, description = "`insufficient_scope`: key lacks `read`"),
+        (status = 422, body = ErrorBody, description = "`validation_error` (status), `invalid_limit`, `invalid_cursor`"),
+        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+pub async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+    QueryParams(query): QueryParams<ListMessagesQuery>,
+) -> Result<Json<Data<Page<MessageView>>>, ApiError> {
+    if !principal.has(Scope::Admin) {
+        principal.require(Scope::Read)?;
+    }
+    let limit = pagination::limit(query.limit)?;
+    let filter = MessageFilter {
+        api_key_id: (!principal.has(Scope::Admin)).then_some(principal.key_id),
+        status: status_filter(query.status.as_deref())?,
+        recipient: query.recipient.map(|r| r.trim().to_string()),
+        created_from: query.created_after,
+        created_until: query.created_before,
+        campaign_id: query.campaign_id,
+        before: query
+            .cursor
+            .as_deref()
+            .map(pagination::decode_time_id)
+            .transpose()?,
+    };
+    let mut rows = messages::list(&state.pool, &filter, limit + 1).await?;
+    let next_cursor = if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        rows.last()
+            .map(|m| pagination::encode_time_id(m.created_at, m.id))
+    } else {
+        None
+    };
+    Ok(Data::new(Page {
+        items: rows.into_iter().map(Into::into).collect(),
+        next_cursor,
+    }))
+}
+
+/// Window of `GET /api/v1/messages/stats`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct StatsQuery {
+    /// Default: 30 days before `created_before`.
+    pub created_after: Option<DateTime<Utc>>,
+    /// Default: now. The window is at most 366 days.
+    pub created_before: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DayCount {
+    /// A date in the platform's time zone (`TZ`).
+    #[schema(value_type = String, format = Date)]
+    pub day: chrono::NaiveDate,
+    pub status: String,
+    pub count: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AccountStatusCount {
+    /// Absent for messages not (yet) given to an account.
+    pub account_id: Option<Uuid>,
+    pub account_email: Option<String>,
+    pub status: String,
+    pub count: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessageStats {
+    pub created_after: DateTime<Utc>,
+    pub created_before: DateTime<Utc>,
+    pub by_day: Vec<DayCount>,
+    pub by_account: Vec<AccountStatusCount>,
+}
+
+/// Message counts per status per day, and per status per account, for
+/// messages created in the window. Keys without admin count their own.
+#[utoipa::path(get, path = "/api/v1/messages/stats", tag = "messages", security(("bearer" = [])),
+    params(StatsQuery),
+    responses((status = 200, body = Data<MessageStats>),
+        (status = 400, body = ErrorBody, description = "`invalid_query`"),
+        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
+        (status = 403, body = ErrorBody, description = "`insufficient_scope`: key lacks `read`"),
+        (status = 422, body = ErrorBody, description = "`validation_error`: window reversed or over 366 days"),
+        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+pub async fn stats(
+    State(state): State<AppState>,
+    principal: Principal,
+    QueryParams(query): QueryParams<StatsQuery>,
+) -> Result<Json<Data<MessageStats>>, ApiError> {
+    if !principal.has(Scope::Admin) {
+        principal.require(Scope::Read)?;
+    }
+    let until = query.created_before.unwrap_or_else(Utc::now);
+    let from = query
+        .created_after
+        .unwrap_or(until - chrono::Duration::days(30));
+    if from >= until || until - from > chrono::Duration::days(366) {
+        return Err(ApiError::validation(
+            "created_after",
+            "the window must be non-empty and at most 366 days",
+        ));
+    }
+    let owner = (!principal.has(Scope::Admin)).then_some(principal.key_id);
+    let (daily, accounts) =
+        messages::stats(&state.pool, owner, from, until, state.settings.tz.name()).await?;
+    Ok(Data::new(MessageStats {
+        created_after: from,
+        created_before: until,
+        by_day: daily
+            .into_iter()
+            .map(|d| DayCount {
+                day: d.day,
+                status: d.status,
+                count: d.count,
+            })
+            .collect(),
+        by_account: accounts
+            .into_iter()
+            .map(|a| AccountStatusCount {
+                account_id: a.account_id,
+                account_email: a.account_email,
+                status: a.status,
+                count: a.count,
+            })
+            .collect(),
+    }))
 }

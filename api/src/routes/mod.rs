@@ -1,10 +1,15 @@
 //! HTTP routes, one module per resource.
 
+pub mod api_keys;
+pub mod audit_log;
 pub mod auth;
 pub mod dead_letters;
 pub mod email_accounts;
 pub mod health;
 pub mod messages;
+pub mod queues;
+pub mod suppressions;
+pub mod templates;
 
 use serde::Serialize;
 use utoipa::ToSchema;

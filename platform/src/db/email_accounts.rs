@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
+use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
 use crate::crypto::Sealed;
@@ -139,7 +139,7 @@ pub struct AccountPatch {
 }
 
 pub async fn insert(
-    pool: &PgPool,
+    executor: impl PgExecutor<'_>,
     today: NaiveDate,
     new: &NewEmailAccount,
 ) -> Result<EmailAccount, sqlx::Error> {
@@ -166,7 +166,7 @@ pub async fn insert(
     .bind(new.is_active)
     .bind(new.rate_limit_per_minute)
     .bind(new.max_connections)
-    .fetch_one(pool)
+    .fetch_one(executor)
     .await
 }
 
@@ -194,7 +194,7 @@ pub async fn get(
 }
 
 pub async fn update(
-    pool: &PgPool,
+    executor: impl PgExecutor<'_>,
     today: NaiveDate,
     id: Uuid,
     patch: &AccountPatch,
@@ -239,14 +239,14 @@ pub async fn update(
     .bind(patch.is_active)
     .bind(patch.rate_limit_per_minute)
     .bind(patch.max_connections)
-    .fetch_optional(pool)
+    .fetch_optional(executor)
     .await
 }
 
-pub async fn delete(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+pub async fn delete(executor: impl PgExecutor<'_>, id: Uuid) -> Result<bool, sqlx::Error> {
     let done = sqlx::query("DELETE FROM email_accounts WHERE id = $1")
         .bind(id)
-        .execute(pool)
+        .execute(executor)
         .await?;
     Ok(done.rows_affected() == 1)
 }

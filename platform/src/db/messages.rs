@@ -87,6 +87,10 @@ pub struct MessageRecord {
     pub sent_at: Option<DateTime<Utc>>,
     pub failed_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
+    #[sqlx(default)]
+    pub campaign_id: Option<Uuid>,
+    #[sqlx(default)]
+    pub cancelled_at: Option<DateTime<Utc>>,
 }
 
 impl MessageRecord {
@@ -319,4 +323,171 @@ pub async fn mark_sent_many(
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// How an accepted message starts: `queued` (with an outbox row),
+/// `scheduled` (released later by the scheduler), or `suppressed` (a
+/// recipient is on the suppression list; never sent).
+#[derive(Debug, Clone)]
+pub struct Acceptance {
+    pub status: MessageStatus,
+    pub send_at: Option<DateTime<Utc>>,
+    pub campaign_id: Option<Uuid>,
+    /// Why a message is not sent (for `suppressed`).
+    pub error: Option<String>,
+}
+
+/// Records a message accepted by the API in the state `acceptance` says.
+pub async fn insert_accepted(
+    executor: impl PgExecutor<'_>,
+    new: &NewMessage,
+    acceptance: &Acceptance,
+) -> Result<(), sqlx::Error> {
+    bind_new(
+        sqlx::query(
+            "INSERT INTO message_records (id, task_id, api_key_id, status, to_addrs, cc_addrs,
+                bcc_addrs, reply_to, from_name, subject, html_body, text_body, queued_at,
+                send_at, campaign_id, error)
+            VALUES ($1, $2, $3, $12, $4, $5, $6, $7, $8, $9, $10, $11,
+                CASE WHEN $12 = 'queued' THEN now() END, $13, $14, $15)",
+        ),
+        new,
+    )
+    .bind(acceptance.status.as_str())
+    .bind(acceptance.send_at)
+    .bind(acceptance.campaign_id)
+    .bind(&acceptance.error)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// Cancels a message that is still `scheduled` or `queued`. The worker's
+/// claim is the conditional UPDATE `queued → sending`, so of a cancel and a
+/// claim racing, exactly one wins. `owner` restricts to one API key's messages.
+pub async fn cancel(
+    pool: &PgPool,
+    id: Uuid,
+    owner: Option<Uuid>,
+) -> Result<Option<MessageRecord>, sqlx::Error> {
+    sqlx::query_as(
+        "UPDATE message_records SET status = 'cancelled', cancelled_at = now(), updated_at = now()
+         WHERE id = $1 AND status IN ('scheduled', 'queued')
+           AND ($2::uuid IS NULL OR api_key_id = $2)
+         RETURNING *",
+    )
+    .bind(id)
+    .bind(owner)
+    .fetch_optional(pool)
+    .await
+}
+
+/// The worker found a recipient on the suppression list after claiming the
+/// message: it is not sent.
+pub async fn mark_suppressed(pool: &PgPool, id: Uuid, reason: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE message_records SET status = 'suppressed', error = $2, updated_at = now()
+         WHERE id = $1 AND status IN ('queued', 'sending')",
+    )
+    .bind(id)
+    .bind(reason)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Filters of a message listing; `None` means any.
+#[derive(Debug, Default, Clone)]
+pub struct MessageFilter {
+    pub api_key_id: Option<Uuid>,
+    pub status: Option<MessageStatus>,
+    /// Matches any of to, cc and bcc, case-insensitively.
+    pub recipient: Option<String>,
+    pub created_from: Option<DateTime<Utc>>,
+    pub created_until: Option<DateTime<Utc>>,
+    pub campaign_id: Option<Uuid>,
+    /// Keyset position: rows strictly older than (created_at, id).
+    pub before: Option<(DateTime<Utc>, Uuid)>,
+}
+
+/// Messages newest first, ordered by (created_at, id) descending.
+pub async fn list(
+    pool: &PgPool,
+    filter: &MessageFilter,
+    limit: i64,
+) -> Result<Vec<MessageRecord>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT * FROM message_records
+         WHERE ($1::uuid IS NULL OR api_key_id = $1)
+           AND ($2::text IS NULL OR status = $2)
+           AND ($3::text IS NULL OR EXISTS (
+                 SELECT 1 FROM unnest(to_addrs || cc_addrs || bcc_addrs) AS a WHERE lower(a) = lower($3)))
+           AND ($4::timestamptz IS NULL OR created_at >= $4)
+           AND ($5::timestamptz IS NULL OR created_at < $5)
+           AND ($6::uuid IS NULL OR campaign_id = $6)
+           AND ($7::timestamptz IS NULL OR (created_at, id) < ($7, $8))
+         ORDER BY created_at DESC, id DESC
+         LIMIT $9",
+    )
+    .bind(filter.api_key_id)
+    .bind(filter.status.map(MessageStatus::as_str))
+    .bind(&filter.recipient)
+    .bind(filter.created_from)
+    .bind(filter.created_until)
+    .bind(filter.campaign_id)
+    .bind(filter.before.map(|b| b.0))
+    .bind(filter.before.map(|b| b.1))
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DailyCount {
+    pub day: chrono::NaiveDate,
+    pub status: String,
+    pub count: i64,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AccountCount {
+    pub account_id: Option<Uuid>,
+    pub account_email: Option<String>,
+    pub status: String,
+    pub count: i64,
+}
+
+/// Counts per day (in `tz`) and status, and per account and status, of
+/// messages created in [from, until).
+pub async fn stats(
+    pool: &PgPool,
+    api_key_id: Option<Uuid>,
+    from: DateTime<Utc>,
+    until: DateTime<Utc>,
+    tz: &str,
+) -> Result<(Vec<DailyCount>, Vec<AccountCount>), sqlx::Error> {
+    let daily = sqlx::query_as(
+        "SELECT (created_at AT TIME ZONE $4)::date AS day, status, count(*) AS count
+         FROM message_records
+         WHERE ($1::uuid IS NULL OR api_key_id = $1) AND created_at >= $2 AND created_at < $3
+         GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    .bind(api_key_id)
+    .bind(from)
+    .bind(until)
+    .bind(tz)
+    .fetch_all(pool)
+    .await?;
+    let accounts = sqlx::query_as(
+        "SELECT account_id, max(account_email) AS account_email, status, count(*) AS count
+         FROM message_records
+         WHERE ($1::uuid IS NULL OR api_key_id = $1) AND created_at >= $2 AND created_at < $3
+         GROUP BY account_id, status ORDER BY account_id NULLS FIRST, status",
+    )
+    .bind(api_key_id)
+    .bind(from)
+    .bind(until)
+    .fetch_all(pool)
+    .await?;
+    Ok((daily, accounts))
 }

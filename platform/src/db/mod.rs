@@ -1,11 +1,15 @@
 //! Schema access: the connection pool, migrations, and one module per table.
 
 pub mod api_keys;
+pub mod attachments;
+pub mod audit_log;
 pub mod dead_letters;
 pub mod email_accounts;
 pub mod idempotency;
 pub mod messages;
 pub mod outbox;
+pub mod suppressions;
+pub mod templates;
 
 use std::time::Duration;
 

@@ -3,11 +3,12 @@
 //! Message-ID, a Date, the HTML body and a plain-text alternative.
 
 use lettre::message::header::ContentType;
-use lettre::message::{Mailbox, MultiPart, SinglePart};
+use lettre::message::{Attachment as AttachmentPart, Mailbox, MultiPart, SinglePart};
 use lettre::Message;
 use uuid::Uuid;
 
 use super::EmailAddress;
+use crate::db::attachments::Attachment;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ComposeError {
@@ -50,11 +51,14 @@ fn mailbox(name: Option<&str>, address: &str) -> Result<Mailbox, ComposeError> {
     ))
 }
 
+/// Builds the email. With attachments, the body is `multipart/mixed`: the
+/// `multipart/alternative` (text, HTML) first, then one part per file.
 pub fn compose(
     envelope: &Envelope<'_>,
     subject: &str,
     html: &str,
     text: Option<&str>,
+    attachments: &[Attachment],
 ) -> Result<ComposedEmail, ComposeError> {
     let from = mailbox(Some(envelope.from_name), envelope.from_email)?;
     let domain = EmailAddress::parse(envelope.from_email)
@@ -94,8 +98,22 @@ pub fn compose(
                 .header(ContentType::TEXT_HTML)
                 .body(html.to_string()),
         );
+    let message = if attachments.is_empty() {
+        builder.multipart(body)?
+    } else {
+        let mut mixed = MultiPart::mixed().multipart(body);
+        for a in attachments {
+            let content_type = ContentType::parse(&a.content_type).unwrap_or_else(|_| {
+                ContentType::parse("application/octet-stream").unwrap_or(ContentType::TEXT_PLAIN)
+            });
+            mixed = mixed.singlepart(
+                AttachmentPart::new(a.filename.clone()).body(a.content.clone(), content_type),
+            );
+        }
+        builder.multipart(mixed)?
+    };
     Ok(ComposedEmail {
-        message: builder.multipart(body)?,
+        message,
         message_id,
     })
 }
@@ -121,7 +139,7 @@ mod tests {
             bcc: &[],
             reply_to: Some("help@example.com"),
         };
-        let email = compose(&envelope, "Hi", "<h1>Hello</h1><p>World</p>", None).unwrap();
+        let email = compose(&envelope, "Hi", "<h1>Hello</h1><p>World</p>", None, &[]).unwrap();
         let raw = String::from_utf8(email.message.formatted()).unwrap();
         assert!(
             raw.contains("From: Notifier <noreply@example.com>"),
@@ -132,5 +150,35 @@ mod tests {
         assert!(raw.contains("Date: "));
         assert!(raw.contains("text/plain") && raw.contains("text/html"));
         assert!(raw.contains("Reply-To: help@example.com"));
+    }
+}
+
+#[cfg(test)]
+mod attachment_tests {
+    use super::*;
+
+    #[test]
+    fn attachments_are_mixed_parts_after_the_alternative() {
+        let to = vec!["rcpt@example.org".to_string()];
+        let envelope = Envelope {
+            record_id: Uuid::new_v4(),
+            from_email: "noreply@example.com",
+            from_name: "",
+            to: &to,
+            cc: &[],
+            bcc: &[],
+            reply_to: None,
+        };
+        let files = [Attachment {
+            filename: "report.pdf".into(),
+            content_type: "application/pdf".into(),
+            content: b"%PDF-1.4 test".to_vec(),
+        }];
+        let email = compose(&envelope, "Hi", "<p>Hi</p>", None, &files).unwrap();
+        let raw = String::from_utf8(email.message.formatted()).unwrap();
+        assert!(raw.contains("multipart/mixed"), "{raw}");
+        assert!(raw.contains("multipart/alternative"), "{raw}");
+        assert!(raw.contains("application/pdf"), "{raw}");
+        assert!(raw.contains("filename=\"report.pdf\""), "{raw}");
     }
 }

@@ -3,14 +3,24 @@
 
 mod support;
 
+mod admin;
+mod attachments;
 mod auth_and_input;
+mod batch;
 mod broker_outage;
 mod dead_letters;
 mod delivery;
 mod deployment;
+mod error_codes;
+mod openapi;
 mod priorities;
 mod python_interop;
+mod queries;
 mod quota;
+mod rate_limit;
 mod resilience;
+mod scheduling;
+mod suppressions;
+mod templates;
 mod throttle;
 mod walkthrough;

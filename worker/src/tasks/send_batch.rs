@@ -123,10 +123,13 @@ pub async fn run(
                 .map(|rec| (*i, rec, &reservations[*r].account))
         })
         .collect();
+    let records: Vec<&MessageRecord> = work.iter().map(|(_, rec, _)| *rec).collect();
+    let extras = send_email::extras(ctx, &records).await?;
     let prepared = started.elapsed();
     let attempts = join_all(
         work.iter()
-            .map(|(_, rec, account)| send_email::attempt(ctx, rec, account)),
+            .zip(extras)
+            .map(|((_, rec, account), extras)| send_email::attempt(ctx, rec, account, extras)),
     )
     .await;
     let smtp_done = started.elapsed();

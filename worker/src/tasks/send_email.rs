@@ -16,8 +16,10 @@ use std::time::Duration;
 
 use chrono::Utc;
 use platform::celery::{TaskMessage, TaskState};
+use platform::db::attachments::{self, Attachment};
 use platform::db::email_accounts::{self, EmailAccount};
 use platform::db::messages::{self, MessageRecord, MessageStatus, NewMessage};
+use platform::db::suppressions;
 use platform::mail::{compose, EmailAddress, Envelope};
 use platform::tasks::SendEmailKwargs;
 use rand::Rng;
@@ -171,7 +173,11 @@ async fn send(
     record: &MessageRecord,
     account: &EmailAccount,
 ) -> Result<Outcome, sqlx::Error> {
-    match attempt(ctx, record, account).await {
+    let extras = extras(ctx, &[record]).await?.pop();
+    let Some(extras) = extras else {
+        return Ok(Outcome::Done);
+    };
+    match attempt(ctx, record, account, extras).await {
         Attempt::Sent {
             smtp_message_id,
             reply,
@@ -201,16 +207,49 @@ pub(super) enum Attempt {
     },
     /// The message cannot be turned into an email.
     Unbuildable(String),
+    /// A recipient is on the suppression list: the message is not sent.
+    Suppressed(String),
     /// The account's transport cannot be set up (e.g. its password does not decrypt).
     NoTransport(String),
     Failed(Failure),
+}
+
+/// What sending needs besides the record, read for a whole batch at once.
+pub(super) struct Extras {
+    /// A recipient put on the suppression list after the message was accepted.
+    suppressed: Option<String>,
+    files: Vec<Attachment>,
+}
+
+pub(super) async fn extras(
+    ctx: &Context,
+    records: &[&MessageRecord],
+) -> Result<Vec<Extras>, sqlx::Error> {
+    let recipients = |r: &MessageRecord| [&r.to_addrs[..], &r.cc_addrs, &r.bcc_addrs].concat();
+    let everyone: Vec<String> = records.iter().flat_map(|r| recipients(r)).collect();
+    let suppressed = suppressions::suppressed_among(&ctx.pool, &everyone).await?;
+    let ids: Vec<Uuid> = records.iter().map(|r| r.id).collect();
+    let mut files = attachments::for_messages(&ctx.pool, &ids).await?;
+    Ok(records
+        .iter()
+        .map(|r| Extras {
+            suppressed: recipients(r)
+                .into_iter()
+                .find(|a| suppressed.contains(&a.to_lowercase())),
+            files: files.remove(&r.id).unwrap_or_default(),
+        })
+        .collect())
 }
 
 pub(super) async fn attempt(
     ctx: &Context,
     record: &MessageRecord,
     account: &EmailAccount,
+    extras: Extras,
 ) -> Attempt {
+    if let Some(address) = extras.suppressed {
+        return Attempt::Suppressed(format!("recipient {address} is on the suppression list"));
+    }
     let envelope = Envelope {
         record_id: record.id,
         from_email: &account.email,
@@ -225,6 +264,7 @@ pub(super) async fn attempt(
         &record.subject,
         &record.html_body,
         record.text_body.as_deref(),
+        &extras.files,
     ) {
         Ok(c) => c,
         Err(e) => return Attempt::Unbuildable(format!("cannot build the email: {e}")),
@@ -278,6 +318,12 @@ pub(super) async fn settle_failure(
     match attempt {
         Attempt::Sent { .. } => Ok(Outcome::Done),
         Attempt::Unbuildable(reason) => fail(ctx, message, record, &reason, None).await,
+        Attempt::Suppressed(reason) => {
+            persist(|| messages::mark_suppressed(&ctx.pool, record.id, &reason)).await?;
+            tracing::info!(message_id = %record.id, %reason, "email suppressed");
+            store_failure(ctx, message.id(), &reason).await;
+            Ok(Outcome::Done)
+        }
         Attempt::NoTransport(reply) => {
             account_fault(ctx, message, record, account, &reply, true).await
         }

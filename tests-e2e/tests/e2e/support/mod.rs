@@ -127,6 +127,13 @@ impl TestEnv {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
+        // Rate-limit counters of this test only, and a limit high enough
+        // that only the rate-limit tests (which set their own) meet it.
+        vars.insert(
+            "RATE_LIMIT_REDIS_PREFIX".into(),
+            format!("{queue}:ratelimit"),
+        );
+        vars.insert("RATE_LIMIT_PER_MINUTE".into(), "1000000".into());
         for (k, v) in overrides {
             vars.insert(k.to_string(), v.to_string());
         }

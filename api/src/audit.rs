@@ -1,0 +1,139 @@
+//! The audit trail of administrative changes: who (API key), what, to
+//! what, and from which client address. Details never carry secrets.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use platform::db::audit_log::{self, NewAuditEntry};
+use serde_json::Value;
+use sqlx::PgExecutor;
+
+use crate::auth::{Principal, Scope};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The caller of a change: its key and address. The address is the first
+/// `X-Forwarded-For` entry when a proxy (nginx) sets one, otherwise the
+/// TCP peer.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    pub principal: Principal,
+    pub client_addr: Option<String>,
+}
+
+impl FromRequestParts<AppState> for Actor {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let principal = Principal::from_request_parts(parts, state).await?;
+        Ok(Actor {
+            principal,
+            client_addr: client_addr(parts),
+        })
+    }
+}
+
+fn client_addr(parts: &Parts) -> Option<String> {
+    let forwarded = parts
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(str::trim)
+        .filter(|v| !v.is_empty() && v.len() <= 64 && !v.chars().any(char::is_control));
+    if let Some(addr) = forwarded {
+        return Some(addr.to_string());
+    }
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip().to_string())
+}
+
+impl Actor {
+    /// Records one change. `details` must already be free of secrets.
+    pub async fn record(
+        &self,
+        executor: impl PgExecutor<'_>,
+        action: &str,
+        target_type: &str,
+        target_id: impl ToString,
+        details: Value,
+    ) -> Result<(), ApiError> {
+        audit_log::insert(
+            executor,
+            &NewAuditEntry {
+                actor_key_id: self.principal.key_id,
+                action,
+                target_type,
+                target_id: target_id.to_string(),
+                details: redact(details),
+                client_addr: self.client_addr.clone(),
+            },
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+/// Removes any field whose name suggests a secret, at any depth: a second
+/// line of defence behind handlers that build details without them.
+pub fn redact(value: Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| {
+                    let lower = k.to_ascii_lowercase();
+                    if ["password", "secret", "token", "ciphertext", "nonce"]
+                        .iter()
+                        .any(|s| lower.contains(s))
+                    {
+                        (k, Value::String("[redacted]".into()))
+                    } else {
+                        (k, redact(v))
+                    }
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.into_iter().map(redact).collect()),
+        other => other,
+    }
+}
+
+/// An [`Actor`] with the admin scope, checked before the body is read.
+#[derive(Debug, Clone)]
+pub struct AdminActor(pub Actor);
+
+impl FromRequestParts<AppState> for AdminActor {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let actor = Actor::from_request_parts(parts, state).await?;
+        actor.principal.require(Scope::Admin)?;
+        Ok(AdminActor(actor))
+    }
+}
+
+/// An [`Actor`] with the send scope, checked before the body is read.
+#[derive(Debug, Clone)]
+pub struct SendActor(pub Actor);
+
+impl FromRequestParts<AppState> for SendActor {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let actor = Actor::from_request_parts(parts, state).await?;
+        actor.principal.require(Scope::Send)?;
+        Ok(SendActor(actor))
+    }
+}

@@ -1,0 +1,71 @@
+//! Opaque cursors for keyset pagination, and the page envelope.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+
+/// Most items per page.
+pub const MAX_LIMIT: i64 = 100;
+pub const DEFAULT_LIMIT: i64 = 50;
+
+/// A page of items; `next_cursor` is absent on the last page.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Pass as `cursor` to get the next page.
+    pub next_cursor: Option<String>,
+}
+
+pub fn limit(requested: Option<i64>) -> Result<i64, ApiError> {
+    match requested {
+        None => Ok(DEFAULT_LIMIT),
+        Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        Some(_) => Err(ApiError::invalid(
+            "invalid_limit",
+            "limit",
+            format!("limit must be between 1 and {MAX_LIMIT}"),
+        )),
+    }
+}
+
+fn invalid_cursor() -> ApiError {
+    ApiError::invalid(
+        "invalid_cursor",
+        "cursor",
+        "cursor is not one this API returned",
+    )
+}
+
+pub fn encode(raw: &str) -> String {
+    URL_SAFE_NO_PAD.encode(raw)
+}
+
+pub fn decode(cursor: &str) -> Result<String, ApiError> {
+    URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(invalid_cursor)
+}
+
+/// A (created_at, id) position.
+pub fn encode_time_id(at: DateTime<Utc>, id: Uuid) -> String {
+    encode(&format!("{}|{id}", at.timestamp_micros()))
+}
+
+pub fn decode_time_id(cursor: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
+    let raw = decode(cursor)?;
+    let (micros, id) = raw.split_once('|').ok_or_else(invalid_cursor)?;
+    let at = micros
+        .parse::<i64>()
+        .ok()
+        .and_then(DateTime::<Utc>::from_timestamp_micros)
+        .ok_or_else(invalid_cursor)?;
+    let id = id.parse().map_err(|_| invalid_cursor())?;
+    Ok((at, id))
+}

@@ -1,0 +1,163 @@
+//! `/api/v1/suppressions`: addresses that must never receive mail. A send
+//! to one is recorded as `suppressed` and not enqueued, and the worker checks
+//! again right before SMTP. Listing takes `read`; changes take `send`, and
+//! are in the audit log.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use platform::db::suppressions::{self, Suppression};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::ToSchema;
+
+use super::Data;
+use crate::audit::SendActor;
+use crate::auth::{Principal, Scope};
+use crate::error::{on_unique, ApiError, ErrorBody};
+use crate::extract::{JsonBody, PathParam, QueryParams};
+use crate::pagination::{self, Page};
+use crate::state::AppState;
+use crate::validate;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"address": "user@example.com", "reason": "unsubscribed"}))]
+pub struct SuppressionRequest {
+    pub address: String,
+    /// Why (e.g. `unsubscribed`, `hard_bounce`); at most 500 characters.
+    #[serde(default)]
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SuppressionView {
+    /// Lower-cased.
+    pub address: String,
+    pub reason: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<Suppression> for SuppressionView {
+    fn from(s: Suppression) -> Self {
+        SuppressionView {
+            address: s.address,
+            reason: s.reason,
+            created_at: s.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListSuppressionsQuery {
+    /// 1 to 100; default 50.
+    pub limit: Option<i64>,
+    pub cursor: Option<String>,
+}
+
+/// Suppressed addresses, in address order.
+#[utoipa::path(get, path = "/api/v1/suppressions", tag = "suppressions", security(("bearer" = [])),
+    params(ListSuppressionsQuery),
+    responses((status = 200, body = Data<Page<SuppressionView>>),
+        (status = 400, body = ErrorBody, description = "`invalid_query`"),
+        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
+        (status = 403, body = ErrorBody, description = "`insufficient_scope`: key lacks `read`"),
+        (status = 422, body = ErrorBody, description = "`invalid_limit`, `invalid_cursor`"),
+        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+pub async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+    QueryParams(query): QueryParams<ListSuppressionsQuery>,
+) -> Result<Json<Data<Page<SuppressionView>>>, ApiError> {
+    if !principal.has(Scope::Admin) {
+        principal.require(Scope::Read)?;
+    }
+    let limit = pagination::limit(query.limit)?;
+    let after = query
+        .cursor
+        .as_deref()
+        .map(pagination::decode)
+        .transpose()?;
+    let mut rows = suppressions::list(&state.pool, after.as_deref(), limit + 1).await?;
+    let next_cursor = if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        rows.last().map(|s| pagination::encode(&s.address))
+    } else {
+        None
+    };
+    Ok(Data::new(Page {
+        items: rows.into_iter().map(Into::into).collect(),
+        next_cursor,
+    }))
+}
+
+/// Adds an address to the suppression list.
+#[utoipa::path(post, path = "/api/v1/suppressions", tag = "suppressions", security(("bearer" = [])),
+    request_body = SuppressionRequest,
+    responses((status = 201, body = Data<SuppressionView>),
+        (status = 400, body = ErrorBody, description = "`invalid_json`"),
+        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
+        (status = 403, body = ErrorBody, description = "`insufficient_scope`: key lacks `send`"),
+        (status = 409, body = ErrorBody, description = "`already_suppressed`"),
+        (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
+        (status = 422, body = ErrorBody, description = "`validation_error`, `invalid_body`"),
+        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+pub async fn create(
+    State(state): State<AppState>,
+    SendActor(actor): SendActor,
+    JsonBody(req): JsonBody<SuppressionRequest>,
+) -> Result<(StatusCode, Json<Data<SuppressionView>>), ApiError> {
+    let address = validate::email("address", &req.address)?;
+    let reason = validate::header_text("reason", &req.reason, false, 500)?;
+    let mut tx = state.pool.begin().await?;
+    let row = suppressions::insert(&mut *tx, address.as_str(), &reason, actor.principal.key_id)
+        .await
+        .map_err(on_unique("suppressions_pkey", || {
+            ApiError::conflict("already_suppressed", "this address is already suppressed")
+        }))?;
+    actor
+        .record(
+            &mut *tx,
+            "suppression.create",
+            "suppression",
+            &row.address,
+            json!({"reason": reason}),
+        )
+        .await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Data::new(row.into())))
+}
+
+/// Removes an address from the suppression list.
+#[utoipa::path(delete, path = "/api/v1/suppressions/{address}", tag = "suppressions", security(("bearer" = [])),
+    params(("address" = String, Path, description = "The address (any case)")),
+    responses((status = 204, description = "Removed"),
+        (status = 400, body = ErrorBody, description = "`invalid_path`"),
+        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
+        (status = 403, body = ErrorBody, description = "`insufficient_scope`: key lacks `send`"),
+        (status = 404, body = ErrorBody, description = "`not_found`"),
+        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+pub async fn delete(
+    State(state): State<AppState>,
+    SendActor(actor): SendActor,
+    PathParam(address): PathParam<String>,
+) -> Result<StatusCode, ApiError> {
+    let mut tx = state.pool.begin().await?;
+    if !suppressions::delete(&mut *tx, &address).await? {
+        return Err(ApiError::NotFound("suppression"));
+    }
+    actor
+        .record(
+            &mut *tx,
+            "suppression.delete",
+            "suppression",
+            address.to_lowercase(),
+            json!({}),
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,391 @@
+//! `/api/v1/templates`: email templates (minijinja; HTML auto-escaped).
+//! Reading takes the `read` or `send` scope, changing them `send`; every
+//! change is in the audit log.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use platform::db::templates::{self, Template, TemplateContent};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::Data;
+use crate::audit::SendActor;
+use crate::auth::{Principal, Scope};
+use crate::error::{on_unique, ApiError, ErrorBody};
+use crate::extract::{JsonBody, PathParam, QueryParams};
+use crate::pagination::{self, Page};
+use crate::state::AppState;
+use crate::templating::{self, Rendered, Sources, MAX_VARIABLES};
+use crate::validate;
+
+/// Largest subject or body source, in bytes.
+const MAX_SOURCE: usize = 1024 * 1024;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "welcome", "subject": "Welcome, {{ name }}",
+    "html_body": "<p>Hello {{ name }}</p>", "text_body": "Hello {{ name }}", "variables": ["name"]}))]
+pub struct TemplateRequest {
+    /// Unique; 1 to 128 of `A-Z a-z 0-9 _ - .`
+    pub name: String,
+    /// Rendered without escaping; must render to one line.
+    pub subject: String,
+    /// Rendered with HTML auto-escaping.
+    pub html_body: String,
+    /// Rendered without escaping.
+    pub text_body: Option<String>,
+    /// The variables a send must supply (at most 100 identifiers); the
+    /// template may use no others.
+    #[serde(default)]
+    pub variables: Vec<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TemplateView {
+    pub id: Uuid,
+    pub name: String,
+    pub subject: String,
+    pub html_body: String,
+    pub text_body: Option<String>,
+    pub variables: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<Template> for TemplateView {
+    fn from(t: Template) -> Self {
+        TemplateView {
+            id: t.id,
+            name: t.name,
+            subject: t.subject,
+            html_body: t.html_body,
+            text_body: t.text_body,
+            variables: t.variables,
+            created_at: t.created_at,
+            updated_at: t.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RenderRequest {
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub variables: Map<String, Value>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RenderedView {
+    pub subject: String,
+    pub html: String,
+    pub text: Option<String>,
+}
+
+impl From<Rendered> for RenderedView {
+    fn from(r: Rendered) -> Self {
+        RenderedView {
+            subject: r.subject,
+            html: r.html,
+            text: r.text,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListTemplatesQuery {
+    /// 1 to 100; default 50.
+    pub limit: Option<i64>,
+    pub cursor: Option<String>,
+}
+
+fn duplicate() -> ApiError {
+    ApiError::conflict(
+        "template_exists",
+        "a template with this name already exists",
+    )
+}
+
+fn content(req: TemplateRequest) -> Result<TemplateContent, ApiError> {
+    let name = req.name.trim().to_string();
+    if name.is_empty()
+        || name.len() > 128
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+    {
+        return Err(ApiError::validation(
+            "name",
+            "name must be 1 to 128 of A-Z a-z 0-9 _ - .",
+        ));
+    }
+    for (field, value) in [
+        ("subject", Some(&req.subject)),
+        ("html_body", Some(&req.html_body)),
+        ("text_body", req.text_body.as_ref()),
+    ] {
+        if value.is_some_and(|v| v.len() > MAX_SOURCE) {
+            return Err(ApiError::validation(
+                field,
+                format!("{field} must be at most {MAX_SOURCE} bytes"),
+            ));
+        }
+    }
+    validate::header_text("subject", &req.subject, true, 4096)?;
+    if req.html_body.trim().is_empty() {
+        return Err(ApiError::validation(
+            "html_body",
+            "html_body must not be empty",
+        ));
+    }
+    if req.variables.len() > MAX_VARIABLES {
+        return Err(ApiError::validation(
+            "variables",
+            format!("at most {MAX_VARIABLES} variables"),
+        ));
+    }
+    let mut variables = Vec::with_capacity(req.variables.len());
+    for (i, v) in req.variables.iter().enumerate() {
+        let ident = !v.is_empty()
+            && v.len() <= 64
+            && v.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ident {
+            return Err(ApiError::validation(
+                format!("variables[{i}]"),
+                "a variable name is an identifier: letters, digits and _",
+            ));
+        }
+        if variables.contains(v) {
+            return Err(ApiError::validation(
+                format!("variables[{i}]"),
+                format!("variable {v:?} is declared twice"),
+            ));
+        }
+        variables.push(v.clone());
+    }
+    templating::check(
+        &Sources {
+            subject: &req.subject,
+            html: &req.html_body,
+            text: req.text_body.as_deref(),
+        },
+        &variables,
+    )?;
+    Ok(TemplateContent {
+        name,
+        subject: req.subject,
+        html_body: req.html_body,
+        text_body: req.text_body,
+        variables,
+    })
+}
+
+fn require_read(principal: &Principal) -> Result<(), ApiError> {
+    if principal.has(Scope::Read) || principal.has(Scope::Send) || principal.has(Scope::Admin) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden("read"))
+    }
+}
+
+fn summary(t: &Template) -> Value {
+    json!({"name": t.name, "variables": t.variables})
+}
+
+/// Creates a template. Its syntax is checked, and it may use only the
+/// variables it declares.
+#[utoipa::path(post, path = "/api/v1/templates", tag = "templates", request_body = TemplateRequest,
+    security(("bearer" = [])),
+    responses((status = 201, body = Data<TemplateView>),
+        (status = 400, body = ErrorBody, description = "`invalid_json`"),
+        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
+        (status = 403, body = ErrorBody, description = "`insufficient_scope`: key lacks `send`"),
+        (status = 409, body = ErrorBody, description = "`template_exists`"),
+        (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
+        (status = 422, body = ErrorBody, description = "`validation_error`, `template_syntax_error`, `undeclared_variable`, `invalid_body`"),
+        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+pub async fn create(
+    State(state): State<AppState>,
+    SendActor(actor): SendActor,
+    JsonBody(req): JsonBody<TemplateRequest>,
+) -> Result<(StatusCode, Json<Data<TemplateView>>), ApiError> {
+    let content = content(req)?;
+    let mut tx = state.pool.begin().await?;
+    let template = templates::insert(&mut *tx, &content, actor.principal.key_id)
+        .await
+        .map_err(on_unique("templates_name_key", duplicate))?;
+    actor
+        .record(
+            &mut *tx,
+            "template.create",
+            "template",
+            template.id,
+            summary(&template),
+        )
+        .await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Data::new(template.into())))
+}
+
+/// Lists templates by name.
+#[utoipa::path(get, path = "/api/v1/templates", tag = "templates", security(("bearer" = [])),
+    params(ListTemplatesQuery),
+    responses((status = 200, body = Data<Page<TemplateView>>),
+        (status = 400, body = ErrorBody, description = "`invalid_query`"),
+        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
+        (status = 403, body = ErrorBody, description = "`insufficient_scope`"),
+        (status = 422, body = ErrorBody, description = "`invalid_limit`, `invalid_cursor`"),
+        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+pub async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+    QueryParams(query): QueryParams<ListTemplatesQuery>,
+) -> Result<Json<Data<Page<TemplateView>>>, ApiError> {
+    require_read(&principal)?;
+    let limit = pagination::limit(query.limit)?;
+    let after = query
+        .cursor
+        .as_deref()
+        .map(pagination::decode)
+        .transpose()?;
+    let mut rows = templates::list(&state.pool, after.as_deref(), limit + 1).await?;
+    let next_cursor = if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        rows.last().map(|t| pagination::encode(&t.name))
+    } else {
+        None
+    };
+    Ok(Data::new(Page {
+        items: rows.into_iter().map(Into::into).collect(),
+        next_cursor,
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/templates/{id}", tag = "templates", security(("bearer" = [])),
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = Data<TemplateView>),
+        (status = 400, body = ErrorBody, description = "`invalid_path`"),
+        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
+        (status = 403, body = ErrorBody, description = "`insufficient_scope`"),
+        (status = 404, body = ErrorBody, description = "`not_found`"),
+        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+pub async fn get(
+    State(state): State<AppState>,
+    principal: Principal,
+    PathParam(id): PathParam<Uuid>,
+) -> Result<Json<Data<TemplateView>>, ApiError> {
+    require_read(&principal)?;
+    let template = templates::get(&state.pool, id)
+        .await?
+        .ok_or(ApiError::NotFound("template"))?;
+    Ok(Data::new(template.into()))
+}
+
+/// Replaces a template (every field, as for create).
+#[utoipa::path(put, path = "/api/v1/templates/{id}", tag = "templates", security(("bearer" = [])),
+    params(("id" = Uuid, Path)), request_body = TemplateRequest,
+    responses((status = 200, body = Data<TemplateView>),
+        (status = 400, body = ErrorBody, description = "`invalid_json`, `invalid_path`"),
+        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
+        (status = 403, body = ErrorBody, description = "`insufficient_scope`: key lacks `send`"),
+        (status = 404, body = ErrorBody, description = "`not_found`"),
+        (status = 409, body = ErrorBody, description = "`template_exists`"),
+        (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
+        (status = 422, body = ErrorBody, description = "`validation_error`, `template_syntax_error`, `undeclared_variable`, `invalid_body`"),
+        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+pub async fn replace(
+    State(state): State<AppState>,
+    SendActor(actor): SendActor,
+    PathParam(id): PathParam<Uuid>,
+    JsonBody(req): JsonBody<TemplateRequest>,
+) -> Result<Json<Data<TemplateView>>, ApiError> {
+    let content = content(req)?;
+    let mut tx = state.pool.begin().await?;
+    let template = templates::replace(&mut *tx, id, &content)
+        .await
+        .map_err(on_unique("templates_name_key", duplicate))?
+        .ok_or(ApiError::NotFound("template"))?;
+    actor
+        .record(
+            &mut *tx,
+            "template.update",
+            "template",
+            id,
+            summary(&template),
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(Data::new(template.into()))
+}
+
+#[utoipa::path(delete, path = "/api/v1/templates/{id}", tag = "templates", security(("bearer" = [])),
+    params(("id" = Uuid, Path)),
+    responses((status = 204, description = "Deleted"),
+        (status = 400, body = ErrorBody, description = "`invalid_path`"),
+        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
+        (status = 403, body = ErrorBody, description = "`insufficient_scope`: key lacks `send`"),
+        (status = 404, body = ErrorBody, description = "`not_found`"),
+        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+pub async fn delete(
+    State(state): State<AppState>,
+    SendActor(actor): SendActor,
+    PathParam(id): PathParam<Uuid>,
+) -> Result<StatusCode, ApiError> {
+    let mut tx = state.pool.begin().await?;
+    let template = templates::delete(&mut *tx, id)
+        .await?
+        .ok_or(ApiError::NotFound("template"))?;
+    actor
+        .record(
+            &mut *tx,
+            "template.delete",
+            "template",
+            id,
+            summary(&template),
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Renders a template with the given variables, as a send would, without sending.
+#[utoipa::path(post, path = "/api/v1/templates/{id}/render", tag = "templates", security(("bearer" = [])),
+    params(("id" = Uuid, Path)), request_body = RenderRequest,
+    responses((status = 200, body = Data<RenderedView>),
+        (status = 400, body = ErrorBody, description = "`invalid_json`, `invalid_path`"),
+        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
+        (status = 403, body = ErrorBody, description = "`insufficient_scope`"),
+        (status = 404, body = ErrorBody, description = "`not_found`"),
+        (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
+        (status = 422, body = ErrorBody, description = "`missing_variable`, `unknown_variable`, `template_render_error`, `invalid_body`"),
+        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+pub async fn render(
+    State(state): State<AppState>,
+    principal: Principal,
+    PathParam(id): PathParam<Uuid>,
+    JsonBody(req): JsonBody<RenderRequest>,
+) -> Result<Json<Data<RenderedView>>, ApiError> {
+    require_read(&principal)?;
+    let template = templates::get(&state.pool, id)
+        .await?
+        .ok_or(ApiError::NotFound("template"))?;
+    let rendered = templating::render(
+        &Sources {
+            subject: &template.subject,
+            html: &template.html_body,
+            text: template.text_body.as_deref(),
+        },
+        &template.variables,
+        &req.variables,
+    )?;
+    Ok(Data::new(rendered.into()))
+}

@@ -1,0 +1,92 @@
+//! `suppressions`: addresses that must not receive mail. Addresses are
+//! compared lower-cased.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgExecutor, PgPool};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Suppression {
+    pub address: String,
+    pub reason: String,
+    pub created_by: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+}
+
+pub async fn insert(
+    executor: impl PgExecutor<'_>,
+    address: &str,
+    reason: &str,
+    created_by: Uuid,
+) -> Result<Suppression, sqlx::Error> {
+    sqlx::query_as(
+        "INSERT INTO suppressions (address, reason, created_by) VALUES (lower($1), $2, $3)
+         RETURNING *",
+    )
+    .bind(address)
+    .bind(reason)
+    .bind(created_by)
+    .fetch_one(executor)
+    .await
+}
+
+pub async fn delete(executor: impl PgExecutor<'_>, address: &str) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM suppressions WHERE address = lower($1)")
+        .bind(address)
+        .execute(executor)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn get(pool: &PgPool, address: &str) -> Result<Option<Suppression>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM suppressions WHERE address = lower($1)")
+        .bind(address)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Suppressions ordered by address, after `after` when given.
+pub async fn list(
+    pool: &PgPool,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Suppression>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT * FROM suppressions WHERE ($1::text IS NULL OR address > $1)
+         ORDER BY address LIMIT $2",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// The first of `addresses` that is suppressed, if any.
+pub async fn first_suppressed(
+    executor: impl PgExecutor<'_>,
+    addresses: &[String],
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT address FROM suppressions
+         WHERE address = ANY(SELECT lower(a) FROM unnest($1::text[]) AS a)
+         ORDER BY address LIMIT 1",
+    )
+    .bind(addresses)
+    .fetch_optional(executor)
+    .await
+}
+
+/// Which of `addresses` are suppressed, lower-cased.
+pub async fn suppressed_among(
+    executor: impl PgExecutor<'_>,
+    addresses: &[String],
+) -> Result<std::collections::HashSet<String>, sqlx::Error> {
+    let found: Vec<String> = sqlx::query_scalar(
+        "SELECT address FROM suppressions
+         WHERE address = ANY(SELECT lower(a) FROM unnest($1::text[]) AS a)",
+    )
+    .bind(addresses)
+    .fetch_all(executor)
+    .await?;
+    Ok(found.into_iter().collect())
+}

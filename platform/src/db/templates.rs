@@ -1,0 +1,111 @@
+//! `templates`: named email templates (subject, HTML and text bodies) with
+//! the set of variables a send must supply.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgExecutor;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Template {
+    pub id: Uuid,
+    pub name: String,
+    pub subject: String,
+    pub html_body: String,
+    pub text_body: Option<String>,
+    pub variables: Vec<String>,
+    pub created_by: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A template's content, as created or replaced.
+#[derive(Debug, Clone)]
+pub struct TemplateContent {
+    pub name: String,
+    pub subject: String,
+    pub html_body: String,
+    pub text_body: Option<String>,
+    pub variables: Vec<String>,
+}
+
+pub async fn insert(
+    executor: impl PgExecutor<'_>,
+    content: &TemplateContent,
+    created_by: Uuid,
+) -> Result<Template, sqlx::Error> {
+    sqlx::query_as(
+        "INSERT INTO templates (id, name, subject, html_body, text_body, variables, created_by)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *",
+    )
+    .bind(Uuid::now_v7())
+    .bind(&content.name)
+    .bind(&content.subject)
+    .bind(&content.html_body)
+    .bind(&content.text_body)
+    .bind(&content.variables)
+    .bind(created_by)
+    .fetch_one(executor)
+    .await
+}
+
+pub async fn replace(
+    executor: impl PgExecutor<'_>,
+    id: Uuid,
+    content: &TemplateContent,
+) -> Result<Option<Template>, sqlx::Error> {
+    sqlx::query_as(
+        "UPDATE templates SET name = $2, subject = $3, html_body = $4, text_body = $5,
+            variables = $6, updated_at = now()
+         WHERE id = $1 RETURNING *",
+    )
+    .bind(id)
+    .bind(&content.name)
+    .bind(&content.subject)
+    .bind(&content.html_body)
+    .bind(&content.text_body)
+    .bind(&content.variables)
+    .fetch_optional(executor)
+    .await
+}
+
+pub async fn get(executor: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Template>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM templates WHERE id = $1")
+        .bind(id)
+        .fetch_optional(executor)
+        .await
+}
+
+pub async fn find_by_name(
+    executor: impl PgExecutor<'_>,
+    name: &str,
+) -> Result<Option<Template>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM templates WHERE name = $1")
+        .bind(name)
+        .fetch_optional(executor)
+        .await
+}
+
+/// Templates by name, after `after` (a name) when given.
+pub async fn list(
+    executor: impl PgExecutor<'_>,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Template>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT * FROM templates WHERE ($1::text IS NULL OR name > $1) ORDER BY name LIMIT $2",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(executor)
+    .await
+}
+
+pub async fn delete(
+    executor: impl PgExecutor<'_>,
+    id: Uuid,
+) -> Result<Option<Template>, sqlx::Error> {
+    sqlx::query_as("DELETE FROM templates WHERE id = $1 RETURNING *")
+        .bind(id)
+        .fetch_optional(executor)
+        .await
+}
