@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::context::Context;
 use crate::lane::{Lane, Publisher};
+use crate::remote_control::{self, ControlContext};
 
 /// How long in-flight tasks may run on after SIGTERM before the worker
 /// exits (their deliveries are then redelivered to another worker).
@@ -91,8 +92,34 @@ impl Consumer {
             self.pump(conn, lane, stop.clone())
         });
         let [a, b] = lanes;
-        let (a, b) = tokio::join!(a, b);
-        a.and(b)
+        let control = self.remote_control(conn, shutdown, stop.clone());
+        let (a, b, c) = tokio::join!(a, b, control);
+        a.and(b).and(c)
+    }
+
+    /// `celery inspect`/`control` and events, on this session's connection.
+    async fn remote_control(
+        &self,
+        conn: &Connection,
+        shutdown: &CancellationToken,
+        stop: CancellationToken,
+    ) -> Result<(), broker::BrokerError> {
+        let settings = &self.ctx.settings;
+        let ctx = ControlContext {
+            concurrency: settings.worker_concurrency,
+            prefetch: settings.prefetch_count,
+            timeouts: [
+                settings.task_soft_time_limit.as_secs_f64(),
+                settings.task_time_limit.as_secs_f64(),
+            ],
+            broker: remote_control::broker_info(&settings.broker_url, settings.heartbeat),
+            queues: self.topology.names.consumed().to_vec(),
+            shutdown: shutdown.clone(),
+        };
+        let result = remote_control::serve(conn, self.ctx.worker.clone(), ctx, stop.clone()).await;
+        // A broken control channel ends the session like a broken lane.
+        stop.cancel();
+        Ok(result?)
     }
 
     /// Feeds one queue's deliveries to its lane, in batches of whatever has

@@ -7,6 +7,7 @@ use platform::Settings;
 use sqlx::PgPool;
 
 use crate::pool::{Throttle, TransportCache};
+use crate::remote_control::WorkerState;
 
 pub struct Context {
     pub settings: Arc<Settings>,
@@ -14,4 +15,6 @@ pub struct Context {
     pub results: ResultBackend,
     pub transports: TransportCache,
     pub throttle: Throttle,
+    /// Tasks being executed, counters and events (remote control).
+    pub worker: Arc<WorkerState>,
 }

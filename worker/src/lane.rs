@@ -68,7 +68,14 @@ impl Lane {
         if !fast.is_empty() {
             let batch: Vec<(uuid::Uuid, &TaskMessage)> =
                 fast.iter().map(|(_, m, id)| (*id, m)).collect();
-            match send_batch::run(&self.ctx, &batch).await {
+            let messages: Vec<&TaskMessage> = batch.iter().map(|(_, m)| *m).collect();
+            self.ctx.worker.tasks_started(&messages, &self.queue).await;
+            let ran = send_batch::run(&self.ctx, &batch).await;
+            self.ctx
+                .worker
+                .tasks_finished(&messages, &self.ctx.results)
+                .await;
+            match ran {
                 Ok(outcomes) => {
                     for ((delivery, message, _), outcome) in fast.into_iter().zip(outcomes) {
                         match outcome {
@@ -131,7 +138,16 @@ impl Lane {
             }
         }
 
-        let outcome = match tasks::run(&self.ctx, &message).await {
+        self.ctx
+            .worker
+            .tasks_started(&[&message], &self.queue)
+            .await;
+        let ran = tasks::run(&self.ctx, &message).await;
+        self.ctx
+            .worker
+            .tasks_finished(&[&message], &self.ctx.results)
+            .await;
+        let outcome = match ran {
             Ok(outcome) => outcome,
             Err(e) => {
                 tracing::warn!(task_id = message.id(), error = %e, "database unavailable; the task goes back to the queue");

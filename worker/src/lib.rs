@@ -7,6 +7,7 @@ pub mod delivery;
 pub mod lane;
 pub mod outcome;
 pub mod pool;
+pub mod remote_control;
 pub mod tasks;
 
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::consumer::Consumer;
 use crate::context::Context;
 use crate::pool::{Throttle, TransportCache};
+use crate::remote_control::WorkerState;
 
 /// Connects to PostgreSQL and Redis, then consumes until `shutdown`.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -36,12 +38,24 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         .context("REDIS_URL")?;
     let throttle = Throttle::new(redis, &format!("notify:{}:throttle", settings.queues.tasks));
     let node_name = platform::node_name("notify-worker");
+    // Celery's `worker_send_task_events` (`-E`); `enable_events` over
+    // remote control turns them on at run time too.
+    let send_events = std::env::var("CELERY_SEND_EVENTS")
+        .map(|v| {
+            matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "1" | "true" | "yes" | "on"
+            )
+        })
+        .unwrap_or(false);
+    let worker = Arc::new(WorkerState::new(node_name.clone(), send_events));
     let ctx = Arc::new(Context {
         settings: Arc::new(settings),
         pool,
         results,
         transports,
         throttle,
+        worker,
     });
     Consumer::new(ctx, node_name).run(shutdown).await;
     tracing::info!("worker stopped");

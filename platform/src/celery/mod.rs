@@ -3,6 +3,7 @@
 
 mod amqp_table;
 mod message;
+pub mod pidbox;
 mod result;
 
 pub use amqp_table::{json_to_table, table_to_json};

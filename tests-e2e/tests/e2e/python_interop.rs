@@ -7,7 +7,7 @@ use tokio::process::Command;
 
 use crate::support::{TestEnv, RABBITMQ, REDIS_RESULTS};
 
-fn repo_root() -> PathBuf {
+pub(crate) fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap()
@@ -15,7 +15,7 @@ fn repo_root() -> PathBuf {
 }
 
 /// The test virtualenv's python (created on first use by scripts/python-venv.sh).
-async fn python() -> PathBuf {
+pub(crate) async fn python() -> PathBuf {
     let out = Command::new("bash")
         .arg(repo_root().join("scripts/python-venv.sh"))
         .output()
