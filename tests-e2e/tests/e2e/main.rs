@@ -9,6 +9,7 @@ mod auth_and_input;
 mod batch;
 mod broker_outage;
 mod celery_control;
+mod celery_events;
 mod dead_letters;
 mod delivery;
 mod deployment;

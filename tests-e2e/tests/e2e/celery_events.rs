@@ -1,0 +1,146 @@
+//! Celery events for Flower: a real Flower (the pinned `flower` package)
+//! follows our worker's events on `celeryev` and shows it online, its
+//! tasks with their states, and offline once it stops.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use smtp_sink::Fault;
+use tokio::process::Command;
+
+use crate::python_interop::{python, repo_root};
+use crate::support::{eventually, TestEnv, RABBITMQ};
+
+async fn send(env: &TestEnv, token: &str, to: &str) -> String {
+    let res = env
+        .api()
+        .post(
+            "/api/v1/messages/email/send",
+            token,
+            &json!({"to": to, "subject": "Events", "content": "<p>Hi</p>"}),
+        )
+        .await;
+    res.body["data"]["task_id"]
+        .as_str()
+        .expect("task id")
+        .to_string()
+}
+
+async fn get_json(client: &reqwest::Client, url: &str) -> Option<Value> {
+    let res = client.get(url).send().await.ok()?;
+    if !res.status().is_success() {
+        return None;
+    }
+    res.json().await.ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flower_shows_our_worker_and_task_states_from_events() {
+    let python = python().await;
+    let mut env = TestEnv::new().await;
+    env.start_api().await;
+    let token = env.api().admin_token(&env.pool).await;
+    env.api()
+        .add_account(&token, env.smtp.port(), "sender@example.com", 100, 0)
+        .await;
+    env.smtp.set_recipient_fault(
+        "refused@example.org",
+        Fault::Reply(550, "no such user".into()),
+    );
+    env.start_worker_with(&[("CELERY_SEND_EVENTS", "true")]);
+    let node = format!("worker0@{}", env.queue);
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    // --enable_events=False: Flower must not switch on the events of the
+    // other tests' workers sharing this broker; ours sends them on its own.
+    let mut flower = Command::new(&python)
+        .args(["-m", "celery", "-A", "celery_app", "flower"])
+        .arg(format!("--port={port}"))
+        .args(["--address=127.0.0.1", "--enable_events=False"])
+        .current_dir(repo_root().join("tests/python"))
+        .env("BROKER_URL", RABBITMQ.replace("%2f", ""))
+        .env("FLOWER_UNAUTHENTICATED_API", "true")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start flower");
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+
+    // Online: Flower saw worker-online / worker-heartbeat events.
+    let workers_url = format!("{base}/api/workers?status=true");
+    eventually(
+        "Flower lists our worker online",
+        Duration::from_secs(60),
+        || async {
+            let workers = get_json(&client, &workers_url).await?;
+            (workers[&node] == true).then_some(())
+        },
+    )
+    .await;
+
+    let ok = send(&env, &token, "ok@example.org").await;
+    let refused = send(&env, &token, "refused@example.org").await;
+    let task = |id: String| {
+        let url = format!("{base}/api/task/info/{id}");
+        let client = client.clone();
+        async move { get_json(&client, &url).await }
+    };
+    let succeeded = eventually(
+        "the sent task SUCCESS in Flower",
+        Duration::from_secs(60),
+        || {
+            let t = task(ok.clone());
+            async move { t.await.filter(|t| t["state"] == "SUCCESS") }
+        },
+    )
+    .await;
+    assert_eq!(succeeded["name"], platform::tasks::SEND_EMAIL);
+    assert_eq!(succeeded["worker"], node.as_str());
+    assert!(succeeded["runtime"].as_f64().is_some(), "{succeeded}");
+    assert!(succeeded["received"].as_f64().is_some(), "{succeeded}");
+    assert!(succeeded["started"].as_f64().is_some(), "{succeeded}");
+    assert!(
+        succeeded["result"].as_str().unwrap_or("").contains("sent"),
+        "{succeeded}"
+    );
+
+    let failed = eventually(
+        "the refused task FAILURE in Flower",
+        Duration::from_secs(60),
+        || {
+            let t = task(refused.clone());
+            async move { t.await.filter(|t| t["state"] == "FAILURE") }
+        },
+    )
+    .await;
+    assert!(
+        failed["exception"]
+            .as_str()
+            .unwrap_or("")
+            .contains("EmailDeliveryError"),
+        "{failed}"
+    );
+
+    // Offline: a graceful stop sends worker-offline.
+    env.signal_worker(0, "TERM").await;
+    env.wait_worker(0, Duration::from_secs(40)).await;
+    eventually(
+        "Flower shows our worker offline",
+        Duration::from_secs(30),
+        || async {
+            let workers = get_json(&client, &workers_url).await?;
+            (workers[&node] == false).then_some(())
+        },
+    )
+    .await;
+
+    let _ = flower.start_kill();
+    let _ = flower.wait().await;
+}
