@@ -120,7 +120,17 @@ impl Lane {
             if let Err(e) = self
                 .ctx
                 .results
-                .store(message.id(), TaskState::Revoked, serde_json::Value::Null)
+                .store(
+                    message.id(),
+                    TaskState::Revoked,
+                    // What Celery stores for an expired task, so that
+                    // AsyncResult.get() raises TaskRevokedError('expired').
+                    serde_json::json!({
+                        "exc_type": "TaskRevokedError",
+                        "exc_message": ["expired"],
+                        "exc_module": "celery.exceptions",
+                    }),
+                )
                 .await
             {
                 tracing::warn!(error = %e, "cannot store the task result");

@@ -78,3 +78,87 @@ async fn celery_send_task_from_python_is_delivered_and_its_result_readable() {
             .unwrap();
     assert_eq!(status, "sent");
 }
+
+/// Runs tests/python/producer.py in `mode` and returns its JSON report.
+async fn producer(
+    env: &TestEnv,
+    mode: &str,
+    to: &str,
+    extra: &[(&str, &str)],
+) -> serde_json::Value {
+    let python = python().await;
+    let out = tokio::time::timeout(
+        Duration::from_secs(90),
+        Command::new(&python)
+            .arg(repo_root().join("tests/python/producer.py"))
+            .env("BROKER_URL", RABBITMQ.replace("%2f", ""))
+            .env("RESULT_BACKEND", REDIS_RESULTS)
+            .env("QUEUE", &env.queue)
+            .env("TO", to)
+            .env("MODE", mode)
+            .envs(extra.iter().copied())
+            .output(),
+    )
+    .await
+    .expect("python finished in time")
+    .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).expect("json report")
+}
+
+async fn env_with_worker(worker_vars: &[(&str, &str)]) -> TestEnv {
+    let mut env = TestEnv::new().await;
+    env.start_api().await;
+    let token = env.api().admin_token(&env.pool).await;
+    env.api()
+        .add_account(&token, env.smtp.port(), "sender@example.com", 100, 0)
+        .await;
+    env.start_worker_with(worker_vars);
+    env
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_countdown_expires_and_priority_are_honoured() {
+    let env = env_with_worker(&[]).await;
+    let report = producer(&env, "countdown", "later@example.org", &[]).await;
+    assert_eq!(report["state"], "SUCCESS", "{report}");
+    assert_eq!(report["result"]["status"], "sent", "{report}");
+    // The countdown held it back (in RabbitMQ) for its 2 s.
+    assert!(report["elapsed"].as_f64().unwrap() >= 2.0, "{report}");
+    let received = env.smtp.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(received[0].rcpt_to, ["later@example.org"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sees_a_delivery_failure_as_email_delivery_error() {
+    let env = env_with_worker(&[]).await;
+    env.smtp.set_recipient_fault(
+        "refused@example.org",
+        smtp_sink::Fault::Reply(550, "no such user".into()),
+    );
+    let report = producer(&env, "failure", "refused@example.org", &[]).await;
+    assert_eq!(report["state"], "FAILURE", "{report}");
+    assert_eq!(report["exc_type"], "EmailDeliveryError", "{report}");
+    assert!(
+        report["exc_message"]
+            .as_str()
+            .unwrap()
+            .contains("no such user"),
+        "{report}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_task_expiring_before_it_runs_ends_revoked() {
+    let env = env_with_worker(&[]).await;
+    let report = producer(&env, "expired", "never@example.org", &[]).await;
+    assert_eq!(report["state"], "REVOKED", "{report}");
+    assert_eq!(report["exc_type"], "TaskRevokedError", "{report}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(env.smtp.count(), 0);
+}

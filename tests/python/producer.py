@@ -1,0 +1,48 @@
+"""A Python producer exercising more of Celery's calling API against our
+worker: countdown, expires, priority, results and failures.
+
+Environment: BROKER_URL, RESULT_BACKEND, QUEUE, TO, MODE, and TASK_NAME
+(default notifications.send_email). MODE:
+  countdown  send_task(countdown=2, expires=300, priority=5) and get()
+  failure    get() on a send the SMTP server refuses: prints the raised type
+  expired    countdown=4 with expires=1: the task ends REVOKED
+  delay      args=[to, subject, content] positionally, like an existing
+             `send_email.delay(to, subject, content)` call
+Prints one JSON line.
+"""
+
+import json
+import os
+import time
+
+from celery import Celery
+
+app = Celery(broker=os.environ["BROKER_URL"], backend=os.environ["RESULT_BACKEND"])
+app.conf.task_serializer = "json"
+app.conf.accept_content = ["json"]
+
+mode = os.environ["MODE"]
+name = os.environ.get("TASK_NAME", "notifications.send_email")
+to = os.environ["TO"]
+kwargs = {"to": to, "subject": f"From Python ({mode})", "content": "<p>Hello</p>"}
+queue = os.environ["QUEUE"]
+started = time.monotonic()
+
+if mode == "countdown":
+    r = app.send_task(name, kwargs=kwargs, queue=queue, countdown=2, expires=300, priority=5)
+elif mode == "expired":
+    r = app.send_task(name, kwargs=kwargs, queue=queue, countdown=4, expires=1)
+elif mode == "delay":
+    r = app.send_task(name, args=[to, kwargs["subject"], kwargs["content"]], queue=queue)
+else:
+    r = app.send_task(name, kwargs=kwargs, queue=queue)
+
+report = {"task_id": r.id}
+try:
+    report["result"] = r.get(timeout=60)
+except Exception as e:  # the failure the caller sees
+    report["exc_type"] = type(e).__name__
+    report["exc_message"] = str(e)
+report["state"] = r.state
+report["elapsed"] = time.monotonic() - started
+print(json.dumps(report))
