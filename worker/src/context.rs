@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use platform::celery::ResultBackend;
+use platform::celery::{ResultBackend, TaskAliases};
 use platform::Settings;
 use sqlx::PgPool;
 
@@ -17,4 +17,6 @@ pub struct Context {
     pub throttle: Throttle,
     /// Tasks being executed, counters and events (remote control).
     pub worker: Arc<WorkerState>,
+    /// Python task names mapped to ours (`CELERY_TASK_ALIASES`).
+    pub aliases: TaskAliases,
 }

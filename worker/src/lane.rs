@@ -11,7 +11,7 @@ use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::{AMQPValue, LongString, ShortString};
 use lapin::Channel;
 use platform::broker::{self, Topology};
-use platform::celery::{table_to_json, TaskMessage, TaskState};
+use platform::celery::{table_to_json, DecodeError, TaskMessage, TaskState};
 use platform::db::dead_letters;
 use tokio::sync::Mutex;
 
@@ -52,7 +52,7 @@ impl Lane {
         let mut fast = Vec::new();
         let mut single = Vec::new();
         for delivery in deliveries {
-            match TaskMessage::decode(&delivery.properties, &delivery.data) {
+            match self.decode(&delivery) {
                 Ok(message) if message.headers.expires.is_none_or(|e| e > now) => {
                     match send_batch::fast_path_id(&message) {
                         Some(id) => fast.push((delivery, message, id)),
@@ -96,8 +96,16 @@ impl Lane {
         join_all(single.into_iter().map(|d| self.handle(d))).await;
     }
 
+    /// Decodes a delivery, with Python task names and positional
+    /// arguments mapped to ours.
+    fn decode(&self, delivery: &Delivery) -> Result<TaskMessage, DecodeError> {
+        let mut message = TaskMessage::decode(&delivery.properties, &delivery.data)?;
+        self.ctx.aliases.apply(&mut message);
+        Ok(message)
+    }
+
     async fn handle(&self, delivery: Delivery) {
-        let message = match TaskMessage::decode(&delivery.properties, &delivery.data) {
+        let message = match self.decode(&delivery) {
             Ok(m) => m,
             Err(e) => {
                 let reason = format!("undecodable message: {e}");

@@ -13,7 +13,7 @@ pub mod tasks;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use platform::celery::ResultBackend;
+use platform::celery::{ResultBackend, TaskAliases};
 use platform::{db, Settings};
 use tokio_util::sync::CancellationToken;
 
@@ -48,6 +48,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             )
         })
         .unwrap_or(false);
+    let aliases = TaskAliases::from_env()?;
     let worker = Arc::new(WorkerState::new(node_name.clone(), send_events));
     let ctx = Arc::new(Context {
         settings: Arc::new(settings),
@@ -56,6 +57,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         transports,
         throttle,
         worker,
+        aliases,
     });
     Consumer::new(ctx, node_name).run(shutdown).await;
     tracing::info!("worker stopped");

@@ -162,3 +162,25 @@ async fn python_task_expiring_before_it_runs_ends_revoked() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(env.smtp.count(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_task_name_alias_and_positional_args_reach_send_email() {
+    let env = env_with_worker(&[(
+        "CELERY_TASK_ALIASES",
+        "app.tasks.send_email=notifications.send_email",
+    )])
+    .await;
+    // An existing `app.tasks.send_email.delay(to, subject, content)` call.
+    let report = producer(
+        &env,
+        "delay",
+        "positional@example.org",
+        &[("TASK_NAME", "app.tasks.send_email")],
+    )
+    .await;
+    assert_eq!(report["state"], "SUCCESS", "{report}");
+    assert_eq!(report["result"]["status"], "sent", "{report}");
+    let received = env.smtp.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(received[0].rcpt_to, ["positional@example.org"]);
+    assert!(received[0].data_str().contains("From Python (delay)"));
+}
