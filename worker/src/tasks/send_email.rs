@@ -177,6 +177,13 @@ async fn send(
     let Some(extras) = extras else {
         return Ok(Outcome::Done);
     };
+    store(
+        ctx,
+        message.id(),
+        TaskState::Started,
+        started_result(record),
+    )
+    .await;
     match attempt(ctx, record, account, extras).await {
         Attempt::Sent {
             smtp_message_id,
@@ -288,6 +295,11 @@ pub(super) async fn attempt(
         },
         Err(failure) => Attempt::Failed(failure),
     }
+}
+
+/// What Celery shows for a task that has started (its `result` field).
+pub(super) fn started_result(record: &MessageRecord) -> serde_json::Value {
+    json!({"message_id": record.id, "pid": std::process::id()})
 }
 
 /// The Celery result of a sent email.
