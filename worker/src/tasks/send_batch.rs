@@ -176,7 +176,7 @@ pub async fn run(
         messages::mark_sent_many(&ctx.pool, &sent_ids, &sent_message_ids, &sent_replies)
     })
     .await?;
-    metrics::counter!("emails_sent_total").increment(sent_ids.len() as u64);
+    metrics::counter!("messages_sent_total").increment(sent_ids.len() as u64);
     tracing::debug!(
         batch = batch.len(),
         sent = sent_ids.len(),
