@@ -154,7 +154,17 @@ async fn celery_inspect_and_control_reach_our_workers() {
     assert_eq!(task["hostname"], node.as_str());
     assert!(task["time_start"].as_f64().is_some());
     assert!(task["worker_pid"].as_u64().is_some());
-    assert!(task["id"].as_str().is_some());
+    // Meanwhile its Celery result says STARTED.
+    let task_id = task["id"].as_str().expect("task id");
+    let stored = env
+        .api()
+        .state
+        .results
+        .fetch(task_id)
+        .await
+        .unwrap()
+        .expect("a stored result");
+    assert_eq!(stored["status"], "STARTED", "{stored}");
     env.wait_status(id, "sent", Duration::from_secs(30)).await;
 
     // stats: counts the task processed, with pool and broker facts.
