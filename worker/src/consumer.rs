@@ -116,10 +116,16 @@ impl Consumer {
             queues: self.topology.names.consumed().to_vec(),
             shutdown: shutdown.clone(),
         };
-        let result = remote_control::serve(conn, self.ctx.worker.clone(), ctx, stop.clone()).await;
-        // A broken control channel ends the session like a broken lane.
-        stop.cancel();
-        Ok(result?)
+        // Remote control is a side service: if it fails (a conflicting
+        // pidbox declaration, a closed channel), the lanes keep consuming;
+        // a lost connection ends them on its own.
+        if let Err(e) =
+            remote_control::serve(conn, self.ctx.worker.clone(), ctx, stop.clone()).await
+        {
+            tracing::warn!(error = %e, "remote control unavailable for this session");
+            stop.cancelled().await;
+        }
+        Ok(())
     }
 
     /// Feeds one queue's deliveries to its lane, in batches of whatever has
