@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use smtp_sink::Fault;
 use tokio::process::Command;
 
+use crate::celery_control::celery;
 use crate::python_interop::{python, repo_root};
 use crate::support::{eventually, TestEnv, RABBITMQ};
 
@@ -48,8 +49,15 @@ async fn flower_shows_our_worker_and_task_states_from_events() {
         "refused@example.org",
         Fault::Reply(550, "no such user".into()),
     );
+    env.smtp.set_recipient_fault(
+        "later@example.org",
+        Fault::Reply(451, "try again later".into()),
+    );
     env.start_worker_with(&[("CELERY_SEND_EVENTS", "true")]);
     let node = format!("worker0@{}", env.queue);
+    // The second worker sends events only once told to over remote control.
+    env.start_worker();
+    let other = format!("worker1@{}", env.queue);
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -84,9 +92,38 @@ async fn flower_shows_our_worker_and_task_states_from_events() {
         },
     )
     .await;
+    eventually(
+        "enable_events answered by worker1",
+        Duration::from_secs(60),
+        || async {
+            let out = celery(&[
+                "control",
+                "enable_events",
+                "-d",
+                &other,
+                "-t",
+                "2",
+                "--json",
+            ])
+            .await;
+            (out.status.success() && String::from_utf8_lossy(&out.stdout).contains(&other))
+                .then_some(())
+        },
+    )
+    .await;
+    eventually(
+        "Flower lists worker1 online",
+        Duration::from_secs(30),
+        || async {
+            let workers = get_json(&client, &workers_url).await?;
+            (workers[&other] == true).then_some(())
+        },
+    )
+    .await;
 
     let ok = send(&env, &token, "ok@example.org").await;
     let refused = send(&env, &token, "refused@example.org").await;
+    let later = send(&env, &token, "later@example.org").await;
     let task = |id: String| {
         let url = format!("{base}/api/task/info/{id}");
         let client = client.clone();
@@ -102,7 +139,10 @@ async fn flower_shows_our_worker_and_task_states_from_events() {
     )
     .await;
     assert_eq!(succeeded["name"], platform::tasks::SEND_EMAIL);
-    assert_eq!(succeeded["worker"], node.as_str());
+    assert!(
+        [node.as_str(), other.as_str()].contains(&succeeded["worker"].as_str().unwrap_or("")),
+        "{succeeded}"
+    );
     assert!(succeeded["runtime"].as_f64().is_some(), "{succeeded}");
     assert!(succeeded["received"].as_f64().is_some(), "{succeeded}");
     assert!(succeeded["started"].as_f64().is_some(), "{succeeded}");
@@ -127,6 +167,27 @@ async fn flower_shows_our_worker_and_task_states_from_events() {
             .contains("EmailDeliveryError"),
         "{failed}"
     );
+
+    // A 4xx reply: task-retried, then the retry succeeds.
+    eventually(
+        "the 4xx task RETRY in Flower",
+        Duration::from_secs(60),
+        || {
+            let t = task(later.clone());
+            async move { t.await.filter(|t| t["state"] == "RETRY") }
+        },
+    )
+    .await;
+    env.smtp.clear_faults();
+    eventually(
+        "the retried task SUCCESS in Flower",
+        Duration::from_secs(60),
+        || {
+            let t = task(later.clone());
+            async move { t.await.filter(|t| t["state"] == "SUCCESS") }
+        },
+    )
+    .await;
 
     // Offline: a graceful stop sends worker-offline.
     env.signal_worker(0, "TERM").await;
