@@ -491,3 +491,46 @@ pub async fn stats(
     .await?;
     Ok((daily, accounts))
 }
+
+/// A `scheduled` message the scheduler has just set `queued`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Released {
+    pub id: Uuid,
+    pub task_id: String,
+    pub send_at: Option<DateTime<Utc>>,
+}
+
+/// Sets up to `limit` due `scheduled` messages (`send_at <= now()`, oldest
+/// first) `queued`, in `tx`. Rows another scheduler has locked are skipped,
+/// and a message cancelled before the lock is taken no longer matches the
+/// status condition, so each message is released at most once; the caller
+/// writes the outbox rows in the same transaction.
+pub async fn release_due(
+    tx: &mut sqlx::PgConnection,
+    limit: i64,
+) -> Result<Vec<Released>, sqlx::Error> {
+    sqlx::query_as(
+        "WITH due AS (
+             SELECT id FROM message_records
+              WHERE status = 'scheduled' AND send_at <= now()
+              ORDER BY send_at LIMIT $1
+                FOR UPDATE SKIP LOCKED)
+         UPDATE message_records m
+            SET status = 'queued', queued_at = now(), updated_at = now()
+           FROM due
+          WHERE m.id = due.id AND m.status = 'scheduled'
+         RETURNING m.id, m.task_id, m.send_at",
+    )
+    .bind(limit)
+    .fetch_all(tx)
+    .await
+}
+
+/// The earliest `send_at` of a `scheduled` message, if any.
+pub async fn next_scheduled(
+    executor: impl PgExecutor<'_>,
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    sqlx::query_scalar("SELECT min(send_at) FROM message_records WHERE status = 'scheduled'")
+        .fetch_one(executor)
+        .await
+}

@@ -19,6 +19,7 @@ mod queries;
 mod quota;
 mod rate_limit;
 mod resilience;
+mod scheduler;
 mod scheduling;
 mod suppressions;
 mod templates;
