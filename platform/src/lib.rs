@@ -9,6 +9,7 @@ pub mod db;
 pub mod healthcheck;
 pub mod mail;
 pub mod outbox;
+pub mod schedule;
 pub mod shutdown;
 pub mod tasks;
 pub mod telemetry;
