@@ -12,6 +12,7 @@ pub mod outbox;
 pub mod schedule;
 pub mod shutdown;
 pub mod tasks;
+pub mod templating;
 pub mod telemetry;
 
 pub use config::Settings;

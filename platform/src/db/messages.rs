@@ -534,3 +534,27 @@ pub async fn next_scheduled(
         .fetch_one(executor)
         .await
 }
+
+/// Records a campaign's message `queued` (its outbox row is written by the
+/// caller in the same transaction).
+pub async fn insert_campaign_message(
+    executor: impl PgExecutor<'_>,
+    new: &NewMessage,
+    campaign_id: Uuid,
+    run_id: Uuid,
+) -> Result<(), sqlx::Error> {
+    bind_new(
+        sqlx::query(
+            "INSERT INTO message_records (id, task_id, api_key_id, status, to_addrs, cc_addrs,
+                bcc_addrs, reply_to, from_name, subject, html_body, text_body, queued_at,
+                campaign_id, campaign_run_id)
+            VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, $11, now(), $12, $13)",
+        ),
+        new,
+    )
+    .bind(campaign_id)
+    .bind(run_id)
+    .execute(executor)
+    .await?;
+    Ok(())
+}

@@ -3,9 +3,11 @@
 pub mod api_keys;
 pub mod attachments;
 pub mod audit_log;
+pub mod campaigns;
 pub mod dead_letters;
 pub mod email_accounts;
 pub mod idempotency;
+pub mod lists;
 pub mod messages;
 pub mod outbox;
 pub mod suppressions;
