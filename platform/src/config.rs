@@ -135,6 +135,8 @@ pub struct SchedulerSettings {
     pub leader_retry: Duration,
     /// Delayed sends released per transaction (`SCHEDULER_RELEASE_BATCH`).
     pub release_batch: i64,
+    /// Members enqueued per campaign fan-out transaction (`CAMPAIGN_BATCH_SIZE`).
+    pub campaign_batch: i64,
     /// Finished message records older than this are deleted (`MESSAGE_RETENTION_DAYS`).
     pub message_retention_days: u32,
     /// Idempotency keys older than this are deleted (`IDEMPOTENCY_RETENTION_HOURS`).
@@ -321,6 +323,7 @@ impl Settings {
                     vars.parse_positive_or("SCHEDULER_LEADER_RETRY_MS", 1000u64)?,
                 ),
                 release_batch: vars.parse_positive_or("SCHEDULER_RELEASE_BATCH", 500i64)?,
+                campaign_batch: vars.parse_positive_or("CAMPAIGN_BATCH_SIZE", 500i64)?,
                 message_retention_days: vars.parse_positive_or("MESSAGE_RETENTION_DAYS", 30u32)?,
                 idempotency_retention_hours: vars
                     .parse_positive_or("IDEMPOTENCY_RETENTION_HOURS", 24u32)?,

@@ -12,8 +12,8 @@ pub mod outbox;
 pub mod schedule;
 pub mod shutdown;
 pub mod tasks;
-pub mod templating;
 pub mod telemetry;
+pub mod templating;
 
 pub use config::Settings;
 

@@ -3,9 +3,11 @@
 pub mod api_keys;
 pub mod audit_log;
 pub mod auth;
+pub mod campaigns;
 pub mod dead_letters;
 pub mod email_accounts;
 pub mod health;
+pub mod lists;
 pub mod messages;
 pub mod queues;
 pub mod suppressions;

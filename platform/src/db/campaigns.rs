@@ -216,7 +216,11 @@ pub async fn advance_run(
     Ok(())
 }
 
-pub async fn fail_run(executor: impl PgExecutor<'_>, id: Uuid, error: &str) -> Result<(), sqlx::Error> {
+pub async fn fail_run(
+    executor: impl PgExecutor<'_>,
+    id: Uuid,
+    error: &str,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE campaign_runs SET status = 'failed', error = $2, finished_at = now() WHERE id = $1",
     )

@@ -44,7 +44,10 @@ pub async fn insert(
     .await
 }
 
-pub async fn get(executor: impl PgExecutor<'_>, id: Uuid) -> Result<Option<MailingList>, sqlx::Error> {
+pub async fn get(
+    executor: impl PgExecutor<'_>,
+    id: Uuid,
+) -> Result<Option<MailingList>, sqlx::Error> {
     sqlx::query_as(&format!("{SELECT_LIST} WHERE l.id = $1"))
         .bind(id)
         .fetch_optional(executor)
@@ -144,7 +147,10 @@ pub async fn audience_after(
 }
 
 /// Which of `ids` are existing lists.
-pub async fn existing(executor: impl PgExecutor<'_>, ids: &[Uuid]) -> Result<Vec<Uuid>, sqlx::Error> {
+pub async fn existing(
+    executor: impl PgExecutor<'_>,
+    ids: &[Uuid],
+) -> Result<Vec<Uuid>, sqlx::Error> {
     sqlx::query_scalar("SELECT id FROM mailing_lists WHERE id = ANY($1)")
         .bind(ids)
         .fetch_all(executor)

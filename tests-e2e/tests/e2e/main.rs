@@ -8,6 +8,7 @@ mod attachments;
 mod auth_and_input;
 mod batch;
 mod broker_outage;
+mod campaigns;
 mod dead_letters;
 mod delivery;
 mod deployment;
