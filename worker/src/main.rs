@@ -22,8 +22,8 @@ async fn main() -> std::process::ExitCode {
     // Zero-valued series from the start: rate() and the alerts need them
     // before the first failure or dead letter happens.
     for name in [
-        "emails_sent_total",
-        "emails_failed_total",
+        "messages_sent_total",
+        "messages_failed_total",
         "email_retries_total",
         "emails_waiting_for_quota_total",
         "dead_letters_total",

@@ -191,3 +191,50 @@ async fn quorum_queues_carry_sends_and_delayed_retries() {
         assert_eq!(info["type"], "quorum", "{queue}: {info}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_server_costs_at_most_the_soft_time_limit_then_the_send_is_retried() {
+    let (env, token) = env_with_account(&[
+        ("CELERY_TASK_SOFT_TIME_LIMIT", "2"),
+        ("CELERY_TASK_TIME_LIMIT", "3"),
+    ])
+    .await;
+    // The server accepts the data, then says nothing for far longer than the limit.
+    env.smtp
+        .set_fault(Stage::DataEnd, Fault::Stall(Duration::from_secs(30)));
+    let id = env.api().send_simple(&token, "hung@example.org").await;
+    let started = std::time::Instant::now();
+    eventually(
+        "the hung attempt to be abandoned",
+        Duration::from_secs(10),
+        || async {
+            let rec = record(&env, id).await;
+            (rec.status == "queued" && rec.attempts >= 1 && rec.error.is_some()).then_some(rec)
+        },
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    let rec = record(&env, id).await;
+    assert!(
+        rec.error.as_deref().unwrap().contains("no answer"),
+        "{:?}",
+        rec.error
+    );
+    env.smtp.clear_faults();
+    env.wait_status(id, "sent", Duration::from_secs(20)).await;
+    // The abandoned attempt never completed at the server.
+    assert_eq!(env.smtp.count(), 1);
+    let result = env
+        .api()
+        .state
+        .results
+        .fetch(&rec.task_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(result["status"], "SUCCESS");
+}

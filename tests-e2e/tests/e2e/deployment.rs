@@ -700,9 +700,9 @@ fn exposition_names(text: &str) -> BTreeSet<String> {
 #[test]
 fn metric_names_are_extracted_from_promql() {
     let names = metric_names(
-        r#"sum by (account) (rate(emails_failed_total{queue!~".*\\.delay"}[5m])) / clamp_min(x_total offset 5m, 1e-9) > 0.05 and on (account) max(up{job="a"}) == 1"#,
+        r#"sum by (account) (rate(messages_failed_total{queue!~".*\\.delay"}[5m])) / clamp_min(x_total offset 5m, 1e-9) > 0.05 and on (account) max(up{job="a"}) == 1"#,
     );
-    let want: BTreeSet<String> = ["emails_failed_total", "x_total", "up"]
+    let want: BTreeSet<String> = ["messages_failed_total", "x_total", "up"]
         .into_iter()
         .map(String::from)
         .collect();
@@ -766,7 +766,7 @@ async fn prometheus_files_pass_promtool_and_alerts_name_only_exported_metrics() 
                 .text()
                 .await
                 .ok()?;
-            text.contains("emails_failed_total").then_some(text)
+            text.contains("messages_failed_total").then_some(text)
         },
     )
     .await;
@@ -801,8 +801,8 @@ async fn prometheus_files_pass_promtool_and_alerts_name_only_exported_metrics() 
         }
     }
     for required in [
-        "emails_failed_total",
-        "emails_sent_total",
+        "messages_failed_total",
+        "messages_sent_total",
         "rabbitmq_queue_messages",
         "up",
         "email_account_circuit_open",

@@ -177,6 +177,13 @@ async fn send(
     let Some(extras) = extras else {
         return Ok(Outcome::Done);
     };
+    store(
+        ctx,
+        message.id(),
+        TaskState::Started,
+        started_result(record),
+    )
+    .await;
     match attempt(ctx, record, account, extras).await {
         Attempt::Sent {
             smtp_message_id,
@@ -186,7 +193,7 @@ async fn send(
             if account.consecutive_failures > 0 || account.circuit_open_until.is_some() {
                 email_accounts::record_success(&ctx.pool, account.id).await?;
             }
-            metrics::counter!("emails_sent_total").increment(1);
+            metrics::counter!("messages_sent_total").increment(1);
             tracing::info!(message_id = %record.id, account = %account.email, %reply, "email sent");
             let result = sent_result(record, account, &smtp_message_id, &reply);
             store(ctx, message.id(), TaskState::Success, result).await;
@@ -290,6 +297,11 @@ pub(super) async fn attempt(
     }
 }
 
+/// What Celery shows for a task that has started (its `result` field).
+pub(super) fn started_result(record: &MessageRecord) -> serde_json::Value {
+    json!({"message_id": record.id, "pid": std::process::id()})
+}
+
 /// The Celery result of a sent email.
 pub(super) fn sent_result(
     record: &MessageRecord,
@@ -317,7 +329,17 @@ pub(super) async fn settle_failure(
 ) -> Result<Outcome, sqlx::Error> {
     match attempt {
         Attempt::Sent { .. } => Ok(Outcome::Done),
-        Attempt::Unbuildable(reason) => fail(ctx, message, record, &reason, None).await,
+        Attempt::Unbuildable(reason) => {
+            fail(
+                ctx,
+                message,
+                record,
+                FailureKind::Unbuildable,
+                &reason,
+                None,
+            )
+            .await
+        }
         Attempt::Suppressed(reason) => {
             persist(|| messages::mark_suppressed(&ctx.pool, record.id, &reason)).await?;
             tracing::info!(message_id = %record.id, %reason, "email suppressed");
@@ -329,7 +351,15 @@ pub(super) async fn settle_failure(
         }
         Attempt::Failed(Failure::Permanent { reply }) => {
             let reason = format!("rejected by the SMTP server: {reply}");
-            fail(ctx, message, record, &reason, Some(&reply)).await
+            fail(
+                ctx,
+                message,
+                record,
+                FailureKind::Rejected,
+                &reason,
+                Some(&reply),
+            )
+            .await
         }
         Attempt::Failed(Failure::Account { reply }) => {
             account_fault(ctx, message, record, account, &reply, true).await
@@ -466,7 +496,15 @@ async fn retry_or_fail(
     let retries = message.headers.retries;
     if retries >= ctx.settings.max_retries {
         let reason = format!("gave up after {} attempts: {reason}", retries + 1);
-        fail(ctx, message, record, &reason, reply).await?;
+        fail(
+            ctx,
+            message,
+            record,
+            FailureKind::RetriesExhausted,
+            &reason,
+            reply,
+        )
+        .await?;
         return Ok(Outcome::DeadLetter { reason });
     }
     persist(|| messages::mark_retrying(&ctx.pool, record.id, reason, reply)).await?;
@@ -483,15 +521,37 @@ async fn retry_or_fail(
     Ok(Outcome::Retry { delay })
 }
 
+/// Why a message failed for good, as the `reason` label of `messages_failed_total`.
+#[derive(Debug, Clone, Copy)]
+enum FailureKind {
+    /// The SMTP server refused it (5xx).
+    Rejected,
+    /// Temporary failures until the retries ran out.
+    RetriesExhausted,
+    /// It could not be turned into an email.
+    Unbuildable,
+}
+
+impl FailureKind {
+    fn label(self) -> &'static str {
+        match self {
+            FailureKind::Rejected => "rejected",
+            FailureKind::RetriesExhausted => "retries_exhausted",
+            FailureKind::Unbuildable => "unbuildable",
+        }
+    }
+}
+
 async fn fail(
     ctx: &Context,
     message: &TaskMessage,
     record: &MessageRecord,
+    kind: FailureKind,
     reason: &str,
     reply: Option<&str>,
 ) -> Result<Outcome, sqlx::Error> {
     persist(|| messages::mark_failed(&ctx.pool, record.id, reason, reply)).await?;
-    metrics::counter!("emails_failed_total").increment(1);
+    metrics::counter!("messages_failed_total", "reason" => kind.label()).increment(1);
     tracing::warn!(message_id = %record.id, %reason, "email failed");
     store_failure(ctx, message.id(), reason).await;
     Ok(Outcome::Done)
