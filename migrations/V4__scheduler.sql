@@ -69,3 +69,35 @@ CREATE INDEX campaign_runs_running_idx ON campaign_runs (created_at) WHERE statu
 ALTER TABLE message_records ADD COLUMN campaign_run_id uuid;
 CREATE INDEX message_records_campaign_run_idx ON message_records (campaign_run_id, status)
     WHERE campaign_run_id IS NOT NULL;
+
+-- Periodic Celery tasks (any task name, args/kwargs) on a cron schedule or
+-- an interval, published through the outbox by the scheduler's leader.
+CREATE TABLE periodic_tasks (
+    id               uuid PRIMARY KEY,
+    name             text NOT NULL UNIQUE,
+    task             text NOT NULL,
+    args             jsonb NOT NULL DEFAULT '[]',
+    kwargs           jsonb NOT NULL DEFAULT '{}',
+    queue            text NOT NULL,
+    cron             text,
+    time_zone        text NOT NULL DEFAULT 'UTC',
+    interval_seconds integer CHECK (interval_seconds > 0),
+    is_active        boolean NOT NULL DEFAULT true,
+    next_run_at      timestamptz,
+    last_run_at      timestamptz,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    CHECK ((cron IS NULL) <> (interval_seconds IS NULL))
+);
+
+CREATE INDEX periodic_tasks_due_idx ON periodic_tasks (next_run_at) WHERE is_active;
+
+-- One row per publication; the unique key makes each due time publish once.
+CREATE TABLE periodic_task_runs (
+    id               bigserial PRIMARY KEY,
+    periodic_task_id uuid NOT NULL REFERENCES periodic_tasks (id) ON DELETE CASCADE,
+    scheduled_for    timestamptz NOT NULL,
+    task_id          text NOT NULL,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (periodic_task_id, scheduled_for)
+);

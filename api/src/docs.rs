@@ -30,6 +30,8 @@ use crate::routes;
         routes::campaigns::create, routes::campaigns::list, routes::campaigns::get,
         routes::campaigns::replace, routes::campaigns::delete, routes::campaigns::run,
         routes::campaigns::runs,
+        routes::periodic_tasks::create, routes::periodic_tasks::list, routes::periodic_tasks::get,
+        routes::periodic_tasks::replace, routes::periodic_tasks::delete,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -42,6 +44,7 @@ use crate::routes;
         (name = "api-keys", description = "API keys (admin)"),
         (name = "audit", description = "The audit log of admin changes (admin)"),
         (name = "campaigns", description = "Mailing lists and scheduled campaigns (admin)"),
+        (name = "periodic-tasks", description = "Celery tasks the scheduler publishes on a schedule (admin)"),
         (name = "queues", description = "RabbitMQ queue depths (admin)"),
         (name = "health", description = "Liveness, readiness, version, metrics"),
     )

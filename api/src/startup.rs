@@ -30,7 +30,7 @@ use crate::ingest::Ingest;
 use crate::ratelimit::{self, RateLimiter};
 use crate::routes::{
     api_keys, audit_log, auth, campaigns, dead_letters, email_accounts, health, lists, messages,
-    queues, suppressions, templates,
+    periodic_tasks, queues, suppressions, templates,
 };
 use crate::state::AppState;
 
@@ -187,6 +187,31 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
             Method::GET,
             "/api/v1/campaigns/{id}/runs",
             get(campaigns::runs),
+        ),
+        (
+            Method::POST,
+            "/api/v1/admin/periodic-tasks",
+            post(periodic_tasks::create),
+        ),
+        (
+            Method::GET,
+            "/api/v1/admin/periodic-tasks",
+            get(periodic_tasks::list),
+        ),
+        (
+            Method::GET,
+            "/api/v1/admin/periodic-tasks/{id}",
+            get(periodic_tasks::get),
+        ),
+        (
+            Method::PUT,
+            "/api/v1/admin/periodic-tasks/{id}",
+            put(periodic_tasks::replace),
+        ),
+        (
+            Method::DELETE,
+            "/api/v1/admin/periodic-tasks/{id}",
+            delete(periodic_tasks::delete),
         ),
         (Method::GET, "/api/v1/suppressions", get(suppressions::list)),
         (

@@ -13,7 +13,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use platform::celery::TaskMessage;
 use platform::db::campaigns::{self, Campaign, Run};
-use platform::db::{lists, messages, outbox, suppressions, templates};
+use platform::db::periodic_tasks::{self, PeriodicTask};
+use platform::db::{lists, maintenance, messages, outbox, suppressions, templates};
 use platform::outbox::OutboxWaker;
 use platform::schedule::CronSchedule;
 use platform::tasks::SEND_EMAIL;
@@ -50,7 +51,21 @@ impl Duties {
 
     /// Runs until `token` is cancelled (leadership lost, or shutdown).
     pub async fn run(self, token: CancellationToken) {
+        // Maintenance first runs one interval after taking the lead.
+        let mut maintained = tokio::time::Instant::now();
         while !token.is_cancelled() {
+            if let Err(e) = self.fire_periodic_tasks().await {
+                tracing::warn!(error = %e, "publishing periodic tasks failed; will retry");
+                metrics::counter!("scheduler_errors_total", "job" => "periodic").increment(1);
+            }
+            if maintained.elapsed() >= self.settings.scheduler.maintenance_interval {
+                maintained = tokio::time::Instant::now();
+                if let Err(e) = self.maintain(&token).await {
+                    tracing::warn!(error = %e, "maintenance failed; will retry");
+                    metrics::counter!("scheduler_errors_total", "job" => "maintenance")
+                        .increment(1);
+                }
+            }
             if let Err(e) = self.fire_due_campaigns().await {
                 tracing::warn!(error = %e, "firing campaigns failed; will retry");
                 metrics::counter!("scheduler_errors_total", "job" => "campaigns").increment(1);
@@ -76,6 +91,85 @@ impl Duties {
                 _ = token.cancelled() => {}
             }
         }
+    }
+
+    /// Publishes each periodic task whose time has come through the outbox
+    /// and moves its `next_run_at` on, in one transaction; the run row
+    /// (unique on task and time) makes a due time publish once.
+    pub async fn fire_periodic_tasks(&self) -> Result<usize, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let due = periodic_tasks::lock_due(&mut tx, FIRE_BATCH).await?;
+        let now = Utc::now();
+        let mut published = 0;
+        for task in &due {
+            let Some(at) = task.next_run_at else { continue };
+            let task_id = Uuid::new_v4().to_string();
+            let mut ran = None;
+            if periodic_tasks::insert_run(&mut *tx, task.id, at, &task_id).await? {
+                let message = TaskMessage::new(
+                    &task.task,
+                    &task_id,
+                    task.args.0.clone(),
+                    task.kwargs.0.clone(),
+                );
+                outbox::enqueue(&mut *tx, &task.queue, &task.queue, &message).await?;
+                published += 1;
+                ran = Some(now);
+                metrics::counter!("scheduler_periodic_published_total").increment(1);
+            }
+            periodic_tasks::advance(&mut *tx, task.id, ran, next_periodic(task, at, now)).await?;
+        }
+        tx.commit().await?;
+        if published > 0 {
+            self.waker.wake();
+        }
+        Ok(published)
+    }
+
+    /// Retention: deletes old finished message records, old idempotency keys
+    /// and requeued dead letters, in small batches (each its own statement,
+    /// so locks are short).
+    pub async fn maintain(&self, token: &CancellationToken) -> Result<(), sqlx::Error> {
+        let s = &self.settings.scheduler;
+        let jobs: [(&str, maintenance::Job); 3] = [
+            (
+                "message_records",
+                maintenance::Job::Messages {
+                    days: s.message_retention_days,
+                },
+            ),
+            (
+                "idempotency_keys",
+                maintenance::Job::IdempotencyKeys {
+                    hours: s.idempotency_retention_hours,
+                },
+            ),
+            (
+                "dead_letters",
+                maintenance::Job::RequeuedDeadLetters {
+                    days: s.message_retention_days,
+                },
+            ),
+        ];
+        for (table, job) in jobs {
+            let mut total = 0;
+            loop {
+                if token.is_cancelled() {
+                    return Ok(());
+                }
+                let n = maintenance::delete_batch(&self.pool, job, s.maintenance_batch).await?;
+                total += n;
+                if (n as i64) < s.maintenance_batch {
+                    break;
+                }
+            }
+            if total > 0 {
+                tracing::info!(table, deleted = total, "retention cleanup");
+                metrics::counter!("scheduler_retention_deleted_total", "table" => table)
+                    .increment(total);
+            }
+        }
+        Ok(())
     }
 
     /// Records a run for each campaign whose time has come and moves its
@@ -220,6 +314,24 @@ fn member_variables(
             Some((name.clone(), value))
         })
         .collect()
+}
+
+/// A periodic task's next run after publishing (or skipping) `due` at
+/// `now`: the cron's next time after now, or `due` plus the interval (times
+/// missed while no scheduler ran are not made up).
+fn next_periodic(
+    task: &PeriodicTask,
+    due: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    if let Some(cron) = &task.cron {
+        return CronSchedule::parse(cron, &task.time_zone)
+            .ok()?
+            .next_after(now);
+    }
+    let every = chrono::Duration::seconds(i64::from(task.interval_seconds?));
+    let next = due + every;
+    Some(if next > now { next } else { now + every })
 }
 
 /// For a due campaign: the time to fire (if any) and the next run time.

@@ -9,6 +9,7 @@ pub mod email_accounts;
 pub mod health;
 pub mod lists;
 pub mod messages;
+pub mod periodic_tasks;
 pub mod queues;
 pub mod suppressions;
 pub mod templates;

@@ -8,8 +8,10 @@ pub mod dead_letters;
 pub mod email_accounts;
 pub mod idempotency;
 pub mod lists;
+pub mod maintenance;
 pub mod messages;
 pub mod outbox;
+pub mod periodic_tasks;
 pub mod suppressions;
 pub mod templates;
 

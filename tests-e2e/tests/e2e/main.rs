@@ -14,6 +14,7 @@ mod delivery;
 mod deployment;
 mod error_codes;
 mod openapi;
+mod periodic;
 mod priorities;
 mod python_interop;
 mod queries;
