@@ -324,14 +324,17 @@ fn next_periodic(
     due: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Option<DateTime<Utc>> {
+    // A little late (within the grace period): the following times follow
+    // one by one; later than that, they are not made up.
+    let from = if now - due <= MISSED_GRACE { due } else { now };
     if let Some(cron) = &task.cron {
         return CronSchedule::parse(cron, &task.time_zone)
             .ok()?
-            .next_after(now);
+            .next_after(from);
     }
     let every = chrono::Duration::seconds(i64::from(task.interval_seconds?));
     let next = due + every;
-    Some(if next > now { next } else { now + every })
+    Some(if next > from { next } else { now + every })
 }
 
 /// For a due campaign: the time to fire (if any) and the next run time.
@@ -346,10 +349,13 @@ pub fn decide(
     let (Some(due), Some(schedule)) = (campaign.next_run_at, schedule) else {
         return (None, None);
     };
-    let next = schedule.next_within(now, campaign.starts_at, campaign.ends_at);
     if now - due <= MISSED_GRACE {
+        // On time, or a little late: the times after `due` follow one by
+        // one (each fires on a later tick while within the grace period).
+        let next = schedule.next_within(due, campaign.starts_at, campaign.ends_at);
         return (Some(due), next);
     }
+    let next = schedule.next_within(now, campaign.starts_at, campaign.ends_at);
     if campaign.missed_run_policy != "run_once" {
         return (None, next);
     }
@@ -398,6 +404,15 @@ mod tests {
         let (fire, next) = decide(&c, Some(&s), t("2026-01-01T10:00:01Z"));
         assert_eq!(fire, Some(t("2026-01-01T10:00:00Z")));
         assert_eq!(next, Some(t("2026-01-01T11:00:00Z")));
+    }
+
+    #[test]
+    fn a_few_seconds_late_fires_each_time_in_turn() {
+        let c = campaign("*/5 * * * * *", t("2026-01-01T10:00:00Z"), "skip");
+        let s = CronSchedule::parse(&c.cron, &c.time_zone).unwrap();
+        let (fire, next) = decide(&c, Some(&s), t("2026-01-01T10:00:07Z"));
+        assert_eq!(fire, Some(t("2026-01-01T10:00:00Z")));
+        assert_eq!(next, Some(t("2026-01-01T10:00:05Z")), "10:00:05 not lost");
     }
 
     #[test]

@@ -170,6 +170,10 @@ async fn a_campaign_every_five_seconds_runs_exactly_once_per_time_with_two_sched
     env.start_worker();
     env.start_scheduler();
     env.start_scheduler();
+    eventually("a scheduler leader", Duration::from_secs(30), || async {
+        env.scheduler_leader_pid().await
+    })
+    .await;
     let campaign = json!({"name": "every 5 s", "template_id": template, "list_ids": [list],
                           "variables": {"name": "friend"},
                           "cron": "*/5 * * * * *", "time_zone": "UTC"});

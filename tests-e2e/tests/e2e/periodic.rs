@@ -50,6 +50,10 @@ async fn a_periodic_task_is_published_once_per_due_time_with_two_schedulers() {
     env.start_worker();
     env.start_scheduler();
     env.start_scheduler();
+    eventually("a scheduler leader", Duration::from_secs(30), || async {
+        env.scheduler_leader_pid().await
+    })
+    .await;
     let res = env.api().post(PATH, &token, &task).await;
     assert_eq!(res.status, StatusCode::CREATED, "{}", res.body);
     let id: Uuid = res.body["data"]["id"]
