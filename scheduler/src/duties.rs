@@ -226,7 +226,9 @@ impl Duties {
             text: template.text_body.as_deref(),
         };
         let bulk = self.settings.queues.bulk();
-        let (mut recipients, mut skipped, mut suppressed_count) = (0i32, 0i32, 0i32);
+        let (mut skipped, mut suppressed_count) = (0i32, 0i32);
+        let mut batch_messages = Vec::with_capacity(members.len());
+        let mut tasks = Vec::with_capacity(members.len());
         for member in &members {
             if suppressed.contains(&member.address.to_lowercase()) {
                 suppressed_count += 1;
@@ -246,26 +248,29 @@ impl Duties {
                     continue;
                 }
             };
-            let new = messages::NewMessage {
+            let message = messages::CampaignMessage {
                 id: Uuid::now_v7(),
                 task_id: Uuid::new_v4().to_string(),
-                api_key_id: None,
-                to: vec![member.address.clone()],
-                cc: Vec::new(),
-                bcc: Vec::new(),
-                reply_to: None,
-                from_name: None,
+                to: member.address.clone(),
                 subject: rendered.subject,
                 html_body: rendered.html,
                 text_body: rendered.text,
             };
-            messages::insert_campaign_message(&mut *tx, &new, campaign.id, run.id).await?;
-            let kwargs =
-                Map::from_iter([("message_id".to_string(), Value::String(new.id.to_string()))]);
-            let task = TaskMessage::new(SEND_EMAIL, &new.task_id, Vec::new(), kwargs);
-            outbox::enqueue(&mut *tx, &bulk, &bulk, &task).await?;
-            recipients += 1;
+            let kwargs = Map::from_iter([(
+                "message_id".to_string(),
+                Value::String(message.id.to_string()),
+            )]);
+            tasks.push(TaskMessage::new(
+                SEND_EMAIL,
+                &message.task_id,
+                Vec::new(),
+                kwargs,
+            ));
+            batch_messages.push(message);
         }
+        let recipients = i32::try_from(batch_messages.len()).unwrap_or(i32::MAX);
+        messages::insert_campaign_messages(&mut *tx, campaign.id, run.id, &batch_messages).await?;
+        outbox::enqueue_many(&mut *tx, &bulk, &bulk, &tasks).await?;
         let done = (members.len() as i64) < batch;
         let last = members.last().map_or(run.last_member_id, |m| m.id);
         campaigns::advance_run(

@@ -535,25 +535,49 @@ pub async fn next_scheduled(
         .await
 }
 
-/// Records a campaign's message `queued` (its outbox row is written by the
-/// caller in the same transaction).
-pub async fn insert_campaign_message(
+/// A campaign email to one recipient, rendered.
+#[derive(Debug, Clone)]
+pub struct CampaignMessage {
+    pub id: Uuid,
+    pub task_id: String,
+    pub to: String,
+    pub subject: String,
+    pub html_body: String,
+    pub text_body: Option<String>,
+}
+
+/// Records a batch of a campaign run's messages `queued`, in one statement
+/// (their outbox rows are written by the caller in the same transaction).
+pub async fn insert_campaign_messages(
     executor: impl PgExecutor<'_>,
-    new: &NewMessage,
     campaign_id: Uuid,
     run_id: Uuid,
+    batch: &[CampaignMessage],
 ) -> Result<(), sqlx::Error> {
-    bind_new(
-        sqlx::query(
-            "INSERT INTO message_records (id, task_id, api_key_id, status, to_addrs, cc_addrs,
-                bcc_addrs, reply_to, from_name, subject, html_body, text_body, queued_at,
-                campaign_id, campaign_run_id)
-            VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, $11, now(), $12, $13)",
-        ),
-        new,
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = batch.iter().map(|m| m.id).collect();
+    let task_ids: Vec<&str> = batch.iter().map(|m| m.task_id.as_str()).collect();
+    let to: Vec<&str> = batch.iter().map(|m| m.to.as_str()).collect();
+    let subjects: Vec<&str> = batch.iter().map(|m| m.subject.as_str()).collect();
+    let html: Vec<&str> = batch.iter().map(|m| m.html_body.as_str()).collect();
+    let text: Vec<Option<&str>> = batch.iter().map(|m| m.text_body.as_deref()).collect();
+    sqlx::query(
+        "INSERT INTO message_records (id, task_id, status, to_addrs, cc_addrs, bcc_addrs,
+            subject, html_body, text_body, queued_at, campaign_id, campaign_run_id)
+         SELECT i, t, 'queued', ARRAY[a], '{}', '{}', s, h, x, now(), $1, $2
+           FROM unnest($3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[])
+                AS u(i, t, a, s, h, x)",
     )
     .bind(campaign_id)
     .bind(run_id)
+    .bind(ids)
+    .bind(task_ids)
+    .bind(to)
+    .bind(subjects)
+    .bind(html)
+    .bind(text)
     .execute(executor)
     .await?;
     Ok(())

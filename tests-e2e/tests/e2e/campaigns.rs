@@ -91,6 +91,37 @@ async fn lists_import_validates_and_campaigns_validate_cron_and_time_zone() {
         .await;
     assert_eq!(res.status, StatusCode::NO_CONTENT);
 
+    // The largest import: 100,000 members in one request; one more is refused.
+    let big: Vec<Value> = (0..100_000)
+        .map(|i| json!({"address": format!("user{i}@example.net")}))
+        .collect();
+    let res = api
+        .post("/api/v1/lists", &token, &json!({"name": "big"}))
+        .await;
+    let big_list = res.body["data"]["id"].as_str().expect("id").to_string();
+    let res = api
+        .post(
+            &format!("/api/v1/lists/{big_list}/members"),
+            &token,
+            &Value::Array(big.clone()),
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.body);
+    assert_eq!(res.body["data"]["added"], 100_000);
+    let mut too_many = big;
+    too_many.push(json!({"address": "one-more@example.net"}));
+    let res = api
+        .post(
+            &format!("/api/v1/lists/{big_list}/members"),
+            &token,
+            &Value::Array(too_many),
+        )
+        .await;
+    assert_eq!(
+        (res.status, res.code()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "import_too_large")
+    );
+
     let base = json!({"name": "digest", "template_id": template, "list_ids": [list],
                       "cron": "0 30 2 * * *", "time_zone": "America/New_York"});
     let mut bad_cron = base.clone();
@@ -270,13 +301,13 @@ async fn a_campaign_every_five_seconds_runs_exactly_once_per_time_with_two_sched
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_completes_once_when_the_leader_is_killed_mid_fan_out() {
     let mut env = TestEnv::with_vars(&[
-        ("CAMPAIGN_BATCH_SIZE", "25"),
+        ("CAMPAIGN_BATCH_SIZE", "20"),
         ("SCHEDULER_LEADER_RETRY_MS", "500"),
     ])
     .await;
     env.start_api().await;
     let token = env.api().admin_token(&env.pool).await;
-    const N: usize = 4000;
+    const N: usize = 10_000;
     let members: Vec<Value> = (0..N)
         .map(|i| json!({"address": format!("m{i}@example.org"), "variables": {"name": format!("M{i}")}}))
         .collect();
