@@ -47,12 +47,21 @@ impl Election {
                     tracing::info!("elected scheduler leader");
                     metrics::gauge!("scheduler_leader").set(1.0);
                     let token = shutdown.child_token();
-                    let handle = tokio::spawn(work(token.clone()));
+                    let mut handle = tokio::spawn(work(token.clone()));
                     if let Some(c) = conn.as_mut() {
-                        self.hold(c, &shutdown).await;
+                        tokio::select! {
+                            _ = self.hold(c, &shutdown) => {}
+                            // The duties ended on their own (a panic): give
+                            // the lock up rather than lead doing nothing.
+                            result = &mut handle => {
+                                tracing::error!(?result, "leader duties stopped; giving up the lead");
+                            }
+                        }
                     }
                     token.cancel();
-                    let _ = handle.await;
+                    if !handle.is_finished() {
+                        let _ = handle.await;
+                    }
                     metrics::gauge!("scheduler_leader").set(0.0);
                     if shutdown.is_cancelled() {
                         break;
