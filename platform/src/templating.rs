@@ -126,6 +126,14 @@ pub fn render(
     declared: &[String],
     variables: &Map<String, Value>,
 ) -> Result<Rendered, TemplateError> {
+    check_variables(declared, variables)?;
+    Renderer::new(sources, declared)?.render(variables)
+}
+
+fn check_variables(
+    declared: &[String],
+    variables: &Map<String, Value>,
+) -> Result<(), TemplateError> {
     if let Some(missing) = declared
         .iter()
         .find(|v| !variables.contains_key(v.as_str()))
@@ -143,27 +151,51 @@ pub fn render(
             format!("the template has no variable {unknown:?}"),
         ));
     }
-    let env = environment(sources)?;
-    let context = minijinja::Value::from_serialize(variables);
-    let render = |name: &str, field: &str| -> Result<String, TemplateError> {
-        env.get_template(name)
-            .and_then(|t| t.render(&context))
-            .map_err(|e| {
-                TemplateError::new(
-                    "template_render_error",
-                    field,
-                    format!("cannot render {field}: {e}"),
-                )
-            })
-    };
-    Ok(Rendered {
-        subject: render(SUBJECT, "subject")?,
-        html: render(HTML, "html_body")?,
-        text: match sources.text {
-            Some(_) => Some(render(TEXT, "text_body")?),
-            None => None,
-        },
-    })
+    Ok(())
+}
+
+/// A template parsed once and rendered many times (a campaign's fan-out).
+pub struct Renderer<'a> {
+    env: Environment<'a>,
+    declared: &'a [String],
+    has_text: bool,
+}
+
+impl<'a> Renderer<'a> {
+    pub fn new(sources: &Sources<'a>, declared: &'a [String]) -> Result<Self, TemplateError> {
+        Ok(Renderer {
+            env: environment(sources)?,
+            declared,
+            has_text: sources.text.is_some(),
+        })
+    }
+
+    /// Renders with `variables`, which must hold exactly the declared ones.
+    pub fn render(&self, variables: &Map<String, Value>) -> Result<Rendered, TemplateError> {
+        check_variables(self.declared, variables)?;
+        let context = minijinja::Value::from_serialize(variables);
+        let render = |name: &str, field: &str| -> Result<String, TemplateError> {
+            self.env
+                .get_template(name)
+                .and_then(|t| t.render(&context))
+                .map_err(|e| {
+                    TemplateError::new(
+                        "template_render_error",
+                        field,
+                        format!("cannot render {field}: {e}"),
+                    )
+                })
+        };
+        Ok(Rendered {
+            subject: render(SUBJECT, "subject")?,
+            html: render(HTML, "html_body")?,
+            text: if self.has_text {
+                Some(render(TEXT, "text_body")?)
+            } else {
+                None
+            },
+        })
+    }
 }
 
 #[cfg(test)]

@@ -225,6 +225,15 @@ impl Duties {
             html: &template.html_body,
             text: template.text_body.as_deref(),
         };
+        let renderer = match templating::Renderer::new(&sources, &template.variables) {
+            Ok(r) => r,
+            Err(e) => {
+                campaigns::fail_run(&mut *tx, run.id, &format!("the template is invalid: {e}"))
+                    .await?;
+                tx.commit().await?;
+                return Ok(true);
+            }
+        };
         let bulk = self.settings.queues.bulk();
         let (mut skipped, mut suppressed_count) = (0i32, 0i32);
         let mut batch_messages = Vec::with_capacity(members.len());
@@ -240,7 +249,7 @@ impl Duties {
                 &member.variables.0,
                 &member.address,
             );
-            let rendered = match templating::render(&sources, &template.variables, &variables) {
+            let rendered = match renderer.render(&variables) {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::debug!(run = %run.id, member = member.id, error = %e, "member skipped");
