@@ -25,6 +25,13 @@ use crate::routes;
         routes::suppressions::list, routes::suppressions::create, routes::suppressions::delete,
         routes::api_keys::create, routes::api_keys::list, routes::api_keys::revoke,
         routes::audit_log::list, routes::queues::list,
+        routes::lists::create, routes::lists::list, routes::lists::get, routes::lists::delete,
+        routes::lists::add_members, routes::lists::members, routes::lists::remove_member,
+        routes::campaigns::create, routes::campaigns::list, routes::campaigns::get,
+        routes::campaigns::replace, routes::campaigns::delete, routes::campaigns::run,
+        routes::campaigns::runs,
+        routes::periodic_tasks::create, routes::periodic_tasks::list, routes::periodic_tasks::get,
+        routes::periodic_tasks::replace, routes::periodic_tasks::delete,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -36,6 +43,8 @@ use crate::routes;
         (name = "dead-letters", description = "Tasks the worker gave up on (admin)"),
         (name = "api-keys", description = "API keys (admin)"),
         (name = "audit", description = "The audit log of admin changes (admin)"),
+        (name = "campaigns", description = "Mailing lists and scheduled campaigns (admin)"),
+        (name = "periodic-tasks", description = "Celery tasks the scheduler publishes on a schedule (admin)"),
         (name = "queues", description = "RabbitMQ queue depths (admin)"),
         (name = "health", description = "Liveness, readiness, version, metrics"),
     )

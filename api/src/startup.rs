@@ -29,8 +29,8 @@ use crate::http_metrics;
 use crate::ingest::Ingest;
 use crate::ratelimit::{self, RateLimiter};
 use crate::routes::{
-    api_keys, audit_log, auth, dead_letters, email_accounts, health, messages, queues,
-    suppressions, templates,
+    api_keys, audit_log, auth, campaigns, dead_letters, email_accounts, health, lists, messages,
+    periodic_tasks, queues, suppressions, templates,
 };
 use crate::state::AppState;
 
@@ -145,6 +145,73 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
             Method::POST,
             "/api/v1/templates/{id}/render",
             post(templates::render),
+        ),
+        (Method::POST, "/api/v1/lists", post(lists::create)),
+        (Method::GET, "/api/v1/lists", get(lists::list)),
+        (Method::GET, "/api/v1/lists/{id}", get(lists::get)),
+        (Method::DELETE, "/api/v1/lists/{id}", delete(lists::delete)),
+        (
+            Method::POST,
+            "/api/v1/lists/{id}/members",
+            post(lists::add_members),
+        ),
+        (
+            Method::GET,
+            "/api/v1/lists/{id}/members",
+            get(lists::members),
+        ),
+        (
+            Method::DELETE,
+            "/api/v1/lists/{id}/members/{address}",
+            delete(lists::remove_member),
+        ),
+        (Method::POST, "/api/v1/campaigns", post(campaigns::create)),
+        (Method::GET, "/api/v1/campaigns", get(campaigns::list)),
+        (Method::GET, "/api/v1/campaigns/{id}", get(campaigns::get)),
+        (
+            Method::PUT,
+            "/api/v1/campaigns/{id}",
+            put(campaigns::replace),
+        ),
+        (
+            Method::DELETE,
+            "/api/v1/campaigns/{id}",
+            delete(campaigns::delete),
+        ),
+        (
+            Method::POST,
+            "/api/v1/campaigns/{id}/run",
+            post(campaigns::run),
+        ),
+        (
+            Method::GET,
+            "/api/v1/campaigns/{id}/runs",
+            get(campaigns::runs),
+        ),
+        (
+            Method::POST,
+            "/api/v1/admin/periodic-tasks",
+            post(periodic_tasks::create),
+        ),
+        (
+            Method::GET,
+            "/api/v1/admin/periodic-tasks",
+            get(periodic_tasks::list),
+        ),
+        (
+            Method::GET,
+            "/api/v1/admin/periodic-tasks/{id}",
+            get(periodic_tasks::get),
+        ),
+        (
+            Method::PUT,
+            "/api/v1/admin/periodic-tasks/{id}",
+            put(periodic_tasks::replace),
+        ),
+        (
+            Method::DELETE,
+            "/api/v1/admin/periodic-tasks/{id}",
+            delete(periodic_tasks::delete),
         ),
         (Method::GET, "/api/v1/suppressions", get(suppressions::list)),
         (

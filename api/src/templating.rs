@@ -1,103 +1,18 @@
-//! Email templates rendered with minijinja: the HTML body is auto-escaped,
-//! the subject and text body are not. A template declares its variables;
-//! a render must supply exactly those, so a typo is a 422 naming the
-//! variable at request time, not a blank in a sent email.
+//! Email templates: the renderer lives in `platform::templating` (the
+//! scheduler renders campaigns with it too); here its errors become 422s.
 
-use std::collections::BTreeSet;
-
-use minijinja::{AutoEscape, Environment, UndefinedBehavior};
+pub use platform::templating::{Rendered, Sources, MAX_VARIABLES};
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
 
-const SUBJECT: &str = "subject.txt";
-const HTML: &str = "body.html";
-const TEXT: &str = "body.txt";
-
-/// Most variables a template may declare.
-pub const MAX_VARIABLES: usize = 100;
-
-/// Names that templates may use without declaring them (minijinja globals).
-const GLOBALS: &[&str] = &[
-    "range",
-    "dict",
-    "namespace",
-    "debug",
-    "loop",
-    "true",
-    "false",
-    "none",
-];
-
-/// A template's three parts.
-pub struct Sources<'a> {
-    pub subject: &'a str,
-    pub html: &'a str,
-    pub text: Option<&'a str>,
-}
-
-#[derive(Debug, Clone)]
-pub struct Rendered {
-    pub subject: String,
-    pub html: String,
-    pub text: Option<String>,
-}
-
-fn environment<'a>(sources: &Sources<'a>) -> Result<Environment<'a>, ApiError> {
-    let mut env = Environment::new();
-    env.set_undefined_behavior(UndefinedBehavior::Strict);
-    env.set_auto_escape_callback(|name| {
-        if name.ends_with(".html") {
-            AutoEscape::Html
-        } else {
-            AutoEscape::None
-        }
-    });
-    let parts = [
-        (SUBJECT, "subject", Some(sources.subject)),
-        (HTML, "html_body", Some(sources.html)),
-        (TEXT, "text_body", sources.text),
-    ];
-    for (name, field, source) in parts {
-        if let Some(source) = source {
-            env.add_template(name, source).map_err(|e| {
-                ApiError::invalid(
-                    "template_syntax_error",
-                    field,
-                    format!("{field} is not a valid template: {e}"),
-                )
-            })?;
-        }
-    }
-    Ok(env)
+fn api_error(e: platform::templating::TemplateError) -> ApiError {
+    ApiError::invalid(e.code, e.field, e.message)
 }
 
 /// Checks a template's syntax and that it uses only declared variables.
 pub fn check(sources: &Sources<'_>, declared: &[String]) -> Result<(), ApiError> {
-    let env = environment(sources)?;
-    let declared: BTreeSet<&str> = declared.iter().map(String::as_str).collect();
-    for (name, field) in [
-        (SUBJECT, "subject"),
-        (HTML, "html_body"),
-        (TEXT, "text_body"),
-    ] {
-        let Ok(template) = env.get_template(name) else {
-            continue;
-        };
-        let mut used: Vec<String> = template.undeclared_variables(false).into_iter().collect();
-        used.sort();
-        if let Some(undeclared) = used
-            .iter()
-            .find(|v| !declared.contains(v.as_str()) && !GLOBALS.contains(&v.as_str()))
-        {
-            return Err(ApiError::invalid(
-                "undeclared_variable",
-                field,
-                format!("{field} uses the variable {undeclared:?}, which is not in `variables`"),
-            ));
-        }
-    }
-    Ok(())
+    platform::templating::check(sources, declared).map_err(api_error)
 }
 
 /// Renders with `variables`, which must hold exactly the declared ones.
@@ -106,77 +21,5 @@ pub fn render(
     declared: &[String],
     variables: &Map<String, Value>,
 ) -> Result<Rendered, ApiError> {
-    if let Some(missing) = declared
-        .iter()
-        .find(|v| !variables.contains_key(v.as_str()))
-    {
-        return Err(ApiError::invalid(
-            "missing_variable",
-            format!("variables.{missing}"),
-            format!("the template needs the variable {missing:?}"),
-        ));
-    }
-    if let Some(unknown) = variables.keys().find(|k| !declared.iter().any(|d| d == *k)) {
-        return Err(ApiError::invalid(
-            "unknown_variable",
-            format!("variables.{unknown}"),
-            format!("the template has no variable {unknown:?}"),
-        ));
-    }
-    let env = environment(sources)?;
-    let context = minijinja::Value::from_serialize(variables);
-    let render = |name: &str, field: &str| -> Result<String, ApiError> {
-        env.get_template(name)
-            .and_then(|t| t.render(&context))
-            .map_err(|e| {
-                ApiError::invalid(
-                    "template_render_error",
-                    field,
-                    format!("cannot render {field}: {e}"),
-                )
-            })
-    };
-    Ok(Rendered {
-        subject: render(SUBJECT, "subject")?,
-        html: render(HTML, "html_body")?,
-        text: match sources.text {
-            Some(_) => Some(render(TEXT, "text_body")?),
-            None => None,
-        },
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn html_is_escaped_subject_and_text_are_not() {
-        let sources = Sources {
-            subject: "Hi {{ name }}",
-            html: "<p>{{ name }}</p>",
-            text: Some("Hi {{ name }}"),
-        };
-        let declared = vec!["name".to_string()];
-        check(&sources, &declared).unwrap();
-        let mut vars = Map::new();
-        vars.insert("name".into(), Value::String("<b>&</b>".into()));
-        let r = render(&sources, &declared, &vars).unwrap();
-        assert_eq!(r.subject, "Hi <b>&</b>");
-        assert_eq!(r.html, "<p>&lt;b&gt;&amp;&lt;&#x2f;b&gt;</p>");
-        assert_eq!(r.text.as_deref(), Some("Hi <b>&</b>"));
-    }
-
-    #[test]
-    fn undeclared_and_missing_variables_are_named() {
-        let sources = Sources {
-            subject: "{{ a }}",
-            html: "{{ b }}",
-            text: None,
-        };
-        let e = check(&sources, &["a".to_string()]).unwrap_err();
-        assert!(e.to_string().contains("\"b\""), "{e}");
-        let e = render(&sources, &["a".into(), "b".into()], &Map::new()).unwrap_err();
-        assert!(e.to_string().contains("\"a\""), "{e}");
-    }
+    platform::templating::render(sources, declared, variables).map_err(api_error)
 }

@@ -123,6 +123,28 @@ pub struct Settings {
     pub api_host: String,
     pub api_port: u16,
     pub metrics_port: Option<u16>,
+    pub scheduler: SchedulerSettings,
+}
+
+/// The scheduler's timing and maintenance settings.
+#[derive(Debug, Clone)]
+pub struct SchedulerSettings {
+    /// How often due delayed sends are looked for (`SCHEDULER_POLL_MS`).
+    pub poll: Duration,
+    /// How often a follower retries the leader lock (`SCHEDULER_LEADER_RETRY_MS`).
+    pub leader_retry: Duration,
+    /// Delayed sends released per transaction (`SCHEDULER_RELEASE_BATCH`).
+    pub release_batch: i64,
+    /// Members enqueued per campaign fan-out transaction (`CAMPAIGN_BATCH_SIZE`).
+    pub campaign_batch: i64,
+    /// Finished message records older than this are deleted (`MESSAGE_RETENTION_DAYS`).
+    pub message_retention_days: u32,
+    /// Idempotency keys older than this are deleted (`IDEMPOTENCY_RETENTION_HOURS`).
+    pub idempotency_retention_hours: u32,
+    /// How often the leader runs maintenance (`MAINTENANCE_INTERVAL_SECONDS`).
+    pub maintenance_interval: Duration,
+    /// Rows deleted per maintenance statement (`MAINTENANCE_BATCH`).
+    pub maintenance_batch: i64,
 }
 
 #[derive(Clone)]
@@ -295,6 +317,21 @@ impl Settings {
                 .get("METRICS_PORT")
                 .map(|_| vars.parse_or("METRICS_PORT", 0u16))
                 .transpose()?,
+            scheduler: SchedulerSettings {
+                poll: Duration::from_millis(vars.parse_positive_or("SCHEDULER_POLL_MS", 200u64)?),
+                leader_retry: Duration::from_millis(
+                    vars.parse_positive_or("SCHEDULER_LEADER_RETRY_MS", 1000u64)?,
+                ),
+                release_batch: vars.parse_positive_or("SCHEDULER_RELEASE_BATCH", 500i64)?,
+                campaign_batch: vars.parse_positive_or("CAMPAIGN_BATCH_SIZE", 500i64)?,
+                message_retention_days: vars.parse_positive_or("MESSAGE_RETENTION_DAYS", 30u32)?,
+                idempotency_retention_hours: vars
+                    .parse_positive_or("IDEMPOTENCY_RETENTION_HOURS", 24u32)?,
+                maintenance_interval: Duration::from_secs(
+                    vars.parse_positive_or("MAINTENANCE_INTERVAL_SECONDS", 300u64)?,
+                ),
+                maintenance_batch: vars.parse_positive_or("MAINTENANCE_BATCH", 1000i64)?,
+            },
         };
         if settings.env.is_production() && settings.debug {
             return Err(ConfigError::Insecure {

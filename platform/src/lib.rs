@@ -9,9 +9,11 @@ pub mod db;
 pub mod healthcheck;
 pub mod mail;
 pub mod outbox;
+pub mod schedule;
 pub mod shutdown;
 pub mod tasks;
 pub mod telemetry;
+pub mod templating;
 
 pub use config::Settings;
 

@@ -1,7 +1,11 @@
-//! The scheduler ("beat"). For now it checks its dependencies and runs an
-//! outbox relay, so queued task messages are published even while no API
-//! instance is up; delayed sends and cron campaigns come with the scheduler
-//! issue.
+//! The scheduler ("beat"). Every instance runs an outbox relay and releases
+//! due delayed sends (`release`); one elected leader (`leader`) runs the
+//! periodic duties (`duties`). Several instances may run at once: exactly
+//! once comes from row locks and unique run rows, not from there being one.
+
+mod duties;
+mod leader;
+mod release;
 
 use anyhow::Context;
 use platform::outbox::{OutboxRelay, OutboxWaker};
@@ -46,9 +50,27 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(platform::shutdown::on_signal(shutdown.clone()));
     tracing::info!("notify-scheduler running");
-    OutboxRelay::new(pool, settings, OutboxWaker::default())
-        .run(shutdown)
-        .await;
+    let waker = OutboxWaker::default();
+    let releaser = release::Releaser {
+        pool: pool.clone(),
+        queue: settings.queues.tasks.clone(),
+        batch: settings.scheduler.release_batch,
+        poll: settings.scheduler.poll,
+        waker: waker.clone(),
+    };
+    let election = leader::Election {
+        database_url: settings.database_url.clone(),
+        retry: settings.scheduler.leader_retry,
+    };
+    let duties = duties::Duties::new(pool.clone(), settings.clone(), waker.clone());
+    let tasks = [
+        tokio::spawn(releaser.run(shutdown.clone())),
+        tokio::spawn(election.run(shutdown.clone(), move |token| duties.clone().run(token))),
+        tokio::spawn(OutboxRelay::new(pool, settings, waker).run(shutdown.clone())),
+    ];
+    for task in tasks {
+        let _ = task.await;
+    }
     tracing::info!("notify-scheduler stopped");
     Ok(())
 }

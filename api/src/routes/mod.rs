@@ -3,10 +3,13 @@
 pub mod api_keys;
 pub mod audit_log;
 pub mod auth;
+pub mod campaigns;
 pub mod dead_letters;
 pub mod email_accounts;
 pub mod health;
+pub mod lists;
 pub mod messages;
+pub mod periodic_tasks;
 pub mod queues;
 pub mod suppressions;
 pub mod templates;

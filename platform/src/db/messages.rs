@@ -491,3 +491,94 @@ pub async fn stats(
     .await?;
     Ok((daily, accounts))
 }
+
+/// A `scheduled` message the scheduler has just set `queued`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Released {
+    pub id: Uuid,
+    pub task_id: String,
+    pub send_at: Option<DateTime<Utc>>,
+}
+
+/// Sets up to `limit` due `scheduled` messages (`send_at <= now()`, oldest
+/// first) `queued`, in `tx`. Rows another scheduler has locked are skipped,
+/// and a message cancelled before the lock is taken no longer matches the
+/// status condition, so each message is released at most once; the caller
+/// writes the outbox rows in the same transaction.
+pub async fn release_due(
+    tx: &mut sqlx::PgConnection,
+    limit: i64,
+) -> Result<Vec<Released>, sqlx::Error> {
+    sqlx::query_as(
+        "WITH due AS (
+             SELECT id FROM message_records
+              WHERE status = 'scheduled' AND send_at <= now()
+              ORDER BY send_at LIMIT $1
+                FOR UPDATE SKIP LOCKED)
+         UPDATE message_records m
+            SET status = 'queued', queued_at = now(), updated_at = now()
+           FROM due
+          WHERE m.id = due.id AND m.status = 'scheduled'
+         RETURNING m.id, m.task_id, m.send_at",
+    )
+    .bind(limit)
+    .fetch_all(tx)
+    .await
+}
+
+/// The earliest `send_at` of a `scheduled` message, if any.
+pub async fn next_scheduled(
+    executor: impl PgExecutor<'_>,
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    sqlx::query_scalar("SELECT min(send_at) FROM message_records WHERE status = 'scheduled'")
+        .fetch_one(executor)
+        .await
+}
+
+/// A campaign email to one recipient, rendered.
+#[derive(Debug, Clone)]
+pub struct CampaignMessage {
+    pub id: Uuid,
+    pub task_id: String,
+    pub to: String,
+    pub subject: String,
+    pub html_body: String,
+    pub text_body: Option<String>,
+}
+
+/// Records a batch of a campaign run's messages `queued`, in one statement
+/// (their outbox rows are written by the caller in the same transaction).
+pub async fn insert_campaign_messages(
+    executor: impl PgExecutor<'_>,
+    campaign_id: Uuid,
+    run_id: Uuid,
+    batch: &[CampaignMessage],
+) -> Result<(), sqlx::Error> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = batch.iter().map(|m| m.id).collect();
+    let task_ids: Vec<&str> = batch.iter().map(|m| m.task_id.as_str()).collect();
+    let to: Vec<&str> = batch.iter().map(|m| m.to.as_str()).collect();
+    let subjects: Vec<&str> = batch.iter().map(|m| m.subject.as_str()).collect();
+    let html: Vec<&str> = batch.iter().map(|m| m.html_body.as_str()).collect();
+    let text: Vec<Option<&str>> = batch.iter().map(|m| m.text_body.as_deref()).collect();
+    sqlx::query(
+        "INSERT INTO message_records (id, task_id, status, to_addrs, cc_addrs, bcc_addrs,
+            subject, html_body, text_body, queued_at, campaign_id, campaign_run_id)
+         SELECT i, t, 'queued', ARRAY[a], '{}', '{}', s, h, x, now(), $1, $2
+           FROM unnest($3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[])
+                AS u(i, t, a, s, h, x)",
+    )
+    .bind(campaign_id)
+    .bind(run_id)
+    .bind(ids)
+    .bind(task_ids)
+    .bind(to)
+    .bind(subjects)
+    .bind(html)
+    .bind(text)
+    .execute(executor)
+    .await?;
+    Ok(())
+}

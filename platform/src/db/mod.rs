@@ -3,11 +3,15 @@
 pub mod api_keys;
 pub mod attachments;
 pub mod audit_log;
+pub mod campaigns;
 pub mod dead_letters;
 pub mod email_accounts;
 pub mod idempotency;
+pub mod lists;
+pub mod maintenance;
 pub mod messages;
 pub mod outbox;
+pub mod periodic_tasks;
 pub mod suppressions;
 pub mod templates;
 

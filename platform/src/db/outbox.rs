@@ -35,6 +35,39 @@ pub async fn enqueue(
     .await
 }
 
+/// Enqueues several task messages to one exchange in one statement.
+pub async fn enqueue_many(
+    executor: impl PgExecutor<'_>,
+    exchange: &str,
+    routing_key: &str,
+    messages: &[TaskMessage],
+) -> Result<(), sqlx::Error> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let task_ids: Vec<&str> = messages.iter().map(TaskMessage::id).collect();
+    let headers: Vec<sqlx::types::Json<Map<String, Value>>> = messages
+        .iter()
+        .map(|m| sqlx::types::Json(m.headers_json()))
+        .collect();
+    let bodies: Vec<Vec<u8>> = messages.iter().map(TaskMessage::body).collect();
+    let priorities: Vec<Option<i16>> = messages.iter().map(|m| m.priority.map(i16::from)).collect();
+    sqlx::query(
+        "INSERT INTO outbox (task_id, exchange, routing_key, headers, body, priority)
+         SELECT t, $1, $2, h, b, p
+           FROM unnest($3::text[], $4::jsonb[], $5::bytea[], $6::smallint[]) AS u(t, h, b, p)",
+    )
+    .bind(exchange)
+    .bind(routing_key)
+    .bind(task_ids)
+    .bind(headers)
+    .bind(bodies)
+    .bind(priorities)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
 /// Enqueues an already-encoded task message (a requeued dead letter).
 pub async fn enqueue_raw(
     executor: impl PgExecutor<'_>,

@@ -61,6 +61,7 @@ pub struct TestEnv {
     pub queue: String,
     pub api: Option<api::RunningApi>,
     workers: Vec<Child>,
+    schedulers: Vec<Child>,
     shutdown: CancellationToken,
     database: String,
 }
@@ -144,6 +145,7 @@ impl TestEnv {
             queue,
             api: None,
             workers: Vec::new(),
+            schedulers: Vec::new(),
             shutdown: CancellationToken::new(),
             database,
         }
@@ -193,6 +195,65 @@ impl TestEnv {
             cmd.stdout(Stdio::null()).stderr(Stdio::null());
         }
         self.workers.push(cmd.spawn().expect("spawn notify-worker"));
+    }
+
+    /// Starts a scheduler process (`notify-scheduler`) with this
+    /// environment's settings; returns its index.
+    pub fn start_scheduler(&mut self) -> usize {
+        let mut cmd = Command::new(binary("notify-scheduler"));
+        cmd.env_clear()
+            .envs(&self.vars)
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .current_dir(std::env::temp_dir())
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        if let Ok(level) = std::env::var("E2E_WORKER_LOG") {
+            cmd.env("LOG_LEVEL", level);
+        }
+        if std::env::var("E2E_QUIET").is_ok() {
+            cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+        self.schedulers
+            .push(cmd.spawn().expect("spawn notify-scheduler"));
+        self.schedulers.len() - 1
+    }
+
+    /// The process id of scheduler `index`.
+    pub fn scheduler_pid(&self, index: usize) -> u32 {
+        self.schedulers[index]
+            .id()
+            .expect("scheduler still running")
+    }
+
+    /// Sends a signal (`TERM`, `KILL`) to scheduler `index` and, for `KILL`,
+    /// waits for it to be gone.
+    pub async fn signal_scheduler(&mut self, index: usize, signal: &str) {
+        let pid = self.scheduler_pid(index);
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .await
+            .expect("run kill");
+        assert!(status.success());
+        if signal == "KILL" {
+            let _ =
+                tokio::time::timeout(Duration::from_secs(10), self.schedulers[index].wait()).await;
+        }
+    }
+
+    /// The process id of the scheduler holding the leader lock, if any
+    /// (from the lock connection's `application_name`).
+    pub async fn scheduler_leader_pid(&self) -> Option<u32> {
+        let name: Option<String> = sqlx::query_scalar(
+            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+              WHERE l.locktype = 'advisory' AND l.granted AND l.database =
+                    (SELECT oid FROM pg_database WHERE datname = current_database())
+                AND a.application_name LIKE 'notify-scheduler-leader:%'",
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .expect("query leader");
+        name.and_then(|n| n.rsplit(':').next().and_then(|p| p.parse().ok()))
     }
 
     /// Sends a signal (`TERM`, `KILL`) to worker `index`.
@@ -246,7 +307,7 @@ impl TestEnv {
 impl Drop for TestEnv {
     fn drop(&mut self) {
         self.shutdown.cancel();
-        for w in &mut self.workers {
+        for w in self.workers.iter_mut().chain(self.schedulers.iter_mut()) {
             let _ = w.start_kill();
         }
         // Remove this test's queues and database from a separate thread (the

@@ -1,0 +1,49 @@
+//! Retention cleanup, run by the scheduler's leader in small batches.
+
+use sqlx::PgPool;
+
+/// One kind of row to delete.
+#[derive(Debug, Clone, Copy)]
+pub enum Job {
+    /// Message records in a final state created more than `days` ago (their
+    /// attachments go with them).
+    Messages { days: u32 },
+    /// Idempotency records older than `hours`.
+    IdempotencyKeys { hours: u32 },
+    /// Dead letters requeued more than `days` ago.
+    RequeuedDeadLetters { days: u32 },
+}
+
+/// Deletes up to `limit` rows of `job`; returns how many.
+pub async fn delete_batch(pool: &PgPool, job: Job, limit: i64) -> Result<u64, sqlx::Error> {
+    let (sql, age) = match job {
+        Job::Messages { days } => (
+            "DELETE FROM message_records WHERE id IN (
+                 SELECT id FROM message_records
+                  WHERE status IN ('sent', 'failed', 'suppressed', 'cancelled')
+                    AND created_at < now() - make_interval(days => $1)
+                  LIMIT $2)",
+            days,
+        ),
+        Job::IdempotencyKeys { hours } => (
+            "DELETE FROM idempotency_keys WHERE (api_key_id, idempotency_key) IN (
+                 SELECT api_key_id, idempotency_key FROM idempotency_keys
+                  WHERE created_at < now() - make_interval(hours => $1)
+                  LIMIT $2)",
+            hours,
+        ),
+        Job::RequeuedDeadLetters { days } => (
+            "DELETE FROM dead_letters WHERE id IN (
+                 SELECT id FROM dead_letters
+                  WHERE requeued_at < now() - make_interval(days => $1)
+                  LIMIT $2)",
+            days,
+        ),
+    };
+    let done = sqlx::query(sql)
+        .bind(i32::try_from(age).unwrap_or(i32::MAX))
+        .bind(limit)
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected())
+}
