@@ -392,3 +392,69 @@ async fn a_run_completes_once_when_the_leader_is_killed_mid_fan_out() {
     .expect("count");
     assert_eq!(outbox_or_published as usize, N);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_100000_recipient_run_is_enqueued_within_60_seconds() {
+    let mut env = TestEnv::new().await;
+    env.start_api().await;
+    let token = env.api().admin_token(&env.pool).await;
+    const N: usize = 100_000;
+    let members: Vec<Value> = (0..N)
+        .map(|i| json!({"address": format!("m{i}@example.org"), "variables": {"name": format!("M{i}")}}))
+        .collect();
+    let (template, list) = audience(&env, &token, Value::Array(members)).await;
+    let res = env
+        .api()
+        .post(
+            "/api/v1/campaigns",
+            &token,
+            &json!({"name": "huge", "template_id": template, "list_ids": [list],
+                    "cron": "0 0 1 1 *", "is_active": false}),
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::CREATED, "{}", res.body);
+    let id = res.body["data"]["id"].as_str().expect("id").to_string();
+    env.start_scheduler();
+    eventually("a leader", Duration::from_secs(20), || async {
+        env.scheduler_leader_pid().await
+    })
+    .await;
+
+    let started = std::time::Instant::now();
+    let res = env
+        .api()
+        .post(&format!("/api/v1/campaigns/{id}/run"), &token, &json!({}))
+        .await;
+    assert_eq!(res.status, StatusCode::ACCEPTED, "{}", res.body);
+    let run: Uuid = res.body["data"]["id"]
+        .as_str()
+        .expect("run id")
+        .parse()
+        .expect("uuid");
+    let recipients = eventually(
+        "the fan-out to complete",
+        Duration::from_secs(90),
+        || async {
+            let (status, recipients) = sqlx::query_as::<_, (String, i32)>(
+                "SELECT status, recipients FROM campaign_runs WHERE id = $1",
+            )
+            .bind(run)
+            .fetch_one(&env.pool)
+            .await
+            .expect("run");
+            (status == "completed").then_some(recipients)
+        },
+    )
+    .await;
+    let took = started.elapsed();
+    println!("100,000-recipient run rendered and enqueued in {took:?}");
+    assert_eq!(recipients as usize, N);
+    let queued: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM message_records WHERE campaign_run_id = $1")
+            .bind(run)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(queued as usize, N);
+    assert!(took < Duration::from_secs(60), "{took:?}");
+}
