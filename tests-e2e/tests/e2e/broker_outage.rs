@@ -71,3 +71,31 @@ async fn sends_accepted_during_a_broker_outage_are_delivered_after_it() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(env.smtp.received().len(), 6, "each message exactly once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_names_redis_when_the_result_backend_is_unreachable() {
+    // Nothing listens on port 1: the API starts, and readiness says why it is not ready.
+    let mut env = TestEnv::with_vars(&[("CELERY_RESULT_BACKEND", "redis://127.0.0.1:1/1")]).await;
+    env.start_api().await;
+    let ready = env
+        .api()
+        .request(reqwest::Method::GET, "/health/ready", None, None)
+        .await;
+    assert_eq!(ready.status, reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        ready.body["checks"]["redis"]
+            .as_str()
+            .unwrap()
+            .starts_with("down"),
+        "{}",
+        ready.body
+    );
+    assert_eq!(ready.body["checks"]["database"], "ok");
+    assert_eq!(ready.body["checks"]["rabbitmq"], "ok");
+    // Liveness is unaffected.
+    let live = env
+        .api()
+        .request(reqwest::Method::GET, "/health", None, None)
+        .await;
+    assert_eq!(live.status, reqwest::StatusCode::OK);
+}
