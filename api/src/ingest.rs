@@ -6,12 +6,19 @@
 //! their rows to a few writer tasks that insert whatever has gathered in
 //! one statement and one commit, then answer every waiting request. Under
 //! load, batches grow by themselves; alone, a request waits for nothing.
+//!
+//! The batch is also checked against the suppression list in one query,
+//! and its queued messages travel to the worker as `send_email_batch`
+//! tasks of up to 50 emails each (see `platform::tasks`), so the broker
+//! and the outbox handle one message per batch, not one per email.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
-use platform::celery::TaskMessage;
-use platform::db::messages::NewMessage;
+use platform::db::messages::{MessageStatus, NewMessage};
+use platform::db::suppressions;
 use platform::outbox::OutboxWaker;
+use platform::tasks::{send_email_batch_task, BatchMember, BATCH_MEMBERS};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, Mutex};
@@ -25,8 +32,7 @@ const WRITERS: usize = 3;
 
 struct Pending {
     message: NewMessage,
-    task: TaskMessage,
-    done: oneshot::Sender<Result<(), String>>,
+    done: oneshot::Sender<Result<MessageStatus, String>>,
 }
 
 #[derive(Clone)]
@@ -59,15 +65,20 @@ impl Ingest {
                         }
                         batch
                     };
-                    let result = write(&pool, &task_queue, &batch)
-                        .await
-                        .map_err(|e| e.to_string());
-                    if result.is_ok() {
-                        waker.wake();
-                        metrics::histogram!("ingest_batch_size").record(batch.len() as f64);
-                    }
-                    for pending in batch {
-                        let _ = pending.done.send(result.clone());
+                    match write(&pool, &task_queue, &batch).await {
+                        Ok(statuses) => {
+                            waker.wake();
+                            metrics::histogram!("ingest_batch_size").record(batch.len() as f64);
+                            for (pending, status) in batch.into_iter().zip(statuses) {
+                                let _ = pending.done.send(Ok(status));
+                            }
+                        }
+                        Err(e) => {
+                            let e = e.to_string();
+                            for pending in batch {
+                                let _ = pending.done.send(Err(e.clone()));
+                            }
+                        }
                     }
                 }
             });
@@ -75,19 +86,16 @@ impl Ingest {
         Ingest { queue }
     }
 
-    /// Records the message and its task; returns once both are committed.
-    pub async fn submit(&self, message: NewMessage, task: TaskMessage) -> Result<(), ApiError> {
+    /// Records the message and (unless a recipient is suppressed) its task;
+    /// returns the recorded status once both are committed.
+    pub async fn submit(&self, message: NewMessage) -> Result<MessageStatus, ApiError> {
         let (done, wait) = oneshot::channel();
         self.queue
-            .send(Pending {
-                message,
-                task,
-                done,
-            })
+            .send(Pending { message, done })
             .await
             .map_err(|_| ApiError::Unavailable("the API is shutting down".into()))?;
         match wait.await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(status)) => Ok(status),
             Ok(Err(e)) => Err(ApiError::Unavailable(format!(
                 "cannot record the message: {e}"
             ))),
@@ -96,41 +104,85 @@ impl Ingest {
     }
 }
 
-/// One statement: records and outbox rows of the whole batch, so they
-/// commit together or not at all.
-async fn write(pool: &PgPool, task_queue: &str, batch: &[Pending]) -> Result<(), sqlx::Error> {
+/// The first (alphabetically) of `message`'s recipients on the suppression
+/// list, as the one-by-one path reports it.
+fn first_suppressed(message: &NewMessage, suppressed: &HashSet<String>) -> Option<String> {
+    [&message.to[..], &message.cc, &message.bcc]
+        .concat()
+        .into_iter()
+        .map(|a| a.to_lowercase())
+        .filter(|a| suppressed.contains(a))
+        .min()
+}
+
+/// Two statements for the whole batch: which recipients are suppressed,
+/// then the records and the outbox rows (one `send_email_batch` task per
+/// [`BATCH_MEMBERS`] queued messages), which commit together or not at all.
+async fn write(
+    pool: &PgPool,
+    task_queue: &str,
+    batch: &[Pending],
+) -> Result<Vec<MessageStatus>, sqlx::Error> {
+    let recipients: Vec<String> = batch
+        .iter()
+        .flat_map(|p| {
+            let m = &p.message;
+            m.to.iter().chain(&m.cc).chain(&m.bcc).cloned()
+        })
+        .collect();
+    let suppressed = suppressions::suppressed_among(pool, &recipients).await?;
+    let mut statuses = Vec::with_capacity(batch.len());
+    let mut members = Vec::with_capacity(batch.len());
     let messages: Vec<Value> = batch
         .iter()
         .map(|p| {
             let m = &p.message;
+            let blocked = first_suppressed(m, &suppressed);
+            let (status, error) = match blocked {
+                Some(address) => (
+                    MessageStatus::Suppressed,
+                    Some(format!("recipient {address} is on the suppression list")),
+                ),
+                None => {
+                    members.push(BatchMember {
+                        message_id: m.id,
+                        task_id: m.task_id.clone(),
+                    });
+                    (MessageStatus::Queued, None)
+                }
+            };
+            statuses.push(status);
             json!({
                 "id": m.id, "task_id": m.task_id, "api_key_id": m.api_key_id,
+                "status": status.as_str(), "error": error,
                 "to_addrs": m.to, "cc_addrs": m.cc, "bcc_addrs": m.bcc,
                 "reply_to": m.reply_to, "from_name": m.from_name, "subject": m.subject,
                 "html_body": m.html_body, "text_body": m.text_body,
             })
         })
         .collect();
-    let tasks: Vec<Value> = batch
-        .iter()
-        .map(|p| {
+    let tasks: Vec<Value> = members
+        .chunks(BATCH_MEMBERS)
+        .map(|chunk| {
+            let task = send_email_batch_task(chunk);
             json!({
-                "task_id": p.task.id(),
-                "headers": p.task.headers_json(),
-                "body": String::from_utf8_lossy(&p.task.body()),
-                "priority": p.task.priority,
+                "task_id": task.id(),
+                "headers": task.headers_json(),
+                "body": String::from_utf8_lossy(&task.body()),
+                "priority": task.priority,
             })
         })
         .collect();
     sqlx::query(
         "WITH m AS (
-            INSERT INTO message_records (id, task_id, api_key_id, status, to_addrs, cc_addrs, bcc_addrs,
-                reply_to, from_name, subject, html_body, text_body, queued_at)
-            SELECT id, task_id, api_key_id, 'queued', to_addrs, cc_addrs, bcc_addrs,
-                reply_to, from_name, subject, html_body, text_body, now()
-            FROM jsonb_to_recordset($1) AS x(id uuid, task_id text, api_key_id uuid, to_addrs text[],
-                cc_addrs text[], bcc_addrs text[], reply_to text, from_name text, subject text,
-                html_body text, text_body text)
+            INSERT INTO message_records (id, task_id, api_key_id, status, error, to_addrs, cc_addrs,
+                bcc_addrs, reply_to, from_name, subject, html_body, text_body, queued_at)
+            SELECT id, task_id, api_key_id, status, error, to_addrs, cc_addrs, bcc_addrs,
+                reply_to, from_name, subject, html_body, text_body,
+                CASE WHEN status = 'queued' THEN now() END
+            FROM jsonb_to_recordset($1) AS x(id uuid, task_id text, api_key_id uuid, status text,
+                error text, to_addrs text[], cc_addrs text[], bcc_addrs text[], reply_to text,
+                from_name text, subject text, html_body text, text_body text)
             RETURNING 1
          )
          INSERT INTO outbox (task_id, exchange, routing_key, headers, body, priority)
@@ -142,5 +194,5 @@ async fn write(pool: &PgPool, task_queue: &str, batch: &[Pending]) -> Result<(),
     .bind(task_queue)
     .execute(pool)
     .await?;
-    Ok(())
+    Ok(statuses)
 }

@@ -24,6 +24,9 @@ use sqlx::PgPool;
 use tokio::process::{Child, Command};
 use tokio::sync::Semaphore;
 
+mod cpu;
+use cpu::CpuSnapshot;
+
 struct Options {
     messages: usize,
     concurrency: usize,
@@ -274,6 +277,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     // 1. Ingest with the workers stopped.
+    let cpu_before = CpuSnapshot::take();
     let (elapsed, lat) =
         send_all(&client, &send_url, &token, o.messages, o.concurrency, 0, 0).await?;
     println!(
@@ -282,8 +286,10 @@ async fn main() -> anyhow::Result<()> {
         percentile(&lat, 0.5),
         percentile(&lat, 0.99)
     );
+    CpuSnapshot::take().report(&cpu_before, o.messages, elapsed.as_secs_f64());
 
     // 2. Drain the backlog.
+    let cpu_before = CpuSnapshot::take();
     let started = Instant::now();
     for i in 0..o.workers {
         let worker = platform.spawn(
@@ -300,11 +306,13 @@ async fn main() -> anyhow::Result<()> {
         o.messages,
         drained.as_secs_f64()
     );
+    CpuSnapshot::take().report(&cpu_before, o.messages, drained.as_secs_f64());
 
     // 3. End to end with the workers running (paced when --rate is given).
     if o.rate > 0 {
         println!("end-to-end phase offered at {} requests/s", o.rate);
     }
+    let cpu_before = CpuSnapshot::take();
     let started = Instant::now();
     let (elapsed, lat) = send_all(
         &client,
@@ -324,6 +332,7 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     let total = started.elapsed();
+    let cpu_after = CpuSnapshot::take();
     let e2e: Vec<f64> = sqlx::query_scalar(
         "SELECT (extract(epoch FROM sent_at - created_at) * 1000)::float8 FROM message_records
          WHERE status = 'sent' ORDER BY created_at DESC LIMIT $1",
@@ -346,6 +355,7 @@ async fn main() -> anyhow::Result<()> {
         percentile(&e2e, 0.5),
         percentile(&e2e, 0.99)
     );
+    cpu_after.report(&cpu_before, o.messages, total.as_secs_f64());
     for (i, w) in platform.workers.iter().enumerate() {
         println!("worker {i} peak RSS: {:.0} MB", peak_rss_mb(w.id()));
     }

@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::context::Context;
-use crate::lane::{Lane, Publisher};
+use crate::lane::{self, Lane, Publisher};
 use crate::remote_control::{self, ControlContext};
 
 /// How long in-flight tasks may run on after SIGTERM before the worker
@@ -170,7 +170,7 @@ impl Consumer {
                 _ = stop.cancelled() => break Ok(()),
             };
             let mut batch = match next {
-                Some(Ok(d)) => vec![d],
+                Some(Ok(d)) => vec![lane.decode(d)],
                 Some(Err(e)) => break Err(e.into()),
                 None => {
                     break Err(
@@ -178,14 +178,21 @@ impl Consumer {
                     )
                 }
             };
-            // Whatever else has already arrived joins this batch.
-            while batch.len() < concurrency {
+            // Whatever else has already arrived joins this batch, up to the
+            // concurrency in sends (a batch task counts each of its emails).
+            let mut weight = lane::weight(&batch[0]);
+            while weight < concurrency {
                 match deliveries.next().now_or_never() {
-                    Some(Some(Ok(d))) => batch.push(d),
+                    Some(Some(Ok(d))) => {
+                        let d = lane.decode(d);
+                        weight += lane::weight(&d);
+                        batch.push(d);
+                    }
                     _ => break,
                 }
             }
-            let Ok(permits) = slots.clone().acquire_many_owned(batch.len() as u32).await else {
+            let permits = weight.min(concurrency) as u32;
+            let Ok(permits) = slots.clone().acquire_many_owned(permits).await else {
                 break Ok(());
             };
             let lane = lane.clone();

@@ -4,15 +4,16 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures_util::future::join_all;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::{AMQPValue, LongString, ShortString};
-use lapin::Channel;
+use lapin::{BasicProperties, Channel};
 use platform::broker::{self, Topology};
 use platform::celery::{table_to_json, DecodeError, TaskMessage, TaskState};
 use platform::db::dead_letters;
+use platform::tasks::{expand_batch, BATCH_MEMBERS, SEND_EMAIL_BATCH};
 use tokio::sync::Mutex;
 
 use crate::context::Context;
@@ -43,31 +44,100 @@ pub struct Lane {
     pub queue: String,
 }
 
+/// One task to run: a delivery's own task, or one email of a
+/// `send_email_batch` delivery.
+struct Job {
+    /// Index of the delivery that carried it.
+    delivery: usize,
+    message: TaskMessage,
+    /// Expanded from a batch: re-publications and dead letters carry this
+    /// email's own `send_email` task, not the batch.
+    member: bool,
+}
+
+/// A delivery as the consumer hands it over, decoded once.
+pub type Decoded = (Delivery, Result<TaskMessage, DecodeError>);
+
+/// How many sends a decoded delivery stands for (what it weighs against
+/// the lane's concurrency).
+pub fn weight(decoded: &Decoded) -> usize {
+    match &decoded.1 {
+        Ok(m) if m.task() == SEND_EMAIL_BATCH => m
+            .kwargs
+            .get("messages")
+            .and_then(|v| v.as_array())
+            .map_or(1, |a| a.len().clamp(1, BATCH_MEMBERS)),
+        _ => 1,
+    }
+}
+
 impl Lane {
-    /// Deliveries that arrived together: plain API-published sends take the
-    /// batched fast path, everything else (and whatever the fast path hands
-    /// back) is handled one by one.
-    pub async fn handle_batch(&self, deliveries: Vec<Delivery>) {
+    /// Decodes a delivery, with Python task names and positional
+    /// arguments mapped to ours.
+    pub fn decode(&self, delivery: Delivery) -> Decoded {
+        let decoded = TaskMessage::decode(&delivery.properties, &delivery.data).map(|mut m| {
+            self.ctx.aliases.apply(&mut m);
+            m
+        });
+        (delivery, decoded)
+    }
+
+    /// Deliveries that arrived together. Batch tasks are expanded into
+    /// their emails; plain API-published sends take the batched fast path,
+    /// everything else (and whatever the fast path hands back) is handled
+    /// one by one. A delivery is acknowledged once every task it carries
+    /// is settled, and requeued whole if any of them could not be (a
+    /// member already sent is then skipped by its record's claim).
+    pub async fn handle_batch(&self, deliveries: Vec<Decoded>) {
+        let mut requeue = vec![false; deliveries.len()];
+        let mut jobs: Vec<Job> = Vec::new();
+        let mut settled: Vec<(usize, Option<usize>, Outcome)> = Vec::new(); // (delivery, job, outcome)
+        for (d, (_, decoded)) in deliveries.iter().enumerate() {
+            match decoded {
+                Err(e) => settled.push((
+                    d,
+                    None,
+                    Outcome::DeadLetter {
+                        reason: format!("undecodable message: {e}"),
+                    },
+                )),
+                Ok(m) if m.task() == SEND_EMAIL_BATCH => match expand_batch(m) {
+                    Ok(members) => jobs.extend(members.into_iter().map(|message| Job {
+                        delivery: d,
+                        message,
+                        member: true,
+                    })),
+                    Err(reason) => settled.push((d, None, Outcome::DeadLetter { reason })),
+                },
+                Ok(m) => jobs.push(Job {
+                    delivery: d,
+                    message: m.clone(),
+                    member: false,
+                }),
+            }
+        }
+
         let now = Utc::now();
         let mut fast = Vec::new();
         let mut single = Vec::new();
-        for delivery in deliveries {
-            match self.decode(&delivery) {
-                Ok(message) if message.headers.expires.is_none_or(|e| e > now) => {
-                    match send_batch::fast_path_id(&message) {
-                        Some(id) => fast.push((delivery, message, id)),
-                        None => single.push(delivery),
-                    }
-                }
-                _ => single.push(delivery),
+        for (j, job) in jobs.iter().enumerate() {
+            if let Some(outcome) = self.before_running(&job.message, now).await {
+                settled.push((job.delivery, Some(j), outcome));
+            } else if let Some(id) = send_batch::fast_path_id(&job.message) {
+                fast.push((j, id));
+            } else {
+                single.push(j);
             }
         }
         if fast.len() == 1 {
-            single.extend(fast.drain(..).map(|(d, _, _)| d));
+            single.extend(fast.drain(..).map(|(j, _)| j));
         }
+        let mut database_down = false;
         if !fast.is_empty() {
-            let batch: Vec<(uuid::Uuid, &TaskMessage)> =
-                fast.iter().map(|(_, m, id)| (*id, m)).collect();
+            let batch: Vec<(uuid::Uuid, &TaskMessage)> = fast
+                .iter()
+                .map(|(j, id)| (*id, &jobs[*j].message))
+                .collect();
             let messages: Vec<&TaskMessage> = batch.iter().map(|(_, m)| *m).collect();
             self.ctx.worker.tasks_started(&messages, &self.queue).await;
             let ran = send_batch::run(&self.ctx, &batch).await;
@@ -77,45 +147,77 @@ impl Lane {
                 .await;
             match ran {
                 Ok(outcomes) => {
-                    for ((delivery, message, _), outcome) in fast.into_iter().zip(outcomes) {
+                    for ((j, _), outcome) in fast.into_iter().zip(outcomes) {
                         match outcome {
-                            Some(outcome) => self.settle(&delivery, Some(&message), outcome).await,
-                            None => single.push(delivery),
+                            Some(outcome) => settled.push((jobs[j].delivery, Some(j), outcome)),
+                            None => single.push(j),
                         }
                     }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "database unavailable; the batch goes back to the queue");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    for (delivery, _, _) in &fast {
-                        nack_requeue(delivery).await;
+                    database_down = true;
+                    for (j, _) in fast {
+                        requeue[jobs[j].delivery] = true;
                     }
                 }
             }
         }
-        join_all(single.into_iter().map(|d| self.handle(d))).await;
-    }
-
-    /// Decodes a delivery, with Python task names and positional
-    /// arguments mapped to ours.
-    fn decode(&self, delivery: &Delivery) -> Result<TaskMessage, DecodeError> {
-        let mut message = TaskMessage::decode(&delivery.properties, &delivery.data)?;
-        self.ctx.aliases.apply(&mut message);
-        Ok(message)
-    }
-
-    async fn handle(&self, delivery: Delivery) {
-        let message = match self.decode(&delivery) {
-            Ok(m) => m,
-            Err(e) => {
-                let reason = format!("undecodable message: {e}");
-                tracing::error!(%reason, "dead-lettering");
-                return self
-                    .settle(&delivery, None, Outcome::DeadLetter { reason })
-                    .await;
+        let ran = join_all(single.iter().map(|&j| self.run_one(&jobs[j].message))).await;
+        for (j, ran) in single.into_iter().zip(ran) {
+            match ran {
+                Ok(outcome) => settled.push((jobs[j].delivery, Some(j), outcome)),
+                Err(e) => {
+                    tracing::warn!(task_id = jobs[j].message.id(), error = %e, "database unavailable; the task goes back to the queue");
+                    database_down = true;
+                    requeue[jobs[j].delivery] = true;
+                }
             }
-        };
-        let now = Utc::now();
+        }
+
+        for (d, j, outcome) in settled {
+            if requeue[d] {
+                continue;
+            }
+            let delivery = &deliveries[d];
+            let job = j.map(|j| &jobs[j]);
+            let published = match job {
+                Some(job) if job.member => {
+                    let (properties, body) = (job.message.properties(), job.message.body());
+                    self.publish_outcome(&properties, &body, Some(&job.message), outcome)
+                        .await
+                }
+                _ => {
+                    let message = job.map(|job| &job.message).or(delivery.1.as_ref().ok());
+                    let (properties, body) = (&delivery.0.properties, &delivery.0.data);
+                    self.publish_outcome(properties, body, message, outcome)
+                        .await
+                }
+            };
+            if let Err(e) = published {
+                tracing::warn!(error = %e, "re-publication failed; requeueing the original");
+                requeue[d] = true;
+            }
+        }
+
+        if requeue.iter().any(|r| *r) {
+            // Not at once: a database or broker that just failed needs a moment.
+            let pause = if database_down { 1000 } else { 500 };
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+        }
+        for ((delivery, _), requeue) in deliveries.iter().zip(requeue) {
+            if requeue {
+                nack_requeue(delivery).await;
+            } else if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+                tracing::warn!(error = %e, "ack failed; the message will be redelivered");
+            }
+        }
+    }
+
+    /// An outcome decided before running: an expired task is revoked, one
+    /// due later is held in RabbitMQ (not in memory, so consumer_timeout
+    /// cannot fire).
+    async fn before_running(&self, message: &TaskMessage, now: DateTime<Utc>) -> Option<Outcome> {
         if message
             .headers
             .expires
@@ -143,45 +245,37 @@ impl Lane {
             {
                 tracing::warn!(error = %e, "cannot store the task result");
             }
-            return self.settle(&delivery, Some(&message), Outcome::Done).await;
+            return Some(Outcome::Done);
         }
-        if let Some(eta) = message.headers.eta {
-            if let Ok(wait) = (eta - now).to_std() {
-                if wait >= Duration::from_secs(1) {
-                    // Held in RabbitMQ, not in memory, so consumer_timeout cannot fire.
-                    return self
-                        .settle(&delivery, Some(&message), Outcome::Later { delay: wait })
-                        .await;
-                }
-            }
-        }
-
-        self.ctx
-            .worker
-            .tasks_started(&[&message], &self.queue)
-            .await;
-        let ran = tasks::run(&self.ctx, &message).await;
-        self.ctx
-            .worker
-            .tasks_finished(&[&message], &self.ctx.results)
-            .await;
-        let outcome = match ran {
-            Ok(outcome) => outcome,
-            Err(e) => {
-                tracing::warn!(task_id = message.id(), error = %e, "database unavailable; the task goes back to the queue");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                nack_requeue(&delivery).await;
-                return;
-            }
-        };
-        self.settle(&delivery, Some(&message), outcome).await;
+        let wait = (message.headers.eta? - now).to_std().ok()?;
+        (wait >= Duration::from_secs(1)).then_some(Outcome::Later { delay: wait })
     }
 
-    /// Carries out an outcome. Re-publications are confirmed before the
-    /// original is acknowledged: a crash in between can duplicate a message
-    /// but never lose one, and duplicates are absorbed by the record's claim.
-    async fn settle(&self, delivery: &Delivery, message: Option<&TaskMessage>, outcome: Outcome) {
-        let published: Result<(), String> = match (&outcome, message) {
+    /// Runs one task. An `Err` is an infrastructure failure (database
+    /// unreachable): its delivery goes back to the queue.
+    async fn run_one(&self, message: &TaskMessage) -> Result<Outcome, sqlx::Error> {
+        self.ctx.worker.tasks_started(&[message], &self.queue).await;
+        let ran = tasks::run(&self.ctx, message).await;
+        self.ctx
+            .worker
+            .tasks_finished(&[message], &self.ctx.results)
+            .await;
+        ran
+    }
+
+    /// Carries out an outcome's re-publication (retry, delay, dead letter),
+    /// confirmed before the delivery is acknowledged: a crash in between
+    /// can duplicate a message but never lose one, and duplicates are
+    /// absorbed by the record's claim. `properties` and `body` are the
+    /// message as it is dead-lettered.
+    async fn publish_outcome(
+        &self,
+        properties: &BasicProperties,
+        body: &[u8],
+        message: Option<&TaskMessage>,
+        outcome: Outcome,
+    ) -> Result<(), String> {
+        match (&outcome, message) {
             (Outcome::Done, _) => Ok(()),
             (Outcome::Retry { delay }, Some(message)) => {
                 let mut again = message.clone();
@@ -197,25 +291,13 @@ impl Lane {
                 .await
                 .map_err(|e| e.to_string()),
             (Outcome::DeadLetter { reason }, message) => self
-                .dead_letter(delivery, message, reason)
+                .dead_letter(properties, body, message, reason)
                 .await
                 .map_err(|e| e.to_string()),
             (_, None) => self
-                .dead_letter(delivery, None, "no decodable message")
+                .dead_letter(properties, body, None, "no decodable message")
                 .await
                 .map_err(|e| e.to_string()),
-        };
-        match published {
-            Ok(()) => {
-                if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
-                    tracing::warn!(error = %e, "ack failed; the message will be redelivered");
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "re-publication failed; requeueing the original");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                nack_requeue(delivery).await;
-            }
         }
     }
 
@@ -251,12 +333,14 @@ impl Lane {
     /// API), then moves the message to the dead-letter queue with its reason.
     async fn dead_letter(
         &self,
-        delivery: &Delivery,
+        properties: &BasicProperties,
+        body: &[u8],
         message: Option<&TaskMessage>,
         reason: &str,
     ) -> Result<(), DeadLetterError> {
+        tracing::warn!(task_id = message.map(|m| m.id()), %reason, "dead-lettering");
         metrics::counter!("dead_letters_total").increment(1);
-        let headers = delivery.properties.headers().clone().unwrap_or_default();
+        let headers = properties.headers().clone().unwrap_or_default();
         let message_id = message
             .and_then(|m| m.kwargs.get("message_id"))
             .and_then(|v| v.as_str())
@@ -268,13 +352,9 @@ impl Lane {
                 task_name: message.map(|m| m.task()),
                 message_id,
                 reason,
-                content_type: delivery
-                    .properties
-                    .content_type()
-                    .as_ref()
-                    .map(|c| c.as_str()),
+                content_type: properties.content_type().as_ref().map(|c| c.as_str()),
                 headers: table_to_json(&headers),
-                body: &delivery.data,
+                body,
             },
         )
         .await?;
@@ -283,8 +363,7 @@ impl Lane {
             ShortString::from("x-notify-dead-letter-reason"),
             AMQPValue::LongString(LongString::from(reason.as_bytes().to_vec())),
         );
-        let properties = delivery
-            .properties
+        let properties = properties
             .clone()
             .with_headers(headers)
             .with_delivery_mode(2);
@@ -292,7 +371,7 @@ impl Lane {
             &self.publisher.channel,
             "",
             &self.topology.names.dead_letter(),
-            &delivery.data,
+            body,
             properties,
         )
         .await?;

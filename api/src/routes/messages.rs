@@ -11,7 +11,6 @@ use chrono::{DateTime, Utc};
 use platform::celery::TaskMessage;
 use platform::db::messages::{Acceptance, MessageFilter, MessageStatus};
 use platform::db::{attachments, idempotency, messages, outbox, suppressions};
-use platform::tasks::{SendEmailKwargs, SEND_EMAIL};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -80,31 +79,24 @@ pub async fn send(
     let accepted = request.validate(principal.key_id, limits(&state), rendered)?;
 
     // The common case (no idempotency key, attachments, schedule or
-    // campaign, and no suppressed recipient) goes through group commit; the
-    // worker checks suppressions again at send time, so one added meanwhile
-    // still holds.
+    // campaign) goes through group commit, which also checks the
+    // suppression list; the worker checks it again at send time, so an
+    // address suppressed meanwhile still holds.
     let plain = idempotency_key.is_none()
         && accepted.attachments.is_empty()
         && accepted.send_at.is_none()
         && accepted.campaign_id.is_none();
     if plain {
-        let new = &accepted.new;
-        let recipients = [&new.to[..], &new.cc, &new.bcc].concat();
-        if suppressions::first_suppressed(&state.pool, &recipients)
-            .await?
-            .is_none()
-        {
-            let outcome = SendAccepted {
-                message_id: new.id,
-                task_id: new.task_id.clone(),
-                status: MessageStatus::Queued.as_str().into(),
-            };
-            let task = send_task(new);
-            state.ingest.submit(accepted.new, task).await?;
-            metrics::counter!("messages_accepted_total", "kind" => "single").increment(1);
-            let body = serde_json::json!({ "data": outcome });
-            return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
-        }
+        let (message_id, task_id) = (accepted.new.id, accepted.new.task_id.clone());
+        let status = state.ingest.submit(accepted.new).await?;
+        let outcome = SendAccepted {
+            message_id,
+            task_id,
+            status: status.as_str().into(),
+        };
+        metrics::counter!("messages_accepted_total", "kind" => "single").increment(1);
+        let body = serde_json::json!({ "data": outcome });
+        return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
     }
 
     let mut tx = state.pool.begin().await?;
@@ -162,15 +154,7 @@ fn limits(state: &AppState) -> Limits {
 /// (when it is to be sent now) its Celery task in the outbox.
 /// The Celery task that sends a recorded message.
 fn send_task(new: &platform::db::messages::NewMessage) -> TaskMessage {
-    let kwargs = SendEmailKwargs {
-        message_id: Some(new.id),
-        ..Default::default()
-    };
-    let kwargs = match serde_json::to_value(kwargs) {
-        Ok(Value::Object(map)) => map,
-        _ => serde_json::Map::new(),
-    };
-    TaskMessage::new(SEND_EMAIL, &new.task_id, Vec::new(), kwargs)
+    platform::tasks::send_email_task(new.id, &new.task_id)
 }
 
 async fn record(

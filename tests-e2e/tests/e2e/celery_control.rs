@@ -128,7 +128,10 @@ async fn celery_inspect_and_control_reach_our_workers() {
     let registered = ask_all("inspect", "registered", &[&w0]).await;
     assert_eq!(
         registered[&w0],
-        serde_json::json!([platform::tasks::SEND_EMAIL])
+        serde_json::json!([
+            platform::tasks::SEND_EMAIL,
+            platform::tasks::SEND_EMAIL_BATCH
+        ])
     );
 
     // active: a send held up by a slow SMTP server is listed while it runs.

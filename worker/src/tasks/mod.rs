@@ -9,7 +9,12 @@ use crate::context::Context;
 use crate::outcome::Outcome;
 
 /// Names this worker registers (what `celery inspect registered` will list).
-pub const REGISTERED: &[&str] = &[platform::tasks::SEND_EMAIL];
+/// `send_email_batch` is expanded by the lane into `send_email` tasks
+/// before anything runs, so [`run`] never sees it.
+pub const REGISTERED: &[&str] = &[
+    platform::tasks::SEND_EMAIL,
+    platform::tasks::SEND_EMAIL_BATCH,
+];
 
 /// Runs the task a message names. An `Err` is an infrastructure failure
 /// (database unreachable): the delivery is requeued and tried again.
