@@ -58,6 +58,21 @@ impl CpuSnapshot {
                 .sum();
             *totals.entry(name).or_insert(0.0) += ticks / TICKS;
         }
+        // Machine-wide idle and steal (time the hypervisor gave to other
+        // guests): a run with much steal had less than two cores.
+        if let Ok(stat) = std::fs::read_to_string("/proc/stat") {
+            if let Some(line) = stat.lines().next() {
+                let fields: Vec<f64> = line
+                    .split_whitespace()
+                    .skip(1)
+                    .filter_map(|v| v.parse().ok())
+                    .collect();
+                if fields.len() > 7 {
+                    totals.insert("(idle)", fields[3] / TICKS);
+                    totals.insert("(steal)", fields[7] / TICKS);
+                }
+            }
+        }
         CpuSnapshot(totals)
     }
 
@@ -68,6 +83,10 @@ impl CpuSnapshot {
         let mut total = 0.0;
         for (name, after) in &self.0 {
             let used = (after - before.0.get(name).copied().unwrap_or(0.0)).max(0.0);
+            if name.starts_with('(') {
+                parts.push(format!("{name} {used:.1} s"));
+                continue;
+            }
             total += used;
             parts.push(format!(
                 "{name} {used:.1} s ({:.0} ms/1k)",

@@ -10,7 +10,8 @@
 //!      to last email received and recorded `sent`, and per-message latency
 //!      (created → sent) p50/p99; worker peak RSS.
 //!
-//! Usage: notify-bench [--messages N] [--concurrency C] [--workers W]
+//! Usage: notify-bench [--messages N] [--concurrency C] [--workers W] [--rate R]
+//!                     [--worker-concurrency N] [--prefetch N]
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -35,6 +36,10 @@ struct Options {
     /// the clients go). A paced run shows whether a rate is sustained:
     /// delivery keeps up and per-message latency stays flat.
     rate: usize,
+    /// Sends in flight per worker process (CELERY_WORKER_CONCURRENCY).
+    worker_concurrency: usize,
+    /// Unacknowledged deliveries per queue (RABBITMQ_PREFETCH_COUNT).
+    prefetch: usize,
 }
 
 fn options() -> anyhow::Result<Options> {
@@ -43,6 +48,8 @@ fn options() -> anyhow::Result<Options> {
         concurrency: 64,
         workers: 1,
         rate: 0,
+        worker_concurrency: 32,
+        prefetch: 64,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -52,8 +59,10 @@ fn options() -> anyhow::Result<Options> {
             "--concurrency" => o.concurrency = value,
             "--workers" => o.workers = value,
             "--rate" => o.rate = value,
+            "--worker-concurrency" => o.worker_concurrency = value,
+            "--prefetch" => o.prefetch = value,
             other => bail!(
-                "unknown flag {other}; usage: notify-bench [--messages N] [--concurrency C] [--workers W] [--rate R]"
+                "unknown flag {other}; usage: notify-bench [--messages N] [--concurrency C] [--workers W] [--rate R] [--worker-concurrency N] [--prefetch N]"
             ),
         }
     }
@@ -221,8 +230,11 @@ async fn main() -> anyhow::Result<()> {
             "q0ZJmR3wX8y2Vt6Nf1Kp4Lc7Hs9Ua5Db0Eg3Ii6Oo8Y=",
         ),
         ("API_HOST", "127.0.0.1"),
-        ("CELERY_WORKER_CONCURRENCY", "32"),
-        ("RABBITMQ_PREFETCH_COUNT", "64"),
+        (
+            "CELERY_WORKER_CONCURRENCY",
+            o.worker_concurrency.to_string().as_str(),
+        ),
+        ("RABBITMQ_PREFETCH_COUNT", o.prefetch.to_string().as_str()),
         ("PATH", "/usr/bin:/bin"),
         // One key drives the whole load; per-key rate limiting would refuse it.
         ("RATE_LIMIT_ENABLED", "false"),
@@ -272,8 +284,8 @@ async fn main() -> anyhow::Result<()> {
         .error_for_status()?;
     let send_url = format!("{base}/api/v1/messages/email/send");
     println!(
-        "notify-bench: {} messages, {} concurrent clients, {} worker process(es)",
-        o.messages, o.concurrency, o.workers
+        "notify-bench: {} messages, {} concurrent clients, {} worker process(es) of concurrency {}, prefetch {}",
+        o.messages, o.concurrency, o.workers, o.worker_concurrency, o.prefetch
     );
 
     // 1. Ingest with the workers stopped.

@@ -163,6 +163,7 @@ impl Consumer {
         tracing::info!(queue = %lane.queue, node = %self.node_name, "consuming");
 
         let concurrency = self.ctx.settings.worker_concurrency;
+        let gather = (concurrency / 2).max(1);
         let slots = Arc::new(Semaphore::new(concurrency));
         let outcome = loop {
             let next = tokio::select! {
@@ -178,10 +179,12 @@ impl Consumer {
                     )
                 }
             };
-            // Whatever else has already arrived joins this batch, up to the
-            // concurrency in sends (a batch task counts each of its emails).
+            // Whatever else has already arrived joins this batch, up to half
+            // the concurrency in sends (a batch task counts each of its
+            // emails), so that one batch's database round trips overlap
+            // another's SMTP sends instead of every batch waiting in turn.
             let mut weight = lane::weight(&batch[0]);
-            while weight < concurrency {
+            while weight < gather {
                 match deliveries.next().now_or_never() {
                     Some(Some(Ok(d))) => {
                         let d = lane.decode(d);

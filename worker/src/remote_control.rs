@@ -510,7 +510,10 @@ mod tests {
         );
         assert_eq!(
             state.answer(&ctx, &request("registered")),
-            Some(json!([platform::tasks::SEND_EMAIL]))
+            Some(json!([
+                platform::tasks::SEND_EMAIL,
+                platform::tasks::SEND_EMAIL_BATCH
+            ]))
         );
         let stats = state.answer(&ctx, &request("stats")).unwrap();
         assert_eq!(stats["pool"]["max-concurrency"], 4);

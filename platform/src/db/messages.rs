@@ -282,20 +282,37 @@ pub async fn get_many(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<MessageRecord>,
         .await
 }
 
+/// A record [`claim_many`] claimed, with what sending it needs to know
+/// besides, read in the same statement.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Claimed {
+    #[sqlx(flatten)]
+    pub record: MessageRecord,
+    /// The first (alphabetically) recipient now on the suppression list.
+    pub suppressed: Option<String>,
+    pub has_attachments: bool,
+}
+
 /// [`claim`] for many queued messages in one statement; returns those
-/// claimed (a message another delivery holds is left out).
+/// claimed (a message not `queued`, e.g. held by another delivery, is
+/// left out), each with its suppression and attachment checks.
 pub async fn claim_many(
     pool: &PgPool,
     ids: &[Uuid],
     account_ids: &[Uuid],
     account_emails: &[String],
-) -> Result<Vec<MessageRecord>, sqlx::Error> {
+) -> Result<Vec<Claimed>, sqlx::Error> {
     sqlx::query_as(
         "UPDATE message_records m SET status = 'sending', attempts = m.attempts + 1, sending_at = now(),
             account_id = c.account_id, account_email = c.account_email, updated_at = now()
          FROM UNNEST($1::uuid[], $2::uuid[], $3::text[]) AS c(id, account_id, account_email)
          WHERE m.id = c.id AND m.status = 'queued'
-         RETURNING m.*",
+         RETURNING m.*,
+            (SELECT s.address FROM suppressions s
+             WHERE s.address = ANY(SELECT lower(a)
+                                   FROM unnest(m.to_addrs || m.cc_addrs || m.bcc_addrs) AS a)
+             ORDER BY s.address LIMIT 1) AS suppressed,
+            EXISTS (SELECT 1 FROM message_attachments f WHERE f.message_id = m.id) AS has_attachments",
     )
     .bind(ids)
     .bind(account_ids)

@@ -25,6 +25,7 @@ mod rate_limit;
 mod resilience;
 mod scheduler;
 mod scheduling;
+mod send_batches;
 mod suppressions;
 mod templates;
 mod throttle;

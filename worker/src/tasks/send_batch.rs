@@ -12,11 +12,12 @@ use std::collections::HashMap;
 
 use futures_util::future::join_all;
 use platform::celery::{TaskMessage, TaskState};
+use platform::db::attachments;
 use platform::db::email_accounts::{self, EmailAccount};
-use platform::db::messages::{self, MessageRecord, MessageStatus};
+use platform::db::messages::{self, Claimed, MessageRecord};
 use uuid::Uuid;
 
-use super::send_email::{self, Attempt};
+use super::send_email::{self, Attempt, Extras};
 use crate::context::Context;
 use crate::outcome::Outcome;
 
@@ -37,39 +38,30 @@ pub async fn run(
 ) -> Result<Vec<Option<Outcome>>, sqlx::Error> {
     let started = std::time::Instant::now();
     let mut outcomes: Vec<Option<Outcome>> = (0..batch.len()).map(|_| None).collect();
-    let ids: Vec<Uuid> = batch.iter().map(|(id, _)| *id).collect();
-    let records: HashMap<Uuid, MessageRecord> = messages::get_many(&ctx.pool, &ids)
-        .await?
-        .into_iter()
-        .map(|r| (r.id, r))
-        .collect();
     // The same task twice in one batch (published twice): the first copy
     // carries it, the others are acknowledged as duplicates.
     let mut seen = std::collections::HashSet::new();
-    let mut queued: Vec<usize> = Vec::new();
+    let mut unique: Vec<usize> = Vec::new();
     for (i, (id, _)) in batch.iter().enumerate() {
-        if !seen.insert(*id) {
+        if seen.insert(*id) {
+            unique.push(i);
+        } else {
             outcomes[i] = Some(Outcome::Done);
-        } else if records
-            .get(id)
-            .is_some_and(|r| r.status() == MessageStatus::Queued)
-        {
-            queued.push(i);
         }
     }
-    if queued.is_empty() {
-        return Ok(outcomes);
-    }
 
-    // Quota for as many as possible, best accounts first.
+    // Quota for as many as possible, best accounts first. Reserved before
+    // the claim (which needs the account), and given back for whatever
+    // the claim does not take: a redelivered message already sent, one held
+    // by another delivery, a cancelled one (the single path settles those).
     let today = platform::today(&ctx.settings);
-    let reservations = email_accounts::reserve_many(&ctx.pool, today, queued.len() as i32).await?;
+    let reservations = email_accounts::reserve_many(&ctx.pool, today, unique.len() as i32).await?;
     let mut assigned: Vec<(usize, usize)> = Vec::new(); // (batch index, reservation index)
     let mut slots = reservations
         .iter()
         .enumerate()
         .flat_map(|(r, res)| std::iter::repeat_n(r, res.granted.max(0) as usize));
-    for &i in &queued {
+    for &i in &unique {
         match slots.next() {
             Some(r) => assigned.push((i, r)),
             None => break,
@@ -88,19 +80,18 @@ pub async fn run(
         .iter()
         .map(|(_, r)| reservations[*r].account.email.clone())
         .collect();
-    let claimed: HashMap<Uuid, MessageRecord> =
+    let claimed: HashMap<Uuid, Claimed> =
         messages::claim_many(&ctx.pool, &claim_ids, &claim_accounts, &claim_emails)
             .await?
             .into_iter()
-            .map(|r| (r.id, r))
+            .map(|c| (c.record.id, c))
             .collect();
 
-    // Quota reserved for messages another delivery claimed goes back.
+    // Quota reserved for messages the claim did not take goes back.
     let mut unused: HashMap<Uuid, i32> = HashMap::new();
     for (i, r) in &assigned {
         if !claimed.contains_key(&batch[*i].0) {
             *unused.entry(reservations[*r].account.id).or_default() += 1;
-            outcomes[*i] = Some(Outcome::Done);
         }
     }
     // Reserved but never assigned (more quota than messages, which cannot
@@ -115,16 +106,36 @@ pub async fn run(
         email_accounts::release_many(&ctx.pool, today, account, count).await?;
     }
 
-    let work: Vec<(usize, &MessageRecord, &EmailAccount)> = assigned
+    let work: Vec<(usize, &Claimed, &EmailAccount)> = assigned
         .iter()
         .filter_map(|(i, r)| {
             claimed
                 .get(&batch[*i].0)
-                .map(|rec| (*i, rec, &reservations[*r].account))
+                .map(|c| (*i, c, &reservations[*r].account))
         })
         .collect();
-    let records: Vec<&MessageRecord> = work.iter().map(|(_, rec, _)| *rec).collect();
-    let extras = send_email::extras(ctx, &records).await?;
+    // Attachments are read only for the messages that have some.
+    let with_files: Vec<Uuid> = work
+        .iter()
+        .filter(|(_, c, _)| c.has_attachments)
+        .map(|(_, c, _)| c.record.id)
+        .collect();
+    let mut files = if with_files.is_empty() {
+        HashMap::new()
+    } else {
+        attachments::for_messages(&ctx.pool, &with_files).await?
+    };
+    let extras: Vec<Extras> = work
+        .iter()
+        .map(|(_, c, _)| Extras {
+            suppressed: c.suppressed.clone(),
+            files: files.remove(&c.record.id).unwrap_or_default(),
+        })
+        .collect();
+    let work: Vec<(usize, &MessageRecord, &EmailAccount)> = work
+        .into_iter()
+        .map(|(i, c, account)| (i, &c.record, account))
+        .collect();
     // Celery's STARTED state, for every claimed task, in one round trip.
     let started_states: Vec<_> = work
         .iter()

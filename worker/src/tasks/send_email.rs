@@ -224,8 +224,8 @@ pub(super) enum Attempt {
 /// What sending needs besides the record, read for a whole batch at once.
 pub(super) struct Extras {
     /// A recipient put on the suppression list after the message was accepted.
-    suppressed: Option<String>,
-    files: Vec<Attachment>,
+    pub suppressed: Option<String>,
+    pub files: Vec<Attachment>,
 }
 
 pub(super) async fn extras(
