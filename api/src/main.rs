@@ -1,3 +1,5 @@
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Parser, Subcommand};
 use platform::{db, telemetry, Settings};
 use tokio_util::sync::CancellationToken;

@@ -3,6 +3,9 @@
 //! periodic duties (`duties`). Several instances may run at once: exactly
 //! once comes from row locks and unique run rows, not from there being one.
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod duties;
 mod leader;
 mod release;

@@ -1,3 +1,5 @@
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use platform::{telemetry, Settings};
 use tokio_util::sync::CancellationToken;
 
