@@ -22,6 +22,7 @@ use crate::broker::{self, Topology};
 use crate::celery::amqp_properties;
 use crate::config::Settings;
 use crate::db::outbox;
+use crate::tasks::{batch_members_of, send_email_batch_task, BatchMember, BATCH_MEMBERS};
 
 const BATCH: i64 = 500;
 /// How often the relay looks for rows written by other processes.
@@ -140,23 +141,18 @@ impl OutboxRelay {
             tx.commit().await?;
             return Ok(0);
         }
-        let mut confirms = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let priority = row.priority.and_then(|p| u8::try_from(p).ok());
-            let properties = amqp_properties(&row.task_id, &row.headers, priority, None);
+        let publications = merge_batches(&rows);
+        let mut confirms = Vec::with_capacity(publications.len());
+        for p in &publications {
             let confirm = broker::publish(
                 channel,
-                &row.exchange,
-                &row.routing_key,
-                &row.body,
-                properties,
+                &p.exchange,
+                &p.routing_key,
+                &p.body,
+                p.properties.clone(),
             )
             .await?;
-            confirms.push(broker::await_confirm(
-                confirm,
-                &row.exchange,
-                &row.routing_key,
-            ));
+            confirms.push(broker::await_confirm(confirm, &p.exchange, &p.routing_key));
         }
         for result in join_all(confirms).await {
             result?;
@@ -164,8 +160,128 @@ impl OutboxRelay {
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
         outbox::delete(&mut tx, &ids).await?;
         tx.commit().await?;
-        metrics::counter!("outbox_published_total").increment(rows.len() as u64);
+        metrics::counter!("outbox_published_total").increment(publications.len() as u64);
         tracing::debug!(count = rows.len(), "outbox batch published");
         Ok(rows.len())
+    }
+}
+
+/// One message as it goes to the broker.
+struct Publication {
+    exchange: String,
+    routing_key: String,
+    body: Vec<u8>,
+    properties: lapin::BasicProperties,
+}
+
+/// The rows as messages, with the `send_email_batch` tasks bound for the
+/// same queue and priority merged into as few as [`BATCH_MEMBERS`] allows.
+/// At a steady rate the API's group commits are small, so their batches
+/// are too; rows that gathered here between two relay rounds go out as one
+/// message instead of many. Each email keeps its own task id, so how the
+/// emails are grouped changes nothing for the worker.
+fn merge_batches(rows: &[outbox::OutboxRow]) -> Vec<Publication> {
+    let mut publications = Vec::with_capacity(rows.len());
+    let mut merged: Vec<((&str, &str, Option<i16>), Vec<BatchMember>)> = Vec::new();
+    for row in rows {
+        if let Some(members) = batch_members_of(&row.headers, &row.body) {
+            let key = (
+                row.exchange.as_str(),
+                row.routing_key.as_str(),
+                row.priority,
+            );
+            match merged.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, all)) => all.extend(members),
+                None => merged.push((key, members)),
+            }
+            continue;
+        }
+        let priority = row.priority.and_then(|p| u8::try_from(p).ok());
+        publications.push(Publication {
+            exchange: row.exchange.clone(),
+            routing_key: row.routing_key.clone(),
+            body: row.body.clone(),
+            properties: amqp_properties(&row.task_id, &row.headers, priority, None),
+        });
+    }
+    for ((exchange, routing_key, priority), members) in merged {
+        for chunk in members.chunks(BATCH_MEMBERS) {
+            let mut task = send_email_batch_task(chunk);
+            task.priority = priority.and_then(|p| u8::try_from(p).ok());
+            publications.push(Publication {
+                exchange: exchange.to_string(),
+                routing_key: routing_key.to_string(),
+                body: task.body(),
+                properties: task.properties(),
+            });
+        }
+    }
+    publications
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tasks::expand_batch;
+    use uuid::Uuid;
+
+    fn row(id: i64, task: &crate::celery::TaskMessage, priority: Option<i16>) -> outbox::OutboxRow {
+        outbox::OutboxRow {
+            id,
+            task_id: task.id().to_string(),
+            exchange: "q".into(),
+            routing_key: "q".into(),
+            headers: sqlx::types::Json(task.headers_json()),
+            body: task.body(),
+            priority,
+        }
+    }
+
+    fn members(n: usize) -> Vec<BatchMember> {
+        (0..n)
+            .map(|_| BatchMember {
+                message_id: Uuid::new_v4(),
+                task_id: Uuid::new_v4().to_string(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn batches_for_one_queue_and_priority_are_merged_and_others_kept() {
+        let (a, b, c) = (members(20), members(20), members(20));
+        let urgent = members(3);
+        let plain = crate::tasks::send_email_task(Uuid::new_v4(), "plain-1");
+        let rows = vec![
+            row(1, &send_email_batch_task(&a), None),
+            row(2, &plain, None),
+            row(3, &send_email_batch_task(&b), None),
+            row(4, &send_email_batch_task(&urgent), Some(9)),
+            row(5, &send_email_batch_task(&c), None),
+        ];
+        let published = merge_batches(&rows);
+        // The plain task as it was; 60 emails in batches of 50 and 10; the
+        // other priority on its own.
+        assert_eq!(published.len(), 4);
+        assert_eq!(published[0].body, plain.body());
+        let mut seen = Vec::new();
+        let mut sizes = Vec::new();
+        for p in &published[1..] {
+            let task = crate::celery::TaskMessage::decode(&p.properties, &p.body).unwrap();
+            let expanded = expand_batch(&task).unwrap();
+            sizes.push((expanded.len(), task.priority));
+            seen.extend(expanded.iter().map(|t| t.id().to_string()));
+        }
+        assert_eq!(sizes, [(50, None), (10, None), (3, Some(9))]);
+        let expected: Vec<String> = a
+            .iter()
+            .chain(&b)
+            .chain(&c)
+            .chain(&urgent)
+            .map(|m| m.task_id.clone())
+            .collect();
+        assert_eq!(
+            seen, expected,
+            "every email once, with its own task id, in order"
+        );
     }
 }

@@ -64,6 +64,16 @@ pub fn send_email_batch_task(members: &[BatchMember]) -> TaskMessage {
     task
 }
 
+/// The emails a stored message lists, if it is a [`SEND_EMAIL_BATCH`] task
+/// (`headers` and `body` as the outbox keeps them).
+pub fn batch_members_of(headers: &Map<String, Value>, body: &[u8]) -> Option<Vec<BatchMember>> {
+    if headers.get("task")?.as_str()? != SEND_EMAIL_BATCH {
+        return None;
+    }
+    let (_, kwargs, _): (Value, SendEmailBatchKwargs, Value) = serde_json::from_slice(body).ok()?;
+    Some(kwargs.messages)
+}
+
 /// The [`SEND_EMAIL`] tasks a [`SEND_EMAIL_BATCH`] message stands for, each
 /// with the batch's priority; `Err` names what is wrong with its arguments.
 pub fn expand_batch(batch: &TaskMessage) -> Result<Vec<TaskMessage>, String> {

@@ -24,6 +24,12 @@ use crate::remote_control::{self, ControlContext};
 /// exits (their deliveries are then redelivered to another worker).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
+/// Batches one lane runs at once. Enough that a stalled SMTP server in one
+/// batch does not hold up the others; few enough that batches grow under
+/// load instead of splitting into many small ones, each paying the same
+/// database round trips.
+const BATCHES_IN_FLIGHT: usize = 4;
+
 pub struct Consumer {
     ctx: Arc<Context>,
     topology: Topology,
@@ -165,6 +171,7 @@ impl Consumer {
         let concurrency = self.ctx.settings.worker_concurrency;
         let gather = (concurrency / 2).max(1);
         let slots = Arc::new(Semaphore::new(concurrency));
+        let batch_slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
         let outcome = loop {
             let next = tokio::select! {
                 next = deliveries.next() => next,
@@ -178,6 +185,17 @@ impl Consumer {
                         lapin::Error::InvalidChannelState(lapin::ChannelState::Closed).into(),
                     )
                 }
+            };
+            // At most a few batches at once: while they run, deliveries
+            // gather, so under load each batch's statements serve many
+            // emails; alone, a delivery finds a free slot and waits for
+            // nothing.
+            let batch_slot = tokio::select! {
+                slot = batch_slots.clone().acquire_owned() => slot,
+                _ = stop.cancelled() => break Ok(()),
+            };
+            let Ok(batch_slot) = batch_slot else {
+                break Ok(());
             };
             // Whatever else has already arrived joins this batch, up to half
             // the concurrency in sends (a batch task counts each of its
@@ -201,7 +219,7 @@ impl Consumer {
             let lane = lane.clone();
             tokio::spawn(async move {
                 lane.handle_batch(batch).await;
-                drop(permits);
+                drop((permits, batch_slot));
             });
         };
 
