@@ -174,6 +174,9 @@ struct Publication {
     properties: lapin::BasicProperties,
 }
 
+/// Exchange, routing key and priority: what batches must share to merge.
+type Destination<'a> = (&'a str, &'a str, Option<i16>);
+
 /// The rows as messages, with the `send_email_batch` tasks bound for the
 /// same queue and priority merged into as few as [`BATCH_MEMBERS`] allows.
 /// At a steady rate the API's group commits are small, so their batches
@@ -182,7 +185,7 @@ struct Publication {
 /// emails are grouped changes nothing for the worker.
 fn merge_batches(rows: &[outbox::OutboxRow]) -> Vec<Publication> {
     let mut publications = Vec::with_capacity(rows.len());
-    let mut merged: Vec<((&str, &str, Option<i16>), Vec<BatchMember>)> = Vec::new();
+    let mut merged: Vec<(Destination, Vec<BatchMember>)> = Vec::new();
     for row in rows {
         if let Some(members) = batch_members_of(&row.headers, &row.body) {
             let key = (
