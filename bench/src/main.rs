@@ -48,7 +48,7 @@ fn options() -> anyhow::Result<Options> {
         concurrency: 64,
         workers: 1,
         rate: 0,
-        worker_concurrency: 32,
+        worker_concurrency: 128,
         prefetch: 64,
     };
     let mut args = std::env::args().skip(1);
