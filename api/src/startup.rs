@@ -32,7 +32,7 @@ use crate::routes::{
     api_keys, audit_log, auth, campaigns, dead_letters, email_accounts, health, lists, messages,
     periodic_tasks, queues, suppressions, templates,
 };
-use crate::state::AppState;
+use crate::state::{AppState, Shared};
 
 pub struct Application {
     listener: TcpListener,
@@ -55,7 +55,7 @@ impl Application {
             .with_context(|| format!("binding {}:{}", settings.api_host, settings.api_port))?;
         let outbox = OutboxWaker::default();
         let rate_limiter = RateLimiter::new(&settings)?;
-        let state = AppState {
+        let state = AppState::new(Shared {
             rate_limiter,
             tokens: Arc::new(TokenIssuer::new(&settings.jwt)),
             keys: KeyCache::start(pool.clone()),
@@ -65,7 +65,7 @@ impl Application {
             results,
             outbox,
             metrics: platform::telemetry::metrics_handle(),
-        };
+        });
         Ok(Application { listener, state })
     }
 

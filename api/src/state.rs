@@ -12,8 +12,26 @@ use crate::auth::{KeyCache, TokenIssuer};
 use crate::ingest::Ingest;
 use crate::ratelimit::RateLimiter;
 
+/// Shared by every request; cloned by each extractor and middleware that
+/// takes it, so a clone is one reference count, not one per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
     pub settings: Arc<Settings>,
     pub pool: PgPool,
     pub results: ResultBackend,
