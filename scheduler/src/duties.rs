@@ -17,7 +17,7 @@ use platform::db::periodic_tasks::{self, PeriodicTask};
 use platform::db::{lists, maintenance, messages, outbox, suppressions, templates};
 use platform::outbox::OutboxWaker;
 use platform::schedule::CronSchedule;
-use platform::tasks::SEND_EMAIL;
+use platform::tasks::{send_email_batch_task, BatchMember, BATCH_MEMBERS};
 use platform::templating::{self, Sources};
 use platform::Settings;
 use serde_json::{Map, Value};
@@ -237,7 +237,6 @@ impl Duties {
         let bulk = self.settings.queues.bulk();
         let (mut skipped, mut suppressed_count) = (0i32, 0i32);
         let mut batch_messages = Vec::with_capacity(members.len());
-        let mut tasks = Vec::with_capacity(members.len());
         for member in &members {
             if suppressed.contains(&member.address.to_lowercase()) {
                 suppressed_count += 1;
@@ -265,20 +264,23 @@ impl Duties {
                 html_body: rendered.html,
                 text_body: rendered.text,
             };
-            let kwargs = Map::from_iter([(
-                "message_id".to_string(),
-                Value::String(message.id.to_string()),
-            )]);
-            tasks.push(TaskMessage::new(
-                SEND_EMAIL,
-                &message.task_id,
-                Vec::new(),
-                kwargs,
-            ));
             batch_messages.push(message);
         }
         let recipients = i32::try_from(batch_messages.len()).unwrap_or(i32::MAX);
         messages::insert_campaign_messages(&mut *tx, campaign.id, run.id, &batch_messages).await?;
+        // As the API does: one broker message per 50 emails, each email
+        // keeping its own task id.
+        let emails: Vec<BatchMember> = batch_messages
+            .iter()
+            .map(|m| BatchMember {
+                message_id: m.id,
+                task_id: m.task_id.clone(),
+            })
+            .collect();
+        let tasks: Vec<TaskMessage> = emails
+            .chunks(BATCH_MEMBERS)
+            .map(send_email_batch_task)
+            .collect();
         outbox::enqueue_many(&mut *tx, &bulk, &bulk, &tasks).await?;
         let done = (members.len() as i64) < batch;
         let last = members.last().map_or(run.last_member_id, |m| m.id);
