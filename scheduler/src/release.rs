@@ -8,11 +8,9 @@
 
 use std::time::Duration;
 
-use platform::celery::TaskMessage;
 use platform::db::{messages, outbox};
 use platform::outbox::OutboxWaker;
-use platform::tasks::SEND_EMAIL;
-use serde_json::{Map, Value};
+use platform::tasks::send_email_task;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -52,11 +50,7 @@ impl Releaser {
         let mut tx = self.pool.begin().await?;
         let released = messages::release_due(&mut tx, self.batch).await?;
         for message in &released {
-            let kwargs = Map::from_iter([(
-                "message_id".to_string(),
-                Value::String(message.id.to_string()),
-            )]);
-            let task = TaskMessage::new(SEND_EMAIL, &message.task_id, Vec::new(), kwargs);
+            let task = send_email_task(message.id, &message.task_id);
             outbox::enqueue(&mut *tx, &self.queue, &self.queue, &task).await?;
         }
         tx.commit().await?;

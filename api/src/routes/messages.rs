@@ -8,9 +8,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use platform::celery::TaskMessage;
 use platform::db::messages::{Acceptance, MessageFilter, MessageStatus};
 use platform::db::{attachments, idempotency, messages, outbox, suppressions};
+use platform::tasks::send_email_task;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -152,11 +152,6 @@ fn limits(state: &AppState) -> Limits {
 
 /// Records an accepted email in `tx`: the record, its attachments, and
 /// (when it is to be sent now) its Celery task in the outbox.
-/// The Celery task that sends a recorded message.
-fn send_task(new: &platform::db::messages::NewMessage) -> TaskMessage {
-    platform::tasks::send_email_task(new.id, &new.task_id)
-}
-
 async fn record(
     tx: &mut sqlx::PgConnection,
     state: &AppState,
@@ -179,7 +174,13 @@ async fn record(
     attachments::insert_all(&mut *tx, new.id, &accepted.attachments).await?;
     if acceptance.status == MessageStatus::Queued {
         let queue = &state.settings.queues.tasks;
-        outbox::enqueue(&mut *tx, queue, queue, &send_task(new)).await?;
+        outbox::enqueue(
+            &mut *tx,
+            queue,
+            queue,
+            &send_email_task(new.id, &new.task_id),
+        )
+        .await?;
     }
     Ok(SendAccepted {
         message_id: new.id,
