@@ -27,12 +27,41 @@ use crate::error::ApiError;
 
 /// Largest batch one statement writes.
 const MAX_BATCH: usize = 500;
+/// Most bytes of text one statement carries: the batch travels as one
+/// `jsonb` value, which PostgreSQL caps at 256 MiB, and JSON escaping can
+/// grow text sixfold. A message larger than this alone is written alone.
+const MAX_BATCH_BYTES: usize = 32 * 1024 * 1024;
 /// Writer tasks: several, so one batch's commit overlaps the next one's gathering.
 const WRITERS: usize = 3;
 
 struct Pending {
     message: NewMessage,
-    done: oneshot::Sender<Result<MessageStatus, String>>,
+    done: oneshot::Sender<Result<MessageStatus, Refusal>>,
+}
+
+impl Pending {
+    /// Roughly what the message weighs in the batch's statement.
+    fn bytes(&self) -> usize {
+        let m = &self.message;
+        m.subject.len()
+            + m.html_body.len()
+            + m.text_body.as_ref().map_or(0, String::len)
+            + [&m.to[..], &m.cc, &m.bcc]
+                .concat()
+                .iter()
+                .map(String::len)
+                .sum::<usize>()
+            + 512
+    }
+}
+
+/// Why a message was not recorded.
+#[derive(Debug, Clone)]
+enum Refusal {
+    /// The database is unreachable or overloaded: try again later (503).
+    Unavailable,
+    /// The database refused this message's own data (422).
+    Unstorable(String),
 }
 
 #[derive(Clone)]
@@ -50,35 +79,45 @@ impl Ingest {
             let task_queue = task_queue.clone();
             let waker = waker.clone();
             tokio::spawn(async move {
+                // What did not fit the last batch starts the next one.
+                let mut carried: Option<Pending> = None;
                 loop {
                     let batch = {
-                        let mut receiver = receiver.lock().await;
-                        let Some(first) = receiver.recv().await else {
-                            return;
+                        let first = match carried.take() {
+                            Some(p) => p,
+                            None => {
+                                let mut receiver = receiver.lock().await;
+                                let Some(first) = receiver.recv().await else {
+                                    return;
+                                };
+                                first
+                            }
                         };
+                        let mut bytes = first.bytes();
                         let mut batch = vec![first];
-                        while batch.len() < MAX_BATCH {
+                        let mut receiver = receiver.lock().await;
+                        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
                             match receiver.try_recv() {
-                                Ok(p) => batch.push(p),
+                                Ok(p) if bytes + p.bytes() > MAX_BATCH_BYTES => {
+                                    carried = Some(p);
+                                    break;
+                                }
+                                Ok(p) => {
+                                    bytes += p.bytes();
+                                    batch.push(p);
+                                }
                                 Err(_) => break,
                             }
                         }
                         batch
                     };
-                    match write(&pool, &task_queue, &batch).await {
-                        Ok(statuses) => {
-                            waker.wake();
-                            metrics::histogram!("ingest_batch_size").record(batch.len() as f64);
-                            for (pending, status) in batch.into_iter().zip(statuses) {
-                                let _ = pending.done.send(Ok(status));
-                            }
-                        }
-                        Err(e) => {
-                            let e = e.to_string();
-                            for pending in batch {
-                                let _ = pending.done.send(Err(e.clone()));
-                            }
-                        }
+                    let written = write_or_split(&pool, &task_queue, &batch).await;
+                    if written.iter().any(Result::is_ok) {
+                        waker.wake();
+                    }
+                    metrics::histogram!("ingest_batch_size").record(batch.len() as f64);
+                    for (pending, result) in batch.into_iter().zip(written) {
+                        let _ = pending.done.send(result);
                     }
                 }
             });
@@ -96,10 +135,55 @@ impl Ingest {
             .map_err(|_| ApiError::Unavailable("the API is shutting down".into()))?;
         match wait.await {
             Ok(Ok(status)) => Ok(status),
-            Ok(Err(e)) => Err(ApiError::Unavailable(format!(
-                "cannot record the message: {e}"
-            ))),
+            Ok(Err(Refusal::Unavailable)) => Err(ApiError::Unavailable(
+                "cannot record the message: the database is unavailable; try again".into(),
+            )),
+            Ok(Err(Refusal::Unstorable(why))) => Err(ApiError::Validation {
+                code: "unstorable_message",
+                field: None,
+                message: format!("the message cannot be stored: it holds {why}"),
+            }),
             Err(_) => Err(ApiError::Unavailable("the API is shutting down".into())),
+        }
+    }
+}
+
+/// Writes the batch in one statement; if the database refuses its data,
+/// writes each message on its own, so one bad message fails only itself and
+/// never the other clients' sends that share its batch.
+async fn write_or_split(
+    pool: &PgPool,
+    task_queue: &str,
+    batch: &[Pending],
+) -> Vec<Result<MessageStatus, Refusal>> {
+    let refusal = |e: &sqlx::Error| {
+        if platform::db::is_transient(e) {
+            tracing::warn!(error = %e, "cannot record accepted messages");
+            Refusal::Unavailable
+        } else {
+            tracing::warn!(error = %e, "the database refused a message");
+            Refusal::Unstorable(platform::db::describe(e))
+        }
+    };
+    match write(pool, task_queue, batch).await {
+        Ok(statuses) => statuses.into_iter().map(Ok).collect(),
+        Err(e) if batch.len() == 1 || platform::db::is_transient(&e) => {
+            let refused = refusal(&e);
+            batch.iter().map(|_| Err(refused.clone())).collect()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, size = batch.len(), "group commit refused; writing its messages one by one");
+            metrics::counter!("ingest_batch_splits_total").increment(1);
+            let mut results = Vec::with_capacity(batch.len());
+            for pending in batch {
+                results.push(
+                    match write(pool, task_queue, std::slice::from_ref(pending)).await {
+                        Ok(mut statuses) => Ok(statuses.pop().unwrap_or(MessageStatus::Queued)),
+                        Err(e) => Err(refusal(&e)),
+                    },
+                );
+            }
+            results
         }
     }
 }

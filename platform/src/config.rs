@@ -63,7 +63,15 @@ pub struct QueueNames {
     /// cluster) instead of a classic one. Python producers must then declare
     /// the same (`queue_arguments={"x-queue-type": "quorum"}`).
     pub quorum: bool,
+    /// The longest rung of the delay ladder (`DELAY_LADDER_MAX_SECONDS`):
+    /// longer delays travel in several hops.
+    pub ladder_max: Duration,
 }
+
+/// The longest rung the ladder may have: 2^22 s (48.5 days) is the largest
+/// power of two whose milliseconds stay under RabbitMQ's 2^32 - 1 ms limit
+/// on `x-message-ttl`.
+pub const LADDER_LIMIT_SECONDS: u64 = 1 << 22;
 
 impl QueueNames {
     /// Campaign and batch sends: consumed beside the task queue with slots
@@ -78,11 +86,43 @@ impl QueueNames {
     pub fn dead_letter(&self) -> String {
         format!("{}.dead_letter", self.tasks)
     }
-    /// A durable holding queue whose messages return to `target` after
-    /// `delay`: how retries and quota waits are kept out of worker memory.
-    pub fn delay(&self, target: &str, delay: Duration) -> String {
-        format!("{target}.delay.{}s", delay.as_secs().max(1))
+    /// The delay ladder of `target`: durable holding queues of 1 s, 2 s,
+    /// 4 s, ... up to [`Self::ladder_max`], whose messages return to
+    /// `target` when their rung's time is up. A fixed, bounded set (declared
+    /// at start, never expiring) instead of one queue per distinct delay:
+    /// queues that expire while messages wait in them lose those messages.
+    pub fn ladder(&self, target: &str) -> Vec<(Duration, String)> {
+        ladder_rungs(self.ladder_max)
+            .map(|rung| (rung, self.rung(target, rung)))
+            .collect()
     }
+
+    /// The name of one rung of `target`'s ladder.
+    pub fn rung(&self, target: &str, rung: Duration) -> String {
+        format!("{target}.ladder.{}s", rung.as_secs().max(1))
+    }
+
+    /// The rung a message that must wait `remaining` takes next: the longest
+    /// that does not overshoot it (whole seconds, at least 1 s). The message
+    /// carries its due time (`eta`), so on its return the worker sends it on
+    /// to the next rung until none is left: it never arrives early, and at
+    /// most a second late.
+    pub fn rung_for(&self, remaining: Duration) -> Duration {
+        let seconds = remaining.as_secs() + u64::from(remaining.subsec_nanos() > 0);
+        ladder_rungs(self.ladder_max)
+            .take_while(|rung| rung.as_secs() <= seconds.max(1))
+            .last()
+            .unwrap_or(Duration::from_secs(1))
+    }
+}
+
+/// Powers of two seconds from 1 s up to `max` (inclusive when `max` is one).
+pub fn ladder_rungs(max: Duration) -> impl Iterator<Item = Duration> {
+    let max = max.as_secs().clamp(1, LADDER_LIMIT_SECONDS);
+    (0..=22u32)
+        .map(|k| 1u64 << k)
+        .take_while(move |s| *s <= max)
+        .map(Duration::from_secs)
 }
 
 #[derive(Debug, Clone)]
@@ -124,6 +164,18 @@ pub struct Settings {
     pub api_port: u16,
     pub metrics_port: Option<u16>,
     pub scheduler: SchedulerSettings,
+    pub liveness: Liveness,
+}
+
+/// Each worker's liveness lease (`worker_leases`), renewed while it runs and
+/// recorded with its claims, so a message whose claimant is known to be
+/// gone is sent again at once instead of after the hard time limit.
+#[derive(Debug, Clone, Copy)]
+pub struct Liveness {
+    /// How long a lease lasts unless renewed (`WORKER_LEASE_SECONDS`).
+    pub lease: Duration,
+    /// How often a worker renews it (`WORKER_LEASE_RENEW_SECONDS`).
+    pub renew: Duration,
 }
 
 /// The scheduler's timing and maintenance settings.
@@ -145,6 +197,13 @@ pub struct SchedulerSettings {
     pub maintenance_interval: Duration,
     /// Rows deleted per maintenance statement (`MAINTENANCE_BATCH`).
     pub maintenance_batch: i64,
+    /// A `queued` record whose broker message has not come back for this
+    /// long past its due time is published again (`RECONCILE_AFTER_SECONDS`).
+    pub reconcile_after: Duration,
+    /// How often the leader looks for such records (`RECONCILE_INTERVAL_SECONDS`).
+    pub reconcile_interval: Duration,
+    /// Records re-published per reconciler statement (`RECONCILE_BATCH`).
+    pub reconcile_batch: i64,
 }
 
 #[derive(Clone)]
@@ -242,6 +301,26 @@ impl Settings {
             });
         }
 
+        let ladder_max = vars.parse_positive_or("DELAY_LADDER_MAX_SECONDS", 1u64 << 21)?;
+        if ladder_max > LADDER_LIMIT_SECONDS {
+            return Err(ConfigError::Invalid {
+                var: "DELAY_LADDER_MAX_SECONDS",
+                reason: format!(
+                    "at most {LADDER_LIMIT_SECONDS} (RabbitMQ's message TTL limit is 2^32 - 1 ms)"
+                ),
+            });
+        }
+        let liveness = Liveness {
+            lease: Duration::from_secs(vars.parse_positive_or("WORKER_LEASE_SECONDS", 15u64)?),
+            renew: Duration::from_secs(vars.parse_positive_or("WORKER_LEASE_RENEW_SECONDS", 5u64)?),
+        };
+        if liveness.renew * 2 > liveness.lease {
+            return Err(ConfigError::Invalid {
+                var: "WORKER_LEASE_RENEW_SECONDS",
+                reason: "must be at most half of WORKER_LEASE_SECONDS".into(),
+            });
+        }
+
         let settings = Settings {
             env,
             debug: vars.parse_bool_or("DEBUG", false)?,
@@ -270,6 +349,7 @@ impl Settings {
                 tasks: vars
                     .get("CELERY_DEFAULT_QUEUE")
                     .unwrap_or_else(|| "celery".into()),
+                ladder_max: Duration::from_secs(ladder_max),
             },
             jwt: JwtSettings {
                 secret: SecretString::from(jwt_secret),
@@ -331,7 +411,15 @@ impl Settings {
                     vars.parse_positive_or("MAINTENANCE_INTERVAL_SECONDS", 300u64)?,
                 ),
                 maintenance_batch: vars.parse_positive_or("MAINTENANCE_BATCH", 1000i64)?,
+                reconcile_after: Duration::from_secs(
+                    vars.parse_positive_or("RECONCILE_AFTER_SECONDS", 900u64)?,
+                ),
+                reconcile_interval: Duration::from_secs(
+                    vars.parse_positive_or("RECONCILE_INTERVAL_SECONDS", 30u64)?,
+                ),
+                reconcile_batch: vars.parse_positive_or("RECONCILE_BATCH", 500i64)?,
             },
+            liveness,
         };
         if settings.env.is_production() && settings.debug {
             return Err(ConfigError::Insecure {
@@ -519,6 +607,48 @@ mod tests {
 
     fn load(vars: &HashMap<&'static str, String>) -> Result<Settings, ConfigError> {
         Settings::from_lookup(|k| vars.get(k).cloned())
+    }
+
+    #[test]
+    fn the_delay_ladder_is_bounded_and_never_overshoots() {
+        let s = load(&base()).unwrap();
+        let ladder = s.queues.ladder("celery");
+        assert_eq!(ladder.len(), 22);
+        assert_eq!(
+            ladder[0],
+            (Duration::from_secs(1), "celery.ladder.1s".into())
+        );
+        // Every rung's TTL in milliseconds fits RabbitMQ's limit.
+        assert!(ladder
+            .iter()
+            .all(|(rung, _)| rung.as_millis() < u128::from(u32::MAX)));
+        for (wait, rung) in [
+            (Duration::from_millis(1), 1),
+            (Duration::from_millis(1500), 2),
+            (Duration::from_secs(2), 2),
+            (Duration::from_secs(3), 2),
+            (Duration::from_secs(60), 32),
+            (Duration::from_secs(60 * 86_400), 1 << 21),
+        ] {
+            assert_eq!(
+                s.queues.rung_for(wait),
+                Duration::from_secs(rung),
+                "{wait:?}"
+            );
+        }
+        let mut vars = base();
+        vars.insert("DELAY_LADDER_MAX_SECONDS", "8".into());
+        let s = load(&vars).unwrap();
+        assert_eq!(s.queues.ladder("q").len(), 4);
+        assert_eq!(
+            s.queues.rung_for(Duration::from_secs(100)),
+            Duration::from_secs(8)
+        );
+        vars.insert(
+            "DELAY_LADDER_MAX_SECONDS",
+            (LADDER_LIMIT_SECONDS + 1).to_string(),
+        );
+        assert!(load(&vars).is_err());
     }
 
     #[test]

@@ -79,6 +79,9 @@ impl Consumer {
         let setup = conn.create_channel().await?;
         self.topology.declare_task_queue(&setup).await?;
         self.topology.declare_dead_letter_queue(&setup).await?;
+        for queue in self.topology.names.consumed() {
+            self.topology.declare_ladder(&setup, &queue).await?;
+        }
         let publish_channel = conn.create_channel().await?;
         publish_channel
             .confirm_select(ConfirmSelectOptions::default())

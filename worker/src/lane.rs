@@ -1,6 +1,5 @@
 //! Running and settling the deliveries of one queue.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,27 +11,22 @@ use lapin::types::{AMQPValue, LongString, ShortString};
 use lapin::{BasicProperties, Channel};
 use platform::broker::{self, Topology};
 use platform::celery::{table_to_json, DecodeError, TaskMessage, TaskState};
-use platform::db::dead_letters;
+use platform::db::{dead_letters, messages};
 use platform::tasks::{expand_batch, BATCH_MEMBERS, SEND_EMAIL_BATCH};
-use tokio::sync::Mutex;
 
 use crate::context::Context;
 use crate::outcome::Outcome;
 use crate::tasks::{self, send_batch};
 
 /// The channel used to re-publish (retries, delays, dead letters), in
-/// confirm mode, and the delay queues already declared on it.
+/// confirm mode.
 pub struct Publisher {
     channel: Channel,
-    declared: Mutex<HashSet<String>>,
 }
 
 impl Publisher {
     pub fn new(channel: Channel) -> Self {
-        Publisher {
-            channel,
-            declared: Mutex::new(HashSet::new()),
-        }
+        Publisher { channel }
     }
 }
 
@@ -154,12 +148,18 @@ impl Lane {
                         }
                     }
                 }
-                Err(e) => {
+                Err(e) if platform::db::is_transient(&e) => {
                     tracing::warn!(error = %e, "database unavailable; the batch goes back to the queue");
                     database_down = true;
                     for (j, _) in fast {
                         requeue[jobs[j].delivery] = true;
                     }
+                }
+                Err(e) => {
+                    // One message's data, not the database: each goes its
+                    // own way, so the bad one fails alone.
+                    tracing::warn!(error = %e, "the database refused a batch; running its tasks one by one");
+                    single.extend(fast.into_iter().map(|(j, _)| j));
                 }
             }
         }
@@ -167,10 +167,20 @@ impl Lane {
         for (j, ran) in single.into_iter().zip(ran) {
             match ran {
                 Ok(outcome) => settled.push((jobs[j].delivery, Some(j), outcome)),
-                Err(e) => {
+                Err(e) if platform::db::is_transient(&e) => {
                     tracing::warn!(task_id = jobs[j].message.id(), error = %e, "database unavailable; the task goes back to the queue");
                     database_down = true;
                     requeue[jobs[j].delivery] = true;
+                }
+                Err(e) => {
+                    // Trying again would fail the same way forever.
+                    tracing::warn!(task_id = jobs[j].message.id(), error = %e, "the database refused the task's data");
+                    let reason = format!(
+                        "the database refused this task's data: {}",
+                        platform::db::describe(&e)
+                    );
+                    self.fail_record(&jobs[j].message, &reason).await;
+                    settled.push((jobs[j].delivery, Some(j), Outcome::DeadLetter { reason }));
                 }
             }
         }
@@ -214,6 +224,32 @@ impl Lane {
         }
     }
 
+    /// Stores the task's failure for Python callers and marks the record it
+    /// refers to failed (when it has one), so it does not sit `queued` and
+    /// come back through the reconciler only to be refused again. Best
+    /// effort: the dead letter itself keeps the task for operators.
+    async fn fail_record(&self, message: &TaskMessage, reason: &str) {
+        if let Err(e) = self
+            .ctx
+            .results
+            .store_failure(message.id(), "EmailDeliveryError", reason)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot store the task result");
+        }
+        let Some(id) = message
+            .kwargs
+            .get("message_id")
+            .and_then(|v| v.as_str())
+            .and_then(|v| v.parse().ok())
+        else {
+            return;
+        };
+        if let Err(e) = messages::mark_failed(&self.ctx.pool, id, reason, None).await {
+            tracing::warn!(message_id = %id, error = %e, "cannot mark the record failed");
+        }
+    }
+
     /// An outcome decided before running: an expired task is revoked, one
     /// due later is held in RabbitMQ (not in memory, so consumer_timeout
     /// cannot fire).
@@ -247,8 +283,9 @@ impl Lane {
             }
             return Some(Outcome::Done);
         }
+        // Any wait at all goes back to the ladder: a task never runs early.
         let wait = (message.headers.eta? - now).to_std().ok()?;
-        (wait >= Duration::from_secs(1)).then_some(Outcome::Later { delay: wait })
+        (!wait.is_zero()).then_some(Outcome::Later { delay: wait })
     }
 
     /// Runs one task. An `Err` is an infrastructure failure (database
@@ -301,32 +338,46 @@ impl Lane {
         }
     }
 
+    /// Holds `message` in RabbitMQ for `delay`: it records its due time as
+    /// its `eta` and takes the ladder's longest rung that does not overshoot
+    /// it; on its return the worker sends it on to the next rung until it is
+    /// due (a delay beyond the top rung travels in several hops).
     async fn delay_publish(
         &self,
         message: &TaskMessage,
         delay: Duration,
     ) -> Result<(), broker::PublishError> {
-        // Whole seconds, rounded up, so a message never comes back early.
-        let delay = Duration::from_secs(delay.as_secs() + u64::from(delay.subsec_nanos() > 0))
-            .max(Duration::from_secs(1));
-        let queue = self.topology.names.delay(&self.queue, delay);
-        {
-            let mut declared = self.publisher.declared.lock().await;
-            if !declared.contains(&queue) {
-                self.topology
-                    .declare_delay_queue(&self.publisher.channel, &self.queue, delay)
-                    .await?;
-                declared.insert(queue.clone());
-            }
+        let mut held = message.clone();
+        let due = chrono::Duration::from_std(delay)
+            .ok()
+            .and_then(|d| Utc::now().checked_add_signed(d))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        if held.headers.eta.is_none_or(|eta| eta < due) {
+            held.headers.eta = Some(due);
         }
-        broker::publish_confirmed(
-            &self.publisher.channel,
-            "",
-            &queue,
-            &message.body(),
-            message.properties(),
-        )
-        .await
+        let rung = self.topology.names.rung_for(delay);
+        let queue = self.topology.names.rung(&self.queue, rung);
+        let body = held.body();
+        let publish = || {
+            broker::publish_confirmed(
+                &self.publisher.channel,
+                "",
+                &queue,
+                &body,
+                held.properties(),
+            )
+        };
+        match publish().await {
+            Err(broker::PublishError::Unroutable { .. }) => {
+                // The rung is gone (deleted by an operator): declare it again.
+                tracing::warn!(%queue, "delay queue missing; declaring it again");
+                self.topology
+                    .declare_rung(&self.publisher.channel, &self.queue, rung)
+                    .await?;
+                publish().await
+            }
+            other => other,
+        }
     }
 
     /// Records the dead letter for operators (listing, requeue through the
@@ -345,7 +396,7 @@ impl Lane {
             .and_then(|m| m.kwargs.get("message_id"))
             .and_then(|v| v.as_str())
             .and_then(|v| v.parse().ok());
-        dead_letters::insert(
+        let recorded = dead_letters::insert(
             &self.ctx.pool,
             dead_letters::NewDeadLetter {
                 task_id: message.map(|m| m.id()),
@@ -357,7 +408,13 @@ impl Lane {
                 body,
             },
         )
-        .await?;
+        .await;
+        match recorded {
+            Ok(_) => {}
+            Err(e) if platform::db::is_transient(&e) => return Err(e.into()),
+            // The queue keeps it even if the table cannot.
+            Err(e) => tracing::warn!(error = %e, "cannot record the dead letter in the database"),
+        }
         let mut headers = headers;
         headers.insert(
             ShortString::from("x-notify-dead-letter-reason"),

@@ -89,7 +89,7 @@ pub struct CreatedApiKey {
         (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
         (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
         (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
-        (status = 422, body = ErrorBody, description = "`validation_error`, `invalid_body`"),
+        (status = 422, body = ErrorBody, description = "`validation_error`, `invalid_body`, `invalid_text` (NUL in text)"),
         (status = 429, body = ErrorBody, description = "`rate_limited`")))]
 pub async fn create(
     State(state): State<AppState>,

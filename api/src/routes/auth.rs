@@ -42,7 +42,7 @@ pub struct TokenPair {
         (status = 400, body = ErrorBody, description = "`invalid_json`"),
         (status = 401, body = ErrorBody, description = "`invalid_credentials`: unknown key, wrong secret or revoked key"),
         (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
-        (status = 422, body = ErrorBody, description = "`invalid_body`: missing fields")))]
+        (status = 422, body = ErrorBody, description = "`invalid_body`, `invalid_text` (NUL in text): missing fields")))]
 pub async fn issue_token(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<TokenRequest>,
@@ -77,7 +77,7 @@ pub async fn issue_token(
         (status = 400, body = ErrorBody, description = "`invalid_json`"),
         (status = 401, body = ErrorBody, description = "`invalid_token`, `token_expired` or `key_revoked`: the refresh token is invalid, expired or its key revoked"),
         (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
-        (status = 422, body = ErrorBody, description = "`invalid_body`: missing refresh_token")))]
+        (status = 422, body = ErrorBody, description = "`invalid_body`, `invalid_text` (NUL in text): missing refresh_token")))]
 pub async fn refresh(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<RefreshRequest>,

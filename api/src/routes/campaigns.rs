@@ -233,7 +233,7 @@ async fn content(state: &AppState, req: CampaignRequest) -> Result<CampaignConte
         (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
         (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
         (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
-        (status = 422, body = ErrorBody, description = "`invalid_cron` (field `cron`), `invalid_time_zone` (field `time_zone`), `unknown_template`, `unknown_list`, `validation_error` (with `field`), `invalid_body`"),
+        (status = 422, body = ErrorBody, description = "`invalid_cron` (field `cron`), `invalid_time_zone` (field `time_zone`), `unknown_template`, `unknown_list`, `validation_error` (with `field`), `invalid_body`, `invalid_text` (NUL in text)"),
         (status = 429, body = ErrorBody, description = "`rate_limited`")))]
 pub async fn create(
     State(state): State<AppState>,
@@ -303,7 +303,7 @@ pub async fn get(
         (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
         (status = 404, body = ErrorBody, description = "`not_found`"),
         (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
-        (status = 422, body = ErrorBody, description = "`invalid_cron` (field `cron`), `invalid_time_zone` (field `time_zone`), `unknown_template`, `unknown_list`, `validation_error` (with `field`), `invalid_body`"),
+        (status = 422, body = ErrorBody, description = "`invalid_cron` (field `cron`), `invalid_time_zone` (field `time_zone`), `unknown_template`, `unknown_list`, `validation_error` (with `field`), `invalid_body`, `invalid_text` (NUL in text)"),
         (status = 429, body = ErrorBody, description = "`rate_limited`")))]
 pub async fn replace(
     State(state): State<AppState>,

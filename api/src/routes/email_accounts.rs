@@ -249,7 +249,7 @@ fn summary(a: &EmailAccount) -> Value {
         (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
         (status = 409, body = ErrorBody, description = "`account_exists`"),
         (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
-        (status = 422, body = ErrorBody, description = "`validation_error` (`field` names it), `invalid_body`"),
+        (status = 422, body = ErrorBody, description = "`validation_error` (`field` names it), `invalid_body`, `invalid_text` (NUL in text)"),
         (status = 429, body = ErrorBody, description = "`rate_limited`")))]
 pub async fn create(
     State(state): State<AppState>,
@@ -312,7 +312,7 @@ pub struct ImportReport {
         (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
         (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
         (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
-        (status = 422, body = ErrorBody, description = "`validation_error` (empty or over 1000 entries), `invalid_body` (not an array)"),
+        (status = 422, body = ErrorBody, description = "`validation_error` (empty or over 1000 entries), `invalid_body`, `invalid_text` (NUL in text) (not an array)"),
         (status = 429, body = ErrorBody, description = "`rate_limited`")))]
 pub async fn import(
     State(state): State<AppState>,
@@ -478,7 +478,7 @@ pub async fn get(
         (status = 404, body = ErrorBody, description = "`not_found`"),
         (status = 409, body = ErrorBody, description = "`account_exists`"),
         (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
-        (status = 422, body = ErrorBody, description = "`validation_error`, `invalid_body`"),
+        (status = 422, body = ErrorBody, description = "`validation_error`, `invalid_body`, `invalid_text` (NUL in text)"),
         (status = 429, body = ErrorBody, description = "`rate_limited`")))]
 pub async fn update(
     State(state): State<AppState>,

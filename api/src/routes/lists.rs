@@ -130,7 +130,7 @@ fn duplicate() -> ApiError {
         (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
         (status = 409, body = ErrorBody, description = "`list_exists`"),
         (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
-        (status = 422, body = ErrorBody, description = "`validation_error` (with `field`), `invalid_body`"),
+        (status = 422, body = ErrorBody, description = "`validation_error` (with `field`), `invalid_body`, `invalid_text` (NUL in text)"),
         (status = 429, body = ErrorBody, description = "`rate_limited`")))]
 pub async fn create(
     State(state): State<AppState>,
@@ -233,7 +233,7 @@ pub async fn delete(
         (status = 404, body = ErrorBody, description = "`not_found`"),
         (status = 413, body = ErrorBody, description = "`payload_too_large`"),
         (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
-        (status = 422, body = ErrorBody, description = "`import_too_large` (over 100,000), `validation_error` (empty), `invalid_body`"),
+        (status = 422, body = ErrorBody, description = "`import_too_large` (over 100,000), `validation_error` (empty), `invalid_body`, `invalid_text` (NUL in text)"),
         (status = 429, body = ErrorBody, description = "`rate_limited`")))]
 pub async fn add_members(
     State(state): State<AppState>,

@@ -55,7 +55,7 @@ pub struct SendAccepted {
         (status = 409, body = ErrorBody, description = "`idempotency_key_in_flight`"),
         (status = 413, body = ErrorBody, description = "`payload_too_large`, `attachment_too_large` (ATTACHMENT_MAX_SIZE), `email_too_large` (EMAIL_MAX_SIZE)"),
         (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
-        (status = 422, body = ErrorBody, description = "`validation_error` (with `field`), `invalid_body`, `idempotency_key_reused`, `unknown_template`, `missing_variable`, `unknown_variable`, `template_render_error`, `invalid_attachment`, `invalid_send_at`"),
+        (status = 422, body = ErrorBody, description = "`validation_error` (with `field`), `invalid_body`, `invalid_text` (NUL in text), `unstorable_message`, `idempotency_key_reused`, `unknown_template`, `missing_variable`, `unknown_variable`, `template_render_error`, `invalid_attachment`, `invalid_send_at`"),
         (status = 429, body = ErrorBody, description = "`rate_limited`, with Retry-After")))]
 pub async fn send(
     State(state): State<AppState>,
@@ -242,7 +242,7 @@ pub struct BatchAccepted {
         (status = 403, body = ErrorBody, description = "`insufficient_scope`: key lacks `send`"),
         (status = 413, body = ErrorBody, description = "`payload_too_large`"),
         (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
-        (status = 422, body = ErrorBody, description = "`batch_too_large` (over 500), `validation_error` (empty batch), `invalid_body`"),
+        (status = 422, body = ErrorBody, description = "`batch_too_large` (over 500), `validation_error` (empty batch), `invalid_body`, `invalid_text` (NUL in text)"),
         (status = 429, body = ErrorBody, description = "`rate_limited`")))]
 pub async fn send_batch(
     State(state): State<AppState>,
@@ -351,6 +351,7 @@ fn parse_json<T: serde::de::DeserializeOwned>(
             "expected Content-Type: application/json".into(),
         ));
     }
+    crate::extract::refuse_nul(body)?;
     let value: Value = serde_json::from_slice(body).map_err(|e| ApiError::BadRequest {
         code: "invalid_json",
         message: format!("request body is not valid JSON: {e}"),

@@ -186,7 +186,7 @@ fn summary(t: &PeriodicTask) -> Value {
         (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
         (status = 409, body = ErrorBody, description = "`periodic_task_exists`"),
         (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
-        (status = 422, body = ErrorBody, description = "`invalid_cron` (field `cron`), `invalid_time_zone` (field `time_zone`), `unknown_queue`, `validation_error` (with `field`), `invalid_body`"),
+        (status = 422, body = ErrorBody, description = "`invalid_cron` (field `cron`), `invalid_time_zone` (field `time_zone`), `unknown_queue`, `validation_error` (with `field`), `invalid_body`, `invalid_text` (NUL in text)"),
         (status = 429, body = ErrorBody, description = "`rate_limited`")))]
 pub async fn create(
     State(state): State<AppState>,
@@ -256,7 +256,7 @@ pub async fn get(
         (status = 404, body = ErrorBody, description = "`not_found`"),
         (status = 409, body = ErrorBody, description = "`periodic_task_exists`"),
         (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
-        (status = 422, body = ErrorBody, description = "`invalid_cron` (field `cron`), `invalid_time_zone` (field `time_zone`), `unknown_queue`, `validation_error` (with `field`), `invalid_body`"),
+        (status = 422, body = ErrorBody, description = "`invalid_cron` (field `cron`), `invalid_time_zone` (field `time_zone`), `unknown_queue`, `validation_error` (with `field`), `invalid_body`, `invalid_text` (NUL in text)"),
         (status = 429, body = ErrorBody, description = "`rate_limited`")))]
 pub async fn replace(
     State(state): State<AppState>,

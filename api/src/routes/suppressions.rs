@@ -103,7 +103,7 @@ pub async fn list(
         (status = 403, body = ErrorBody, description = "`insufficient_scope`: key lacks `send`"),
         (status = 409, body = ErrorBody, description = "`already_suppressed`"),
         (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
-        (status = 422, body = ErrorBody, description = "`validation_error`, `invalid_body`"),
+        (status = 422, body = ErrorBody, description = "`validation_error`, `invalid_body`, `invalid_text` (NUL in text)"),
         (status = 429, body = ErrorBody, description = "`rate_limited`")))]
 pub async fn create(
     State(state): State<AppState>,

@@ -211,7 +211,7 @@ fn summary(t: &Template) -> Value {
         (status = 403, body = ErrorBody, description = "`insufficient_scope`: key lacks `send`"),
         (status = 409, body = ErrorBody, description = "`template_exists`"),
         (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
-        (status = 422, body = ErrorBody, description = "`validation_error`, `template_syntax_error`, `undeclared_variable`, `invalid_body`"),
+        (status = 422, body = ErrorBody, description = "`validation_error`, `template_syntax_error`, `undeclared_variable`, `invalid_body`, `invalid_text` (NUL in text)"),
         (status = 429, body = ErrorBody, description = "`rate_limited`")))]
 pub async fn create(
     State(state): State<AppState>,
@@ -300,7 +300,7 @@ pub async fn get(
         (status = 404, body = ErrorBody, description = "`not_found`"),
         (status = 409, body = ErrorBody, description = "`template_exists`"),
         (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
-        (status = 422, body = ErrorBody, description = "`validation_error`, `template_syntax_error`, `undeclared_variable`, `invalid_body`"),
+        (status = 422, body = ErrorBody, description = "`validation_error`, `template_syntax_error`, `undeclared_variable`, `invalid_body`, `invalid_text` (NUL in text)"),
         (status = 429, body = ErrorBody, description = "`rate_limited`")))]
 pub async fn replace(
     State(state): State<AppState>,
@@ -366,7 +366,7 @@ pub async fn delete(
         (status = 403, body = ErrorBody, description = "`insufficient_scope`"),
         (status = 404, body = ErrorBody, description = "`not_found`"),
         (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
-        (status = 422, body = ErrorBody, description = "`missing_variable`, `unknown_variable`, `template_render_error`, `invalid_body`"),
+        (status = 422, body = ErrorBody, description = "`missing_variable`, `unknown_variable`, `template_render_error`, `invalid_body`, `invalid_text` (NUL in text)"),
         (status = 429, body = ErrorBody, description = "`rate_limited`")))]
 pub async fn render(
     State(state): State<AppState>,

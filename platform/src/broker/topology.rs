@@ -76,23 +76,36 @@ impl Topology {
         Ok(name)
     }
 
-    /// A holding queue: messages published to it (through the default
-    /// exchange) expire after `delay` and are dead-lettered back into the
-    /// task queue. Delayed work thus stays durable in RabbitMQ instead of in
-    /// worker memory. The queue removes itself once unused for a while
-    /// longer than its delay, so one-off delays do not accumulate.
-    pub async fn declare_delay_queue(
+    /// Declares the whole delay ladder of `target` (see
+    /// [`QueueNames::ladder`]): at start and on every reconnect, so a rung
+    /// an operator deleted comes back.
+    pub async fn declare_ladder(
         &self,
         channel: &Channel,
         target: &str,
-        delay: Duration,
+    ) -> Result<(), lapin::Error> {
+        for (rung, _) in self.names.ladder(target) {
+            self.declare_rung(channel, target, rung).await?;
+        }
+        Ok(())
+    }
+
+    /// One rung: messages published to it (through the default exchange)
+    /// expire after `rung` and are dead-lettered back into `target`. Delayed
+    /// work thus stays durable in RabbitMQ instead of in worker memory. No
+    /// `x-expires`: RabbitMQ counts a queue that is only published to as
+    /// unused, and would delete it with the messages waiting in it.
+    pub async fn declare_rung(
+        &self,
+        channel: &Channel,
+        target: &str,
+        rung: Duration,
     ) -> Result<String, lapin::Error> {
-        let name = self.names.delay(target, delay);
-        let delay_ms = delay.as_millis().max(1000) as i64;
+        let name = self.names.rung(target, rung);
         let mut args = self.queue_arguments();
         if self.names.quorum {
             // Quorum queues dead-letter at most once unless told otherwise;
-            // a delayed retry must not vanish on its way back.
+            // a delayed message must not vanish on its way back.
             args.insert(
                 ShortString::from("x-dead-letter-strategy"),
                 AMQPValue::LongString(LongString::from(b"at-least-once".to_vec())),
@@ -104,11 +117,7 @@ impl Topology {
         }
         args.insert(
             ShortString::from("x-message-ttl"),
-            AMQPValue::LongLongInt(delay_ms),
-        );
-        args.insert(
-            ShortString::from("x-expires"),
-            AMQPValue::LongLongInt(delay_ms * 2 + 600_000),
+            AMQPValue::LongLongInt(rung.as_millis().max(1000) as i64),
         );
         args.insert(
             ShortString::from("x-dead-letter-exchange"),

@@ -29,20 +29,49 @@ pub struct NewDeadLetter<'a> {
     pub body: &'a [u8],
 }
 
+/// Records a dead letter. Its text comes from whatever the broker carried,
+/// NUL characters included, which PostgreSQL refuses in `text` and `jsonb`:
+/// they are stored as U+FFFD (the body keeps the original bytes).
 pub async fn insert(pool: &PgPool, new: NewDeadLetter<'_>) -> Result<i64, sqlx::Error> {
+    let clean = |s: &str| s.replace('\0', "\u{FFFD}");
+    let headers = match without_nul(Value::Object(new.headers)) {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    };
     sqlx::query_scalar(
         "INSERT INTO dead_letters (task_id, task_name, message_id, reason, content_type, headers, body)
          VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
     )
-    .bind(new.task_id)
-    .bind(new.task_name)
+    .bind(new.task_id.map(clean))
+    .bind(new.task_name.map(clean))
     .bind(new.message_id)
-    .bind(new.reason)
-    .bind(new.content_type)
-    .bind(sqlx::types::Json(new.headers))
+    .bind(clean(new.reason))
+    .bind(new.content_type.map(clean))
+    .bind(sqlx::types::Json(headers))
     .bind(new.body)
     .fetch_one(pool)
     .await
+}
+
+/// `value` with every NUL in its strings and keys replaced by U+FFFD.
+fn without_nul(value: Value) -> Value {
+    let clean = |s: String| {
+        if s.contains('\0') {
+            s.replace('\0', "\u{FFFD}")
+        } else {
+            s
+        }
+    };
+    match value {
+        Value::String(s) => Value::String(clean(s)),
+        Value::Array(items) => Value::Array(items.into_iter().map(without_nul).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (clean(k), without_nul(v)))
+                .collect(),
+        ),
+        other => other,
+    }
 }
 
 /// Newest first; `before` is the id of the last row of the previous page.

@@ -63,3 +63,48 @@ pub async fn migrate(database_url: &str) -> Result<Vec<String>, MigrateError> {
         .map(|m| m.to_string())
         .collect())
 }
+
+/// Whether a database error may pass by itself (the connection, the server's
+/// state or a conflict with another transaction), so the same statement is
+/// worth trying again; otherwise the statement's data is at fault (a value
+/// PostgreSQL refuses, say) and trying again fails the same way forever.
+pub fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 08 connection, 53 resources, 57 operator intervention
+            // (shutdown, cancel), 58 system; serialization failure and
+            // deadlock; lock not available.
+            ["08", "53", "57", "58"].iter().any(|c| code.starts_with(c))
+                || ["40001", "40P01", "55P03"].contains(&code.as_ref())
+        }),
+        _ => false,
+    }
+}
+
+/// A short description of a database error that is safe to show or store:
+/// its SQLSTATE and class, never the server's message (which may quote the
+/// data, or describe the schema).
+pub fn describe(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            let class = match code.get(..2).unwrap_or("") {
+                "22" => "a value the database cannot store",
+                "23" => "a value that breaks a constraint",
+                "54" => "a value over the database's size limits",
+                _ => "a statement the database refused",
+            };
+            format!("{class} (SQLSTATE {code})")
+        }
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
+            "the database is unreachable".into()
+        }
+        _ => "a database error".into(),
+    }
+}

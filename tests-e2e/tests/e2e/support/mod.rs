@@ -311,12 +311,19 @@ impl Drop for TestEnv {
             let _ = w.start_kill();
         }
         // Remove this test's queues and database from a separate thread (the
-        // test's runtime is finishing). Delay queues expire by themselves.
-        let queues = [
+        // test's runtime is finishing). The delay ladders never expire by
+        // themselves, so every rung a test may have declared goes too.
+        let mut queues = vec![
             self.queue.clone(),
             format!("{}.bulk", self.queue),
             format!("{}.dead_letter", self.queue),
         ];
+        let longest = Duration::from_secs(platform::config::LADDER_LIMIT_SECONDS);
+        for target in [self.queue.clone(), format!("{}.bulk", self.queue)] {
+            for rung in platform::config::ladder_rungs(longest) {
+                queues.push(format!("{target}.ladder.{}s", rung.as_secs()));
+            }
+        }
         let database = self.database.clone();
         let cleanup = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
@@ -333,7 +340,9 @@ impl Drop for TestEnv {
                     if let Ok(channel) = conn.create_channel().await {
                         for q in &queues {
                             let _ = channel.queue_delete(q, Default::default()).await;
-                            let _ = channel.exchange_delete(q, Default::default()).await;
+                        }
+                        for exchange in &queues[..2] {
+                            let _ = channel.exchange_delete(exchange, Default::default()).await;
                         }
                     }
                     let _ = conn.close(200, "test done").await;
