@@ -82,34 +82,33 @@ impl Ingest {
                 // What did not fit the last batch starts the next one.
                 let mut carried: Option<Pending> = None;
                 loop {
-                    let batch = {
-                        let first = match carried.take() {
-                            Some(p) => p,
-                            None => {
-                                let mut receiver = receiver.lock().await;
-                                let Some(first) = receiver.recv().await else {
-                                    return;
-                                };
-                                first
-                            }
-                        };
-                        let mut bytes = first.bytes();
-                        let mut batch = vec![first];
-                        let mut receiver = receiver.lock().await;
-                        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
-                            match receiver.try_recv() {
-                                Ok(p) if bytes + p.bytes() > MAX_BATCH_BYTES => {
-                                    carried = Some(p);
-                                    break;
+                    let batch = match carried.take() {
+                        // Written alone: gathering more would mean waiting
+                        // for the receiver, which another writer may hold
+                        // until the next send arrives.
+                        Some(p) => vec![p],
+                        None => {
+                            let mut receiver = receiver.lock().await;
+                            let Some(first) = receiver.recv().await else {
+                                return;
+                            };
+                            let mut bytes = first.bytes();
+                            let mut batch = vec![first];
+                            while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+                                match receiver.try_recv() {
+                                    Ok(p) if bytes + p.bytes() > MAX_BATCH_BYTES => {
+                                        carried = Some(p);
+                                        break;
+                                    }
+                                    Ok(p) => {
+                                        bytes += p.bytes();
+                                        batch.push(p);
+                                    }
+                                    Err(_) => break,
                                 }
-                                Ok(p) => {
-                                    bytes += p.bytes();
-                                    batch.push(p);
-                                }
-                                Err(_) => break,
                             }
+                            batch
                         }
-                        batch
                     };
                     let written = write_or_split(&pool, &task_queue, &batch).await;
                     if written.iter().any(Result::is_ok) {

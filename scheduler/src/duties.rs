@@ -53,7 +53,17 @@ impl Duties {
     pub async fn run(self, token: CancellationToken) {
         // Maintenance first runs one interval after taking the lead.
         let mut maintained = tokio::time::Instant::now();
+        let mut reconciled = tokio::time::Instant::now();
         while !token.is_cancelled() {
+            if reconciled.elapsed() >= self.settings.scheduler.reconcile_interval {
+                reconciled = tokio::time::Instant::now();
+                if let Err(e) =
+                    crate::reconcile::run_once(&self.pool, &self.settings, &self.waker).await
+                {
+                    tracing::warn!(error = %e, "reconciling failed; will retry");
+                    metrics::counter!("scheduler_errors_total", "job" => "reconcile").increment(1);
+                }
+            }
             if let Err(e) = self.fire_periodic_tasks().await {
                 tracing::warn!(error = %e, "publishing periodic tasks failed; will retry");
                 metrics::counter!("scheduler_errors_total", "job" => "periodic").increment(1);
@@ -168,6 +178,10 @@ impl Duties {
                 metrics::counter!("scheduler_retention_deleted_total", "table" => table)
                     .increment(total);
             }
+        }
+        let pruned = platform::db::worker_leases::prune(&self.pool).await?;
+        if pruned > 0 {
+            tracing::info!(pruned, "lapsed worker leases removed");
         }
         Ok(())
     }

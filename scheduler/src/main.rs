@@ -8,6 +8,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod duties;
 mod leader;
+mod reconcile;
 mod release;
 
 use anyhow::Context;

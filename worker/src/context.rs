@@ -19,4 +19,6 @@ pub struct Context {
     pub worker: Arc<WorkerState>,
     /// Python task names mapped to ours (`CELERY_TASK_ALIASES`).
     pub aliases: TaskAliases,
+    /// This worker's liveness lease, recorded with its claims.
+    pub liveness: Arc<crate::liveness::Liveness>,
 }

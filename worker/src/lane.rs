@@ -83,6 +83,16 @@ impl Lane {
     /// is settled, and requeued whole if any of them could not be (a
     /// member already sent is then skipped by its record's claim).
     pub async fn handle_batch(&self, deliveries: Vec<Decoded>) {
+        if !self.ctx.liveness.is_fresh() {
+            // Others may soon treat this worker's claims as abandoned: it
+            // claims nothing until it has renewed its lease.
+            tracing::warn!("liveness lease not renewed; deliveries go back to the queue");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            for (delivery, _) in &deliveries {
+                nack_requeue(delivery).await;
+            }
+            return;
+        }
         let mut requeue = vec![false; deliveries.len()];
         let mut jobs: Vec<Job> = Vec::new();
         let mut settled: Vec<(usize, Option<usize>, Outcome)> = Vec::new(); // (delivery, job, outcome)

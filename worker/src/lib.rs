@@ -5,6 +5,7 @@ pub mod consumer;
 pub mod context;
 pub mod delivery;
 pub mod lane;
+pub mod liveness;
 pub mod outcome;
 pub mod pool;
 pub mod remote_control;
@@ -19,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::consumer::Consumer;
 use crate::context::Context;
+use crate::liveness::Liveness;
 use crate::pool::{Throttle, TransportCache};
 use crate::remote_control::WorkerState;
 
@@ -50,6 +52,19 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         .unwrap_or(false);
     let aliases = TaskAliases::from_env()?;
     let worker = Arc::new(WorkerState::new(node_name.clone(), send_events));
+    let liveness = Arc::new(Liveness::new(&node_name, settings.liveness));
+    liveness
+        .renew(&pool)
+        .await
+        .context("taking the worker's liveness lease")?;
+    let lease_keeper = {
+        let (liveness, pool, stop) = (liveness.clone(), pool.clone(), CancellationToken::new());
+        let handle = tokio::spawn({
+            let stop = stop.clone();
+            async move { liveness.keep(&pool, &stop).await }
+        });
+        (handle, stop)
+    };
     let ctx = Arc::new(Context {
         settings: Arc::new(settings),
         pool,
@@ -58,8 +73,13 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         throttle,
         worker,
         aliases,
+        liveness: liveness.clone(),
     });
-    Consumer::new(ctx, node_name).run(shutdown).await;
+    Consumer::new(ctx.clone(), node_name).run(shutdown).await;
+    // Renewed until every in-flight task has settled, then given up.
+    lease_keeper.1.cancel();
+    let _ = lease_keeper.0.await;
+    liveness.release(&ctx.pool).await;
     tracing::info!("worker stopped");
     Ok(())
 }

@@ -91,6 +91,15 @@ pub struct MessageRecord {
     pub campaign_id: Option<Uuid>,
     #[sqlx(default)]
     pub cancelled_at: Option<DateTime<Utc>>,
+    /// The worker (by its lease id) that last claimed it.
+    #[sqlx(default)]
+    pub claimed_by: Option<String>,
+    /// When a `queued` record's broker message is next expected back.
+    #[sqlx(default)]
+    pub due_at: Option<DateTime<Utc>>,
+    /// How often the reconciler has published it again.
+    #[sqlx(default)]
+    pub republished: i32,
 }
 
 impl MessageRecord {
@@ -165,29 +174,48 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<MessageRecord>, sqlx:
         .await
 }
 
-/// Claims a message for sending through `account`: a queued one, or one
-/// left `sending` since before `stale_before` by a worker that died (its
-/// outcome unknown: it is sent again with the same Message-ID, which lets
-/// receivers drop a duplicate). Returns `None` when another delivery has it.
+/// Claims a message for sending through `account` on behalf of the worker
+/// `claimant` (its lease id): a queued one, or one left `sending` by a
+/// worker that died (its outcome unknown: it is sent again with the same
+/// Message-ID, which lets receivers drop a duplicate). A worker counts as
+/// dead once its lease has lapsed, or, whatever its lease says, once the
+/// claim is older than `stale_before` (the hard time limit). Returns `None`
+/// when another delivery has it.
 pub async fn claim(
     pool: &PgPool,
     id: Uuid,
     account_id: Uuid,
     account_email: &str,
     stale_before: DateTime<Utc>,
+    claimant: &str,
 ) -> Result<Option<MessageRecord>, sqlx::Error> {
     sqlx::query_as(
-        "UPDATE message_records SET status = 'sending', attempts = attempts + 1, sending_at = now(),
-            account_id = $2, account_email = $3, updated_at = now()
-         WHERE id = $1 AND (status = 'queued' OR (status = 'sending' AND sending_at < $4))
+        "UPDATE message_records m SET status = 'sending', attempts = attempts + 1, sending_at = now(),
+            account_id = $2, account_email = $3, claimed_by = $5, due_at = NULL, updated_at = now()
+         WHERE id = $1 AND (status = 'queued' OR (status = 'sending' AND (sending_at < $4
+            OR NOT EXISTS (SELECT 1 FROM worker_leases l
+                            WHERE l.worker_id = m.claimed_by AND l.expires_at > now()))))
          RETURNING *",
     )
     .bind(id)
     .bind(account_id)
     .bind(account_email)
     .bind(stale_before)
+    .bind(claimant)
     .fetch_optional(pool)
     .await
+}
+
+/// Whether the worker that claimed a `sending` record still holds a live
+/// lease, and for how long (`None`: it is gone, or nobody claimed it).
+pub async fn claimant_lease(
+    pool: &PgPool,
+    record: &MessageRecord,
+) -> Result<Option<std::time::Duration>, sqlx::Error> {
+    match &record.claimed_by {
+        Some(worker) => crate::db::worker_leases::remaining(pool, worker).await,
+        None => Ok(None),
+    }
 }
 
 pub async fn mark_sent(
@@ -230,33 +258,46 @@ pub async fn mark_failed(
     Ok(())
 }
 
-/// A temporary failure: the message goes back to `queued` for a retry.
+/// A temporary failure: the message goes back to `queued` for a retry,
+/// due back from the broker after `due_in`.
 pub async fn mark_retrying(
     pool: &PgPool,
     id: Uuid,
     error: &str,
     smtp_response: Option<&str>,
+    due_in: std::time::Duration,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE message_records SET status = 'queued', error = $2,
-            smtp_response = COALESCE($3, smtp_response), updated_at = now()
+            smtp_response = COALESCE($3, smtp_response),
+            due_at = now() + make_interval(secs => $4), updated_at = now()
          WHERE id = $1 AND status = 'sending'",
     )
     .bind(id)
     .bind(error)
     .bind(smtp_response)
+    .bind(due_in.as_secs_f64())
     .execute(pool)
     .await?;
     Ok(())
 }
 
-/// Notes why a queued message is waiting (for quota, say) without changing its status.
-pub async fn note_waiting(pool: &PgPool, id: Uuid, reason: &str) -> Result<(), sqlx::Error> {
+/// Notes why a queued message is waiting (for quota, say) and when it is
+/// due back, without changing its status.
+pub async fn note_waiting(
+    pool: &PgPool,
+    id: Uuid,
+    reason: &str,
+    due_in: std::time::Duration,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE message_records SET error = $2, updated_at = now() WHERE id = $1 AND status = 'queued'",
+        "UPDATE message_records SET error = $2, due_at = now() + make_interval(secs => $3),
+            updated_at = now()
+         WHERE id = $1 AND status = 'queued'",
     )
     .bind(id)
     .bind(reason)
+    .bind(due_in.as_secs_f64())
     .execute(pool)
     .await?;
     Ok(())
@@ -301,10 +342,12 @@ pub async fn claim_many(
     ids: &[Uuid],
     account_ids: &[Uuid],
     account_emails: &[String],
+    claimant: &str,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
     sqlx::query_as(
         "UPDATE message_records m SET status = 'sending', attempts = m.attempts + 1, sending_at = now(),
-            account_id = c.account_id, account_email = c.account_email, updated_at = now()
+            account_id = c.account_id, account_email = c.account_email, claimed_by = $4,
+            due_at = NULL, updated_at = now()
          FROM UNNEST($1::uuid[], $2::uuid[], $3::text[]) AS c(id, account_id, account_email)
          WHERE m.id = c.id AND m.status = 'queued'
          RETURNING m.*,
@@ -317,6 +360,7 @@ pub async fn claim_many(
     .bind(ids)
     .bind(account_ids)
     .bind(account_emails)
+    .bind(claimant)
     .fetch_all(pool)
     .await
 }
@@ -598,4 +642,51 @@ pub async fn insert_campaign_messages(
     .execute(executor)
     .await?;
     Ok(())
+}
+
+/// A record the reconciler publishes again.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Stray {
+    pub id: Uuid,
+    pub task_id: String,
+    /// A campaign's message: it goes back to the bulk queue.
+    pub bulk: bool,
+}
+
+/// Finds up to `limit` records whose broker message must be gone, and
+/// notes in `tx` that they are published again (the caller writes their
+/// outbox rows in the same transaction): `queued` ones left more than
+/// `after` past their due time, and `sending` ones as long, whose claimant's
+/// lease has lapsed or whose claim is older than `stale_before` (the hard
+/// time limit). Each is then due at once, and is not picked again before
+/// twice as long has passed as the last time (at most 64 times `after`):
+/// a record that was only slow, say behind a long backlog or a stopped
+/// worker, gains a few copies, not one per pass. The longest-forgotten
+/// come first.
+pub async fn take_strays(
+    tx: &mut sqlx::PgConnection,
+    after: std::time::Duration,
+    stale_before: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<Stray>, sqlx::Error> {
+    sqlx::query_as(
+        "WITH stray AS (
+             SELECT id FROM message_records m
+              WHERE status IN ('queued', 'sending')
+                AND COALESCE(due_at, updated_at)
+                    < now() - make_interval(secs => $1 * power(2, least(republished, 6)))
+                AND (status = 'queued' OR sending_at < $2 OR NOT EXISTS (
+                     SELECT 1 FROM worker_leases l
+                      WHERE l.worker_id = m.claimed_by AND l.expires_at > now()))
+              ORDER BY COALESCE(due_at, updated_at) LIMIT $3
+                FOR UPDATE SKIP LOCKED)
+         UPDATE message_records m SET due_at = now(), republished = republished + 1
+           FROM stray WHERE m.id = stray.id
+         RETURNING m.id, m.task_id, m.campaign_run_id IS NOT NULL AS bulk",
+    )
+    .bind(after.as_secs_f64())
+    .bind(stale_before)
+    .bind(limit)
+    .fetch_all(tx)
+    .await
 }

@@ -14,6 +14,7 @@ pub mod outbox;
 pub mod periodic_tasks;
 pub mod suppressions;
 pub mod templates;
+pub mod worker_leases;
 
 use std::time::Duration;
 

@@ -121,3 +121,12 @@ pub async fn pending(executor: impl PgExecutor<'_>) -> Result<i64, sqlx::Error> 
         .fetch_one(executor)
         .await
 }
+
+/// When the oldest row still waiting was written, if any.
+pub async fn oldest(
+    executor: impl PgExecutor<'_>,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, sqlx::Error> {
+    sqlx::query_scalar("SELECT min(created_at) FROM outbox")
+        .fetch_one(executor)
+        .await
+}

@@ -80,12 +80,17 @@ pub async fn run(
         .iter()
         .map(|(_, r)| reservations[*r].account.email.clone())
         .collect();
-    let claimed: HashMap<Uuid, Claimed> =
-        messages::claim_many(&ctx.pool, &claim_ids, &claim_accounts, &claim_emails)
-            .await?
-            .into_iter()
-            .map(|c| (c.record.id, c))
-            .collect();
+    let claimed: HashMap<Uuid, Claimed> = messages::claim_many(
+        &ctx.pool,
+        &claim_ids,
+        &claim_accounts,
+        &claim_emails,
+        ctx.liveness.id(),
+    )
+    .await?
+    .into_iter()
+    .map(|c| (c.record.id, c))
+    .collect();
 
     // Quota reserved for messages the claim did not take goes back.
     let mut unused: HashMap<Uuid, i32> = HashMap::new();

@@ -52,12 +52,19 @@ pub async fn run(ctx: &Context, message: &TaskMessage) -> Result<Outcome, sqlx::
         MessageStatus::Sending => {
             let started = record.sending_at.unwrap_or(record.updated_at);
             if started >= stale_before {
-                let wait = (started - stale_before).to_std().unwrap_or_default();
-                return Ok(Outcome::Later {
-                    delay: wait + Duration::from_secs(1),
-                });
+                if let Some(left) = messages::claimant_lease(&ctx.pool, &record).await? {
+                    // Its claimant is alive and may still be sending: look
+                    // again once its lease could have lapsed (or the hard
+                    // time limit passed).
+                    let wait = (started - stale_before).to_std().unwrap_or_default();
+                    return Ok(Outcome::Later {
+                        delay: wait.min(left) + Duration::from_secs(1),
+                    });
+                }
+                tracing::warn!(message_id = %record.id, claimant = ?record.claimed_by, "the worker that was sending it is gone; sending again with the same Message-ID");
+            } else {
+                tracing::warn!(message_id = %record.id, "previous attempt passed the hard time limit; sending again with the same Message-ID");
             }
-            tracing::warn!(message_id = %record.id, "previous attempt was interrupted; sending again with the same Message-ID");
             metrics::counter!("emails_interrupted_total").increment(1);
         }
         // Handled by an earlier delivery of this task, or cancelled/suppressed.
@@ -68,7 +75,7 @@ pub async fn run(ctx: &Context, message: &TaskMessage) -> Result<Outcome, sqlx::
     let (account, lease) = match reserve_admitted(ctx, today).await? {
         Ok(reserved) => reserved,
         Err((wait, why)) => {
-            messages::note_waiting(&ctx.pool, record.id, why).await?;
+            messages::note_waiting(&ctx.pool, record.id, why, wait).await?;
             metrics::counter!("emails_waiting_for_quota_total").increment(1);
             tracing::info!(message_id = %record.id, retry_in = ?wait, why, "message waits");
             return Ok(Outcome::Later { delay: wait });
@@ -80,6 +87,7 @@ pub async fn run(ctx: &Context, message: &TaskMessage) -> Result<Outcome, sqlx::
         account.id,
         &account.email,
         stale_before,
+        ctx.liveness.id(),
     )
     .await?;
     let Some(record) = claimed else {
@@ -401,7 +409,8 @@ async fn account_fault(
         "account {} failed: {reply}; trying another account",
         account.email
     );
-    persist(|| messages::mark_retrying(&ctx.pool, record.id, &reason, Some(reply))).await?;
+    let delay = Duration::from_secs(1);
+    persist(|| messages::mark_retrying(&ctx.pool, record.id, &reason, Some(reply), delay)).await?;
     store(
         ctx,
         message.id(),
@@ -409,9 +418,7 @@ async fn account_fault(
         json!({"exc_type": EXC_TYPE, "exc_message": [reason], "exc_module": "builtins"}),
     )
     .await;
-    Ok(Outcome::Later {
-        delay: Duration::from_secs(1),
-    })
+    Ok(Outcome::Later { delay })
 }
 
 /// Finds the record the task refers to, or records the email a Python
@@ -507,8 +514,8 @@ async fn retry_or_fail(
         .await?;
         return Ok(Outcome::DeadLetter { reason });
     }
-    persist(|| messages::mark_retrying(&ctx.pool, record.id, reason, reply)).await?;
     let delay = backoff(ctx, retries);
+    persist(|| messages::mark_retrying(&ctx.pool, record.id, reason, reply, delay)).await?;
     metrics::counter!("email_retries_total").increment(1);
     tracing::info!(message_id = %record.id, retries, retry_in = ?delay, %reason, "temporary failure; will retry");
     store(

@@ -1,0 +1,325 @@
+//! Guarantees that must hold over time: delayed messages survive their
+//! delay queues, records whose broker message is gone are published again
+//! (once), and a worker that dies mid-send is replaced within seconds.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use lapin::options::{BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties};
+use serde_json::json;
+use smtp_sink::{Fault, Stage};
+use uuid::Uuid;
+
+use crate::support::{eventually, TestEnv, RABBITMQ};
+
+async fn channel() -> (Connection, Channel) {
+    let conn = Connection::connect(RABBITMQ, ConnectionProperties::default())
+        .await
+        .expect("connect to RabbitMQ");
+    let channel = conn.create_channel().await.expect("channel");
+    (conn, channel)
+}
+
+/// Messages in a queue, or `None` when it does not exist.
+async fn depth(queue: &str) -> Option<u32> {
+    let (conn, channel) = channel().await;
+    let options = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let depth = channel
+        .queue_declare(queue, options, FieldTable::default())
+        .await
+        .ok()
+        .map(|q| q.message_count());
+    let _ = conn.close(200, "done").await;
+    depth
+}
+
+/// The queue's arguments as RabbitMQ's management API reports them.
+async fn queue_arguments(queue: &str) -> serde_json::Value {
+    let info: serde_json::Value = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:15672/api/queues/%2F/{queue}"))
+        .basic_auth("guest", Some("guest"))
+        .send()
+        .await
+        .expect("management API")
+        .json()
+        .await
+        .expect("queue info");
+    info["arguments"].clone()
+}
+
+async fn sent_recipients(env: &TestEnv) -> Vec<String> {
+    env.smtp
+        .received()
+        .into_iter()
+        .flat_map(|m| m.rcpt_to)
+        .collect()
+}
+
+fn assert_once_each(received: &[String], expected: usize) {
+    let unique: HashSet<&String> = received.iter().collect();
+    assert_eq!(
+        unique.len(),
+        expected,
+        "distinct recipients received ({} emails)",
+        received.len()
+    );
+    assert_eq!(received.len(), expected, "an email was received twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_waiting_in_a_deleted_delay_queue_are_delivered_once() {
+    let mut env = TestEnv::with_vars(&[
+        ("QUOTA_WAIT_SECONDS", "6"),
+        ("RECONCILE_AFTER_SECONDS", "2"),
+        ("RECONCILE_INTERVAL_SECONDS", "1"),
+    ])
+    .await;
+    env.start_api().await;
+    let token = env.api().admin_token(&env.pool).await;
+    let account = env
+        .api()
+        .add_account(&token, env.smtp.port(), "sender@example.com", 1, 0)
+        .await;
+    env.start_worker();
+
+    // The ladder is declared whole at start, and no rung expires.
+    let ladder = env.settings().queues.ladder(&env.queue);
+    eventually("the delay ladder", Duration::from_secs(20), || async {
+        depth(&ladder[ladder.len() - 1].1).await
+    })
+    .await;
+    for (_, rung) in &ladder {
+        let args = queue_arguments(rung).await;
+        assert!(args.get("x-expires").is_none(), "{rung}: {args}");
+        assert!(args["x-message-ttl"].as_i64().unwrap() < i64::from(u32::MAX));
+    }
+
+    // One email has quota; seven wait for it in the ladder.
+    for i in 0..8 {
+        env.api()
+            .send_simple(&token, &format!("wait{i}@example.org"))
+            .await;
+    }
+    eventually(
+        "seven messages waiting for quota",
+        Duration::from_secs(30),
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM message_records WHERE status = 'queued' AND due_at IS NOT NULL",
+        )
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+            (waiting == 7).then_some(())
+        },
+    )
+    .await;
+
+    // What an expiring delay queue did: the rungs vanish with their messages.
+    let (conn, channel) = channel().await;
+    for (_, rung) in &ladder {
+        channel
+            .queue_delete(rung, QueueDeleteOptions::default())
+            .await
+            .unwrap();
+    }
+    let _ = conn.close(200, "done").await;
+    let res = env
+        .api()
+        .request(
+            reqwest::Method::PATCH,
+            &format!(
+                "/api/v1/admin/email-accounts/{}",
+                account["id"].as_str().unwrap()
+            ),
+            Some(&token),
+            Some(&json!({"daily_limit": 100})),
+        )
+        .await;
+    assert!(res.status.is_success(), "{}", res.body);
+    env.start_scheduler();
+
+    eventually("all eight sent", Duration::from_secs(60), || async {
+        (env.count_status("sent").await == 8).then_some(())
+    })
+    .await;
+    // Anything published twice would show up now.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_once_each(&sent_recipients(&env).await, 8);
+    let republished: i64 = sqlx::query_scalar("SELECT sum(republished) FROM message_records")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert!(republished > 0, "the reconciler published nothing again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purged_task_queue_is_delivered_once_and_queued_messages_are_not_doubled() {
+    let mut env = TestEnv::with_vars(&[
+        ("RECONCILE_AFTER_SECONDS", "3"),
+        ("RECONCILE_INTERVAL_SECONDS", "1"),
+    ])
+    .await;
+    env.start_api().await;
+    let token = env.api().admin_token(&env.pool).await;
+    env.api()
+        .add_account(&token, env.smtp.port(), "sender@example.com", 10_000, 0)
+        .await;
+    // The worker declares the queues, then stops: the messages wait.
+    env.start_worker();
+    eventually("the task queue", Duration::from_secs(20), || async {
+        depth(&env.queue).await
+    })
+    .await;
+    env.signal_worker(0, "TERM").await;
+    env.wait_worker(0, Duration::from_secs(40)).await;
+
+    let batch = |from: usize, n: usize| {
+        let messages: Vec<_> = (from..from + n)
+            .map(|i| json!({"to": format!("r{i}@example.org"), "subject": "s", "content": "<p>c</p>"}))
+            .collect();
+        json!({ "messages": messages })
+    };
+    let accept = |from: usize, n: usize| {
+        let body = batch(from, n);
+        let api = env.api();
+        let token = token.clone();
+        async move {
+            let res = api
+                .post("/api/v1/messages/email/batch", &token, &body)
+                .await;
+            assert_eq!(res.status, reqwest::StatusCode::ACCEPTED, "{}", res.body);
+            assert_eq!(res.body["data"]["accepted"], n);
+        }
+    };
+    for chunk in 0..4 {
+        accept(chunk * 500, 500).await;
+    }
+    let outbox_empty = || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+        (n == 0).then_some(())
+    };
+    eventually("the outbox relayed", Duration::from_secs(30), outbox_empty).await;
+    // An operator purges the task queue with 2,000 accepted emails in it.
+    let (conn, channel) = channel().await;
+    channel
+        .queue_purge(&env.queue, Default::default())
+        .await
+        .unwrap();
+    let _ = conn.close(200, "done").await;
+    // 500 more stay in the queue: the reconciler cannot tell them apart
+    // from the lost ones, publishes them again too, and the claim must
+    // keep each to one email.
+    accept(2000, 500).await;
+    eventually("the outbox relayed", Duration::from_secs(30), outbox_empty).await;
+
+    env.start_scheduler();
+    eventually(
+        "every record published again",
+        Duration::from_secs(60),
+        || async {
+            let n: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM message_records WHERE republished > 0")
+                    .fetch_one(&env.pool)
+                    .await
+                    .unwrap();
+            (n == 2500).then_some(())
+        },
+    )
+    .await;
+    env.start_worker();
+    eventually("2,500 sent", Duration::from_secs(120), || async {
+        (env.count_status("sent").await == 2500).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_once_each(&sent_recipients(&env).await, 2500);
+}
+
+/// The record of `id` as the worker left it.
+async fn claimant(env: &TestEnv, id: Uuid) -> Option<String> {
+    sqlx::query_scalar("SELECT claimed_by FROM message_records WHERE id = $1")
+        .bind(id)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_whose_worker_died_is_resent_within_seconds_and_a_live_claim_is_left_alone() {
+    let mut env = TestEnv::with_vars(&[
+        // The old rule waited for the hard time limit: five minutes.
+        ("CELERY_TASK_SOFT_TIME_LIMIT", "270"),
+        ("CELERY_TASK_TIME_LIMIT", "300"),
+        ("EMAIL_TIMEOUT", "120"),
+        ("WORKER_LEASE_SECONDS", "3"),
+        ("WORKER_LEASE_RENEW_SECONDS", "1"),
+    ])
+    .await;
+    env.start_api().await;
+    let token = env.api().admin_token(&env.pool).await;
+    env.api()
+        .add_account(&token, env.smtp.port(), "sender@example.com", 100, 0)
+        .await;
+    env.start_worker();
+
+    // The server hangs before DATA: the worker is mid-send when it dies.
+    env.smtp
+        .set_fault(Stage::RcptTo, Fault::Stall(Duration::from_secs(120)));
+    let id = env.api().send_simple(&token, "dead@example.org").await;
+    env.wait_status(id, "sending", Duration::from_secs(20))
+        .await;
+    let first = claimant(&env, id).await.expect("claimant recorded");
+    env.signal_worker(0, "KILL").await;
+    env.wait_worker(0, Duration::from_secs(10)).await;
+    env.smtp.clear_faults();
+    let killed = Instant::now();
+    env.start_worker();
+    env.wait_status(id, "sent", Duration::from_secs(40)).await;
+    let took = killed.elapsed();
+    println!("a send whose worker died was sent again after {took:?}");
+    assert!(took < Duration::from_secs(40));
+    assert_ne!(claimant(&env, id).await.as_deref(), Some(first.as_str()));
+    assert_once_each(&sent_recipients(&env).await, 1);
+
+    // A live worker's claim: the server takes 8 s to answer DATA while a
+    // copy of the same task reaches the workers. It waits; one email.
+    env.smtp
+        .set_fault(Stage::DataEnd, Fault::Stall(Duration::from_secs(8)));
+    let id = env.api().send_simple(&token, "live@example.org").await;
+    env.wait_status(id, "sending", Duration::from_secs(20))
+        .await;
+    let task_id: String = sqlx::query_scalar("SELECT task_id FROM message_records WHERE id = $1")
+        .bind(id)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    let copy = platform::tasks::send_email_task(id, &task_id);
+    let (conn, channel) = channel().await;
+    channel
+        .basic_publish(
+            &env.queue,
+            &env.queue,
+            BasicPublishOptions::default(),
+            &copy.body(),
+            copy.properties(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let _ = conn.close(200, "done").await;
+    env.wait_status(id, "sent", Duration::from_secs(30)).await;
+    env.smtp.clear_faults();
+    // The copy has waited on the live claim and then found it sent.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_once_each(&sent_recipients(&env).await, 2);
+}
