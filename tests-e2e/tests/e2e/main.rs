@@ -30,6 +30,7 @@ mod resilience;
 mod scheduler;
 mod scheduling;
 mod send_batches;
+mod soak;
 mod suppressions;
 mod templates;
 mod throttle;

@@ -267,6 +267,21 @@ impl TestEnv {
         assert!(status.success());
     }
 
+    /// The process id of worker `index`.
+    pub fn worker_pid(&self, index: usize) -> u32 {
+        self.workers[index].id().expect("worker still running")
+    }
+
+    /// How many workers this test has started (running or not).
+    pub fn worker_count(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// The index of the scheduler with process id `pid`.
+    pub fn scheduler_index(&self, pid: u32) -> Option<usize> {
+        self.schedulers.iter().position(|s| s.id() == Some(pid))
+    }
+
     /// Waits for worker `index` to exit and returns its exit status.
     pub async fn wait_worker(
         &mut self,
