@@ -230,3 +230,23 @@ async fn a_task_the_database_refuses_is_dead_lettered_and_the_rest_go_on() {
         .unwrap();
     assert_eq!(copies, 2);
 }
+
+// A current-thread runtime: every submit is queued before a writer runs, so
+// all ten would share one statement without the byte cap.
+#[tokio::test]
+async fn group_commit_caps_its_statements_by_bytes() {
+    let env = TestEnv::new().await;
+    let ingest = notify_api::ingest::Ingest::start(
+        env.pool.clone(),
+        env.queue.clone(),
+        OutboxWaker::default(),
+    );
+    // 280 MiB together: over PostgreSQL's 256 MiB limit for one jsonb value.
+    let body = format!("<p>{}</p>", "x".repeat(28 * 1024 * 1024));
+    let messages: Vec<NewMessage> = (0..10).map(|_| new_message(&body)).collect();
+    let results = join_all(messages.into_iter().map(|m| ingest.submit(m))).await;
+    for result in results {
+        assert_eq!(result.expect("recorded"), MessageStatus::Queued);
+    }
+    assert_eq!(env.count_status("queued").await, 10);
+}
