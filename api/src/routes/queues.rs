@@ -16,7 +16,8 @@ use crate::state::AppState;
 #[derive(Debug, Serialize, ToSchema)]
 pub struct QueueView {
     pub name: String,
-    /// `tasks` or `dead_letter`.
+    /// `tasks`, `dead_letter`, `bulk`, or `delay` (a rung of a delay
+    /// ladder; listed only while it holds messages).
     pub role: &'static str,
     /// False when the queue has not been declared yet (no worker started).
     pub exists: bool,
@@ -25,7 +26,9 @@ pub struct QueueView {
     pub consumers: u32,
 }
 
-/// Depth and consumer count of the task queue and its dead-letter queue.
+/// Depth and consumer count of the task queue, its dead-letter queue, the
+/// bulk queue, and the delay-ladder rungs that hold messages (retries,
+/// waits for quota or a throttle, ETAs).
 #[utoipa::path(get, path = "/api/v1/admin/queues", tag = "queues", security(("bearer" = [])),
     responses((status = 200, body = Data<Vec<QueueView>>),
         (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
@@ -44,44 +47,56 @@ pub async fn list(
     .await
     .map_err(|_| unavailable("no answer within 5 s".into()))?
     .map_err(|e| unavailable(e.to_string()))?;
-    let queues = [
-        (state.settings.queues.tasks.clone(), "tasks"),
-        (state.settings.queues.dead_letter(), "dead_letter"),
+    let names = &state.settings.queues;
+    let mut queues = vec![
+        (names.tasks.clone(), "tasks"),
+        (names.dead_letter(), "dead_letter"),
+        (names.bulk(), "bulk"),
     ];
+    for target in names.consumed() {
+        queues.extend(names.ladder(&target).into_iter().map(|(_, q)| (q, "delay")));
+    }
     let mut views = Vec::new();
     for (name, role) in queues {
-        // A failed passive declare closes the channel: one channel per queue.
-        let channel = connection
-            .create_channel()
+        let found = inspect(&connection, &name)
             .await
             .map_err(|e| unavailable(e.to_string()))?;
-        let declared = channel
-            .queue_declare(
-                &name,
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await;
-        views.push(match declared {
-            Ok(q) => QueueView {
-                name,
-                role,
-                exists: true,
-                messages: q.message_count(),
-                consumers: q.consumer_count(),
-            },
-            Err(_) => QueueView {
-                name,
-                role,
-                exists: false,
-                messages: 0,
-                consumers: 0,
-            },
+        let (exists, messages, consumers) = found.map_or((false, 0, 0), |(m, c)| (true, m, c));
+        if role == "delay" && messages == 0 {
+            continue;
+        }
+        views.push(QueueView {
+            name,
+            role,
+            exists,
+            messages,
+            consumers,
         });
     }
     let _ = connection.close(200, "queue listing done").await;
     Ok(Data::new(views))
+}
+
+/// Ready messages and consumers of a queue (`None`: it does not exist). A
+/// failed passive declare closes its channel: one channel per queue.
+async fn inspect(
+    connection: &lapin::Connection,
+    name: &str,
+) -> Result<Option<(u32, u32)>, lapin::Error> {
+    let channel = connection.create_channel().await?;
+    let options = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let found = match channel
+        .queue_declare(name, options, FieldTable::default())
+        .await
+    {
+        Ok(q) => Some((q.message_count(), q.consumer_count())),
+        Err(_) => None,
+    };
+    if found.is_some() {
+        let _ = channel.close(200, "inspected").await;
+    }
+    Ok(found)
 }

@@ -120,6 +120,22 @@ async fn messages_waiting_in_a_deleted_delay_queue_are_delivered_once() {
     )
     .await;
 
+    // Operators see them waiting.
+    eventually(
+        "the ladder in the queue listing",
+        Duration::from_secs(20),
+        || async {
+            let res = env.api().get("/api/v1/admin/queues", &token).await;
+            let rungs = res.body["data"]
+                .as_array()?
+                .iter()
+                .filter(|q| q["role"] == "delay")
+                .count();
+            (rungs > 0).then_some(())
+        },
+    )
+    .await;
+
     // What an expiring delay queue did: the rungs vanish with their messages.
     let (conn, channel) = channel().await;
     for (_, rung) in &ladder {
