@@ -339,3 +339,43 @@ async fn a_send_whose_worker_died_is_resent_within_seconds_and_a_live_claim_is_l
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_once_each(&sent_recipients(&env).await, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_email_sent_while_the_database_is_away_is_recorded_once_it_is_back() {
+    let pg = crate::support::proxy::TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let mut env = TestEnv::with_vars(&[("DB_POOL_SIZE", "2")]).await;
+    env.start_api().await;
+    let token = env.api().admin_token(&env.pool).await;
+    env.api()
+        .add_account(&token, env.smtp.port(), "sender@example.com", 100, 0)
+        .await;
+    // Only the worker reaches PostgreSQL through the proxy.
+    let direct = env.vars["DATABASE_URL"].clone();
+    env.vars.insert(
+        "DATABASE_URL".into(),
+        direct.replace("127.0.0.1:5432", &pg.addr.to_string()),
+    );
+    env.start_worker();
+
+    // The server takes 3 s to accept the data; the database goes away
+    // meanwhile, for longer than the worker used to retry the outcome.
+    env.smtp
+        .set_fault(Stage::DataEnd, Fault::Stall(Duration::from_secs(3)));
+    let id = env.api().send_simple(&token, "away@example.org").await;
+    env.wait_status(id, "sending", Duration::from_secs(20))
+        .await;
+    pg.cut();
+    env.smtp.wait_for(1, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    env.smtp.clear_faults();
+    pg.restore();
+    let back = Instant::now();
+    env.wait_status(id, "sent", Duration::from_secs(20)).await;
+    println!(
+        "recorded sent {:?} after the database came back",
+        back.elapsed()
+    );
+    // Well past the hard time limit (12 s here) a resend would have happened.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    assert_once_each(&sent_recipients(&env).await, 1);
+}

@@ -572,20 +572,27 @@ fn backoff(ctx: &Context, retries: u32) -> Duration {
     Duration::from_secs_f64(jittered.max(1.0))
 }
 
-/// Outcome writes after an SMTP transaction are retried for a while: giving
-/// up would leave an accepted email looking unsent.
+/// Outcome writes after an SMTP transaction are retried until they succeed,
+/// however long the database is away: the email is out (or refused), and
+/// giving up would send the delivery back to the queue with the record
+/// still `sending`, to be sent again once its claim looks abandoned. The
+/// delivery stays unacknowledged meanwhile. Only an error in the data
+/// itself, which no retry can cure, is returned.
 pub(super) async fn persist<F, Fut>(write: F) -> Result<(), sqlx::Error>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<(), sqlx::Error>>,
 {
     let mut delay = Duration::from_millis(100);
-    let mut attempts = 0;
+    let mut attempts = 0u32;
     loop {
         match write().await {
             Ok(()) => return Ok(()),
-            Err(e) if attempts < 8 => {
-                tracing::warn!(error = %e, retry_in = ?delay, "cannot record the outcome yet");
+            Err(e) if platform::db::is_transient(&e) => {
+                // Every attempt at first, then every tenth.
+                if attempts < 8 || attempts % 10 == 0 {
+                    tracing::warn!(error = %e, attempts, retry_in = ?delay, "cannot record the outcome yet");
+                }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
                 attempts += 1;
