@@ -5,13 +5,12 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties};
 use tokio::process::Command;
 
 use crate::python_interop::{python, repo_root};
-use crate::support::{eventually, TestEnv, RABBITMQ, REDIS_RESULTS};
+use crate::support::{
+    eventually, queue_depth, rabbitmq_management, TestEnv, RABBITMQ, REDIS_RESULTS,
+};
 
 const COUNT: usize = 1000;
 
@@ -96,7 +95,7 @@ async fn a_60_day_eta_and_a_thousand_distinct_countdowns_share_one_bounded_ladde
             .await
             .unwrap();
     assert_eq!(recorded, 0);
-    let top = &env
+    let top = env
         .settings()
         .queues
         .ladder(&env.queue)
@@ -104,21 +103,7 @@ async fn a_60_day_eta_and_a_thousand_distinct_countdowns_share_one_bounded_ladde
         .unwrap()
         .1
         .clone();
-    let conn = Connection::connect(RABBITMQ, ConnectionProperties::default())
-        .await
-        .unwrap();
-    let channel = conn.create_channel().await.unwrap();
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    let waiting = channel
-        .queue_declare(top, passive, FieldTable::default())
-        .await
-        .unwrap()
-        .message_count();
-    assert_eq!(waiting, 1, "{top}");
-    let _ = conn.close(200, "done").await;
+    assert_eq!(queue_depth(&top).await, Some(1), "{top}");
 
     // One bounded set of queues: the task, bulk and dead-letter queues and
     // the two ladders, whatever the delays were.
@@ -132,15 +117,7 @@ async fn a_60_day_eta_and_a_thousand_distinct_countdowns_share_one_bounded_ladde
     for target in settings.queues.consumed() {
         allowed.extend(settings.queues.ladder(&target).into_iter().map(|(_, q)| q));
     }
-    let queues: serde_json::Value = reqwest::Client::new()
-        .get("http://127.0.0.1:15672/api/queues/%2F?columns=name")
-        .basic_auth("guest", Some("guest"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let queues = rabbitmq_management("queues/%2F?columns=name").await;
     let ours: Vec<String> = queues
         .as_array()
         .unwrap()

@@ -6,8 +6,6 @@
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use lapin::options::BasicPublishOptions;
-use lapin::{Connection, ConnectionProperties};
 use platform::celery::TaskMessage;
 use platform::db::messages::{MessageStatus, NewMessage};
 use platform::outbox::OutboxWaker;
@@ -15,7 +13,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use crate::support::{eventually, TestEnv, RABBITMQ};
+use crate::support::{eventually, publish_tasks, TestEnv};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nul_characters_are_refused_without_failing_other_clients_sends() {
@@ -164,25 +162,7 @@ async fn a_task_the_database_refuses_is_dead_lettered_and_the_rest_go_on() {
             kwargs("after@example.org", "<p>fine</p>"),
         ),
     ];
-    let conn = Connection::connect(RABBITMQ, ConnectionProperties::default())
-        .await
-        .unwrap();
-    let channel = conn.create_channel().await.unwrap();
-    for task in &tasks {
-        channel
-            .basic_publish(
-                &env.queue,
-                &env.queue,
-                BasicPublishOptions::default(),
-                &task.body(),
-                task.properties(),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-    }
-    let _ = conn.close(200, "done").await;
+    publish_tasks(&env.queue, &tasks).await;
 
     let dead: Vec<(String, String)> = eventually(
         "both poison tasks dead-lettered",

@@ -5,14 +5,15 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use lapin::options::{BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions};
-use lapin::types::FieldTable;
+use lapin::options::QueueDeleteOptions;
 use lapin::{Channel, Connection, ConnectionProperties};
 use serde_json::json;
 use smtp_sink::{Fault, Stage};
 use uuid::Uuid;
 
-use crate::support::{eventually, TestEnv, RABBITMQ};
+use crate::support::{
+    eventually, publish_tasks, queue_depth, rabbitmq_management, TestEnv, RABBITMQ,
+};
 
 async fn channel() -> (Connection, Channel) {
     let conn = Connection::connect(RABBITMQ, ConnectionProperties::default())
@@ -20,36 +21,6 @@ async fn channel() -> (Connection, Channel) {
         .expect("connect to RabbitMQ");
     let channel = conn.create_channel().await.expect("channel");
     (conn, channel)
-}
-
-/// Messages in a queue, or `None` when it does not exist.
-async fn depth(queue: &str) -> Option<u32> {
-    let (conn, channel) = channel().await;
-    let options = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    let depth = channel
-        .queue_declare(queue, options, FieldTable::default())
-        .await
-        .ok()
-        .map(|q| q.message_count());
-    let _ = conn.close(200, "done").await;
-    depth
-}
-
-/// The queue's arguments as RabbitMQ's management API reports them.
-async fn queue_arguments(queue: &str) -> serde_json::Value {
-    let info: serde_json::Value = reqwest::Client::new()
-        .get(format!("http://127.0.0.1:15672/api/queues/%2F/{queue}"))
-        .basic_auth("guest", Some("guest"))
-        .send()
-        .await
-        .expect("management API")
-        .json()
-        .await
-        .expect("queue info");
-    info["arguments"].clone()
 }
 
 async fn sent_recipients(env: &TestEnv) -> Vec<String> {
@@ -90,11 +61,11 @@ async fn messages_waiting_in_a_deleted_delay_queue_are_delivered_once() {
     // The ladder is declared whole at start, and no rung expires.
     let ladder = env.settings().queues.ladder(&env.queue);
     eventually("the delay ladder", Duration::from_secs(20), || async {
-        depth(&ladder[ladder.len() - 1].1).await
+        queue_depth(&ladder[ladder.len() - 1].1).await
     })
     .await;
     for (_, rung) in &ladder {
-        let args = queue_arguments(rung).await;
+        let args = rabbitmq_management(&format!("queues/%2F/{rung}")).await["arguments"].clone();
         assert!(args.get("x-expires").is_none(), "{rung}: {args}");
         assert!(args["x-message-ttl"].as_i64().unwrap() < i64::from(u32::MAX));
     }
@@ -189,7 +160,7 @@ async fn a_purged_task_queue_is_delivered_once_and_queued_messages_are_not_doubl
     // The worker declares the queues, then stops: the messages wait.
     env.start_worker();
     eventually("the task queue", Duration::from_secs(20), || async {
-        depth(&env.queue).await
+        queue_depth(&env.queue).await
     })
     .await;
     env.signal_worker(0, "TERM").await;
@@ -319,20 +290,7 @@ async fn a_send_whose_worker_died_is_resent_within_seconds_and_a_live_claim_is_l
         .await
         .unwrap();
     let copy = platform::tasks::send_email_task(id, &task_id);
-    let (conn, channel) = channel().await;
-    channel
-        .basic_publish(
-            &env.queue,
-            &env.queue,
-            BasicPublishOptions::default(),
-            &copy.body(),
-            copy.properties(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    let _ = conn.close(200, "done").await;
+    publish_tasks(&env.queue, &[copy]).await;
     env.wait_status(id, "sent", Duration::from_secs(30)).await;
     env.smtp.clear_faults();
     // The copy has waited on the live claim and then found it sent.

@@ -38,6 +38,63 @@ where
     }
 }
 
+/// Publishes task messages to `queue` through its exchange, as a Celery
+/// producer does, each confirmed by the broker.
+pub async fn publish_tasks(queue: &str, tasks: &[platform::celery::TaskMessage]) {
+    let conn = lapin::Connection::connect(RABBITMQ, lapin::ConnectionProperties::default())
+        .await
+        .expect("connect to RabbitMQ");
+    let channel = conn.create_channel().await.expect("channel");
+    for task in tasks {
+        channel
+            .basic_publish(
+                queue,
+                queue,
+                lapin::options::BasicPublishOptions::default(),
+                &task.body(),
+                task.properties(),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+    }
+    let _ = conn.close(200, "published").await;
+}
+
+/// Messages in a queue, or `None` when it does not exist (a passive
+/// declaration, which creates nothing).
+pub async fn queue_depth(queue: &str) -> Option<u32> {
+    let conn = lapin::Connection::connect(RABBITMQ, lapin::ConnectionProperties::default())
+        .await
+        .expect("connect to RabbitMQ");
+    let channel = conn.create_channel().await.expect("channel");
+    let options = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let depth = channel
+        .queue_declare(queue, options, lapin::types::FieldTable::default())
+        .await
+        .ok()
+        .map(|q| q.message_count());
+    let _ = conn.close(200, "done").await;
+    depth
+}
+
+/// A GET on RabbitMQ's management API (`path` after `/api/`).
+pub async fn rabbitmq_management(path: &str) -> serde_json::Value {
+    reqwest::Client::new()
+        .get(format!("http://127.0.0.1:15672/api/{path}"))
+        .basic_auth("guest", Some("guest"))
+        .send()
+        .await
+        .expect("RabbitMQ management API")
+        .json()
+        .await
+        .expect("JSON from the management API")
+}
+
 /// A built binary of the workspace, next to this test executable.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
