@@ -118,7 +118,7 @@ impl Consumer {
                 settings.task_soft_time_limit.as_secs_f64(),
                 settings.task_time_limit.as_secs_f64(),
             ],
-            broker: remote_control::broker_info(&settings.broker_url, settings.heartbeat),
+            broker: remote_control::broker_info(settings.broker_url(), settings.heartbeat),
             queues: self.topology.names.consumed().to_vec(),
             shutdown: shutdown.clone(),
         };
