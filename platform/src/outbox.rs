@@ -121,7 +121,10 @@ impl OutboxRelay {
     }
 
     async fn open_channel(&self) -> Result<(Connection, Channel), RelayError> {
-        let conn = broker::connect(&self.settings, "notify-outbox-relay").await?;
+        // The process id tells operators (and the cluster failover test)
+        // whose relay a connection on a broker node is.
+        let name = format!("notify-outbox-relay/{}", std::process::id());
+        let conn = broker::connect(&self.settings, &name).await?;
         let channel = conn.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
