@@ -102,14 +102,14 @@ impl OutboxRelay {
                     tracing::warn!(error = %e, "outbox relay failed to publish a batch; will retry");
                     metrics::counter!("outbox_relay_errors_total").increment(1);
                     if let Some((conn, _)) = link.take() {
-                        let _ = conn.close(0, "reconnecting").await;
+                        broker::close(&conn, 0, "reconnecting").await;
                     }
                     self.pause(&shutdown, backoff).await;
                 }
             }
         }
         if let Some((conn, _)) = link {
-            let _ = conn.close(200, "shutdown").await;
+            broker::close(&conn, 200, "shutdown").await;
         }
     }
 

@@ -67,7 +67,7 @@ impl Consumer {
     async fn session(&self, shutdown: &CancellationToken) -> Result<(), broker::BrokerError> {
         let conn = broker::connect(&self.ctx.settings, &self.node_name).await?;
         let result = self.consume(&conn, shutdown).await;
-        let _ = conn.close(200, "worker stopping").await;
+        broker::close(&conn, 200, "worker stopping").await;
         result
     }
 

@@ -82,6 +82,6 @@ pub async fn list(
             },
         });
     }
-    let _ = connection.close(200, "queue listing done").await;
+    platform::broker::close(&connection, 200, "queue listing done").await;
     Ok(Data::new(views))
 }

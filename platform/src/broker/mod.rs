@@ -31,6 +31,14 @@ pub enum BrokerError {
     Timeout { node: String, after: Duration },
 }
 
+/// How long closing a connection waits for the broker's close-ok. A node
+/// that hangs (a frozen host, a cut network) never answers, and lapin stops
+/// watching heartbeats once a close has begun, so an unbounded close would
+/// hold its caller for good instead of letting it reconnect elsewhere. Past
+/// this the connection is abandoned; its socket goes when the peer answers
+/// or TCP gives up.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Where this process's next connection starts in the list of broker URLs.
 /// Each call moves it on by one, so a connection that replaces one that
 /// died starts at another node than the one it lost, and the processes'
@@ -68,6 +76,14 @@ pub async fn connect(
         }
     }
     Err(last_error)
+}
+
+/// Closes a connection politely when the broker answers, and gives up on
+/// it after [`CLOSE_TIMEOUT`] when it does not.
+pub async fn close(conn: &Connection, reply_code: u16, reply_text: &str) {
+    if let Err(e) = tokio::time::timeout(CLOSE_TIMEOUT, conn.close(reply_code, reply_text)).await {
+        tracing::warn!(error = %e, "RabbitMQ did not answer the connection close; abandoning the connection");
+    }
 }
 
 async fn connect_one(
