@@ -9,6 +9,7 @@
 #   scripts/rabbitmq-cluster.sh urls          # the broker URL list for RABBITMQ_URL
 #   scripts/rabbitmq-cluster.sh stop-node N   # stop node N (1-3) gracefully; `start` brings it back
 #   scripts/rabbitmq-cluster.sh kill-node N   # kill -9 node N's VM
+#   scripts/rabbitmq-cluster.sh freeze-node N # SIGSTOP node N's VM (a hung host); `start` resumes it
 #   scripts/rabbitmq-cluster.sh ctl N ARGS... # rabbitmqctl against node N (its cookie and ports)
 #
 # Node N is notify-rmqN@localhost: AMQP on 127.0.0.1:568N, Erlang distribution
@@ -57,6 +58,9 @@ node_env() {
   export RABBITMQ_MNESIA_BASE="$dir/mnesia"
   export RABBITMQ_LOG_BASE="$dir/log"
   export RABBITMQ_PID_FILE="$dir/rabbitmq.pid"
+  # A VM that fails to boot writes its crash dump here, not into the
+  # caller's working directory (the repository).
+  export ERL_CRASH_DUMP="$dir/log/erl_crash.dump"
 }
 
 ctl() { # index args...
@@ -118,6 +122,10 @@ EOF
     cat >"$base/node$i/rabbitmq.conf" <<EOF
 listeners.tcp.1 = 127.0.0.1:$(amqp_port "$i")
 cluster_name = notify-cluster
+# A node cut off from the others (a hung host, a network split) stops
+# serving clients until it sees a majority again, and then rejoins by itself:
+# clients move to the majority side, and the split heals without an operator.
+cluster_partition_handling = pause_minority
 # Three nodes and the main RabbitMQ share one machine.
 vm_memory_high_watermark.relative = 0.1
 disk_free_limit.absolute = 100MB
@@ -138,8 +146,37 @@ member_of_seed() { # index: the node's cluster includes the seed node
   [ "$out" = "true" ]
 }
 
+await_node() { # index deadline (in $SECONDS)
+  # await_startup fails at once while the VM has not registered its name
+  # yet: ask again until the deadline.
+  until ctl "$1" -q await_startup --timeout 30 >/dev/null 2>&1; do
+    if [ "$SECONDS" -ge "$2" ]; then
+      log "$(node_name "$1") did not start in time; see $base/node$1/log"
+      exit 1
+    fi
+    sleep 1
+  done
+}
+
+# Restarts the nodes that run but that the seed node does not see: the
+# minority side of a partition that has not healed by itself (one that
+# started before pause_minority was configured, say).
+heal() {
+  local i seen
+  seen=$(ctl "$seed" -q eval 'rabbit_nodes:all_running().' 2>/dev/null || true)
+  for i in "${nodes[@]}"; do
+    if ! grep -q "'$(node_name "$i")'" <<<"$seen"; then
+      log "$(node_name "$i") is cut off from $(node_name "$seed"); restarting it"
+      stop_node "$i"
+      launch "$i"
+      await_node "$i" $((SECONDS + 180))
+    fi
+  done
+}
+
 start() {
   prepare
+  thaw_nodes
   local i started=()
   # Launch every missing node before waiting for any: a node that was
   # clustered waits at boot for its peers' tables, so nodes that were all
@@ -157,15 +194,7 @@ start() {
   done
   local deadline=$((SECONDS + 180))
   for i in "${started[@]}"; do
-    # await_startup fails at once while the VM has not registered its name
-    # yet: ask again until the deadline.
-    until ctl "$i" -q await_startup --timeout 30 >/dev/null 2>&1; do
-      if [ "$SECONDS" -ge "$deadline" ]; then
-        log "$(node_name "$i") did not start within 180 s; see $base/node$i/log"
-        exit 1
-      fi
-      sleep 1
-    done
+    await_node "$i" "$deadline"
   done
   for i in "${nodes[@]}"; do
     [ "$i" = "$seed" ] && continue
@@ -179,7 +208,10 @@ start() {
       } >>"$base/node$i/log/join.out" 2>&1
     fi
   done
-  ctl "$seed" -q await_online_nodes "${#nodes[@]}" --timeout 180 >/dev/null
+  if ! ctl "$seed" -q await_online_nodes "${#nodes[@]}" --timeout 60 >/dev/null 2>&1; then
+    heal
+    ctl "$seed" -q await_online_nodes "${#nodes[@]}" --timeout 180 >/dev/null
+  fi
   log "up: $(urls)"
 }
 
@@ -204,6 +236,30 @@ kill_node() { # index
     kill -9 "$pid"
     wait_gone "$pid" 10
   fi
+}
+
+freeze_node() { # index
+  local pid
+  if pid=$(vm_pid "$1"); then
+    log "freezing $(node_name "$1") (pid $pid)"
+    kill -STOP "$pid"
+  fi
+}
+
+thaw_nodes() {
+  local i pidfile pid
+  for i in "${nodes[@]}"; do
+    pidfile="$base/node$i/rabbitmq.pid"
+    [ -s "$pidfile" ] || continue
+    pid=$(cat "$pidfile")
+    # A frozen node answers nothing, so it is found by its pid file alone.
+    if [ -r "/proc/$pid/environ" ] &&
+      tr '\0' '\n' <"/proc/$pid/environ" | grep -qx -- "RABBITMQ_NODENAME=$(node_name "$i")" &&
+      grep -q '^State:.*stopped' "/proc/$pid/status"; then
+      log "resuming frozen $(node_name "$i") (pid $pid)"
+      kill -CONT "$pid"
+    fi
+  done
 }
 
 urls() {
@@ -248,9 +304,10 @@ case "${1:-}" in
   urls) urls ;;
   stop-node) check_index "${2:-}"; locked stop_node "$2" ;;
   kill-node) check_index "${2:-}"; locked kill_node "$2" ;;
+  freeze-node) check_index "${2:-}"; locked freeze_node "$2" ;;
   ctl) check_index "${2:-}"; i=$2; shift 2; ctl "$i" "$@" ;;
   *)
-    echo "usage: $0 start|stop|status|urls|stop-node N|kill-node N|ctl N ARGS..." >&2
+    echo "usage: $0 start|stop|status|urls|stop-node N|kill-node N|freeze-node N|ctl N ARGS..." >&2
     exit 2
     ;;
 esac
