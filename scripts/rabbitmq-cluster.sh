@@ -158,15 +158,22 @@ await_node() { # index deadline (in $SECONDS)
   done
 }
 
-# Restarts the nodes that run but that the seed node does not see: the
-# minority side of a partition that has not healed by itself (one that
-# started before pause_minority was configured, say).
+# Restarts the nodes outside the largest group of nodes that see each other:
+# the minority side of a partition that has not healed by itself (a node
+# frozen for longer than net_ticktime, say).
 heal() {
-  local i seen
-  seen=$(ctl "$seed" -q eval 'rabbit_nodes:all_running().' 2>/dev/null || true)
+  local i view count best="" best_count=0
   for i in "${nodes[@]}"; do
-    if ! grep -q "'$(node_name "$i")'" <<<"$seen"; then
-      log "$(node_name "$i") is cut off from $(node_name "$seed"); restarting it"
+    view=$(ctl "$i" -q -t 10 eval 'rabbit_nodes:all_running().' 2>/dev/null) || continue
+    count=$(grep -o "notify-rmq" <<<"$view" | wc -l)
+    if [ "$count" -gt "$best_count" ]; then
+      best=$view
+      best_count=$count
+    fi
+  done
+  for i in "${nodes[@]}"; do
+    if ! grep -q "'$(node_name "$i")'" <<<"$best"; then
+      log "$(node_name "$i") is cut off from the other nodes; restarting it"
       stop_node "$i"
       launch "$i"
       await_node "$i" $((SECONDS + 180))
