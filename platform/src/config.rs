@@ -135,7 +135,11 @@ pub struct Settings {
     pub redis_url: String,
     pub result_backend_url: String,
     pub result_expires: Duration,
-    pub broker_url: String,
+    /// The RabbitMQ nodes to connect to, in order of preference (never
+    /// empty): one URL, or the nodes of a cluster (`RABBITMQ_URL` /
+    /// `CELERY_BROKER_URL` as a list separated by `,` or `;`, as Celery's
+    /// `broker_url` accepts). Connections fail over between them.
+    pub broker_urls: Vec<String>,
     pub prefetch_count: u16,
     pub heartbeat: u16,
     pub queues: QueueNames,
@@ -241,6 +245,12 @@ const DEVELOPMENT_KEYS: &[&str] = &[
 ];
 
 impl Settings {
+    /// The first configured broker URL: what is shown where one URL is
+    /// expected (Celery's `broker` in `inspect stats`).
+    pub fn broker_url(&self) -> &str {
+        self.broker_urls.first().map_or("", String::as_str)
+    }
+
     /// Reads `.env` (when present) and then the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
         let _ = dotenvy::dotenv();
@@ -269,11 +279,15 @@ impl Settings {
         let redis_url = vars
             .get("REDIS_URL")
             .unwrap_or_else(|| "redis://127.0.0.1:6379/0".into());
-        let broker_url = vars
-            .get("CELERY_BROKER_URL")
-            .or_else(|| vars.get("RABBITMQ_URL"))
-            .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
-        check_url("CELERY_BROKER_URL", &broker_url, &["amqp", "amqps"])?;
+        let (broker_var, broker_setting) = match vars.get("CELERY_BROKER_URL") {
+            Some(v) => ("CELERY_BROKER_URL", v),
+            None => (
+                "RABBITMQ_URL",
+                vars.get("RABBITMQ_URL")
+                    .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
+            ),
+        };
+        let broker_urls = parse_broker_urls(broker_var, &broker_setting)?;
         let result_backend_url = vars
             .get("CELERY_RESULT_BACKEND")
             .unwrap_or_else(|| "redis://127.0.0.1:6379/1".into());
@@ -332,7 +346,7 @@ impl Settings {
             result_expires: Duration::from_secs(
                 vars.parse_positive_or("CELERY_RESULT_EXPIRES", 86_400u64)?,
             ),
-            broker_url,
+            broker_urls,
             prefetch_count: vars.parse_positive_or("RABBITMQ_PREFETCH_COUNT", 32u16)?,
             heartbeat: vars.parse_or("RABBITMQ_HEARTBEAT", 60u16)?,
             queues: QueueNames {
@@ -483,6 +497,28 @@ impl Vars<'_> {
             }),
         }
     }
+}
+
+/// Splits a broker setting into its URLs: Celery separates failover URLs
+/// with `;`, and a comma-separated list is the common form in environment
+/// files; both are accepted. Each URL must be a valid `amqp`/`amqps` URL.
+fn parse_broker_urls(var: &'static str, raw: &str) -> Result<Vec<String>, ConfigError> {
+    let urls: Vec<String> = raw
+        .split([',', ';'])
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(String::from)
+        .collect();
+    if urls.is_empty() {
+        return Err(ConfigError::Invalid {
+            var,
+            reason: "names no broker URL".into(),
+        });
+    }
+    for url in &urls {
+        check_url(var, url, &["amqp", "amqps"])?;
+    }
+    Ok(urls)
 }
 
 fn check_url(var: &'static str, raw: &str, schemes: &[&str]) -> Result<(), ConfigError> {
@@ -659,6 +695,37 @@ mod tests {
         assert_eq!(s.queues.tasks, "celery");
         assert_eq!(s.task_time_limit, Duration::from_secs(300));
         assert_eq!(s.api_port, 8000);
+    }
+
+    #[test]
+    fn broker_urls_are_a_list_separated_by_commas_or_semicolons() {
+        assert_eq!(
+            load(&base()).unwrap().broker_urls,
+            ["amqp://guest:guest@127.0.0.1:5672/%2f"]
+        );
+        let mut vars = base();
+        vars.insert(
+            "RABBITMQ_URL",
+            "amqp://a:5681/%2f, amqp://b:5682/%2f;amqps://c:5683/%2f,".into(),
+        );
+        let s = load(&vars).unwrap();
+        assert_eq!(
+            s.broker_urls,
+            [
+                "amqp://a:5681/%2f",
+                "amqp://b:5682/%2f",
+                "amqps://c:5683/%2f"
+            ]
+        );
+        assert_eq!(s.broker_url(), "amqp://a:5681/%2f");
+        // CELERY_BROKER_URL wins, and a bad entry is named by its variable.
+        vars.insert("CELERY_BROKER_URL", "amqp://a/%2f,redis://b".into());
+        let err = load(&vars).unwrap_err().to_string();
+        assert!(err.contains("CELERY_BROKER_URL"), "{err}");
+        vars.remove("CELERY_BROKER_URL");
+        vars.insert("RABBITMQ_URL", " , ;".into());
+        let err = load(&vars).unwrap_err().to_string();
+        assert!(err.contains("RABBITMQ_URL"), "{err}");
     }
 
     #[test]

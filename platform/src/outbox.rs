@@ -102,14 +102,14 @@ impl OutboxRelay {
                     tracing::warn!(error = %e, "outbox relay failed to publish a batch; will retry");
                     metrics::counter!("outbox_relay_errors_total").increment(1);
                     if let Some((conn, _)) = link.take() {
-                        let _ = conn.close(0, "reconnecting").await;
+                        broker::close(&conn, 0, "reconnecting").await;
                     }
                     self.pause(&shutdown, backoff).await;
                 }
             }
         }
         if let Some((conn, _)) = link {
-            let _ = conn.close(200, "shutdown").await;
+            broker::close(&conn, 200, "shutdown").await;
         }
     }
 
@@ -121,7 +121,10 @@ impl OutboxRelay {
     }
 
     async fn open_channel(&self) -> Result<(Connection, Channel), RelayError> {
-        let conn = broker::connect(&self.settings, "notify-outbox-relay").await?;
+        // The process id tells operators (and the cluster failover test)
+        // whose relay a connection on a broker node is.
+        let name = format!("notify-outbox-relay/{}", std::process::id());
+        let conn = broker::connect(&self.settings, &name).await?;
         let channel = conn.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())

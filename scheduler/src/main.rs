@@ -50,7 +50,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let conn = broker::connect(&settings, "notify-scheduler")
         .await
         .context("connecting to RabbitMQ")?;
-    let _ = conn.close(200, "start-up check").await;
+    broker::close(&conn, 200, "start-up check").await;
     let shutdown = CancellationToken::new();
     tokio::spawn(platform::shutdown::on_signal(shutdown.clone()));
     tracing::info!("notify-scheduler running");

@@ -67,7 +67,7 @@ impl Consumer {
     async fn session(&self, shutdown: &CancellationToken) -> Result<(), broker::BrokerError> {
         let conn = broker::connect(&self.ctx.settings, &self.node_name).await?;
         let result = self.consume(&conn, shutdown).await;
-        let _ = conn.close(200, "worker stopping").await;
+        broker::close(&conn, 200, "worker stopping").await;
         result
     }
 
@@ -121,7 +121,7 @@ impl Consumer {
                 settings.task_soft_time_limit.as_secs_f64(),
                 settings.task_time_limit.as_secs_f64(),
             ],
-            broker: remote_control::broker_info(&settings.broker_url, settings.heartbeat),
+            broker: remote_control::broker_info(settings.broker_url(), settings.heartbeat),
             queues: self.topology.names.consumed().to_vec(),
             shutdown: shutdown.clone(),
         };

@@ -41,7 +41,7 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
             let conn = platform::broker::connect(&state.settings, "notify-api-readiness")
                 .await
                 .map_err(|e| e.to_string())?;
-            let _ = conn.close(200, "readiness probe").await;
+            platform::broker::close(&conn, 200, "readiness probe").await;
             Ok(())
         }),
         check(async { state.results.ping().await.map_err(|e| e.to_string()) }),

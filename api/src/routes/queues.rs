@@ -73,7 +73,7 @@ pub async fn list(
             consumers,
         });
     }
-    let _ = connection.close(200, "queue listing done").await;
+    platform::broker::close(&connection, 200, "queue listing done").await;
     Ok(Data::new(views))
 }
 

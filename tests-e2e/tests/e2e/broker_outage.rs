@@ -11,7 +11,7 @@ async fn sends_accepted_during_a_broker_outage_are_delivered_after_it() {
     // The API reaches RabbitMQ only through a proxy the test controls.
     let proxy = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
     let mut settings = env.settings();
-    settings.broker_url = format!("amqp://guest:guest@{}/%2f", proxy.addr);
+    settings.broker_urls = vec![format!("amqp://guest:guest@{}/%2f", proxy.addr)];
     env.start_api_with(settings).await;
     env.start_worker();
     let token = env.api().admin_token(&env.pool).await;

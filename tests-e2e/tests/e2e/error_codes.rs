@@ -54,7 +54,7 @@ async fn idempotency_key_errors_have_their_codes() {
 async fn queue_listing_without_rabbitmq_is_503() {
     let mut env = TestEnv::new().await;
     let mut settings = env.settings();
-    settings.broker_url = "amqp://guest:guest@127.0.0.1:1/%2f".into();
+    settings.broker_urls = vec!["amqp://guest:guest@127.0.0.1:1/%2f".into()];
     env.start_api_with(settings).await;
     let api = env.api();
     let admin = api.admin_token(&env.pool).await;

@@ -11,6 +11,7 @@ mod broker_outage;
 mod campaigns;
 mod celery_control;
 mod celery_events;
+mod cluster;
 mod database_outage;
 mod dead_letters;
 mod delivery;

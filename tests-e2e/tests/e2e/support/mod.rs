@@ -397,6 +397,19 @@ impl Drop for TestEnv {
             }
         }
         let database = self.database.clone();
+        // The broker this test used (a cluster test's nodes, say), the first
+        // of its nodes that answers.
+        let brokers: Vec<String> = self
+            .vars
+            .get("CELERY_BROKER_URL")
+            .map(|v| {
+                v.split([',', ';'])
+                    .map(str::trim)
+                    .filter(|u| !u.is_empty())
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_else(|| vec![RABBITMQ.to_string()]);
         let cleanup = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -405,10 +418,13 @@ impl Drop for TestEnv {
                 return;
             };
             rt.block_on(async move {
-                if let Ok(conn) =
-                    lapin::Connection::connect(RABBITMQ, lapin::ConnectionProperties::default())
-                        .await
-                {
+                for broker in &brokers {
+                    let Ok(conn) =
+                        lapin::Connection::connect(broker, lapin::ConnectionProperties::default())
+                            .await
+                    else {
+                        continue;
+                    };
                     if let Ok(channel) = conn.create_channel().await {
                         for q in &queues {
                             let _ = channel.queue_delete(q, Default::default()).await;
@@ -418,6 +434,7 @@ impl Drop for TestEnv {
                         }
                     }
                     let _ = conn.close(200, "test done").await;
+                    break;
                 }
                 if let Ok(admin) =
                     PgPool::connect(&format!("{POSTGRES}/postgres?sslmode=disable")).await
