@@ -253,7 +253,7 @@ async fn soak_with_faults_loses_nothing_and_duplicates_only_in_the_documented_wi
         "restart PostgreSQL",
         "SMTP dropped connections",
         "restart Redis",
-        "operator purges the task queue",
+        "operator purges the task queue (workers paused 5 s)",
         "kill -9 a worker",
     ];
     let outage = Duration::from_secs(5);
@@ -317,6 +317,12 @@ async fn soak_with_faults_loses_nothing_and_duplicates_only_in_the_documented_wi
                 redis.restore();
             }
             8 => {
+                // Consumers paused, so the queue holds messages when purged.
+                let paused = [victims[0], victims[1], 2];
+                for w in paused {
+                    env.signal_worker(w, "STOP").await;
+                }
+                tokio::time::sleep(outage).await;
                 let conn = Connection::connect(RABBITMQ, ConnectionProperties::default())
                     .await
                     .expect("connect to RabbitMQ");
@@ -327,6 +333,9 @@ async fn soak_with_faults_loses_nothing_and_duplicates_only_in_the_documented_wi
                     .expect("purge");
                 say(started, &format!("purged {purged} messages"));
                 let _ = conn.close(200, "done").await;
+                for w in paused {
+                    env.signal_worker(w, "CONT").await;
+                }
             }
             _ => unreachable!(),
         }
