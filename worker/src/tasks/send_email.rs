@@ -590,7 +590,7 @@ where
             Ok(()) => return Ok(()),
             Err(e) if platform::db::is_transient(&e) => {
                 // Every attempt at first, then every tenth.
-                if attempts < 8 || attempts % 10 == 0 {
+                if attempts < 8 || attempts.is_multiple_of(10) {
                     tracing::warn!(error = %e, attempts, retry_in = ?delay, "cannot record the outcome yet");
                 }
                 tokio::time::sleep(delay).await;
