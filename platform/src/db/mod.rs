@@ -65,25 +65,26 @@ pub async fn migrate(database_url: &str) -> Result<Vec<String>, MigrateError> {
         .collect())
 }
 
-/// Whether a database error may pass by itself (the connection, the server's
-/// state or a conflict with another transaction), so the same statement is
-/// worth trying again; otherwise the statement's data is at fault (a value
-/// PostgreSQL refuses, say) and trying again fails the same way forever.
+/// Whether a database error may pass by itself, so the same statement is
+/// worth trying again. Everything is, except a refusal of the statement's
+/// data (see [`refuses_data`]): a lost connection, a restart, a conflict
+/// with another transaction, and also a schema that does not match the
+/// code (a deploy whose migration has not run yet), which must not fail
+/// messages for good.
 pub fn is_transient(e: &sqlx::Error) -> bool {
+    !refuses_data(e)
+}
+
+/// Whether the database refused the values a statement carried: a data
+/// exception (SQLSTATE class 22, such as a NUL character in text) or a
+/// value over its size limits (class 54). Trying again fails the same way
+/// forever, so the message that carried them is at fault.
+pub fn refuses_data(e: &sqlx::Error) -> bool {
     match e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            // 08 connection, 53 resources, 57 operator intervention
-            // (shutdown, cancel), 58 system; serialization failure and
-            // deadlock; lock not available.
-            ["08", "53", "57", "58"].iter().any(|c| code.starts_with(c))
-                || ["40001", "40P01", "55P03"].contains(&code.as_ref())
-        }),
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("22") || code.starts_with("54")),
+        sqlx::Error::Encode(_) => true,
         _ => false,
     }
 }
