@@ -193,8 +193,9 @@ pub async fn claim(
         "UPDATE message_records m SET status = 'sending', attempts = attempts + 1, sending_at = now(),
             account_id = $2, account_email = $3, claimed_by = $5, due_at = NULL, updated_at = now()
          WHERE id = $1 AND (status = 'queued' OR (status = 'sending' AND (sending_at < $4
-            OR NOT EXISTS (SELECT 1 FROM worker_leases l
-                            WHERE l.worker_id = m.claimed_by AND l.expires_at > now()))))
+            OR (m.claimed_by IS NOT NULL AND NOT EXISTS (
+                SELECT 1 FROM worker_leases l
+                 WHERE l.worker_id = m.claimed_by AND l.expires_at > now())))))
          RETURNING *",
     )
     .bind(id)
@@ -207,14 +208,16 @@ pub async fn claim(
 }
 
 /// Whether the worker that claimed a `sending` record still holds a live
-/// lease, and for how long (`None`: it is gone, or nobody claimed it).
+/// lease, and for how long (`None`: it is gone). A claim that names no
+/// worker (made before leases existed) counts as live: only the hard time
+/// limit says it is abandoned.
 pub async fn claimant_lease(
     pool: &PgPool,
     record: &MessageRecord,
 ) -> Result<Option<std::time::Duration>, sqlx::Error> {
     match &record.claimed_by {
         Some(worker) => crate::db::worker_leases::remaining(pool, worker).await,
-        None => Ok(None),
+        None => Ok(Some(std::time::Duration::MAX)),
     }
 }
 
@@ -675,9 +678,9 @@ pub async fn take_strays(
               WHERE status IN ('queued', 'sending')
                 AND COALESCE(due_at, updated_at)
                     < now() - make_interval(secs => $1 * power(2, least(republished, 6)))
-                AND (status = 'queued' OR sending_at < $2 OR NOT EXISTS (
-                     SELECT 1 FROM worker_leases l
-                      WHERE l.worker_id = m.claimed_by AND l.expires_at > now()))
+                AND (status = 'queued' OR sending_at < $2 OR (m.claimed_by IS NOT NULL
+                     AND NOT EXISTS (SELECT 1 FROM worker_leases l
+                                      WHERE l.worker_id = m.claimed_by AND l.expires_at > now())))
               ORDER BY COALESCE(due_at, updated_at) LIMIT $3
                 FOR UPDATE SKIP LOCKED)
          UPDATE message_records m SET due_at = now(), republished = republished + 1

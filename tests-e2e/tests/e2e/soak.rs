@@ -29,8 +29,14 @@ use crate::support::{binary, eventually, TestEnv, RABBITMQ};
 const WORKER_CONCURRENCY: usize = 16;
 /// kill -9 faults in the schedule: each may leave the sends it had in
 /// flight between the server's acceptance of DATA and the commit of
-/// `sent`, the documented ambiguous window.
+/// `sent`, the documented ambiguous window: per lane, up to the
+/// concurrency or one batch task's emails, whichever is more.
 const KILLS: usize = 2;
+const IN_FLIGHT: usize = 2 * if WORKER_CONCURRENCY > platform::tasks::BATCH_MEMBERS {
+    WORKER_CONCURRENCY
+} else {
+    platform::tasks::BATCH_MEMBERS
+};
 
 fn setting<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -422,7 +428,7 @@ async fn soak_with_faults_loses_nothing_and_duplicates_only_in_the_documented_wi
     .unwrap();
     assert_eq!(sent_of_accepted, accepted_set.len() as i64, "{finals:?}");
     assert!(
-        duplicated <= KILLS * WORKER_CONCURRENCY,
+        duplicated <= KILLS * IN_FLIGHT,
         "duplicates beyond the sends in flight at a kill -9: {duplicated}"
     );
     // Memory: no growth beyond warm-up plus a fixed allowance.
