@@ -4,12 +4,16 @@
 //! deletes a queue, a node holding an unreplicated classic queue is lost.
 //! Its record then stays `queued` (or `sending`, under a dead claimant)
 //! forever. The leader looks for records left well past their due time
-//! and publishes a fresh task for each through the outbox. If the original
-//! message was only slow (a backlog longer than `RECONCILE_AFTER_SECONDS`),
-//! the second copy costs one extra delivery and never a second email: the
-//! record's claim lets one copy through.
+//! and publishes a fresh task for each through the outbox, but only for a
+//! queue that holds no ready messages: a record whose message still waits
+//! behind a backlog is slow, not lost. Should a message still turn up
+//! after all, the second copy costs one extra delivery and never a second
+//! email: the record's claim lets one copy through.
 
 use chrono::Utc;
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use platform::broker;
 use platform::db::{messages, outbox};
 use platform::outbox::OutboxWaker;
 use platform::tasks::{send_email_batch_task, BatchMember, BATCH_MEMBERS};
@@ -33,6 +37,10 @@ pub async fn run_once(
             return Ok(0);
         }
     }
+    let Some(idle) = idle_queues(settings).await else {
+        metrics::counter!("reconciler_skipped_total").increment(1);
+        return Ok(0);
+    };
     let limit = settings.task_time_limit + std::time::Duration::from_secs(5);
     let stale_before = Utc::now() - chrono::Duration::from_std(limit).unwrap_or_default();
     let mut tx = pool.begin().await?;
@@ -40,6 +48,7 @@ pub async fn run_once(
         &mut tx,
         settings.scheduler.reconcile_after,
         stale_before,
+        idle,
         settings.scheduler.reconcile_batch,
     )
     .await?;
@@ -73,4 +82,40 @@ pub async fn run_once(
     );
     metrics::counter!("reconciler_republished_total").increment(strays.len() as u64);
     Ok(strays.len())
+}
+
+/// Whether the task queue and the bulk queue hold no ready messages
+/// (`None` when RabbitMQ cannot be asked: nothing published now could be
+/// relayed anyway). A queue that does is still draining a backlog.
+async fn idle_queues(settings: &Settings) -> Option<messages::IdleQueues> {
+    let conn = match broker::connect(settings, "notify-reconciler").await {
+        Ok(conn) => conn,
+        Err(e) => {
+            tracing::info!(error = %e, "cannot ask RabbitMQ for queue depths; reconciling later");
+            return None;
+        }
+    };
+    let mut ready = Vec::new();
+    for queue in settings.queues.consumed() {
+        let depth = async {
+            let channel = conn.create_channel().await?;
+            let options = QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            let declared = channel
+                .queue_declare(&queue, options, FieldTable::default())
+                .await?;
+            let _ = channel.close(200, "depth read").await;
+            Ok::<u32, lapin::Error>(declared.message_count())
+        }
+        .await;
+        // A queue not declared yet holds nothing.
+        ready.push(depth.unwrap_or(0));
+    }
+    broker::close(&conn, 200, "reconciler done").await;
+    Some(messages::IdleQueues {
+        tasks: ready.first() == Some(&0),
+        bulk: ready.get(1) == Some(&0),
+    })
 }

@@ -656,22 +656,33 @@ pub struct Stray {
     pub bulk: bool,
 }
 
+/// Which of the consumed queues hold no ready messages.
+#[derive(Debug, Clone, Copy)]
+pub struct IdleQueues {
+    pub tasks: bool,
+    pub bulk: bool,
+}
+
 /// Finds up to `limit` records whose broker message must be gone, and
 /// notes in `tx` that they are published again (the caller writes their
 /// outbox rows in the same transaction): `queued` ones left more than
 /// `after` past their due time, and `sending` ones as long, whose claimant's
 /// lease has lapsed or whose claim is older than `stale_before` (the hard
-/// time limit). Each is then due at once, and is not picked again before
-/// twice as long has passed as the last time (at most 64 times `after`):
-/// a record that was only slow, say behind a long backlog or a stopped
-/// worker, gains a few copies, not one per pass. The longest-forgotten
-/// come first.
+/// time limit); only those bound for a queue that `idle` says holds no
+/// ready messages (one that does is still draining a backlog). Each is then
+/// due at once, and is not picked again before twice as long has passed as
+/// the last time (at most 64 times `after`): a record that was only slow
+/// gains a few copies, not one per pass. The longest-forgotten come first.
 pub async fn take_strays(
     tx: &mut sqlx::PgConnection,
     after: std::time::Duration,
     stale_before: DateTime<Utc>,
+    idle: IdleQueues,
     limit: i64,
 ) -> Result<Vec<Stray>, sqlx::Error> {
+    if !idle.tasks && !idle.bulk {
+        return Ok(Vec::new());
+    }
     sqlx::query_as(
         "WITH stray AS (
              SELECT id FROM message_records m
@@ -681,6 +692,7 @@ pub async fn take_strays(
                 AND (status = 'queued' OR sending_at < $2 OR (m.claimed_by IS NOT NULL
                      AND NOT EXISTS (SELECT 1 FROM worker_leases l
                                       WHERE l.worker_id = m.claimed_by AND l.expires_at > now())))
+                AND CASE WHEN campaign_run_id IS NULL THEN $4 ELSE $5 END
               ORDER BY COALESCE(due_at, updated_at) LIMIT $3
                 FOR UPDATE SKIP LOCKED)
          UPDATE message_records m SET due_at = now(), republished = republished + 1
@@ -690,6 +702,8 @@ pub async fn take_strays(
     .bind(after.as_secs_f64())
     .bind(stale_before)
     .bind(limit)
+    .bind(idle.tasks)
+    .bind(idle.bulk)
     .fetch_all(tx)
     .await
 }
