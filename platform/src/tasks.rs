@@ -64,6 +64,15 @@ pub fn send_email_batch_task(members: &[BatchMember]) -> TaskMessage {
     task
 }
 
+/// The [`SEND_EMAIL_BATCH`] tasks that carry `members`, [`BATCH_MEMBERS`]
+/// to a task, each email keeping its own task id.
+pub fn send_email_batch_tasks(members: &[BatchMember]) -> Vec<TaskMessage> {
+    members
+        .chunks(BATCH_MEMBERS)
+        .map(send_email_batch_task)
+        .collect()
+}
+
 /// The emails a stored message lists, if it is a [`SEND_EMAIL_BATCH`] task
 /// (`headers` and `body` as the outbox keeps them).
 pub fn batch_members_of(headers: &Map<String, Value>, body: &[u8]) -> Option<Vec<BatchMember>> {

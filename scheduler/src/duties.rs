@@ -17,7 +17,7 @@ use platform::db::periodic_tasks::{self, PeriodicTask};
 use platform::db::{lists, maintenance, messages, outbox, suppressions, templates};
 use platform::outbox::OutboxWaker;
 use platform::schedule::CronSchedule;
-use platform::tasks::{send_email_batch_task, BatchMember, BATCH_MEMBERS};
+use platform::tasks::{send_email_batch_tasks, BatchMember};
 use platform::templating::{self, Sources};
 use platform::Settings;
 use serde_json::{Map, Value};
@@ -291,10 +291,7 @@ impl Duties {
                 task_id: m.task_id.clone(),
             })
             .collect();
-        let tasks: Vec<TaskMessage> = emails
-            .chunks(BATCH_MEMBERS)
-            .map(send_email_batch_task)
-            .collect();
+        let tasks = send_email_batch_tasks(&emails);
         outbox::enqueue_many(&mut *tx, &bulk, &bulk, &tasks).await?;
         let done = (members.len() as i64) < batch;
         let last = members.last().map_or(run.last_member_id, |m| m.id);

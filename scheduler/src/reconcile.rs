@@ -16,7 +16,7 @@ use lapin::types::FieldTable;
 use platform::broker;
 use platform::db::{messages, outbox};
 use platform::outbox::OutboxWaker;
-use platform::tasks::{send_email_batch_task, BatchMember, BATCH_MEMBERS};
+use platform::tasks::{send_email_batch_tasks, BatchMember};
 use platform::Settings;
 use sqlx::PgPool;
 
@@ -65,10 +65,7 @@ pub async fn run_once(
                 task_id: s.task_id.clone(),
             })
             .collect();
-        let tasks: Vec<_> = members
-            .chunks(BATCH_MEMBERS)
-            .map(send_email_batch_task)
-            .collect();
+        let tasks = send_email_batch_tasks(&members);
         outbox::enqueue_many(&mut *tx, &queue, &queue, &tasks).await?;
     }
     tx.commit().await?;
