@@ -44,6 +44,12 @@ pub fn send_email_task(message_id: Uuid, task_id: &str) -> TaskMessage {
     TaskMessage::new(SEND_EMAIL, task_id, Vec::new(), kwargs)
 }
 
+/// The message record a [`SEND_EMAIL`] task names (its `message_id`
+/// argument), if it names one.
+pub fn record_id(message: &TaskMessage) -> Option<Uuid> {
+    message.kwargs.get("message_id")?.as_str()?.parse().ok()
+}
+
 /// The [`SEND_EMAIL_BATCH`] task for `members` (at most [`BATCH_MEMBERS`]).
 pub fn send_email_batch_task(members: &[BatchMember]) -> TaskMessage {
     let kwargs = match serde_json::to_value(SendEmailBatchKwargs {

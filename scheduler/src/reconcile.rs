@@ -11,8 +11,6 @@
 //! email: the record's claim lets one copy through.
 
 use chrono::Utc;
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use platform::broker;
 use platform::db::{messages, outbox};
 use platform::outbox::OutboxWaker;
@@ -94,21 +92,9 @@ async fn idle_queues(settings: &Settings) -> Option<messages::IdleQueues> {
     };
     let mut ready = Vec::new();
     for queue in settings.queues.consumed() {
-        let depth = async {
-            let channel = conn.create_channel().await?;
-            let options = QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            };
-            let declared = channel
-                .queue_declare(&queue, options, FieldTable::default())
-                .await?;
-            let _ = channel.close(200, "depth read").await;
-            Ok::<u32, lapin::Error>(declared.message_count())
-        }
-        .await;
         // A queue not declared yet holds nothing.
-        ready.push(depth.unwrap_or(0));
+        let found = broker::inspect_queue(&conn, &queue).await.ok().flatten();
+        ready.push(found.map_or(0, |(messages, _)| messages));
     }
     broker::close(&conn, 200, "reconciler done").await;
     Some(messages::IdleQueues {

@@ -247,12 +247,7 @@ impl Lane {
         {
             tracing::warn!(error = %e, "cannot store the task result");
         }
-        let Some(id) = message
-            .kwargs
-            .get("message_id")
-            .and_then(|v| v.as_str())
-            .and_then(|v| v.parse().ok())
-        else {
+        let Some(id) = platform::tasks::record_id(message) else {
             return;
         };
         if let Err(e) = messages::mark_failed(&self.ctx.pool, id, reason, None).await {
@@ -402,10 +397,7 @@ impl Lane {
         tracing::warn!(task_id = message.map(|m| m.id()), %reason, "dead-lettering");
         metrics::counter!("dead_letters_total").increment(1);
         let headers = properties.headers().clone().unwrap_or_default();
-        let message_id = message
-            .and_then(|m| m.kwargs.get("message_id"))
-            .and_then(|v| v.as_str())
-            .and_then(|v| v.parse().ok());
+        let message_id = message.and_then(platform::tasks::record_id);
         let recorded = dead_letters::insert(
             &self.ctx.pool,
             dead_letters::NewDeadLetter {

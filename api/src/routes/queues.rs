@@ -3,8 +3,6 @@
 
 use axum::extract::State;
 use axum::Json;
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -58,7 +56,7 @@ pub async fn list(
     }
     let mut views = Vec::new();
     for (name, role) in queues {
-        let found = inspect(&connection, &name)
+        let found = platform::broker::inspect_queue(&connection, &name)
             .await
             .map_err(|e| unavailable(e.to_string()))?;
         let (exists, messages, consumers) = found.map_or((false, 0, 0), |(m, c)| (true, m, c));
@@ -75,28 +73,4 @@ pub async fn list(
     }
     platform::broker::close(&connection, 200, "queue listing done").await;
     Ok(Data::new(views))
-}
-
-/// Ready messages and consumers of a queue (`None`: it does not exist). A
-/// failed passive declare closes its channel: one channel per queue.
-async fn inspect(
-    connection: &lapin::Connection,
-    name: &str,
-) -> Result<Option<(u32, u32)>, lapin::Error> {
-    let channel = connection.create_channel().await?;
-    let options = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    let found = match channel
-        .queue_declare(name, options, FieldTable::default())
-        .await
-    {
-        Ok(q) => Some((q.message_count(), q.consumer_count())),
-        Err(_) => None,
-    };
-    if found.is_some() {
-        let _ = channel.close(200, "inspected").await;
-    }
-    Ok(found)
 }

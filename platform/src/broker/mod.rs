@@ -106,6 +106,30 @@ async fn connect_one(
     }
 }
 
+/// Ready messages and consumers of a queue (`None`: it does not exist). A
+/// failed passive declare closes its channel: one channel per queue.
+pub async fn inspect_queue(
+    connection: &Connection,
+    name: &str,
+) -> Result<Option<(u32, u32)>, lapin::Error> {
+    let channel = connection.create_channel().await?;
+    let options = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let found = match channel
+        .queue_declare(name, options, lapin::types::FieldTable::default())
+        .await
+    {
+        Ok(q) => Some((q.message_count(), q.consumer_count())),
+        Err(_) => None,
+    };
+    if found.is_some() {
+        let _ = channel.close(200, "inspected").await;
+    }
+    Ok(found)
+}
+
 /// `host:port` of a broker URL, for logs (never the credentials).
 fn node_of(url: &str) -> String {
     match url::Url::parse(url) {

@@ -27,7 +27,7 @@ pub fn fast_path_id(message: &TaskMessage) -> Option<Uuid> {
     if message.task() != platform::tasks::SEND_EMAIL || message.headers.eta.is_some() {
         return None;
     }
-    message.kwargs.get("message_id")?.as_str()?.parse().ok()
+    platform::tasks::record_id(message)
 }
 
 /// Outcomes by position in `batch`; `None` sends that message down the
