@@ -1,5 +1,6 @@
 //! `notify-api create-api-key`: mints a key and prints its secret once.
 
+pub mod import_python;
 pub mod rotate;
 
 use platform::crypto::generate_api_credentials;

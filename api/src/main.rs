@@ -36,6 +36,32 @@ enum Command {
     /// Re-encrypt stored SMTP passwords under the current ENCRYPTION_KEY_ID
     /// (older keys must be listed in ENCRYPTION_PREVIOUS_KEYS).
     RotateEncryptionKey,
+    /// Import the Python platform's SMTP accounts (Fernet passwords
+    /// re-encrypted), API keys (secrets keep working), today's send counts
+    /// and optionally recent message records. Re-runnable. The Fernet key
+    /// comes from PYTHON_ENCRYPTION_KEY (comma-separated for several),
+    /// else from ENCRYPTION_KEY.
+    ImportPython {
+        /// The Python platform's DATABASE_URL.
+        #[arg(long = "from", env = "PYTHON_DATABASE_URL", hide_env_values = true)]
+        from: String,
+        /// Report what would change and write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also import final message records of the last DAYS days.
+        #[arg(long, value_name = "DAYS")]
+        messages_since_days: Option<u32>,
+        /// How to connect on a port other than 465, 587, 25 or 2525
+        /// (repeatable), e.g. --port-tls 1025=none.
+        #[arg(long, value_name = "PORT=MODE", value_parser = notify_api::cli::import_python::parse_port_tls)]
+        port_tls: Vec<(u16, platform::db::email_accounts::TlsMode)>,
+        /// Only raise today's send counts to the Python platform's.
+        #[arg(long)]
+        quota_only: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[tokio::main]
@@ -85,6 +111,25 @@ async fn main() -> std::process::ExitCode {
             .await
             .map(|report| println!("{report}"))
             .map_err(Into::into),
+        Command::ImportPython {
+            from,
+            dry_run,
+            messages_since_days,
+            port_tls,
+            quota_only,
+            json,
+        } => {
+            import_python(
+                &settings,
+                from,
+                dry_run,
+                messages_since_days,
+                port_tls,
+                quota_only,
+                json,
+            )
+            .await
+        }
         // Answered before the settings were loaded.
         Command::HealthCheck => Ok(()),
     };
@@ -95,6 +140,36 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+async fn import_python(
+    settings: &Settings,
+    from: String,
+    dry_run: bool,
+    messages_since_days: Option<u32>,
+    port_tls: Vec<(u16, platform::db::email_accounts::TlsMode)>,
+    quota_only: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    use notify_api::cli::import_python::{import_python, ImportOptions};
+    let fernet_keys = std::env::var("PYTHON_ENCRYPTION_KEY")
+        .or_else(|_| std::env::var("ENCRYPTION_KEY"))
+        .unwrap_or_default();
+    let options = ImportOptions {
+        from,
+        fernet_keys,
+        dry_run,
+        messages_since_days,
+        port_tls: port_tls.into_iter().collect(),
+        quota_only,
+    };
+    let report = import_python(settings, &options).await?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(())
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {

@@ -66,6 +66,11 @@ pub struct QueueNames {
     /// The longest rung of the delay ladder (`DELAY_LADDER_MAX_SECONDS`):
     /// longer delays travel in several hops.
     pub ladder_max: Duration,
+    /// Further queues the workers consume like the task queue
+    /// (`CELERY_EXTRA_QUEUES`): e.g. the Python platform's queue while its
+    /// workers and ours run side by side, and for good after, for Python
+    /// producers that keep publishing there.
+    pub extra: Vec<String>,
 }
 
 /// The longest rung the ladder may have: 2^22 s (48.5 days) is the largest
@@ -79,9 +84,18 @@ impl QueueNames {
     pub fn bulk(&self) -> String {
         format!("{}.bulk", self.tasks)
     }
-    /// The queues a worker consumes, transactional first.
-    pub fn consumed(&self) -> [String; 2] {
-        [self.tasks.clone(), self.bulk()]
+    /// The queues a worker consumes: the task queue, the bulk queue, then
+    /// any extra ones.
+    pub fn consumed(&self) -> Vec<String> {
+        let mut queues = vec![self.tasks.clone(), self.bulk()];
+        queues.extend(
+            self.extra
+                .iter()
+                .filter(|q| !queues.contains(q))
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
+        queues
     }
     pub fn dead_letter(&self) -> String {
         format!("{}.dead_letter", self.tasks)
@@ -116,6 +130,26 @@ impl QueueNames {
     }
 }
 
+/// `CELERY_EXTRA_QUEUES`: comma-separated queue names.
+fn extra_queues(raw: Option<&str>) -> Result<Vec<String>, ConfigError> {
+    let mut queues = Vec::new();
+    for name in raw
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+    {
+        if name.len() > 200 || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(ConfigError::Invalid {
+                var: "CELERY_EXTRA_QUEUES",
+                reason: format!("{name:?} is not a queue name"),
+            });
+        }
+        queues.push(name.to_string());
+    }
+    Ok(queues)
+}
+
 /// Powers of two seconds from 1 s up to `max` (inclusive when `max` is one).
 pub fn ladder_rungs(max: Duration) -> impl Iterator<Item = Duration> {
     let max = max.as_secs().clamp(1, LADDER_LIMIT_SECONDS);
@@ -131,6 +165,11 @@ pub struct Settings {
     pub debug: bool,
     pub log_level: String,
     pub database_url: String,
+    /// The Python platform's database during a switch
+    /// (`PYTHON_DATABASE_URL`): workers then reserve each send in its
+    /// `email_accounts` too, so the two platforms together keep every
+    /// account under its daily limit.
+    pub python_database_url: Option<String>,
     pub db_pool_size: u32,
     pub redis_url: String,
     pub result_backend_url: String,
@@ -299,6 +338,12 @@ impl Settings {
         check_url("REDIS_URL", &redis_url, &["redis", "rediss"])?;
         let database_url = vars.required("DATABASE_URL")?;
         check_url("DATABASE_URL", &database_url, &["postgres", "postgresql"])?;
+        let python_database_url = vars
+            .get("PYTHON_DATABASE_URL")
+            .filter(|u| !u.trim().is_empty());
+        if let Some(url) = &python_database_url {
+            check_url("PYTHON_DATABASE_URL", url, &["postgres", "postgresql"])?;
+        }
 
         let tz_name = vars.get("TZ").unwrap_or_else(|| "UTC".into());
         let tz = Tz::from_str(&tz_name).map_err(|_| ConfigError::Invalid {
@@ -340,6 +385,7 @@ impl Settings {
             debug: vars.parse_bool_or("DEBUG", false)?,
             log_level: vars.get("LOG_LEVEL").unwrap_or_else(|| "info".into()),
             database_url,
+            python_database_url,
             db_pool_size: vars.parse_positive_or("DB_POOL_SIZE", 10u32)?,
             redis_url,
             result_backend_url,
@@ -364,6 +410,7 @@ impl Settings {
                     .get("CELERY_DEFAULT_QUEUE")
                     .unwrap_or_else(|| "celery".into()),
                 ladder_max: Duration::from_secs(ladder_max),
+                extra: extra_queues(vars.get("CELERY_EXTRA_QUEUES").as_deref())?,
             },
             jwt: JwtSettings {
                 secret: SecretString::from(jwt_secret),

@@ -90,8 +90,7 @@ impl Consumer {
 
         // A lane that fails stops the other, and the session reconnects.
         let stop = shutdown.child_token();
-        let [tasks, bulk] = self.topology.names.consumed();
-        let lanes = [tasks, bulk].map(|queue| {
+        let lanes = self.topology.names.consumed().into_iter().map(|queue| {
             let lane = Lane {
                 ctx: self.ctx.clone(),
                 topology: self.topology.clone(),
@@ -100,10 +99,9 @@ impl Consumer {
             };
             self.pump(conn, lane, stop.clone())
         });
-        let [a, b] = lanes;
         let control = self.remote_control(conn, shutdown, stop.clone());
-        let (a, b, c) = tokio::join!(a, b, control);
-        a.and(b).and(c)
+        let (lanes, control) = tokio::join!(futures_util::future::join_all(lanes), control);
+        lanes.into_iter().fold(control, |all, lane| all.and(lane))
     }
 
     /// `celery inspect`/`control` and events, on this session's connection.
@@ -122,7 +120,7 @@ impl Consumer {
                 settings.task_time_limit.as_secs_f64(),
             ],
             broker: remote_control::broker_info(settings.broker_url(), settings.heartbeat),
-            queues: self.topology.names.consumed().to_vec(),
+            queues: self.topology.names.consumed(),
             shutdown: shutdown.clone(),
         };
         // Remote control is a side service: if it fails (a conflicting

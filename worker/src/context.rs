@@ -21,4 +21,6 @@ pub struct Context {
     pub aliases: TaskAliases,
     /// This worker's liveness lease, recorded with its claims.
     pub liveness: Arc<crate::liveness::Liveness>,
+    /// Daily limits shared with the Python platform during a switch.
+    pub shared_quota: Option<crate::shared_quota::SharedQuota>,
 }

@@ -9,6 +9,7 @@ pub mod liveness;
 pub mod outcome;
 pub mod pool;
 pub mod remote_control;
+pub mod shared_quota;
 pub mod tasks;
 
 use std::sync::Arc;
@@ -51,6 +52,15 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         })
         .unwrap_or(false);
     let aliases = TaskAliases::from_env()?;
+    let shared_quota = match settings.python_database_url.as_deref() {
+        Some(url) => {
+            tracing::info!(
+                "sharing daily limits with the Python platform's database (PYTHON_DATABASE_URL)"
+            );
+            Some(crate::shared_quota::SharedQuota::connect(url).context("PYTHON_DATABASE_URL")?)
+        }
+        None => None,
+    };
     let worker = Arc::new(WorkerState::new(node_name.clone(), send_events));
     let liveness = Arc::new(Liveness::new(&node_name, settings.liveness));
     liveness
@@ -74,6 +84,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         worker,
         aliases,
         liveness: liveness.clone(),
+        shared_quota,
     });
     Consumer::new(ctx.clone(), node_name).run(shutdown).await;
     // Renewed until every in-flight task has settled, then given up.

@@ -2,7 +2,7 @@
 
 use axum::extract::State;
 use axum::Json;
-use platform::crypto::hash_token;
+use platform::crypto::{secret_hash, SecretScheme};
 use platform::db::api_keys;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -59,11 +59,8 @@ pub async fn issue_token(
     let key = api_keys::find_by_key(&state.pool, &request.api_key)
         .await?
         .ok_or_else(invalid)?;
-    let secret_ok = constant_time_eq(
-        hash_token(&request.api_secret).as_bytes(),
-        key.secret_hash.as_bytes(),
-    );
-    if !secret_ok || !key.is_active {
+    let secret_ok = verify_secret(&key, request.api_secret).await;
+    if !secret_ok || !key.is_usable() {
         return Err(invalid());
     }
     api_keys::touch(&state.pool, key.id).await?;
@@ -103,6 +100,25 @@ fn pair(state: &AppState, key_id: uuid::Uuid, scopes: &[String]) -> Result<Token
     })
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Slow hashes (bcrypt, PBKDF2, argon2: keys imported from the Python
+/// platform) verified at once, each on a blocking thread: a burst of token
+/// requests for such keys must not starve the rest of the API of CPU.
+static SLOW_VERIFICATIONS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+/// Checks the secret by the scheme its hash was stored with.
+async fn verify_secret(key: &api_keys::ApiKey, secret: String) -> bool {
+    let Some(scheme) = SecretScheme::parse(&key.secret_scheme) else {
+        tracing::error!(key_id = %key.id, scheme = %key.secret_scheme, "unknown secret scheme");
+        return false;
+    };
+    if !scheme.is_slow() {
+        return secret_hash::verify(scheme, &key.secret_hash, &secret);
+    }
+    let Ok(_permit) = SLOW_VERIFICATIONS.acquire().await else {
+        return false;
+    };
+    let stored = key.secret_hash.clone();
+    tokio::task::spawn_blocking(move || secret_hash::verify(scheme, &stored, &secret))
+        .await
+        .unwrap_or(false)
 }

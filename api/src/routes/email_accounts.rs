@@ -21,9 +21,9 @@ use crate::extract::{JsonBody, PathParam};
 use crate::state::AppState;
 use crate::validate;
 
-const MAX_DAILY_LIMIT: i64 = 10_000_000;
-const PRIORITY_RANGE: (i64, i64) = (-1000, 1000);
-const MAX_PASSWORD: usize = 1024;
+pub(crate) const MAX_DAILY_LIMIT: i64 = 10_000_000;
+pub(crate) const PRIORITY_RANGE: (i64, i64) = (-1000, 1000);
+pub(crate) const MAX_PASSWORD: usize = 1024;
 const MAX_RATE: i64 = 1_000_000;
 const MAX_CONNECTIONS: i64 = 1000;
 /// Most accounts in one import.
@@ -154,7 +154,7 @@ fn duplicate() -> ApiError {
     }
 }
 
-fn host(value: &str) -> Result<String, ApiError> {
+pub(crate) fn host(value: &str) -> Result<String, ApiError> {
     let host = validate::header_text("smtp_host", value, true, 253)?;
     if host.contains(char::is_whitespace) || host.contains('/') {
         return Err(ApiError::validation(
@@ -165,7 +165,7 @@ fn host(value: &str) -> Result<String, ApiError> {
     Ok(host)
 }
 
-fn port(value: u16) -> Result<u16, ApiError> {
+pub(crate) fn port(value: u16) -> Result<u16, ApiError> {
     if value == 0 {
         return Err(ApiError::validation(
             "smtp_port",
@@ -175,7 +175,7 @@ fn port(value: u16) -> Result<u16, ApiError> {
     Ok(value)
 }
 
-fn password(value: &str) -> Result<&str, ApiError> {
+pub(crate) fn password(value: &str) -> Result<&str, ApiError> {
     if value.is_empty() || value.len() > MAX_PASSWORD {
         return Err(ApiError::validation(
             "smtp_password",

@@ -51,6 +51,7 @@ pub async fn list(
         (names.dead_letter(), "dead_letter"),
         (names.bulk(), "bulk"),
     ];
+    queues.extend(names.extra.iter().map(|q| (q.clone(), "extra")));
     for target in names.consumed() {
         queues.extend(names.ladder(&target).into_iter().map(|(_, q)| (q, "delay")));
     }

@@ -491,7 +491,9 @@ pub struct StoredPassword {
 }
 
 /// Every account's sealed password (no quota columns needed).
-pub async fn stored_passwords(pool: &PgPool) -> Result<Vec<StoredPassword>, sqlx::Error> {
+pub async fn stored_passwords(
+    executor: impl PgExecutor<'_>,
+) -> Result<Vec<StoredPassword>, sqlx::Error> {
     #[derive(sqlx::FromRow)]
     struct Row {
         id: Uuid,
@@ -504,7 +506,7 @@ pub async fn stored_passwords(pool: &PgPool) -> Result<Vec<StoredPassword>, sqlx
         "SELECT id, email, smtp_password_key_id, smtp_password_nonce, smtp_password_ciphertext
          FROM email_accounts ORDER BY created_at, id",
     )
-    .fetch_all(pool)
+    .fetch_all(executor)
     .await?;
     Ok(rows
         .into_iter()
@@ -546,4 +548,104 @@ pub async fn reseal_password(
     .execute(pool)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// An account carried over from the Python platform.
+pub struct ImportedAccount {
+    pub account: NewEmailAccount,
+    /// Whether the password differs from the one stored (an existing row
+    /// keeps its sealed password otherwise: sealing again would change the
+    /// row on every run).
+    pub password_changed: bool,
+}
+
+/// Inserts an imported account, or brings an earlier import of it (same
+/// address) up to date; a row that already matches is not written, so
+/// re-running an import changes nothing. Our own settings that the Python
+/// platform did not have (rate limit, connection cap) are left alone.
+pub async fn upsert_imported(
+    executor: impl PgExecutor<'_>,
+    imported: &ImportedAccount,
+) -> Result<crate::db::api_keys::Upserted, sqlx::Error> {
+    use crate::db::api_keys::Upserted;
+    let a = &imported.account;
+    let inserted: Option<bool> = sqlx::query_scalar(
+        "INSERT INTO email_accounts (id, email, display_name, smtp_host, smtp_port, smtp_username,
+            smtp_password_ciphertext, smtp_password_nonce, smtp_password_key_id, tls_mode,
+            daily_limit, priority, is_active)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+         ON CONFLICT (email) DO UPDATE SET
+            display_name = EXCLUDED.display_name, smtp_host = EXCLUDED.smtp_host,
+            smtp_port = EXCLUDED.smtp_port, smtp_username = EXCLUDED.smtp_username,
+            smtp_password_ciphertext = CASE WHEN $14 THEN EXCLUDED.smtp_password_ciphertext
+                                            ELSE email_accounts.smtp_password_ciphertext END,
+            smtp_password_nonce = CASE WHEN $14 THEN EXCLUDED.smtp_password_nonce
+                                       ELSE email_accounts.smtp_password_nonce END,
+            smtp_password_key_id = CASE WHEN $14 THEN EXCLUDED.smtp_password_key_id
+                                        ELSE email_accounts.smtp_password_key_id END,
+            tls_mode = EXCLUDED.tls_mode, daily_limit = EXCLUDED.daily_limit,
+            priority = EXCLUDED.priority, is_active = EXCLUDED.is_active,
+            updated_at = now()
+         WHERE $14 OR
+               (email_accounts.display_name, email_accounts.smtp_host, email_accounts.smtp_port,
+                email_accounts.smtp_username, email_accounts.tls_mode, email_accounts.daily_limit,
+                email_accounts.priority, email_accounts.is_active)
+           IS DISTINCT FROM
+               (EXCLUDED.display_name, EXCLUDED.smtp_host, EXCLUDED.smtp_port,
+                EXCLUDED.smtp_username, EXCLUDED.tls_mode, EXCLUDED.daily_limit,
+                EXCLUDED.priority, EXCLUDED.is_active)
+         RETURNING (xmax = 0)",
+    )
+    .bind(Uuid::now_v7())
+    .bind(&a.email)
+    .bind(&a.display_name)
+    .bind(&a.smtp_host)
+    .bind(i32::from(a.smtp_port))
+    .bind(&a.smtp_username)
+    .bind(&a.password.ciphertext)
+    .bind(&a.password.nonce)
+    .bind(&a.password.key_id)
+    .bind(a.tls_mode.as_str())
+    .bind(a.daily_limit)
+    .bind(a.priority)
+    .bind(a.is_active)
+    .bind(imported.password_changed)
+    .fetch_optional(executor)
+    .await?;
+    Ok(match inserted {
+        Some(true) => Upserted::Inserted,
+        Some(false) => Upserted::Updated,
+        None => Upserted::Unchanged,
+    })
+}
+
+/// Raises an account's count for `today` to at least `sent_today` (sends
+/// made elsewhere, e.g. by the Python platform, the same day); never
+/// lowers it, so concurrent workers' reservations are kept. Whether it
+/// changed anything.
+pub async fn carry_quota(
+    executor: impl PgExecutor<'_>,
+    email: &str,
+    today: NaiveDate,
+    sent_today: i32,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE email_accounts SET daily_sent_count = $3, quota_day = $2
+         WHERE email = $1 AND (CASE WHEN quota_day = $2 THEN daily_sent_count ELSE 0 END) < $3",
+    )
+    .bind(email)
+    .bind(today)
+    .bind(sent_today.max(0))
+    .execute(executor)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Every account's id by address.
+pub async fn ids_by_email(
+    executor: impl PgExecutor<'_>,
+) -> Result<Vec<(String, Uuid)>, sqlx::Error> {
+    sqlx::query_as("SELECT email, id FROM email_accounts")
+        .fetch_all(executor)
+        .await
 }

@@ -707,3 +707,79 @@ pub async fn take_strays(
     .fetch_all(tx)
     .await
 }
+
+/// Final message records carried over from the Python platform, as
+/// parallel columns (one statement per batch).
+#[derive(Default)]
+pub struct ImportedMessages {
+    pub task_ids: Vec<String>,
+    pub api_key_ids: Vec<Option<Uuid>>,
+    /// `sent` or `failed`.
+    pub statuses: Vec<String>,
+    /// Comma-separated recipients, as the Python platform stored them.
+    pub recipients: Vec<String>,
+    pub subjects: Vec<String>,
+    pub bodies: Vec<String>,
+    pub account_ids: Vec<Option<Uuid>>,
+    pub account_emails: Vec<Option<String>>,
+    pub errors: Vec<Option<String>>,
+    pub attempts: Vec<i32>,
+    pub created_at: Vec<DateTime<Utc>>,
+    /// When it was sent or failed.
+    pub finished_at: Vec<Option<DateTime<Utc>>>,
+}
+
+impl ImportedMessages {
+    pub fn len(&self) -> usize {
+        self.task_ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.task_ids.is_empty()
+    }
+}
+
+/// Inserts imported records; a task id already recorded (an earlier run, or
+/// a task our worker already handled) is kept as it is. Returns how many
+/// were inserted.
+pub async fn insert_imported(
+    executor: impl PgExecutor<'_>,
+    batch: &ImportedMessages,
+) -> Result<u64, sqlx::Error> {
+    let ids: Vec<Uuid> = (0..batch.len()).map(|_| Uuid::now_v7()).collect();
+    let done = sqlx::query(
+        "INSERT INTO message_records (id, task_id, api_key_id, status, to_addrs, subject,
+            html_body, account_id, account_email, error, attempts, created_at, queued_at,
+            sent_at, failed_at, updated_at)
+         SELECT t.id, t.task_id, t.api_key_id, t.status,
+                ARRAY(SELECT btrim(a) FROM unnest(string_to_array(t.recipients, ',')) a
+                      WHERE btrim(a) <> ''),
+                t.subject, t.body, t.account_id, t.account_email, t.error, t.attempts,
+                t.created_at, t.created_at,
+                CASE WHEN t.status = 'sent' THEN t.finished_at END,
+                CASE WHEN t.status = 'failed' THEN t.finished_at END,
+                COALESCE(t.finished_at, t.created_at)
+         FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::text[],
+                     $7::text[], $8::uuid[], $9::text[], $10::text[], $11::int[],
+                     $12::timestamptz[], $13::timestamptz[])
+              AS t(id, task_id, api_key_id, status, recipients, subject, body, account_id,
+                   account_email, error, attempts, created_at, finished_at)
+         ON CONFLICT (task_id) DO NOTHING",
+    )
+    .bind(&ids)
+    .bind(&batch.task_ids)
+    .bind(&batch.api_key_ids)
+    .bind(&batch.statuses)
+    .bind(&batch.recipients)
+    .bind(&batch.subjects)
+    .bind(&batch.bodies)
+    .bind(&batch.account_ids)
+    .bind(&batch.account_emails)
+    .bind(&batch.errors)
+    .bind(&batch.attempts)
+    .bind(&batch.created_at)
+    .bind(&batch.finished_at)
+    .execute(executor)
+    .await?;
+    Ok(done.rows_affected())
+}

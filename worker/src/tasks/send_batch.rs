@@ -55,7 +55,18 @@ pub async fn run(
     // the claim does not take: a redelivered message already sent, one held
     // by another delivery, a cancelled one (the single path settles those).
     let today = platform::today(&ctx.settings);
-    let reservations = email_accounts::reserve_many(&ctx.pool, today, unique.len() as i32).await?;
+    let mut reservations =
+        email_accounts::reserve_many(&ctx.pool, today, unique.len() as i32).await?;
+    if let Some(shared) = &ctx.shared_quota {
+        for r in &mut reservations {
+            let granted = shared.take(&r.account.email, r.granted).await;
+            if granted < r.granted {
+                email_accounts::release_many(&ctx.pool, today, r.account.id, r.granted - granted)
+                    .await?;
+                r.granted = granted;
+            }
+        }
+    }
     let mut assigned: Vec<(usize, usize)> = Vec::new(); // (batch index, reservation index)
     let mut slots = reservations
         .iter()

@@ -124,7 +124,19 @@ async fn reserve_admitted(
             }));
         };
         match admit(ctx, &account).await {
-            Ok(lease) => return Ok(Ok((account, lease))),
+            Ok(lease) => {
+                let shared = match &ctx.shared_quota {
+                    Some(shared) => shared.take(&account.email, 1).await == 1,
+                    None => true,
+                };
+                if shared {
+                    return Ok(Ok((account, lease)));
+                }
+                // The Python platform used the rest of the day's quota.
+                email_accounts::release(&ctx.pool, today, account.id).await?;
+                release_lease(ctx, lease).await;
+                throttled.push(account.id);
+            }
             Err(wait) => {
                 email_accounts::release(&ctx.pool, today, account.id).await?;
                 throttled.push(account.id);
