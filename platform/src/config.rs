@@ -848,4 +848,19 @@ mod tests {
         );
         assert!(load(&vars).is_ok());
     }
+
+    #[test]
+    fn extra_queues_are_consumed_after_our_own() {
+        let mut vars = base();
+        vars.insert("CELERY_DEFAULT_QUEUE", "notify".into());
+        vars.insert("CELERY_EXTRA_QUEUES", " celery, legacy ,notify,".into());
+        let settings = load(&vars).unwrap();
+        assert_eq!(
+            settings.queues.consumed(),
+            ["notify", "notify.bulk", "celery", "legacy"]
+        );
+        vars.insert("CELERY_EXTRA_QUEUES", "has space".into());
+        let err = load(&vars).unwrap_err();
+        assert!(err.to_string().contains("CELERY_EXTRA_QUEUES"), "{err}");
+    }
 }

@@ -14,8 +14,9 @@ use crate::state::AppState;
 #[derive(Debug, Serialize, ToSchema)]
 pub struct QueueView {
     pub name: String,
-    /// `tasks`, `dead_letter`, `bulk`, or `delay` (a rung of a delay
-    /// ladder; listed only while it holds messages).
+    /// `tasks`, `dead_letter`, `bulk`, `extra` (a queue of
+    /// `CELERY_EXTRA_QUEUES`, e.g. the Python platform's), or `delay` (a
+    /// rung of a delay ladder; listed only while it holds messages).
     pub role: &'static str,
     /// False when the queue has not been declared yet (no worker started).
     pub exists: bool,

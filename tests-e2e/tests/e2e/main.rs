@@ -12,6 +12,7 @@ mod campaigns;
 mod celery_control;
 mod celery_events;
 mod cluster;
+mod cutover;
 mod database_outage;
 mod dead_letters;
 mod delivery;

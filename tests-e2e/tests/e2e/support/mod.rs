@@ -117,6 +117,9 @@ pub struct TestEnv {
     pub smtp: SmtpSink,
     pub queue: String,
     pub api: Option<api::RunningApi>,
+    /// Further queues (and their exchanges and ladders) a test declared,
+    /// removed with the test's own.
+    pub extra_queues: Vec<String>,
     workers: Vec<Child>,
     schedulers: Vec<Child>,
     shutdown: CancellationToken,
@@ -201,6 +204,7 @@ impl TestEnv {
             smtp,
             queue,
             api: None,
+            extra_queues: Vec::new(),
             workers: Vec::new(),
             schedulers: Vec::new(),
             shutdown: CancellationToken::new(),
@@ -390,8 +394,11 @@ impl Drop for TestEnv {
             format!("{}.bulk", self.queue),
             format!("{}.dead_letter", self.queue),
         ];
+        let mut exchanges = vec![self.queue.clone(), format!("{}.bulk", self.queue)];
+        exchanges.extend(self.extra_queues.iter().cloned());
+        queues.extend(self.extra_queues.iter().cloned());
         let longest = Duration::from_secs(platform::config::LADDER_LIMIT_SECONDS);
-        for target in [self.queue.clone(), format!("{}.bulk", self.queue)] {
+        for target in &exchanges {
             for rung in platform::config::ladder_rungs(longest) {
                 queues.push(format!("{target}.ladder.{}s", rung.as_secs()));
             }
@@ -429,7 +436,7 @@ impl Drop for TestEnv {
                         for q in &queues {
                             let _ = channel.queue_delete(q, Default::default()).await;
                         }
-                        for exchange in &queues[..2] {
+                        for exchange in &exchanges {
                             let _ = channel.exchange_delete(exchange, Default::default()).await;
                         }
                     }
