@@ -51,6 +51,13 @@ pub struct ApiKeyView {
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
     pub last_used_at: Option<DateTime<Utc>>,
+    /// After this the key gets no tokens (keys imported from the Python
+    /// platform may carry one).
+    pub expires_at: Option<DateTime<Utc>>,
+    /// How the secret's hash is verified: `sha256` for keys minted here;
+    /// an imported key keeps the Python platform's (`bcrypt`,
+    /// `passlib_pbkdf2`, `werkzeug_pbkdf2`, `argon2`).
+    pub secret_scheme: String,
 }
 
 impl From<ApiKey> for ApiKeyView {
@@ -66,6 +73,8 @@ impl From<ApiKey> for ApiKeyView {
             created_at: k.created_at,
             revoked_at: k.revoked_at,
             last_used_at: k.last_used_at,
+            expires_at: k.expires_at,
+            secret_scheme: k.secret_scheme,
         }
     }
 }

@@ -18,7 +18,7 @@ use tokio::process::Command;
 use uuid::Uuid;
 
 use crate::python_interop::{python, repo_root};
-use crate::support::{binary, eventually, TestEnv, POSTGRES, RABBITMQ};
+use crate::support::{binary, eventually, publish_tasks, TestEnv, POSTGRES, RABBITMQ};
 
 /// The Python platform's ENCRYPTION_KEY (a Fernet key).
 const FERNET_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
@@ -395,6 +395,46 @@ async fn python_accounts_keys_and_counts_are_imported_and_keep_working() {
     .await
     .unwrap();
     assert_eq!(used, 41, "the carried count goes on");
+
+    // A Python producer's task for a message the Python platform already
+    // sent (imported as `sent`, e.g. redelivered during the switch) is
+    // claimed by its task id and not sent again; a new one is.
+    let task = |id: &str, subject: &str| {
+        let mut kwargs = serde_json::Map::new();
+        kwargs.insert("to".into(), json!("reader@example.com"));
+        kwargs.insert("subject".into(), json!(subject));
+        kwargs.insert("content".into(), json!("<p>again</p>"));
+        platform::celery::TaskMessage::new(platform::tasks::SEND_EMAIL, id, vec![], kwargs)
+    };
+    publish_tasks(
+        &env.queue,
+        &[
+            task("py-1", "resent py-1"),
+            task("py-new", "new from Python"),
+        ],
+    )
+    .await;
+    eventually(
+        "the new Python task is sent",
+        Duration::from_secs(30),
+        || async {
+            env.smtp
+                .received()
+                .iter()
+                .any(|m| subject_of(m) == "new from Python")
+                .then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !env.smtp
+            .received()
+            .iter()
+            .any(|m| subject_of(m) == "resent py-1"),
+        "an imported `sent` task was sent again"
+    );
+    assert_eq!(env.smtp.count(), 2);
 
     // Imported history belongs to the key that sent it.
     let owned: i64 = sqlx::query_scalar(

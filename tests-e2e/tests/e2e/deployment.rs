@@ -914,6 +914,7 @@ async fn shell_scripts_pass_shellcheck() {
         "restore_database.sh",
         "health_check.sh",
         "rotate_encryption_key.sh",
+        "import_python.sh",
     ] {
         assert!(
             files.contains(&scripts.join(required)),
