@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::context::Context;
-use crate::lane::{self, Lane, Publisher};
+use crate::lane::{Lane, Publisher};
 use crate::remote_control::{self, ControlContext};
 
 /// How long in-flight tasks may run on after SIGTERM before the worker
@@ -93,6 +93,7 @@ impl Consumer {
         let lanes = self.topology.names.consumed().into_iter().map(|queue| {
             let lane = Lane {
                 ctx: self.ctx.clone(),
+                registry: &crate::tasks::REGISTRY,
                 topology: self.topology.clone(),
                 publisher: publisher.clone(),
                 queue,
@@ -113,6 +114,7 @@ impl Consumer {
     ) -> Result<(), broker::BrokerError> {
         let settings = &self.ctx.settings;
         let ctx = ControlContext {
+            registered: crate::tasks::REGISTRY.names(),
             concurrency: settings.worker_concurrency,
             prefetch: settings.prefetch_count,
             timeouts: [
@@ -202,12 +204,12 @@ impl Consumer {
             // the concurrency in sends (a batch task counts each of its
             // emails), so that one batch's database round trips overlap
             // another's SMTP sends instead of every batch waiting in turn.
-            let mut weight = lane::weight(&batch[0]);
+            let mut weight = lane.weight(&batch[0]);
             while weight < gather {
                 match deliveries.next().now_or_never() {
                     Some(Some(Ok(d))) => {
                         let d = lane.decode(d);
-                        weight += lane::weight(&d);
+                        weight += lane.weight(&d);
                         batch.push(d);
                     }
                     _ => break,
@@ -219,7 +221,7 @@ impl Consumer {
             };
             let lane = lane.clone();
             tokio::spawn(async move {
-                lane.handle_batch(batch).await;
+                lane.handle_deliveries(batch).await;
                 drop((permits, batch_slot));
             });
         };

@@ -6,8 +6,8 @@ use platform::celery::{ResultBackend, TaskAliases};
 use platform::Settings;
 use sqlx::PgPool;
 
-use crate::pool::{Throttle, TransportCache};
-use crate::remote_control::WorkerState;
+use crate::smtp::{Throttle, TransportCache};
+use crate::worker_state::WorkerState;
 
 pub struct Context {
     pub settings: Arc<Settings>,

@@ -7,10 +7,12 @@ pub mod delivery;
 pub mod lane;
 pub mod liveness;
 pub mod outcome;
-pub mod pool;
+pub mod registry;
 pub mod remote_control;
 pub mod shared_quota;
+pub mod smtp;
 pub mod tasks;
+pub mod worker_state;
 
 use std::sync::Arc;
 
@@ -22,8 +24,8 @@ use tokio_util::sync::CancellationToken;
 use crate::consumer::Consumer;
 use crate::context::Context;
 use crate::liveness::Liveness;
-use crate::pool::{Throttle, TransportCache};
-use crate::remote_control::WorkerState;
+use crate::smtp::{Throttle, TransportCache};
+use crate::worker_state::WorkerState;
 
 /// Connects to PostgreSQL and Redis, then consumes until `shutdown`.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {

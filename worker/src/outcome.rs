@@ -15,3 +15,27 @@ pub enum Outcome {
     /// Cannot be processed at all: move to the dead-letter queue.
     DeadLetter { reason: String },
 }
+
+/// Why a task did not reach an outcome.
+#[derive(Debug)]
+pub enum RunError {
+    /// The database is unreachable: the delivery goes back to the queue
+    /// and is tried again.
+    Unavailable(String),
+    /// The database refused the task's data (what it said, without the
+    /// data): trying again would fail the same way forever.
+    Refused(String),
+}
+
+impl From<sqlx::Error> for RunError {
+    fn from(e: sqlx::Error) -> Self {
+        if platform::db::is_transient(&e) {
+            RunError::Unavailable(e.to_string())
+        } else {
+            RunError::Refused(platform::db::describe(&e))
+        }
+    }
+}
+
+/// What running one task gave.
+pub type Ran = Result<Outcome, RunError>;

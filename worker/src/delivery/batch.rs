@@ -1,12 +1,11 @@
-//! The fast path for many `send_email` tasks that arrive together.
-//!
-//! Each statement of the single path (load, reserve quota, claim, record
-//! `sent`, store the result) is done once for the whole batch instead of
-//! once per message; the SMTP sends run concurrently over the pooled
+//! The batch driver: many plain sends (API-published, due, `queued`) that
+//! arrived together, each stage done once for the whole batch instead of
+//! once per message: load and claim, reserve quota, record `sent`, store
+//! the results; the SMTP sends run concurrently over the pooled
 //! connections. Anything that is not the plain case (a record not
-//! `queued`, quota running out, an account with its own throttles, a
-//! failed send) is handed back to or settled by the single path, so the
-//! guarantees are the same.
+//! `queued`, quota running out, an account with its own throttles) is
+//! handed back to the single driver, and failed sends are settled by the
+//! same policy, so the guarantees are the same.
 
 use std::collections::HashMap;
 
@@ -15,20 +14,15 @@ use platform::celery::{TaskMessage, TaskState};
 use platform::db::attachments;
 use platform::db::email_accounts::{self, EmailAccount};
 use platform::db::messages::{self, Claimed, MessageRecord};
+use tracing::Instrument;
 use uuid::Uuid;
 
-use super::send_email::{self, Attempt, Extras};
+use super::admit;
+use super::attempt::{attempt, Attempt, Extras};
+use super::policy::settle_failure;
+use super::settle::{persist, recovered, sent_result, started_result};
 use crate::context::Context;
 use crate::outcome::Outcome;
-
-/// The record id an API-published send task refers to, when the message
-/// can take the fast path.
-pub fn fast_path_id(message: &TaskMessage) -> Option<Uuid> {
-    if message.task() != platform::tasks::SEND_EMAIL || message.headers.eta.is_some() {
-        return None;
-    }
-    platform::tasks::record_id(message)
-}
 
 /// Outcomes by position in `batch`; `None` sends that message down the
 /// single path.
@@ -55,18 +49,7 @@ pub async fn run(
     // the claim does not take: a redelivered message already sent, one held
     // by another delivery, a cancelled one (the single path settles those).
     let today = platform::today(&ctx.settings);
-    let mut reservations =
-        email_accounts::reserve_many(&ctx.pool, today, unique.len() as i32).await?;
-    if let Some(shared) = &ctx.shared_quota {
-        for r in &mut reservations {
-            let granted = shared.take(&r.account.email, r.granted).await;
-            if granted < r.granted {
-                email_accounts::release_many(&ctx.pool, today, r.account.id, r.granted - granted)
-                    .await?;
-                r.granted = granted;
-            }
-        }
-    }
+    let reservations = admit::reserve_many(ctx, today, unique.len() as i32).await?;
     let mut assigned: Vec<(usize, usize)> = Vec::new(); // (batch index, reservation index)
     let mut slots = reservations
         .iter()
@@ -159,7 +142,7 @@ pub async fn run(
             (
                 batch[*i].1.id().to_string(),
                 TaskState::Started,
-                send_email::started_result(rec),
+                started_result(rec),
             )
         })
         .collect();
@@ -167,11 +150,15 @@ pub async fn run(
         tracing::warn!(error = %e, "cannot store task states");
     }
     let prepared = started.elapsed();
-    let attempts = join_all(
-        work.iter()
-            .zip(extras)
-            .map(|((_, rec, account), extras)| send_email::attempt(ctx, rec, account, extras)),
-    )
+    let attempts = join_all(work.iter().zip(extras).map(|((i, rec, account), extras)| {
+        let span = tracing::info_span!(
+            "send_email",
+            task_id = batch[*i].1.id(),
+            message_id = %rec.id,
+            account = %account.email,
+        );
+        attempt(ctx, rec, account, extras).instrument(span)
+    }))
     .await;
     let smtp_done = started.elapsed();
 
@@ -189,7 +176,7 @@ pub async fn run(
                 results.push((
                     batch[i].1.id().to_string(),
                     TaskState::Success,
-                    send_email::sent_result(record, account, &smtp_message_id, &reply),
+                    sent_result(record, account, &smtp_message_id, &reply),
                 ));
                 sent_ids.push(record.id);
                 sent_message_ids.push(smtp_message_id);
@@ -199,10 +186,8 @@ pub async fn run(
             failed => failures.push((i, record, account, failed)),
         }
     }
-    send_email::persist(|| {
-        messages::mark_sent_many(&ctx.pool, &sent_ids, &sent_message_ids, &sent_replies)
-    })
-    .await?;
+    persist(|| messages::mark_sent_many(&ctx.pool, &sent_ids, &sent_message_ids, &sent_replies))
+        .await?;
     metrics::counter!("messages_sent_total").increment(sent_ids.len() as u64);
     tracing::debug!(
         batch = batch.len(),
@@ -212,25 +197,19 @@ pub async fn run(
         record_ms = (started.elapsed() - smtp_done).as_millis() as u64,
         "batch sent"
     );
-    let mut recovered: Vec<Uuid> = Vec::new();
-    for r in &reservations {
-        let account = &r.account;
-        let any_sent = claim_accounts.contains(&account.id);
-        if any_sent && (account.consecutive_failures > 0 || account.circuit_open_until.is_some()) {
-            recovered.push(account.id);
-        }
-    }
-    for account in recovered {
-        email_accounts::record_success(&ctx.pool, account).await?;
-    }
+    let used: Vec<&EmailAccount> = reservations
+        .iter()
+        .filter(|r| claim_accounts.contains(&r.account.id))
+        .map(|r| &r.account)
+        .collect();
+    recovered(ctx, used).await?;
     if let Err(e) = ctx.results.store_many(&results).await {
         tracing::warn!(error = %e, "cannot store task results");
     }
 
     for (i, record, account, failed) in failures {
         email_accounts::release(&ctx.pool, today, account.id).await?;
-        outcomes[i] =
-            Some(send_email::settle_failure(ctx, batch[i].1, record, account, failed).await?);
+        outcomes[i] = Some(settle_failure(ctx, batch[i].1, record, account, failed).await?);
     }
     Ok(outcomes)
 }

@@ -1,0 +1,123 @@
+//! Admission: quota on the best account (highest priority, least used
+//! today), that account's own throttles (sends per minute, concurrent
+//! connections), and during a switch the Python platform's count
+//! ([`crate::shared_quota`]).
+
+use std::time::Duration;
+
+use chrono::NaiveDate;
+use platform::db::email_accounts::{self, EmailAccount, Reservation};
+use uuid::Uuid;
+
+use crate::context::Context;
+use crate::smtp::Lease;
+
+/// Reserves quota on the best account whose own throttles (rate per
+/// minute, connection cap) admit one more send now. `Err((wait, why))`
+/// when no account can take the message yet.
+#[tracing::instrument(skip(ctx))]
+pub async fn reserve_admitted(
+    ctx: &Context,
+    today: chrono::NaiveDate,
+) -> Result<Result<(EmailAccount, Option<Lease>), (Duration, &'static str)>, sqlx::Error> {
+    let mut throttled: Vec<Uuid> = Vec::new();
+    let mut soonest: Option<Duration> = None;
+    loop {
+        let Some(account) = email_accounts::reserve(&ctx.pool, today, &throttled).await? else {
+            return Ok(Err(match soonest {
+                Some(wait) => (
+                    wait,
+                    "waiting for an SMTP account's rate or connection limit",
+                ),
+                None => (
+                    ctx.settings.quota_wait,
+                    "waiting for an SMTP account with quota left",
+                ),
+            }));
+        };
+        match admit(ctx, &account).await {
+            Ok(lease) => {
+                let shared = match &ctx.shared_quota {
+                    Some(shared) => shared.take(&account.email, 1).await == 1,
+                    None => true,
+                };
+                if shared {
+                    return Ok(Ok((account, lease)));
+                }
+                // The Python platform used the rest of the day's quota.
+                email_accounts::release(&ctx.pool, today, account.id).await?;
+                release_lease(ctx, lease).await;
+                throttled.push(account.id);
+            }
+            Err(wait) => {
+                email_accounts::release(&ctx.pool, today, account.id).await?;
+                throttled.push(account.id);
+                soonest = Some(soonest.map_or(wait, |s| s.min(wait)));
+            }
+        }
+    }
+}
+
+/// Applies the account's throttles; `Err(wait)` when it must wait. When
+/// Redis cannot be asked, a throttled account is held back rather than
+/// risk passing its provider's limits.
+pub async fn admit(ctx: &Context, account: &EmailAccount) -> Result<Option<Lease>, Duration> {
+    let unavailable = |e: crate::smtp::ThrottleError| {
+        tracing::warn!(account = %account.email, error = %e, "throttle unavailable; holding the account back");
+        Duration::from_secs(5)
+    };
+    if let Some(limit) = account.rate_limit_per_minute {
+        if let Some(wait) = ctx
+            .throttle
+            .admit(account.id, limit as u32)
+            .await
+            .map_err(unavailable)?
+        {
+            return Err(wait);
+        }
+    }
+    if let Some(max) = account.max_connections {
+        let lease_for = ctx.settings.task_time_limit;
+        return match ctx
+            .throttle
+            .lease(account.id, max as u32, lease_for)
+            .await
+            .map_err(unavailable)?
+        {
+            Some(lease) => Ok(Some(lease)),
+            None => Err(Duration::from_secs(1)),
+        };
+    }
+    Ok(None)
+}
+
+pub async fn release_lease(ctx: &Context, lease: Option<Lease>) {
+    if let Some(lease) = lease {
+        if let Err(e) = ctx.throttle.release(lease).await {
+            tracing::warn!(error = %e, "cannot release a connection slot; it expires by itself");
+        }
+    }
+}
+
+/// Reserves quota for up to `wanted` plain sends at once (best accounts
+/// first), each reservation also taken from the Python platform's count
+/// during a switch.
+#[tracing::instrument(skip(ctx))]
+pub async fn reserve_many(
+    ctx: &Context,
+    today: NaiveDate,
+    wanted: i32,
+) -> Result<Vec<Reservation>, sqlx::Error> {
+    let mut reservations = email_accounts::reserve_many(&ctx.pool, today, wanted).await?;
+    if let Some(shared) = &ctx.shared_quota {
+        for r in &mut reservations {
+            let granted = shared.take(&r.account.email, r.granted).await;
+            if granted < r.granted {
+                email_accounts::release_many(&ctx.pool, today, r.account.id, r.granted - granted)
+                    .await?;
+                r.granted = granted;
+            }
+        }
+    }
+    Ok(reservations)
+}

@@ -1,0 +1,130 @@
+//! One SMTP transaction for a claimed message: the suppression list
+//! checked again, the email composed (with its attachments), and handed to
+//! the account's pooled transport within the soft time limit.
+
+use std::time::{Duration, Instant};
+
+use lettre::Message;
+use platform::db::attachments::{self, Attachment};
+use platform::db::email_accounts::EmailAccount;
+use platform::db::messages::MessageRecord;
+use platform::db::suppressions;
+use platform::mail::{compose, Envelope};
+use uuid::Uuid;
+
+use super::policy::{classify, Failure};
+use crate::context::Context;
+use crate::smtp::{Transport, TransportCache};
+
+/// One SMTP attempt for a claimed message, before anything is recorded.
+pub enum Attempt {
+    Sent {
+        smtp_message_id: String,
+        reply: String,
+    },
+    /// The message cannot be turned into an email.
+    Unbuildable(String),
+    /// A recipient is on the suppression list: the message is not sent.
+    Suppressed(String),
+    /// The account's transport cannot be set up (e.g. its password does not decrypt).
+    NoTransport(String),
+    Failed(Failure),
+}
+
+/// What sending needs besides the record, read for a whole batch at once.
+pub struct Extras {
+    /// A recipient put on the suppression list after the message was accepted.
+    pub suppressed: Option<String>,
+    pub files: Vec<Attachment>,
+}
+
+pub async fn extras(ctx: &Context, records: &[&MessageRecord]) -> Result<Vec<Extras>, sqlx::Error> {
+    let recipients = |r: &MessageRecord| [&r.to_addrs[..], &r.cc_addrs, &r.bcc_addrs].concat();
+    let everyone: Vec<String> = records.iter().flat_map(|r| recipients(r)).collect();
+    let suppressed = suppressions::suppressed_among(&ctx.pool, &everyone).await?;
+    let ids: Vec<Uuid> = records.iter().map(|r| r.id).collect();
+    let mut files = attachments::for_messages(&ctx.pool, &ids).await?;
+    Ok(records
+        .iter()
+        .map(|r| Extras {
+            suppressed: recipients(r)
+                .into_iter()
+                .find(|a| suppressed.contains(&a.to_lowercase())),
+            files: files.remove(&r.id).unwrap_or_default(),
+        })
+        .collect())
+}
+
+pub async fn attempt(
+    ctx: &Context,
+    record: &MessageRecord,
+    account: &EmailAccount,
+    extras: Extras,
+) -> Attempt {
+    if let Some(address) = extras.suppressed {
+        return Attempt::Suppressed(format!("recipient {address} is on the suppression list"));
+    }
+    let envelope = Envelope {
+        record_id: record.id,
+        from_email: &account.email,
+        from_name: record.from_name.as_deref().unwrap_or(&account.display_name),
+        to: &record.to_addrs,
+        cc: &record.cc_addrs,
+        bcc: &record.bcc_addrs,
+        reply_to: record.reply_to.as_deref(),
+    };
+    let composed = match compose(
+        &envelope,
+        &record.subject,
+        &record.html_body,
+        record.text_body.as_deref(),
+        &extras.files,
+    ) {
+        Ok(c) => c,
+        Err(e) => return Attempt::Unbuildable(format!("cannot build the email: {e}")),
+    };
+    let transport = match ctx.transports.get(account) {
+        Ok(t) => t,
+        Err(e) => return Attempt::NoTransport(e.to_string()),
+    };
+    match deliver(
+        &ctx.transports,
+        account,
+        &transport,
+        composed.message,
+        ctx.settings.task_soft_time_limit,
+    )
+    .await
+    {
+        Ok(reply) => Attempt::Sent {
+            smtp_message_id: composed.message_id,
+            reply,
+        },
+        Err(failure) => Attempt::Failed(failure),
+    }
+}
+
+#[tracing::instrument(name = "smtp", skip_all, fields(account = %account.email))]
+pub async fn deliver(
+    pool: &TransportCache,
+    account: &EmailAccount,
+    transport: &Transport,
+    message: Message,
+    limit: Duration,
+) -> Result<String, Failure> {
+    let started = Instant::now();
+    let email = message.formatted();
+    let send = pool.send(account, transport, message.envelope(), &email);
+    let result = tokio::time::timeout(limit, send).await;
+    metrics::histogram!("smtp_send_duration_seconds").record(started.elapsed().as_secs_f64());
+    match result {
+        Err(_) => Err(Failure::Unreachable {
+            reply: format!("no answer from the SMTP server within {limit:?}"),
+        }),
+        Ok(Ok(response)) => {
+            let text = response.message().collect::<Vec<_>>().join(" ");
+            Ok(format!("{} {}", response.code(), text).trim().to_string())
+        }
+        Ok(Err(e)) => Err(classify(&e)),
+    }
+}

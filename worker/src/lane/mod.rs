@@ -1,0 +1,227 @@
+//! A lane: one consumed queue with its own concurrency slots (the task
+//! queue, the bulk queue, any extra queue), running the deliveries its
+//! consumer hands over and settling each (ack, requeue, re-publish).
+
+mod job;
+mod publish;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use lapin::message::Delivery;
+use lapin::options::BasicAckOptions;
+use platform::broker::Topology;
+use platform::celery::{TaskMessage, TaskState};
+use platform::db::messages;
+use tracing::Instrument;
+
+pub use job::Decoded;
+use publish::nack_requeue;
+pub use publish::Publisher;
+
+use crate::context::Context;
+use crate::outcome::{Outcome, RunError};
+use crate::registry::Registry;
+
+pub struct Lane {
+    pub ctx: Arc<Context>,
+    pub registry: &'static Registry,
+    pub topology: Topology,
+    pub publisher: Arc<Publisher>,
+    /// The queue consumed; delayed messages come back to it.
+    pub queue: String,
+}
+
+impl Lane {
+    /// Decodes a delivery, with Python task names and positional
+    /// arguments mapped to ours.
+    pub fn decode(&self, delivery: Delivery) -> Decoded {
+        let message = TaskMessage::decode(&delivery.properties, &delivery.data).map(|mut m| {
+            self.ctx.aliases.apply(&mut m);
+            m
+        });
+        Decoded { delivery, message }
+    }
+
+    /// How many sends a decoded delivery stands for (what it weighs
+    /// against the lane's concurrency).
+    pub fn weight(&self, decoded: &Decoded) -> usize {
+        decoded
+            .message
+            .as_ref()
+            .map_or(1, |m| self.registry.weight(m))
+    }
+
+    /// Deliveries that arrived together. Tasks that stand for others
+    /// (batches) are expanded into them, and the tasks run together through
+    /// the registry. A delivery is acknowledged once every task it carries
+    /// is settled, and requeued whole if any of them could not be (a
+    /// member already sent is then skipped by its record's claim).
+    pub async fn handle_deliveries(&self, deliveries: Vec<Decoded>) {
+        if !self.ctx.liveness.is_fresh() {
+            // Others may soon treat this worker's claims as abandoned: it
+            // claims nothing until it has renewed its lease.
+            tracing::warn!("liveness lease not renewed; deliveries go back to the queue");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            for d in &deliveries {
+                nack_requeue(&d.delivery).await;
+            }
+            return;
+        }
+        let mut requeue = vec![false; deliveries.len()];
+        let (jobs, mut settled) = job::jobs(self.registry, &deliveries);
+
+        let now = Utc::now();
+        let mut due: Vec<usize> = Vec::new();
+        for (j, job) in jobs.iter().enumerate() {
+            match self.before_running(&job.message, now).await {
+                Some(outcome) => settled.push(job::Settled {
+                    delivery: job.delivery,
+                    job: Some(j),
+                    outcome,
+                }),
+                None => due.push(j),
+            }
+        }
+        let messages: Vec<&TaskMessage> = due.iter().map(|&j| &jobs[j].message).collect();
+        self.ctx.worker.tasks_started(&messages, &self.queue).await;
+        let ran = self
+            .registry
+            .run(&self.ctx, &messages)
+            .instrument(tracing::info_span!("tasks", queue = %self.queue, count = messages.len()))
+            .await;
+        self.ctx
+            .worker
+            .tasks_finished(&messages, &self.ctx.results)
+            .await;
+        let mut database_down = false;
+        for (j, ran) in due.into_iter().zip(ran) {
+            let job = &jobs[j];
+            match ran {
+                Ok(outcome) => settled.push(job::Settled {
+                    delivery: job.delivery,
+                    job: Some(j),
+                    outcome,
+                }),
+                Err(RunError::Unavailable(e)) => {
+                    tracing::warn!(task_id = job.message.id(), error = %e, "database unavailable; the task goes back to the queue");
+                    database_down = true;
+                    requeue[job.delivery] = true;
+                }
+                Err(RunError::Refused(described)) => {
+                    // Trying again would fail the same way forever.
+                    tracing::warn!(task_id = job.message.id(), error = %described, "the database refused the task's data");
+                    let reason = format!("the database refused this task's data: {described}");
+                    self.fail_record(&job.message, &reason).await;
+                    settled.push(job::Settled {
+                        delivery: job.delivery,
+                        job: Some(j),
+                        outcome: Outcome::DeadLetter { reason },
+                    });
+                }
+            }
+        }
+
+        for s in settled {
+            if requeue[s.delivery] {
+                continue;
+            }
+            let delivery = &deliveries[s.delivery];
+            let job = s.job.map(|j| &jobs[j]);
+            let published = match job {
+                // A batch member is re-published (or dead-lettered) as its
+                // own send_email task, not as the batch.
+                Some(job) if job.member => {
+                    let (properties, body) = (job.message.properties(), job.message.body());
+                    self.publish_outcome(&properties, &body, Some(&job.message), s.outcome)
+                        .await
+                }
+                _ => {
+                    let message = job
+                        .map(|job| &job.message)
+                        .or(delivery.message.as_ref().ok());
+                    let d = &delivery.delivery;
+                    self.publish_outcome(&d.properties, &d.data, message, s.outcome)
+                        .await
+                }
+            };
+            if let Err(e) = published {
+                tracing::warn!(error = %e, "re-publication failed; requeueing the original");
+                requeue[s.delivery] = true;
+            }
+        }
+
+        if requeue.iter().any(|r| *r) {
+            // Not at once: a database or broker that just failed needs a moment.
+            let pause = if database_down { 1000 } else { 500 };
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+        }
+        for (d, requeue) in deliveries.iter().zip(requeue) {
+            if requeue {
+                nack_requeue(&d.delivery).await;
+            } else if let Err(e) = d.delivery.ack(BasicAckOptions::default()).await {
+                tracing::warn!(error = %e, "ack failed; the message will be redelivered");
+            }
+        }
+    }
+
+    /// Stores the task's failure for Python callers and marks the record it
+    /// refers to failed (when it has one), so it does not sit `queued` and
+    /// come back through the reconciler only to be refused again. Best
+    /// effort: the dead letter itself keeps the task for operators.
+    async fn fail_record(&self, message: &TaskMessage, reason: &str) {
+        if let Err(e) = self
+            .ctx
+            .results
+            .store_failure(message.id(), "EmailDeliveryError", reason)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot store the task result");
+        }
+        let Some(id) = platform::tasks::record_id(message) else {
+            return;
+        };
+        if let Err(e) = messages::mark_failed(&self.ctx.pool, id, reason, None).await {
+            tracing::warn!(message_id = %id, error = %e, "cannot mark the record failed");
+        }
+    }
+
+    /// An outcome decided before running: an expired task is revoked, one
+    /// due later is held in RabbitMQ (not in memory, so consumer_timeout
+    /// cannot fire).
+    async fn before_running(&self, message: &TaskMessage, now: DateTime<Utc>) -> Option<Outcome> {
+        if message
+            .headers
+            .expires
+            .is_some_and(|expires| expires <= now)
+        {
+            tracing::info!(
+                task_id = message.id(),
+                "task expired before it could run; revoked"
+            );
+            if let Err(e) = self
+                .ctx
+                .results
+                .store(
+                    message.id(),
+                    TaskState::Revoked,
+                    // What Celery stores for an expired task, so that
+                    // AsyncResult.get() raises TaskRevokedError('expired').
+                    serde_json::json!({
+                        "exc_type": "TaskRevokedError",
+                        "exc_message": ["expired"],
+                        "exc_module": "celery.exceptions",
+                    }),
+                )
+                .await
+            {
+                tracing::warn!(error = %e, "cannot store the task result");
+            }
+            return Some(Outcome::Done);
+        }
+        // Any wait at all goes back to the ladder: a task never runs early.
+        let wait = (message.headers.eta? - now).to_std().ok()?;
+        (!wait.is_zero()).then_some(Outcome::Later { delay: wait })
+    }
+}

@@ -1,0 +1,181 @@
+//! Re-publication of a task's outcome, confirmed before its delivery is
+//! acknowledged: a retry or a wait goes to the delay ladder, a task that
+//! cannot be processed to the dead-letter queue (and table).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use lapin::message::Delivery;
+use lapin::options::BasicNackOptions;
+use lapin::types::{AMQPValue, LongString, ShortString};
+use lapin::{BasicProperties, Channel};
+use platform::broker;
+use platform::celery::{table_to_json, TaskMessage};
+use platform::db::dead_letters;
+
+use super::Lane;
+use crate::outcome::Outcome;
+
+/// The channel used to re-publish (retries, delays, dead letters), in
+/// confirm mode.
+pub struct Publisher {
+    pub(super) channel: Channel,
+}
+
+impl Publisher {
+    pub fn new(channel: Channel) -> Self {
+        Publisher { channel }
+    }
+}
+
+impl Lane {
+    /// Carries out an outcome's re-publication (retry, delay, dead letter),
+    /// confirmed before the delivery is acknowledged: a crash in between
+    /// can duplicate a message but never lose one, and duplicates are
+    /// absorbed by the record's claim. `properties` and `body` are the
+    /// message as it is dead-lettered.
+    pub(super) async fn publish_outcome(
+        &self,
+        properties: &BasicProperties,
+        body: &[u8],
+        message: Option<&TaskMessage>,
+        outcome: Outcome,
+    ) -> Result<(), String> {
+        match (&outcome, message) {
+            (Outcome::Done, _) => Ok(()),
+            (Outcome::Retry { delay }, Some(message)) => {
+                let mut again = message.clone();
+                again.headers.retries += 1;
+                again.headers.eta =
+                    Some(Utc::now() + chrono::Duration::from_std(*delay).unwrap_or_default());
+                self.delay_publish(&again, *delay)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            (Outcome::Later { delay }, Some(message)) => self
+                .delay_publish(message, *delay)
+                .await
+                .map_err(|e| e.to_string()),
+            (Outcome::DeadLetter { reason }, message) => self
+                .dead_letter(properties, body, message, reason)
+                .await
+                .map_err(|e| e.to_string()),
+            (_, None) => self
+                .dead_letter(properties, body, None, "no decodable message")
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Holds `message` in RabbitMQ for `delay`: it records its due time as
+    /// its `eta` and takes the ladder's longest rung that does not overshoot
+    /// it; on its return the worker sends it on to the next rung until it is
+    /// due (a delay beyond the top rung travels in several hops).
+    async fn delay_publish(
+        &self,
+        message: &TaskMessage,
+        delay: Duration,
+    ) -> Result<(), broker::PublishError> {
+        let mut held = message.clone();
+        let due = chrono::Duration::from_std(delay)
+            .ok()
+            .and_then(|d| Utc::now().checked_add_signed(d))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        if held.headers.eta.is_none_or(|eta| eta < due) {
+            held.headers.eta = Some(due);
+        }
+        let rung = self.topology.names.rung_for(delay);
+        let queue = self.topology.names.rung(&self.queue, rung);
+        let body = held.body();
+        let publish = || {
+            broker::publish_confirmed(
+                &self.publisher.channel,
+                "",
+                &queue,
+                &body,
+                held.properties(),
+            )
+        };
+        match publish().await {
+            Err(broker::PublishError::Unroutable { .. }) => {
+                // The rung is gone (deleted by an operator): declare it again.
+                tracing::warn!(%queue, "delay queue missing; declaring it again");
+                self.topology
+                    .declare_rung(&self.publisher.channel, &self.queue, rung)
+                    .await?;
+                publish().await
+            }
+            other => other,
+        }
+    }
+
+    /// Records the dead letter for operators (listing, requeue through the
+    /// API), then moves the message to the dead-letter queue with its reason.
+    async fn dead_letter(
+        &self,
+        properties: &BasicProperties,
+        body: &[u8],
+        message: Option<&TaskMessage>,
+        reason: &str,
+    ) -> Result<(), DeadLetterError> {
+        tracing::warn!(task_id = message.map(|m| m.id()), %reason, "dead-lettering");
+        metrics::counter!("dead_letters_total").increment(1);
+        let headers = properties.headers().clone().unwrap_or_default();
+        let message_id = message.and_then(platform::tasks::record_id);
+        let recorded = dead_letters::insert(
+            &self.ctx.pool,
+            dead_letters::NewDeadLetter {
+                task_id: message.map(|m| m.id()),
+                task_name: message.map(|m| m.task()),
+                message_id,
+                reason,
+                content_type: properties.content_type().as_ref().map(|c| c.as_str()),
+                headers: table_to_json(&headers),
+                body,
+            },
+        )
+        .await;
+        match recorded {
+            Ok(_) => {}
+            Err(e) if platform::db::is_transient(&e) => return Err(e.into()),
+            // The queue keeps it even if the table cannot.
+            Err(e) => tracing::warn!(error = %e, "cannot record the dead letter in the database"),
+        }
+        let mut headers = headers;
+        headers.insert(
+            ShortString::from("x-notify-dead-letter-reason"),
+            AMQPValue::LongString(LongString::from(reason.as_bytes().to_vec())),
+        );
+        let properties = properties
+            .clone()
+            .with_headers(headers)
+            .with_delivery_mode(2);
+        broker::publish_confirmed(
+            &self.publisher.channel,
+            "",
+            &self.topology.names.dead_letter(),
+            body,
+            properties,
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+pub(super) async fn nack_requeue(delivery: &Delivery) {
+    let options = BasicNackOptions {
+        requeue: true,
+        ..Default::default()
+    };
+    if let Err(e) = delivery.nack(options).await {
+        tracing::warn!(error = %e, "nack failed; RabbitMQ redelivers on reconnect");
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum DeadLetterError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Publish(#[from] broker::PublishError),
+}

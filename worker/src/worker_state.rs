@@ -1,0 +1,260 @@
+//! What this worker is doing, for remote control and events: the tasks it
+//! is executing, how many of each it has processed, its Lamport clock, and
+//! the Celery events (`task-*`, `worker-*`) it emits while they are enabled.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use lapin::options::BasicPublishOptions;
+use lapin::Channel;
+use platform::celery::pidbox;
+use platform::celery::{ResultBackend, TaskMessage};
+use serde_json::{json, Map, Value};
+
+/// How often `worker-heartbeat` is sent while events are enabled.
+pub(crate) const HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// A task being executed, as `inspect active` lists it.
+#[derive(Debug, Clone)]
+pub(crate) struct ActiveTask {
+    pub(crate) name: String,
+    pub(crate) args: Value,
+    pub(crate) kwargs: Value,
+    pub(crate) time_start: f64,
+    started: Instant,
+    pub(crate) delivery_info: Value,
+}
+
+/// What remote control and events report about this worker.
+pub struct WorkerState {
+    pub node: String,
+    pub pid: u32,
+    pub(crate) started: Instant,
+    pub(crate) clock: AtomicU64,
+    pub(crate) active: Mutex<HashMap<String, ActiveTask>>,
+    pub(crate) processed: Mutex<BTreeMap<String, u64>>,
+    pub(crate) events_enabled: AtomicBool,
+    pub(crate) events: Mutex<Option<Channel>>,
+    /// Set when events become enabled; the heartbeat loop sends
+    /// `worker-online` for it.
+    pub(crate) announce: AtomicBool,
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl WorkerState {
+    pub fn new(node: String, send_events: bool) -> Self {
+        WorkerState {
+            node,
+            pid: std::process::id(),
+            started: Instant::now(),
+            clock: AtomicU64::new(0),
+            active: Mutex::new(HashMap::new()),
+            processed: Mutex::new(BTreeMap::new()),
+            events_enabled: AtomicBool::new(send_events),
+            events: Mutex::new(None),
+            announce: AtomicBool::new(send_events),
+        }
+    }
+
+    /// The Lamport clock, moved forward.
+    pub(crate) fn tick(&self) -> u64 {
+        self.clock.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Moves the clock past a peer's.
+    pub(crate) fn adjust_clock(&self, other: u64) {
+        self.clock.fetch_max(other, Ordering::Relaxed);
+    }
+
+    pub fn events_enabled(&self) -> bool {
+        self.events_enabled.load(Ordering::Relaxed)
+    }
+
+    /// Records that tasks start executing (and emits `task-received` and
+    /// `task-started`).
+    pub async fn tasks_started(&self, messages: &[&TaskMessage], queue: &str) {
+        let now = unix_now();
+        {
+            let mut active = lock(&self.active);
+            for m in messages {
+                active.insert(
+                    m.id().to_string(),
+                    ActiveTask {
+                        name: m.task().to_string(),
+                        args: Value::Array(m.args.clone()),
+                        kwargs: Value::Object(m.kwargs.clone()),
+                        time_start: now,
+                        started: Instant::now(),
+                        delivery_info: json!({
+                            "exchange": queue,
+                            "routing_key": queue,
+                            "priority": m.priority,
+                            "redelivered": false,
+                        }),
+                    },
+                );
+            }
+        }
+        if !self.events_enabled() {
+            return;
+        }
+        for m in messages {
+            let h = &m.headers;
+            self.emit(
+                "task-received",
+                json!({
+                    "uuid": m.id(),
+                    "name": m.task(),
+                    "args": h.argsrepr.clone().unwrap_or_else(|| Value::Array(m.args.clone()).to_string()),
+                    "kwargs": h.kwargsrepr.clone().unwrap_or_else(|| Value::Object(m.kwargs.clone()).to_string()),
+                    "root_id": h.root_id,
+                    "parent_id": h.parent_id,
+                    "retries": h.retries,
+                    "eta": h.eta.map(|t| t.to_rfc3339()),
+                    "expires": h.expires.map(|t| t.to_rfc3339()),
+                }),
+            )
+            .await;
+            self.emit("task-started", json!({"uuid": m.id()})).await;
+        }
+    }
+
+    /// Records that tasks finished; with events enabled, reads each one's
+    /// stored result to emit `task-succeeded`, `task-failed` or
+    /// `task-retried`.
+    pub async fn tasks_finished(&self, messages: &[&TaskMessage], results: &ResultBackend) {
+        let mut runtimes = Vec::with_capacity(messages.len());
+        {
+            let mut active = lock(&self.active);
+            let mut processed = lock(&self.processed);
+            for m in messages {
+                let runtime = active
+                    .remove(m.id())
+                    .map(|t| t.started.elapsed().as_secs_f64())
+                    .unwrap_or(0.0);
+                runtimes.push(runtime);
+                *processed.entry(m.task().to_string()).or_default() += 1;
+            }
+        }
+        if !self.events_enabled() {
+            return;
+        }
+        for (m, runtime) in messages.iter().zip(runtimes) {
+            let stored = match results.fetch(m.id()).await {
+                Ok(Some(v)) => v,
+                _ => continue,
+            };
+            let failure = |stored: &Value| {
+                let r = &stored["result"];
+                let kind = r["exc_type"].as_str().unwrap_or("Exception");
+                let msg = match &r["exc_message"] {
+                    Value::Array(a) => a
+                        .iter()
+                        .map(|v| v.as_str().map(str::to_string).unwrap_or(v.to_string()))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                format!("{kind}({msg:?})")
+            };
+            match stored["status"].as_str() {
+                Some("SUCCESS") => {
+                    self.emit(
+                        "task-succeeded",
+                        json!({"uuid": m.id(), "result": stored["result"].to_string(), "runtime": runtime}),
+                    )
+                    .await
+                }
+                Some("FAILURE") => {
+                    self.emit(
+                        "task-failed",
+                        json!({"uuid": m.id(), "exception": failure(&stored),
+                               "traceback": stored["traceback"].as_str().unwrap_or("")}),
+                    )
+                    .await
+                }
+                Some("RETRY") => {
+                    self.emit(
+                        "task-retried",
+                        json!({"uuid": m.id(), "exception": failure(&stored),
+                               "traceback": stored["traceback"].as_str().unwrap_or("")}),
+                    )
+                    .await
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Publishes one event (when enabled and connected); best effort.
+    pub async fn emit(&self, kind: &str, fields: Value) {
+        if !self.events_enabled() {
+            return;
+        }
+        self.emit_always(kind, fields).await;
+    }
+
+    async fn emit_always(&self, kind: &str, fields: Value) {
+        let Some(channel) = lock(&self.events).clone() else {
+            return;
+        };
+        let mut event = match fields {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        };
+        let utcoffset = -(chrono::Local::now().offset().local_minus_utc() / 3600);
+        event.insert("type".into(), kind.into());
+        event.insert("hostname".into(), self.node.clone().into());
+        event.insert("timestamp".into(), unix_now().into());
+        event.insert("utcoffset".into(), utcoffset.into());
+        event.insert("pid".into(), self.pid.into());
+        event.insert("clock".into(), self.tick().into());
+        let body = Value::Object(event).to_string();
+        let published = channel
+            .basic_publish(
+                pidbox::EVENT_EXCHANGE,
+                &pidbox::event_routing_key(kind),
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                pidbox::event_properties(&self.node),
+            )
+            .await;
+        if let Err(e) = published {
+            tracing::debug!(error = %e, event = kind, "event not published");
+        }
+    }
+
+    pub(crate) fn worker_fields(&self) -> Value {
+        let loadavg: Vec<f64> = std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .map(|s| {
+                s.split_whitespace()
+                    .take(3)
+                    .filter_map(|v| v.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        json!({
+            "freq": HEARTBEAT.as_secs_f64(),
+            "active": lock(&self.active).len(),
+            "processed": lock(&self.processed).values().sum::<u64>(),
+            "sw_ident": "notify-worker",
+            "sw_ver": env!("CARGO_PKG_VERSION"),
+            "sw_sys": std::env::consts::OS,
+            "loadavg": loadavg,
+        })
+    }
+}
