@@ -12,6 +12,13 @@ use uuid::Uuid;
 use crate::context::Context;
 use crate::smtp::Lease;
 
+/// An account that takes one send, with its connection slot when it has a
+/// connection cap.
+pub type Admitted = (EmailAccount, Option<Lease>);
+
+/// When to look again for an account, and why none could take it now.
+pub type Wait = (Duration, &'static str);
+
 /// Reserves quota on the best account whose own throttles (rate per
 /// minute, connection cap) admit one more send now. `Err((wait, why))`
 /// when no account can take the message yet.
@@ -19,7 +26,7 @@ use crate::smtp::Lease;
 pub async fn reserve_admitted(
     ctx: &Context,
     today: chrono::NaiveDate,
-) -> Result<Result<(EmailAccount, Option<Lease>), (Duration, &'static str)>, sqlx::Error> {
+) -> Result<Result<Admitted, Wait>, sqlx::Error> {
     let mut throttled: Vec<Uuid> = Vec::new();
     let mut soonest: Option<Duration> = None;
     loop {
