@@ -22,7 +22,7 @@ use crate::broker::{self, Topology};
 use crate::celery::amqp_properties;
 use crate::config::Settings;
 use crate::db::outbox;
-use crate::tasks::{batch_members_of, send_email_batch_task, BatchMember, BATCH_MEMBERS};
+use crate::tasks::{batch_members_of, send_email_batch_tasks, BatchMember};
 
 const BATCH: i64 = 500;
 /// How often the relay looks for rows written by other processes.
@@ -181,7 +181,8 @@ struct Publication {
 type Destination<'a> = (&'a str, &'a str, Option<i16>);
 
 /// The rows as messages, with the `send_email_batch` tasks bound for the
-/// same queue and priority merged into as few as [`BATCH_MEMBERS`] allows.
+/// same queue and priority merged into as few as
+/// [`crate::tasks::BATCH_MEMBERS`] allows.
 /// At a steady rate the API's group commits are small, so their batches
 /// are too; rows that gathered here between two relay rounds go out as one
 /// message instead of many. Each email keeps its own task id, so how the
@@ -211,8 +212,7 @@ fn merge_batches(rows: &[outbox::OutboxRow]) -> Vec<Publication> {
         });
     }
     for ((exchange, routing_key, priority), members) in merged {
-        for chunk in members.chunks(BATCH_MEMBERS) {
-            let mut task = send_email_batch_task(chunk);
+        for mut task in send_email_batch_tasks(&members) {
             task.priority = priority.and_then(|p| u8::try_from(p).ok());
             publications.push(Publication {
                 exchange: exchange.to_string(),
@@ -228,7 +228,7 @@ fn merge_batches(rows: &[outbox::OutboxRow]) -> Vec<Publication> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tasks::expand_batch;
+    use crate::tasks::{expand_batch, send_email_batch_task};
     use uuid::Uuid;
 
     fn row(id: i64, task: &crate::celery::TaskMessage, priority: Option<i16>) -> outbox::OutboxRow {

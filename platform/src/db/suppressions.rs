@@ -76,6 +76,20 @@ pub async fn first_suppressed(
     .await
 }
 
+/// The suppressed recipient a message reports: the first, alphabetically
+/// and lower-cased, of `recipients` found in `suppressed` (as
+/// [`suppressed_among`] returns it), so every path names the same one.
+pub fn first_of<'a>(
+    recipients: impl IntoIterator<Item = &'a String>,
+    suppressed: &std::collections::HashSet<String>,
+) -> Option<String> {
+    recipients
+        .into_iter()
+        .map(|a| a.to_lowercase())
+        .filter(|a| suppressed.contains(a))
+        .min()
+}
+
 /// Which of `addresses` are suppressed, lower-cased.
 pub async fn suppressed_among(
     executor: impl PgExecutor<'_>,

@@ -47,9 +47,7 @@ pub async fn extras(ctx: &Context, records: &[&MessageRecord]) -> Result<Vec<Ext
     Ok(records
         .iter()
         .map(|r| Extras {
-            suppressed: recipients(r)
-                .into_iter()
-                .find(|a| suppressed.contains(&a.to_lowercase())),
+            suppressed: suppressions::first_of(&recipients(r), &suppressed),
             files: files.remove(&r.id).unwrap_or_default(),
         })
         .collect())
