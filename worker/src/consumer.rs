@@ -24,11 +24,11 @@ use crate::remote_control::{self, ControlContext};
 /// exits (their deliveries are then redelivered to another worker).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
-/// Batches one lane runs at once. Enough that a stalled SMTP server in one
-/// batch does not hold up the others; few enough that batches grow under
+/// Groups of deliveries one lane runs at once. Enough that a stalled SMTP
+/// server in one group does not hold up the others; few enough that groups grow under
 /// load instead of splitting into many small ones, each paying the same
 /// database round trips.
-const BATCHES_IN_FLIGHT: usize = 4;
+const GROUPS_IN_FLIGHT: usize = 4;
 
 pub struct Consumer {
     ctx: Arc<Context>,
@@ -137,7 +137,7 @@ impl Consumer {
         Ok(())
     }
 
-    /// Feeds one queue's deliveries to its lane, in batches of whatever has
+    /// Feeds one queue's deliveries to its lane, in groups of whatever has
     /// already arrived, never more in flight than the concurrency.
     async fn pump(
         &self,
@@ -174,13 +174,13 @@ impl Consumer {
         let concurrency = self.ctx.settings.worker_concurrency;
         let gather = (concurrency / 2).max(1);
         let slots = Arc::new(Semaphore::new(concurrency));
-        let batch_slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+        let group_slots = Arc::new(Semaphore::new(GROUPS_IN_FLIGHT));
         let outcome = loop {
             let next = tokio::select! {
                 next = deliveries.next() => next,
                 _ = stop.cancelled() => break Ok(()),
             };
-            let mut batch = match next {
+            let mut group = match next {
                 Some(Ok(d)) => vec![lane.decode(d)],
                 Some(Err(e)) => break Err(e.into()),
                 None => {
@@ -189,28 +189,28 @@ impl Consumer {
                     )
                 }
             };
-            // At most a few batches at once: while they run, deliveries
-            // gather, so under load each batch's statements serve many
+            // At most a few groups at once: while they run, deliveries
+            // gather, so under load each group's statements serve many
             // emails; alone, a delivery finds a free slot and waits for
             // nothing.
-            let batch_slot = tokio::select! {
-                slot = batch_slots.clone().acquire_owned() => slot,
+            let group_slot = tokio::select! {
+                slot = group_slots.clone().acquire_owned() => slot,
                 _ = stop.cancelled() => break Ok(()),
             };
-            let Ok(batch_slot) = batch_slot else {
+            let Ok(group_slot) = group_slot else {
                 break Ok(());
             };
-            // Whatever else has already arrived joins this batch, up to half
+            // Whatever else has already arrived joins this group, up to half
             // the concurrency in sends (a batch task counts each of its
-            // emails), so that one batch's database round trips overlap
-            // another's SMTP sends instead of every batch waiting in turn.
-            let mut weight = lane.weight(&batch[0]);
+            // emails), so that one group's database round trips overlap
+            // another's SMTP sends instead of every group waiting in turn.
+            let mut weight = lane.weight(&group[0]);
             while weight < gather {
                 match deliveries.next().now_or_never() {
                     Some(Some(Ok(d))) => {
                         let d = lane.decode(d);
                         weight += lane.weight(&d);
-                        batch.push(d);
+                        group.push(d);
                     }
                     _ => break,
                 }
@@ -221,8 +221,8 @@ impl Consumer {
             };
             let lane = lane.clone();
             tokio::spawn(async move {
-                lane.handle_deliveries(batch).await;
-                drop((permits, batch_slot));
+                lane.handle_deliveries(group).await;
+                drop((permits, group_slot));
             });
         };
 

@@ -10,11 +10,11 @@ use platform::db::email_accounts::{self, EmailAccount, Reservation};
 use uuid::Uuid;
 
 use crate::context::Context;
-use crate::smtp::Lease;
+use crate::smtp::ConnectionSlot;
 
 /// An account that takes one send, with its connection slot when it has a
 /// connection cap.
-pub type Admitted = (EmailAccount, Option<Lease>);
+pub type Admitted = (EmailAccount, Option<ConnectionSlot>);
 
 /// When to look again for an account, and why none could take it now.
 pub type Wait = (Duration, &'static str);
@@ -43,17 +43,17 @@ pub async fn reserve_admitted(
             }));
         };
         match admit(ctx, &account).await {
-            Ok(lease) => {
+            Ok(slot) => {
                 let shared = match &ctx.shared_quota {
                     Some(shared) => shared.take(&account.email, 1).await == 1,
                     None => true,
                 };
                 if shared {
-                    return Ok(Ok((account, lease)));
+                    return Ok(Ok((account, slot)));
                 }
                 // The Python platform used the rest of the day's quota.
                 email_accounts::release(&ctx.pool, today, account.id).await?;
-                release_lease(ctx, lease).await;
+                release_slot(ctx, slot).await;
                 throttled.push(account.id);
             }
             Err(wait) => {
@@ -68,7 +68,10 @@ pub async fn reserve_admitted(
 /// Applies the account's throttles; `Err(wait)` when it must wait. When
 /// Redis cannot be asked, a throttled account is held back rather than
 /// risk passing its provider's limits.
-pub async fn admit(ctx: &Context, account: &EmailAccount) -> Result<Option<Lease>, Duration> {
+pub async fn admit(
+    ctx: &Context,
+    account: &EmailAccount,
+) -> Result<Option<ConnectionSlot>, Duration> {
     let unavailable = |e: crate::smtp::ThrottleError| {
         tracing::warn!(account = %account.email, error = %e, "throttle unavailable; holding the account back");
         Duration::from_secs(5)
@@ -84,23 +87,23 @@ pub async fn admit(ctx: &Context, account: &EmailAccount) -> Result<Option<Lease
         }
     }
     if let Some(max) = account.max_connections {
-        let lease_for = ctx.settings.task_time_limit;
+        let slot_for = ctx.settings.task_time_limit;
         return match ctx
             .throttle
-            .lease(account.id, max as u32, lease_for)
+            .take_slot(account.id, max as u32, slot_for)
             .await
             .map_err(unavailable)?
         {
-            Some(lease) => Ok(Some(lease)),
+            Some(slot) => Ok(Some(slot)),
             None => Err(Duration::from_secs(1)),
         };
     }
     Ok(None)
 }
 
-pub async fn release_lease(ctx: &Context, lease: Option<Lease>) {
-    if let Some(lease) = lease {
-        if let Err(e) = ctx.throttle.release(lease).await {
+pub async fn release_slot(ctx: &Context, slot: Option<ConnectionSlot>) {
+    if let Some(slot) = slot {
+        if let Err(e) = ctx.throttle.release(slot).await {
             tracing::warn!(error = %e, "cannot release a connection slot; it expires by itself");
         }
     }

@@ -31,7 +31,7 @@ pub enum Attempt {
     Failed(Failure),
 }
 
-/// What sending needs besides the record, read for a whole batch at once.
+/// What sending needs besides the record, read for a whole group at once.
 pub struct Extras {
     /// A recipient put on the suppression list after the message was accepted.
     pub suppressed: Option<String>,

@@ -11,12 +11,12 @@
 //!    alone decides between failing, retrying and changing account.
 //!
 //! Two drivers run the stages: [`single`] takes one message through every
-//! case; [`batch`] takes many plain sends at once, one statement per stage,
+//! case; [`grouped`] takes many plain sends at once, one statement per stage,
 //! and hands anything else back to [`single`].
 
 pub mod admit;
 pub mod attempt;
-pub mod batch;
+pub mod grouped;
 pub mod policy;
 pub mod prepare;
 pub mod settle;

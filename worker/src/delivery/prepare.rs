@@ -10,9 +10,9 @@ use uuid::Uuid;
 
 use crate::context::Context;
 
-/// The record id of a task the batch driver can take: an API-published
+/// The record id of a task the grouped driver can take: an API-published
 /// send (by `message_id`) that is due.
-pub fn batchable_record_id(message: &TaskMessage) -> Option<Uuid> {
+pub fn groupable_record_id(message: &TaskMessage) -> Option<Uuid> {
     if message.task() != platform::tasks::SEND_EMAIL || message.headers.eta.is_some() {
         return None;
     }

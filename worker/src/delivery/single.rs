@@ -21,7 +21,7 @@ use platform::celery::{TaskMessage, TaskState};
 use platform::db::email_accounts::{self, EmailAccount};
 use platform::db::messages::{self, MessageRecord, MessageStatus};
 
-use super::admit::{release_lease, reserve_admitted};
+use super::admit::{release_slot, reserve_admitted};
 use super::attempt::{attempt, extras, Attempt};
 use super::policy::settle_failure;
 use super::prepare::load_or_record;
@@ -41,8 +41,8 @@ pub async fn run(ctx: &Context, message: &TaskMessage) -> Result<Outcome, sqlx::
     tracing::Span::current().record("message_id", tracing::field::display(record.id));
     // A message left `sending` longer than the hard time limit belongs to a
     // worker that died mid-send; younger ones may still be in flight.
-    let lease = ctx.settings.task_time_limit + Duration::from_secs(5);
-    let stale_before = Utc::now() - chrono::Duration::from_std(lease).unwrap_or_default();
+    let hard_limit = ctx.settings.task_time_limit + Duration::from_secs(5);
+    let stale_before = Utc::now() - chrono::Duration::from_std(hard_limit).unwrap_or_default();
     match record.status() {
         MessageStatus::Queued => {}
         MessageStatus::Sending => {
@@ -68,7 +68,7 @@ pub async fn run(ctx: &Context, message: &TaskMessage) -> Result<Outcome, sqlx::
     }
 
     let today = platform::today(&ctx.settings);
-    let (account, lease) = match reserve_admitted(ctx, today).await? {
+    let (account, slot) = match reserve_admitted(ctx, today).await? {
         Ok(reserved) => reserved,
         Err((wait, why)) => {
             messages::note_waiting(&ctx.pool, record.id, why, wait).await?;
@@ -90,11 +90,11 @@ pub async fn run(ctx: &Context, message: &TaskMessage) -> Result<Outcome, sqlx::
     let Some(record) = claimed else {
         // Another delivery of the same task claimed it first.
         email_accounts::release(&ctx.pool, today, account.id).await?;
-        release_lease(ctx, lease).await;
+        release_slot(ctx, slot).await;
         return Ok(Outcome::Done);
     };
     let outcome = send(ctx, message, &record, &account).await;
-    release_lease(ctx, lease).await;
+    release_slot(ctx, slot).await;
     outcome
 }
 

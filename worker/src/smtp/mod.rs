@@ -5,6 +5,6 @@
 mod throttle;
 mod transport;
 
-pub use throttle::{Lease, Throttle, ThrottleError};
+pub use throttle::{ConnectionSlot, Throttle, ThrottleError};
 
 pub use transport::{SendError, Transport, TransportCache, TransportError};

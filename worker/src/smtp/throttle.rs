@@ -46,7 +46,7 @@ pub struct Throttle {
 }
 
 /// A held connection slot; give it back with [`Throttle::release`].
-pub struct Lease {
+pub struct ConnectionSlot {
     key: String,
     member: String,
 }
@@ -82,13 +82,14 @@ impl Throttle {
         Ok((wait_ms > 0).then(|| Duration::from_millis(wait_ms as u64)))
     }
 
-    /// Takes one of the account's connection slots for at most `lease`.
-    pub async fn lease(
+    /// Takes one of the account's connection slots for at most `hold`
+    /// (it is freed by itself after that, should the worker die).
+    pub async fn take_slot(
         &self,
         account: Uuid,
         max: u32,
-        lease: Duration,
-    ) -> Result<Option<Lease>, ThrottleError> {
+        hold: Duration,
+    ) -> Result<Option<ConnectionSlot>, ThrottleError> {
         let key = format!("{}:connections:{account}", self.prefix);
         let member = Uuid::new_v4().to_string();
         let mut conn = self.redis.get().await?;
@@ -96,18 +97,18 @@ impl Throttle {
             .key(&key)
             .arg(Self::now_ms())
             .arg(max)
-            .arg(lease.as_millis() as i64)
+            .arg(hold.as_millis() as i64)
             .arg(&member)
             .invoke_async(&mut *conn)
             .await?;
-        Ok((granted == 1).then_some(Lease { key, member }))
+        Ok((granted == 1).then_some(ConnectionSlot { key, member }))
     }
 
-    pub async fn release(&self, lease: Lease) -> Result<(), ThrottleError> {
+    pub async fn release(&self, slot: ConnectionSlot) -> Result<(), ThrottleError> {
         let mut conn = self.redis.get().await?;
         redis::cmd("ZREM")
-            .arg(&lease.key)
-            .arg(&lease.member)
+            .arg(&slot.key)
+            .arg(&slot.member)
             .query_async::<()>(&mut *conn)
             .await?;
         Ok(())

@@ -1,6 +1,6 @@
 //! `notifications.send_email`: one email, by record id (API-published) or
 //! by its arguments (Python producers). Plain sends that arrive together
-//! go through the batch driver; everything else, and whatever it hands
+//! go through the grouped driver; everything else, and whatever it hands
 //! back, through the single driver (see `delivery/`).
 
 use futures_util::future::{join_all, BoxFuture};
@@ -9,7 +9,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::context::Context;
-use crate::delivery::{batch, prepare, single};
+use crate::delivery::{grouped, prepare, single};
 use crate::outcome::{Ran, RunError};
 use crate::registry::Task;
 
@@ -31,25 +31,25 @@ impl Task for SendEmail {
 
 async fn run(ctx: &Context, messages: &[&TaskMessage]) -> Vec<Ran> {
     let mut results: Vec<Option<Ran>> = messages.iter().map(|_| None).collect();
-    let mut batchable: Vec<(usize, Uuid)> = Vec::new();
+    let mut groupable: Vec<(usize, Uuid)> = Vec::new();
     let mut one_by_one: Vec<usize> = Vec::new();
     for (i, m) in messages.iter().enumerate() {
-        match prepare::batchable_record_id(m) {
-            Some(id) => batchable.push((i, id)),
+        match prepare::groupable_record_id(m) {
+            Some(id) => groupable.push((i, id)),
             None => one_by_one.push(i),
         }
     }
-    if batchable.len() == 1 {
-        one_by_one.extend(batchable.drain(..).map(|(i, _)| i));
+    if groupable.len() == 1 {
+        one_by_one.extend(groupable.drain(..).map(|(i, _)| i));
     }
-    if !batchable.is_empty() {
-        let members: Vec<(Uuid, &TaskMessage)> = batchable
+    if !groupable.is_empty() {
+        let members: Vec<(Uuid, &TaskMessage)> = groupable
             .iter()
             .map(|(i, id)| (*id, messages[*i]))
             .collect();
-        match batch::run(ctx, &members).await {
+        match grouped::run(ctx, &members).await {
             Ok(outcomes) => {
-                for ((i, _), outcome) in batchable.into_iter().zip(outcomes) {
+                for ((i, _), outcome) in groupable.into_iter().zip(outcomes) {
                     match outcome {
                         Some(outcome) => results[i] = Some(Ok(outcome)),
                         None => one_by_one.push(i),
@@ -57,16 +57,16 @@ async fn run(ctx: &Context, messages: &[&TaskMessage]) -> Vec<Ran> {
                 }
             }
             Err(e) if platform::db::is_transient(&e) => {
-                tracing::warn!(error = %e, "database unavailable; the batch goes back to the queue");
-                for (i, _) in batchable {
+                tracing::warn!(error = %e, "database unavailable; the group goes back to the queue");
+                for (i, _) in groupable {
                     results[i] = Some(Err(RunError::Unavailable(e.to_string())));
                 }
             }
             Err(e) => {
                 // One message's data, not the database: each goes its own
                 // way, so the bad one fails alone.
-                tracing::warn!(error = %e, "the database refused a batch; running its tasks one by one");
-                one_by_one.extend(batchable.into_iter().map(|(i, _)| i));
+                tracing::warn!(error = %e, "the database refused a group; running its tasks one by one");
+                one_by_one.extend(groupable.into_iter().map(|(i, _)| i));
             }
         }
     }

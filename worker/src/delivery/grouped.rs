@@ -1,5 +1,5 @@
-//! The batch driver: many plain sends (API-published, due, `queued`) that
-//! arrived together, each stage done once for the whole batch instead of
+//! The grouped driver: many plain sends (API-published, due, `queued`) that
+//! arrived together, each stage done once for the whole group instead of
 //! once per message: load and claim, reserve quota, record `sent`, store
 //! the results; the SMTP sends run concurrently over the pooled
 //! connections. Anything that is not the plain case (a record not
@@ -24,19 +24,19 @@ use super::settle::{persist, recovered, sent_result, started_result};
 use crate::context::Context;
 use crate::outcome::Outcome;
 
-/// Outcomes by position in `batch`; `None` sends that message down the
+/// Outcomes by position in `group`; `None` sends that message down the
 /// single path.
 pub async fn run(
     ctx: &Context,
-    batch: &[(Uuid, &TaskMessage)],
+    group: &[(Uuid, &TaskMessage)],
 ) -> Result<Vec<Option<Outcome>>, sqlx::Error> {
     let started = std::time::Instant::now();
-    let mut outcomes: Vec<Option<Outcome>> = (0..batch.len()).map(|_| None).collect();
-    // The same task twice in one batch (published twice): the first copy
+    let mut outcomes: Vec<Option<Outcome>> = (0..group.len()).map(|_| None).collect();
+    // The same task twice in one group (published twice): the first copy
     // carries it, the others are acknowledged as duplicates.
     let mut seen = std::collections::HashSet::new();
     let mut unique: Vec<usize> = Vec::new();
-    for (i, (id, _)) in batch.iter().enumerate() {
+    for (i, (id, _)) in group.iter().enumerate() {
         if seen.insert(*id) {
             unique.push(i);
         } else {
@@ -50,7 +50,7 @@ pub async fn run(
     // by another delivery, a cancelled one (the single path settles those).
     let today = platform::today(&ctx.settings);
     let reservations = admit::reserve_many(ctx, today, unique.len() as i32).await?;
-    let mut assigned: Vec<(usize, usize)> = Vec::new(); // (batch index, reservation index)
+    let mut assigned: Vec<(usize, usize)> = Vec::new(); // (group index, reservation index)
     let mut slots = reservations
         .iter()
         .enumerate()
@@ -65,7 +65,7 @@ pub async fn run(
         return Ok(outcomes);
     }
 
-    let claim_ids: Vec<Uuid> = assigned.iter().map(|(i, _)| batch[*i].0).collect();
+    let claim_ids: Vec<Uuid> = assigned.iter().map(|(i, _)| group[*i].0).collect();
     let claim_accounts: Vec<Uuid> = assigned
         .iter()
         .map(|(_, r)| reservations[*r].account.id)
@@ -89,7 +89,7 @@ pub async fn run(
     // Quota reserved for messages the claim did not take goes back.
     let mut unused: HashMap<Uuid, i32> = HashMap::new();
     for (i, r) in &assigned {
-        if !claimed.contains_key(&batch[*i].0) {
+        if !claimed.contains_key(&group[*i].0) {
             *unused.entry(reservations[*r].account.id).or_default() += 1;
         }
     }
@@ -109,7 +109,7 @@ pub async fn run(
         .iter()
         .filter_map(|(i, r)| {
             claimed
-                .get(&batch[*i].0)
+                .get(&group[*i].0)
                 .map(|c| (*i, c, &reservations[*r].account))
         })
         .collect();
@@ -140,7 +140,7 @@ pub async fn run(
         .iter()
         .map(|(i, rec, _)| {
             (
-                batch[*i].1.id().to_string(),
+                group[*i].1.id().to_string(),
                 TaskState::Started,
                 started_result(rec),
             )
@@ -153,7 +153,7 @@ pub async fn run(
     let attempts = join_all(work.iter().zip(extras).map(|((i, rec, account), extras)| {
         let span = tracing::info_span!(
             "send_email",
-            task_id = batch[*i].1.id(),
+            task_id = group[*i].1.id(),
             message_id = %rec.id,
             account = %account.email,
         );
@@ -174,7 +174,7 @@ pub async fn run(
                 reply,
             } => {
                 results.push((
-                    batch[i].1.id().to_string(),
+                    group[i].1.id().to_string(),
                     TaskState::Success,
                     sent_result(record, account, &smtp_message_id, &reply),
                 ));
@@ -190,12 +190,12 @@ pub async fn run(
         .await?;
     metrics::counter!("messages_sent_total").increment(sent_ids.len() as u64);
     tracing::debug!(
-        batch = batch.len(),
+        group = group.len(),
         sent = sent_ids.len(),
         prepare_ms = prepared.as_millis() as u64,
         smtp_ms = (smtp_done - prepared).as_millis() as u64,
         record_ms = (started.elapsed() - smtp_done).as_millis() as u64,
-        "batch sent"
+        "group sent"
     );
     let used: Vec<&EmailAccount> = reservations
         .iter()
@@ -209,7 +209,7 @@ pub async fn run(
 
     for (i, record, account, failed) in failures {
         email_accounts::release(&ctx.pool, today, account.id).await?;
-        outcomes[i] = Some(settle_failure(ctx, batch[i].1, record, account, failed).await?);
+        outcomes[i] = Some(settle_failure(ctx, group[i].1, record, account, failed).await?);
     }
     Ok(outcomes)
 }
