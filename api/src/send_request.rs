@@ -7,6 +7,7 @@ use platform::db::attachments::Attachment;
 use platform::db::messages::NewMessage;
 use platform::db::templates::{self, Template};
 use platform::mail::EmailAddress;
+use platform::tasks::Recipients;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sqlx::PgExecutor;
@@ -25,23 +26,6 @@ pub const MAX_SUBJECT: usize = 998;
 pub const MAX_ATTACHMENTS: usize = 10;
 /// How far ahead `send_at` may be.
 pub const MAX_SCHEDULE_DAYS: i64 = 365;
-
-/// One address, or a list of addresses.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(untagged)]
-pub enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl OneOrMany {
-    fn as_slice(&self) -> &[String] {
-        match self {
-            OneOrMany::One(one) => std::slice::from_ref(one),
-            OneOrMany::Many(many) => many,
-        }
-    }
-}
 
 /// One file attached to a message.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -65,9 +49,9 @@ pub struct AttachmentRequest {
 #[schema(example = json!({"to": "user@example.com", "subject": "Welcome", "content": "<p>Hello</p>"}))]
 pub struct SendEmailRequest {
     /// Recipient address, or a list of them.
-    pub to: OneOrMany,
-    pub cc: Option<OneOrMany>,
-    pub bcc: Option<OneOrMany>,
+    pub to: Recipients,
+    pub cc: Option<Recipients>,
+    pub bcc: Option<Recipients>,
     /// At most 998 characters, no line breaks. Required without a template.
     pub subject: Option<String>,
     /// HTML body. Required without a template.
@@ -117,8 +101,8 @@ pub struct Limits {
     pub attachment_max_size: usize,
 }
 
-fn addresses(field: &str, list: Option<&OneOrMany>) -> Result<Vec<String>, ApiError> {
-    list.map_or(&[][..], OneOrMany::as_slice)
+fn addresses(field: &str, list: Option<&Recipients>) -> Result<Vec<String>, ApiError> {
+    list.map_or(&[][..], Recipients::as_slice)
         .iter()
         .enumerate()
         .map(|(i, raw)| {
