@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::templating::{self, Rendered, Sources};
+use crate::templating::{self, Rendered};
 use crate::validate;
 
 /// Most recipients (to + cc + bcc) in one message.
@@ -85,6 +85,22 @@ pub enum TemplateRef<'a> {
     Name(&'a str),
 }
 
+impl<'a> TemplateRef<'a> {
+    /// The template a body names with `template_id` or `template` (a
+    /// send's own, or a batch's shared one), if any; naming both is a 422.
+    pub fn from_fields(id: Option<Uuid>, name: Option<&'a str>) -> Result<Option<Self>, ApiError> {
+        match (id, name) {
+            (Some(_), Some(_)) => Err(ApiError::validation(
+                "template",
+                "give template_id or template, not both",
+            )),
+            (Some(id), None) => Ok(Some(TemplateRef::Id(id))),
+            (None, Some(name)) => Ok(Some(TemplateRef::Name(name))),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
 /// A request checked and ready to record.
 #[derive(Debug, Clone)]
 pub struct AcceptedEmail {
@@ -112,19 +128,6 @@ fn addresses(field: &str, list: Option<&Recipients>) -> Result<Vec<String>, ApiE
 }
 
 impl SendEmailRequest {
-    /// The template this request names, if any.
-    pub fn template_ref(&self) -> Result<Option<TemplateRef<'_>>, ApiError> {
-        match (&self.template_id, &self.template) {
-            (Some(_), Some(_)) => Err(ApiError::validation(
-                "template",
-                "give template_id or template, not both",
-            )),
-            (Some(id), None) => Ok(Some(TemplateRef::Id(*id))),
-            (None, Some(name)) => Ok(Some(TemplateRef::Name(name))),
-            (None, None) => Ok(None),
-        }
-    }
-
     /// Renders the request's template (or `shared`, when the request has
     /// neither its own template nor content) with its variables.
     pub async fn render(
@@ -132,7 +135,7 @@ impl SendEmailRequest {
         executor: impl PgExecutor<'_>,
         shared: Option<TemplateRef<'_>>,
     ) -> Result<Option<Rendered>, ApiError> {
-        let own = self.template_ref()?;
+        let own = TemplateRef::from_fields(self.template_id, self.template.as_deref())?;
         let chosen = match own {
             Some(r) => Some(r),
             None if self.subject.is_none() && self.content.is_none() => shared,
@@ -159,16 +162,7 @@ impl SendEmailRequest {
         }
         let template = load_template(executor, reference).await?;
         let empty = Map::new();
-        templating::render(
-            &Sources {
-                subject: &template.subject,
-                html: &template.html_body,
-                text: template.text_body.as_deref(),
-            },
-            &template.variables,
-            self.variables.as_ref().unwrap_or(&empty),
-        )
-        .map(Some)
+        templating::render(&template, self.variables.as_ref().unwrap_or(&empty)).map(Some)
     }
 
     pub fn validate(

@@ -262,17 +262,7 @@ pub async fn send_batch(
             format!("at most {MAX_BATCH} messages per batch"),
         ));
     }
-    let shared = match (&batch.template_id, &batch.template) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::validation(
-                "template",
-                "give template_id or template, not both",
-            ))
-        }
-        (Some(id), None) => Some(TemplateRef::Id(*id)),
-        (None, Some(name)) => Some(TemplateRef::Name(name)),
-        (None, None) => None,
-    };
+    let shared = TemplateRef::from_fields(batch.template_id, batch.template.as_deref())?;
     let mut checked = Vec::with_capacity(batch.messages.len());
     for (index, raw) in batch.messages.into_iter().enumerate() {
         let outcome = async {

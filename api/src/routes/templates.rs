@@ -378,14 +378,6 @@ pub async fn render(
     let template = templates::get(&state.pool, id)
         .await?
         .ok_or(ApiError::NotFound("template"))?;
-    let rendered = templating::render(
-        &Sources {
-            subject: &template.subject,
-            html: &template.html_body,
-            text: template.text_body.as_deref(),
-        },
-        &template.variables,
-        &req.variables,
-    )?;
+    let rendered = templating::render(&template, &req.variables)?;
     Ok(Data::new(rendered.into()))
 }
