@@ -17,7 +17,7 @@ use super::Data;
 use crate::audit::{Actor, AdminActor};
 use crate::auth::Admin;
 use crate::error::{on_unique, ApiError, ErrorBody};
-use crate::extract::{JsonBody, PathParam};
+use crate::extract::{self, JsonBody, PathParam};
 use crate::state::AppState;
 use crate::validate;
 
@@ -329,11 +329,7 @@ pub async fn import(
     for (index, raw) in entries.into_iter().enumerate() {
         let outcome = async {
             let req: CreateEmailAccount =
-                serde_json::from_value(raw).map_err(|e| ApiError::Validation {
-                    code: "invalid_body",
-                    field: None,
-                    message: e.to_string(),
-                })?;
+                serde_json::from_value(raw).map_err(extract::invalid_body)?;
             let new = new_account(&state, &req)?;
             insert_audited(&state, &actor, &new).await
         }

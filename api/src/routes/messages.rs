@@ -21,7 +21,7 @@ use crate::audit::{Actor, SendActor};
 use crate::auth::{Principal, Scope};
 use crate::error::ErrorDetail;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{JsonBody, PathParam, QueryParams};
+use crate::extract::{self, JsonBody, PathParam, QueryParams};
 use crate::idempotency::{self as idem, IdempotencyKey};
 use crate::pagination::{self, Page};
 use crate::send_request::{AcceptedEmail, Limits, SendEmailRequest, TemplateRef};
@@ -64,17 +64,11 @@ pub async fn send(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     principal.require(Scope::Send)?;
-    let body = body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::PayloadTooLarge("request body is larger than the configured limit".into())
-        }
-        _ => ApiError::BadRequest {
-            code: "invalid_body",
-            message: rejection.body_text(),
-        },
-    })?;
+    let body = body.map_err(extract::body_rejection)?;
     let idempotency_key = IdempotencyKey::from_headers(&headers)?;
-    let request: SendEmailRequest = parse_json(&headers, &body)?;
+    // Parsed by hand (not by an extractor) so that the fingerprint covers
+    // exactly what was accepted.
+    let request: SendEmailRequest = extract::send_body(&headers, &body)?;
     let rendered = request.render(&state.pool, None).await?;
     let accepted = request.validate(principal.key_id, limits(&state), rendered)?;
 
@@ -267,11 +261,7 @@ pub async fn send_batch(
     for (index, raw) in batch.messages.into_iter().enumerate() {
         let outcome = async {
             let request: SendEmailRequest =
-                serde_json::from_value(raw).map_err(|e| ApiError::Validation {
-                    code: "invalid_body",
-                    field: None,
-                    message: e.to_string(),
-                })?;
+                serde_json::from_value(raw).map_err(extract::invalid_body)?;
             let rendered = request.render(&state.pool, shared).await?;
             request.validate(principal.key_id, limits(&state), rendered)
         }
@@ -320,37 +310,6 @@ pub async fn send_batch(
             results,
         }),
     ))
-}
-
-/// The send body is parsed by hand (not by an extractor) so that the
-/// fingerprint covers exactly what was accepted.
-fn parse_json<T: serde::de::DeserializeOwned>(
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<T, ApiError> {
-    let is_json = headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(';')
-                .next()
-                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
-        });
-    if !is_json {
-        return Err(ApiError::UnsupportedMediaType(
-            "expected Content-Type: application/json".into(),
-        ));
-    }
-    crate::extract::refuse_nul(body)?;
-    let value: Value = serde_json::from_slice(body).map_err(|e| ApiError::BadRequest {
-        code: "invalid_json",
-        message: format!("request body is not valid JSON: {e}"),
-    })?;
-    serde_json::from_value(value).map_err(|e| ApiError::Validation {
-        code: "invalid_body",
-        field: None,
-        message: e.to_string(),
-    })
 }
 
 #[derive(Debug, Serialize, ToSchema)]
