@@ -16,6 +16,7 @@ use uuid::Uuid;
 use super::Data;
 use crate::audit::{Actor, AdminActor};
 use crate::auth::Admin;
+use crate::docs::responses::{AdminAccess, BadJson, BadPath, BadPathOrJson, NotFound};
 use crate::error::{on_unique, ApiError, ErrorBody};
 use crate::extract::{self, JsonBody, PathParam};
 use crate::state::AppState;
@@ -242,15 +243,9 @@ fn summary(a: &EmailAccount) -> Value {
 /// Adds an SMTP account to the pool.
 #[utoipa::path(post, path = "/api/v1/admin/email-accounts", tag = "email-accounts",
     request_body = CreateEmailAccount, security(("bearer" = [])),
-    responses(
-        (status = 201, body = Data<EmailAccountView>),
-        (status = 400, body = ErrorBody, description = "`invalid_json`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
+    responses((status = 201, body = Data<EmailAccountView>), AdminAccess, BadJson,
         (status = 409, body = ErrorBody, description = "`account_exists`"),
-        (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
-        (status = 422, body = ErrorBody, description = "`validation_error` (`field` names it), `invalid_body`, `invalid_text` (NUL in text)"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+        (status = 422, body = ErrorBody, description = "`validation_error` (`field` names it), `invalid_body`, `invalid_text` (NUL in text)")))]
 pub async fn create(
     State(state): State<AppState>,
     AdminActor(actor): AdminActor,
@@ -306,14 +301,8 @@ pub struct ImportReport {
 /// reported by index and the others are imported.
 #[utoipa::path(post, path = "/api/v1/admin/email-accounts/import", tag = "email-accounts",
     request_body = Vec<CreateEmailAccount>, security(("bearer" = [])),
-    responses(
-        (status = 200, body = Data<ImportReport>),
-        (status = 400, body = ErrorBody, description = "`invalid_json`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
-        (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
-        (status = 422, body = ErrorBody, description = "`validation_error` (empty or over 1000 entries), `invalid_body`, `invalid_text` (NUL in text) (not an array)"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+    responses((status = 200, body = Data<ImportReport>), AdminAccess, BadJson,
+        (status = 422, body = ErrorBody, description = "`validation_error` (empty or over 1000 entries), `invalid_body`, `invalid_text` (NUL in text) (not an array)")))]
 pub async fn import(
     State(state): State<AppState>,
     AdminActor(actor): AdminActor,
@@ -369,12 +358,7 @@ pub struct ConnectionTest {
 /// would, and reports the outcome. Sends nothing.
 #[utoipa::path(post, path = "/api/v1/admin/email-accounts/{id}/test", tag = "email-accounts",
     security(("bearer" = [])), params(("id" = Uuid, Path)),
-    responses((status = 200, body = Data<ConnectionTest>),
-        (status = 400, body = ErrorBody, description = "`invalid_path`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
-        (status = 404, body = ErrorBody, description = "`not_found`"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+    responses((status = 200, body = Data<ConnectionTest>), AdminAccess, BadPath, NotFound))]
 pub async fn test(
     State(state): State<AppState>,
     AdminActor(actor): AdminActor,
@@ -432,10 +416,7 @@ pub async fn test(
 
 /// Lists the pool, highest priority first.
 #[utoipa::path(get, path = "/api/v1/admin/email-accounts", tag = "email-accounts", security(("bearer" = [])),
-    responses((status = 200, body = Data<Vec<EmailAccountView>>),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+    responses((status = 200, body = Data<Vec<EmailAccountView>>), AdminAccess))]
 pub async fn list(
     State(state): State<AppState>,
     Admin(_principal): Admin,
@@ -446,12 +427,7 @@ pub async fn list(
 
 #[utoipa::path(get, path = "/api/v1/admin/email-accounts/{id}", tag = "email-accounts", security(("bearer" = [])),
     params(("id" = Uuid, Path)),
-    responses((status = 200, body = Data<EmailAccountView>),
-        (status = 400, body = ErrorBody, description = "`invalid_path`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
-        (status = 404, body = ErrorBody, description = "`not_found`"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+    responses((status = 200, body = Data<EmailAccountView>), AdminAccess, BadPath, NotFound))]
 pub async fn get(
     State(state): State<AppState>,
     Admin(_principal): Admin,
@@ -467,15 +443,9 @@ pub async fn get(
 /// rotation for every message claimed after the change.
 #[utoipa::path(patch, path = "/api/v1/admin/email-accounts/{id}", tag = "email-accounts", security(("bearer" = [])),
     params(("id" = Uuid, Path)), request_body = UpdateEmailAccount,
-    responses((status = 200, body = Data<EmailAccountView>),
-        (status = 400, body = ErrorBody, description = "`invalid_json`, `invalid_path`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
-        (status = 404, body = ErrorBody, description = "`not_found`"),
+    responses((status = 200, body = Data<EmailAccountView>), AdminAccess, BadPathOrJson, NotFound,
         (status = 409, body = ErrorBody, description = "`account_exists`"),
-        (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
-        (status = 422, body = ErrorBody, description = "`validation_error`, `invalid_body`, `invalid_text` (NUL in text)"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+        (status = 422, body = ErrorBody, description = "`validation_error`, `invalid_body`, `invalid_text` (NUL in text)")))]
 pub async fn update(
     State(state): State<AppState>,
     AdminActor(actor): AdminActor,
@@ -563,12 +533,7 @@ pub async fn update(
 
 #[utoipa::path(delete, path = "/api/v1/admin/email-accounts/{id}", tag = "email-accounts", security(("bearer" = [])),
     params(("id" = Uuid, Path)),
-    responses((status = 204, description = "Deleted"),
-        (status = 400, body = ErrorBody, description = "`invalid_path`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
-        (status = 404, body = ErrorBody, description = "`not_found`"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+    responses((status = 204, description = "Deleted"), AdminAccess, BadPath, NotFound))]
 pub async fn delete(
     State(state): State<AppState>,
     AdminActor(actor): AdminActor,

@@ -19,6 +19,7 @@ use uuid::Uuid;
 use super::Data;
 use crate::audit::{Actor, SendActor};
 use crate::auth::{Principal, Scope};
+use crate::docs::responses::{BadJson, BadPath, BadQuery, NotFound, ReadAccess, SendAccess};
 use crate::error::ErrorDetail;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{self, JsonBody, PathParam, QueryParams};
@@ -47,16 +48,12 @@ pub struct SendAccepted {
     request_body = SendEmailRequest, security(("bearer" = [])),
     params(("Idempotency-Key" = Option<String>, Header,
         description = "Retries with the same key and body replay the first response")),
-    responses(
-        (status = 202, body = Data<SendAccepted>),
+    responses((status = 202, body = Data<SendAccepted>), SendAccess,
         (status = 400, body = ErrorBody, description = "`invalid_json`, `invalid_body` or `invalid_idempotency_key`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: key lacks `send`"),
         (status = 409, body = ErrorBody, description = "`idempotency_key_in_flight`"),
         (status = 413, body = ErrorBody, description = "`payload_too_large`, `attachment_too_large` (ATTACHMENT_MAX_SIZE), `email_too_large` (EMAIL_MAX_SIZE)"),
         (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
-        (status = 422, body = ErrorBody, description = "`validation_error` (with `field`), `invalid_body`, `invalid_text` (NUL in text), `unstorable_message`, `idempotency_key_reused`, `unknown_template`, `missing_variable`, `unknown_variable`, `template_render_error`, `invalid_attachment`, `invalid_send_at`"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`, with Retry-After")))]
+        (status = 422, body = ErrorBody, description = "`validation_error` (with `field`), `invalid_body`, `invalid_text` (NUL in text), `unstorable_message`, `idempotency_key_reused`, `unknown_template`, `missing_variable`, `unknown_variable`, `template_render_error`, `invalid_attachment`, `invalid_send_at`")))]
 pub async fn send(
     State(state): State<AppState>,
     principal: Principal,
@@ -229,15 +226,8 @@ pub struct BatchAccepted {
 /// is refused: read `rejected`. Idempotency-Key is not supported here.
 #[utoipa::path(post, path = "/api/v1/messages/email/batch", tag = "messages",
     request_body = BatchRequest, security(("bearer" = [])),
-    responses(
-        (status = 202, body = Data<BatchAccepted>),
-        (status = 400, body = ErrorBody, description = "`invalid_json`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: key lacks `send`"),
-        (status = 413, body = ErrorBody, description = "`payload_too_large`"),
-        (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
-        (status = 422, body = ErrorBody, description = "`batch_too_large` (over 500), `validation_error` (empty batch), `invalid_body`, `invalid_text` (NUL in text)"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+    responses((status = 202, body = Data<BatchAccepted>), SendAccess, BadJson,
+        (status = 422, body = ErrorBody, description = "`batch_too_large` (over 500), `validation_error` (empty batch), `invalid_body`, `invalid_text` (NUL in text)")))]
 pub async fn send_batch(
     State(state): State<AppState>,
     SendActor(Actor { principal, .. }): SendActor,
@@ -375,12 +365,7 @@ impl From<messages::MessageRecord> for MessageView {
 /// messages they sent.
 #[utoipa::path(get, path = "/api/v1/messages/{id}", tag = "messages", security(("bearer" = [])),
     params(("id" = Uuid, Path)),
-    responses((status = 200, body = Data<MessageView>),
-        (status = 400, body = ErrorBody, description = "`invalid_path`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`"),
-        (status = 404, body = ErrorBody, description = "`not_found`"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+    responses((status = 200, body = Data<MessageView>), ReadAccess, BadPath, NotFound))]
 pub async fn get(
     State(state): State<AppState>,
     principal: Principal,
@@ -402,13 +387,8 @@ pub async fn get(
 /// both conditional updates, so exactly one of them wins.
 #[utoipa::path(post, path = "/api/v1/messages/{id}/cancel", tag = "messages", security(("bearer" = [])),
     params(("id" = Uuid, Path)),
-    responses((status = 200, body = Data<MessageView>),
-        (status = 400, body = ErrorBody, description = "`invalid_path`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: key lacks `send`"),
-        (status = 404, body = ErrorBody, description = "`not_found`"),
-        (status = 409, body = ErrorBody, description = "`not_cancellable`: already sending or final"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+    responses((status = 200, body = Data<MessageView>), SendAccess, BadPath, NotFound,
+        (status = 409, body = ErrorBody, description = "`not_cancellable`: already sending or final")))]
 pub async fn cancel(
     State(state): State<AppState>,
     principal: Principal,
@@ -469,12 +449,8 @@ fn status_filter(raw: Option<&str>) -> Result<Option<MessageStatus>, ApiError> {
 /// pagination. Keys without the admin scope see only their own messages.
 #[utoipa::path(get, path = "/api/v1/messages", tag = "messages", security(("bearer" = [])),
     params(ListMessagesQuery),
-    responses((status = 200, body = Data<Page<MessageView>>),
-        (status = 400, body = ErrorBody, description = "`invalid_query`: an unknown parameter or a malformed value"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: key lacks `read`"),
-        (status = 422, body = ErrorBody, description = "`validation_error` (status), `invalid_limit`, `invalid_cursor`"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+    responses((status = 200, body = Data<Page<MessageView>>), ReadAccess, BadQuery,
+        (status = 422, body = ErrorBody, description = "`validation_error` (status), `invalid_limit`, `invalid_cursor`")))]
 pub async fn list(
     State(state): State<AppState>,
     principal: Principal,
@@ -552,12 +528,8 @@ pub struct MessageStats {
 /// messages created in the window. Keys without admin count their own.
 #[utoipa::path(get, path = "/api/v1/messages/stats", tag = "messages", security(("bearer" = [])),
     params(StatsQuery),
-    responses((status = 200, body = Data<MessageStats>),
-        (status = 400, body = ErrorBody, description = "`invalid_query`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: key lacks `read`"),
-        (status = 422, body = ErrorBody, description = "`validation_error`: window reversed or over 366 days"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+    responses((status = 200, body = Data<MessageStats>), ReadAccess, BadQuery,
+        (status = 422, body = ErrorBody, description = "`validation_error`: window reversed or over 366 days")))]
 pub async fn stats(
     State(state): State<AppState>,
     principal: Principal,

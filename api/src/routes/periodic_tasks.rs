@@ -16,6 +16,7 @@ use uuid::Uuid;
 use super::Data;
 use crate::audit::AdminActor;
 use crate::auth::Admin;
+use crate::docs::responses::{AdminAccess, BadJson, BadPath, BadPathOrJson, NotFound};
 use crate::error::{on_unique, ApiError, ErrorBody};
 use crate::extract::{JsonBody, PathParam};
 use crate::state::AppState;
@@ -180,14 +181,9 @@ fn summary(t: &PeriodicTask) -> Value {
 /// Creates a periodic task; `next_run_at` is computed.
 #[utoipa::path(post, path = "/api/v1/admin/periodic-tasks", tag = "periodic-tasks",
     request_body = PeriodicTaskRequest, security(("bearer" = [])),
-    responses((status = 201, body = Data<PeriodicTaskView>),
-        (status = 400, body = ErrorBody, description = "`invalid_json`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
+    responses((status = 201, body = Data<PeriodicTaskView>), AdminAccess, BadJson,
         (status = 409, body = ErrorBody, description = "`periodic_task_exists`"),
-        (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
-        (status = 422, body = ErrorBody, description = "`invalid_cron` (field `cron`), `invalid_time_zone` (field `time_zone`), `unknown_queue`, `validation_error` (with `field`), `invalid_body`, `invalid_text` (NUL in text)"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+        (status = 422, body = ErrorBody, description = "`invalid_cron` (field `cron`), `invalid_time_zone` (field `time_zone`), `unknown_queue`, `validation_error` (with `field`), `invalid_body`, `invalid_text` (NUL in text)")))]
 pub async fn create(
     State(state): State<AppState>,
     AdminActor(actor): AdminActor,
@@ -214,10 +210,7 @@ pub async fn create(
 /// Lists periodic tasks by name.
 #[utoipa::path(get, path = "/api/v1/admin/periodic-tasks", tag = "periodic-tasks",
     security(("bearer" = [])),
-    responses((status = 200, body = Data<Vec<PeriodicTaskView>>),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+    responses((status = 200, body = Data<Vec<PeriodicTaskView>>), AdminAccess))]
 pub async fn list(
     State(state): State<AppState>,
     Admin(_admin): Admin,
@@ -229,12 +222,7 @@ pub async fn list(
 /// One periodic task.
 #[utoipa::path(get, path = "/api/v1/admin/periodic-tasks/{id}", tag = "periodic-tasks",
     security(("bearer" = [])), params(("id" = Uuid, Path)),
-    responses((status = 200, body = Data<PeriodicTaskView>),
-        (status = 400, body = ErrorBody, description = "`invalid_path`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
-        (status = 404, body = ErrorBody, description = "`not_found`"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+    responses((status = 200, body = Data<PeriodicTaskView>), AdminAccess, BadPath, NotFound))]
 pub async fn get(
     State(state): State<AppState>,
     Admin(_admin): Admin,
@@ -249,15 +237,9 @@ pub async fn get(
 /// Replaces a periodic task; `next_run_at` is computed afresh.
 #[utoipa::path(put, path = "/api/v1/admin/periodic-tasks/{id}", tag = "periodic-tasks",
     request_body = PeriodicTaskRequest, security(("bearer" = [])), params(("id" = Uuid, Path)),
-    responses((status = 200, body = Data<PeriodicTaskView>),
-        (status = 400, body = ErrorBody, description = "`invalid_json`, `invalid_path`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
-        (status = 404, body = ErrorBody, description = "`not_found`"),
+    responses((status = 200, body = Data<PeriodicTaskView>), AdminAccess, BadPathOrJson, NotFound,
         (status = 409, body = ErrorBody, description = "`periodic_task_exists`"),
-        (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
-        (status = 422, body = ErrorBody, description = "`invalid_cron` (field `cron`), `invalid_time_zone` (field `time_zone`), `unknown_queue`, `validation_error` (with `field`), `invalid_body`, `invalid_text` (NUL in text)"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+        (status = 422, body = ErrorBody, description = "`invalid_cron` (field `cron`), `invalid_time_zone` (field `time_zone`), `unknown_queue`, `validation_error` (with `field`), `invalid_body`, `invalid_text` (NUL in text)")))]
 pub async fn replace(
     State(state): State<AppState>,
     AdminActor(actor): AdminActor,
@@ -286,12 +268,7 @@ pub async fn replace(
 /// Deletes a periodic task.
 #[utoipa::path(delete, path = "/api/v1/admin/periodic-tasks/{id}", tag = "periodic-tasks",
     security(("bearer" = [])), params(("id" = Uuid, Path)),
-    responses((status = 204, description = "Deleted"),
-        (status = 400, body = ErrorBody, description = "`invalid_path`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
-        (status = 404, body = ErrorBody, description = "`not_found`"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+    responses((status = 204, description = "Deleted"), AdminAccess, BadPath, NotFound))]
 pub async fn delete(
     State(state): State<AppState>,
     AdminActor(actor): AdminActor,
