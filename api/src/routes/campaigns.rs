@@ -10,7 +10,7 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use platform::db::campaigns::{self, Campaign, CampaignContent, Run};
 use platform::db::{lists, templates};
-use platform::schedule::{self, CronSchedule, ScheduleError};
+use platform::schedule::CronSchedule;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use utoipa::ToSchema;
@@ -23,6 +23,7 @@ use crate::docs::responses::{AdminAccess, BadJson, BadPath, BadPathOrJson, NotFo
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{JsonBody, PathParam};
 use crate::state::AppState;
+use crate::validate;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -151,22 +152,9 @@ fn run_view(run: Run, counts: &HashMap<(Uuid, String), i64>) -> RunView {
 
 /// Validates a request into the stored form, with `next_run_at` computed.
 async fn content(state: &AppState, req: CampaignRequest) -> Result<CampaignContent, ApiError> {
-    let name = req.name.trim().to_string();
-    if name.is_empty() || name.chars().count() > 200 {
-        return Err(ApiError::validation(
-            "name",
-            "name must be 1 to 200 characters",
-        ));
-    }
-    let schedule = CronSchedule::parse(&req.cron, &req.time_zone).map_err(|e| match e {
-        ScheduleError::Cron(..) => ApiError::invalid("invalid_cron", "cron", e.to_string()),
-        ScheduleError::TimeZone(_) => {
-            ApiError::invalid("invalid_time_zone", "time_zone", e.to_string())
-        }
-    })?;
-    // Both are checked, so a bad time zone is named even with a bad cron.
-    schedule::parse_time_zone(&req.time_zone)
-        .map_err(|e| ApiError::invalid("invalid_time_zone", "time_zone", e.to_string()))?;
+    let name = validate::name(&req.name)?;
+    let schedule =
+        CronSchedule::parse(&req.cron, &req.time_zone).map_err(validate::schedule_error)?;
     if !["skip", "run_once"].contains(&req.missed_run_policy.as_str()) {
         return Err(ApiError::validation(
             "missed_run_policy",

@@ -25,6 +25,7 @@ use crate::docs::responses::{
 use crate::error::{on_unique, ApiError, ErrorBody, ErrorDetail};
 use crate::extract::{JsonBody, PathParam, QueryParams};
 use crate::state::AppState;
+use crate::validate;
 
 /// Most members in one import request.
 pub const MAX_IMPORT: usize = 100_000;
@@ -135,15 +136,9 @@ pub async fn create(
     AdminActor(actor): AdminActor,
     JsonBody(req): JsonBody<ListRequest>,
 ) -> Result<(StatusCode, Json<Data<ListView>>), ApiError> {
-    let name = req.name.trim();
-    if name.is_empty() || name.chars().count() > 200 {
-        return Err(ApiError::validation(
-            "name",
-            "name must be 1 to 200 characters",
-        ));
-    }
+    let name = validate::name(&req.name)?;
     let mut tx = state.pool.begin().await?;
-    let list = lists::insert(&mut *tx, name, req.description.as_deref())
+    let list = lists::insert(&mut *tx, &name, req.description.as_deref())
         .await
         .map_err(on_unique("mailing_lists_name_key", duplicate))?;
     actor

@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use platform::db::periodic_tasks::{self, PeriodicTask, PeriodicTaskContent};
-use platform::schedule::{self, CronSchedule, ScheduleError};
+use platform::schedule::{self, CronSchedule};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use utoipa::ToSchema;
@@ -20,6 +20,7 @@ use crate::docs::responses::{AdminAccess, BadJson, BadPath, BadPathOrJson, NotFo
 use crate::error::{on_unique, ApiError, ErrorBody};
 use crate::extract::{JsonBody, PathParam};
 use crate::state::AppState;
+use crate::validate;
 
 /// Longest interval: a year.
 const MAX_INTERVAL: i32 = 366 * 86_400;
@@ -103,13 +104,7 @@ fn duplicate() -> ApiError {
 }
 
 fn content(state: &AppState, req: PeriodicTaskRequest) -> Result<PeriodicTaskContent, ApiError> {
-    let name = req.name.trim().to_string();
-    if name.is_empty() || name.chars().count() > 200 {
-        return Err(ApiError::validation(
-            "name",
-            "name must be 1 to 200 characters",
-        ));
-    }
+    let name = validate::name(&req.name)?;
     let task = req.task.trim().to_string();
     if task.is_empty() || task.len() > 255 || task.chars().any(char::is_control) {
         return Err(ApiError::validation(
@@ -131,17 +126,11 @@ fn content(state: &AppState, req: PeriodicTaskRequest) -> Result<PeriodicTaskCon
         ));
     }
     let time_zone = req.time_zone.unwrap_or_else(|| "UTC".into());
-    schedule::parse_time_zone(&time_zone)
-        .map_err(|e| ApiError::invalid("invalid_time_zone", "time_zone", e.to_string()))?;
+    schedule::parse_time_zone(&time_zone).map_err(validate::schedule_error)?;
     let now = Utc::now();
     let next = match (&req.cron, req.interval_seconds) {
         (Some(cron), None) => CronSchedule::parse(cron, &time_zone)
-            .map_err(|e| match e {
-                ScheduleError::Cron(..) => ApiError::invalid("invalid_cron", "cron", e.to_string()),
-                ScheduleError::TimeZone(_) => {
-                    ApiError::invalid("invalid_time_zone", "time_zone", e.to_string())
-                }
-            })?
+            .map_err(validate::schedule_error)?
             .next_after(now),
         (None, Some(seconds)) if (1..=MAX_INTERVAL).contains(&seconds) => {
             Some(now + chrono::Duration::seconds(i64::from(seconds)))
