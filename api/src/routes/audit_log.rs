@@ -78,15 +78,7 @@ pub async fn list(
     let before_id = query
         .cursor
         .as_deref()
-        .map(|c| {
-            pagination::decode(c)?.parse::<i64>().map_err(|_| {
-                ApiError::invalid(
-                    "invalid_cursor",
-                    "cursor",
-                    "cursor is not one this API returned",
-                )
-            })
-        })
+        .map(pagination::decode_id)
         .transpose()?;
     let filter = AuditFilter {
         actor_key_id: query.actor,
@@ -96,15 +88,8 @@ pub async fn list(
         until: query.created_before,
         before_id,
     };
-    let mut rows = audit_log::list(&state.pool, &filter, limit + 1).await?;
-    let next_cursor = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(|e| pagination::encode(&e.id.to_string()))
-    } else {
-        None
-    };
-    Ok(Data::new(Page {
-        items: rows.into_iter().map(Into::into).collect(),
-        next_cursor,
-    }))
+    let rows = audit_log::list(&state.pool, &filter, limit + 1).await?;
+    Ok(Data::new(Page::from_rows(rows, limit, |e| {
+        pagination::encode_id(e.id)
+    })))
 }

@@ -148,6 +148,13 @@ impl From<EmailAccount> for EmailAccountView {
     }
 }
 
+/// The account `id`, with today's count.
+async fn find(state: &AppState, id: Uuid) -> Result<EmailAccount, ApiError> {
+    email_accounts::get(&state.pool, platform::today(&state.settings), id)
+        .await?
+        .ok_or(ApiError::NotFound("email account"))
+}
+
 fn duplicate() -> ApiError {
     ApiError::Conflict {
         code: "account_exists",
@@ -364,9 +371,7 @@ pub async fn test(
     AdminActor(actor): AdminActor,
     PathParam(id): PathParam<Uuid>,
 ) -> Result<Json<Data<ConnectionTest>>, ApiError> {
-    let account = email_accounts::get(&state.pool, platform::today(&state.settings), id)
-        .await?
-        .ok_or(ApiError::NotFound("email account"))?;
+    let account = find(&state, id).await?;
     let timeout = state.settings.email_timeout;
     let result = match platform::mail::build_transport(&account, &state.settings.keyring, timeout) {
         Err(e) => ConnectionTest {
@@ -433,10 +438,7 @@ pub async fn get(
     Admin(_principal): Admin,
     PathParam(id): PathParam<Uuid>,
 ) -> Result<Json<Data<EmailAccountView>>, ApiError> {
-    let account = email_accounts::get(&state.pool, platform::today(&state.settings), id)
-        .await?
-        .ok_or(ApiError::NotFound("email account"))?;
-    Ok(Data::new(account.into()))
+    Ok(Data::new(find(&state, id).await?.into()))
 }
 
 /// Changes an account; disabling it (`is_active: false`) takes it out of

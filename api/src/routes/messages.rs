@@ -371,14 +371,21 @@ pub async fn get(
     principal: Principal,
     PathParam(id): PathParam<Uuid>,
 ) -> Result<Json<Data<MessageView>>, ApiError> {
-    if !principal.has(Scope::Admin) {
-        principal.require(Scope::Read)?;
-    }
-    let message = messages::get(&state.pool, id)
-        .await?
-        .filter(|m| principal.has(Scope::Admin) || m.api_key_id == Some(principal.key_id))
-        .ok_or(ApiError::NotFound("message"))?;
+    principal.require_or(Scope::Read, &[Scope::Admin])?;
+    let message = find(&state, id, principal.owner_filter()).await?;
     Ok(Data::new(message.into()))
+}
+
+/// The message `id`, if `owner` (see [`Principal::owner_filter`]) may see it.
+async fn find(
+    state: &AppState,
+    id: Uuid,
+    owner: Option<Uuid>,
+) -> Result<messages::MessageRecord, ApiError> {
+    messages::get(&state.pool, id)
+        .await?
+        .filter(|m| owner.is_none() || m.api_key_id == owner)
+        .ok_or(ApiError::NotFound("message"))
 }
 
 /// Cancels a message that is still `scheduled` or `queued`. A message a
@@ -395,15 +402,12 @@ pub async fn cancel(
     PathParam(id): PathParam<Uuid>,
 ) -> Result<Json<Data<MessageView>>, ApiError> {
     principal.require(Scope::Send)?;
-    let owner = (!principal.has(Scope::Admin)).then_some(principal.key_id);
+    let owner = principal.owner_filter();
     if let Some(cancelled) = messages::cancel(&state.pool, id, owner).await? {
         tracing::info!(message_id = %id, actor = %principal.key_id, "message cancelled");
         return Ok(Data::new(cancelled.into()));
     }
-    let current = messages::get(&state.pool, id)
-        .await?
-        .filter(|m| owner.is_none() || m.api_key_id == owner)
-        .ok_or(ApiError::NotFound("message"))?;
+    let current = find(&state, id, owner).await?;
     Err(ApiError::conflict(
         "not_cancellable",
         format!(
@@ -456,12 +460,10 @@ pub async fn list(
     principal: Principal,
     QueryParams(query): QueryParams<ListMessagesQuery>,
 ) -> Result<Json<Data<Page<MessageView>>>, ApiError> {
-    if !principal.has(Scope::Admin) {
-        principal.require(Scope::Read)?;
-    }
+    principal.require_or(Scope::Read, &[Scope::Admin])?;
     let limit = pagination::limit(query.limit)?;
     let filter = MessageFilter {
-        api_key_id: (!principal.has(Scope::Admin)).then_some(principal.key_id),
+        api_key_id: principal.owner_filter(),
         status: status_filter(query.status.as_deref())?,
         recipient: query.recipient.map(|r| r.trim().to_string()),
         created_from: query.created_after,
@@ -473,18 +475,10 @@ pub async fn list(
             .map(pagination::decode_time_id)
             .transpose()?,
     };
-    let mut rows = messages::list(&state.pool, &filter, limit + 1).await?;
-    let next_cursor = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last()
-            .map(|m| pagination::encode_time_id(m.created_at, m.id))
-    } else {
-        None
-    };
-    Ok(Data::new(Page {
-        items: rows.into_iter().map(Into::into).collect(),
-        next_cursor,
-    }))
+    let rows = messages::list(&state.pool, &filter, limit + 1).await?;
+    Ok(Data::new(Page::from_rows(rows, limit, |m| {
+        pagination::encode_time_id(m.created_at, m.id)
+    })))
 }
 
 /// Window of `GET /api/v1/messages/stats`.
@@ -535,9 +529,7 @@ pub async fn stats(
     principal: Principal,
     QueryParams(query): QueryParams<StatsQuery>,
 ) -> Result<Json<Data<MessageStats>>, ApiError> {
-    if !principal.has(Scope::Admin) {
-        principal.require(Scope::Read)?;
-    }
+    principal.require_or(Scope::Read, &[Scope::Admin])?;
     let until = query.created_before.unwrap_or_else(Utc::now);
     let from = query
         .created_after
@@ -548,7 +540,7 @@ pub async fn stats(
             "the window must be non-empty and at most 366 days",
         ));
     }
-    let owner = (!principal.has(Scope::Admin)).then_some(principal.key_id);
+    let owner = principal.owner_filter();
     let (daily, accounts) =
         messages::stats(&state.pool, owner, from, until, state.settings.tz.name()).await?;
     Ok(Data::new(MessageStats {

@@ -70,26 +70,17 @@ pub async fn list(
     principal: Principal,
     QueryParams(query): QueryParams<ListSuppressionsQuery>,
 ) -> Result<Json<Data<Page<SuppressionView>>>, ApiError> {
-    if !principal.has(Scope::Admin) {
-        principal.require(Scope::Read)?;
-    }
+    principal.require_or(Scope::Read, &[Scope::Admin])?;
     let limit = pagination::limit(query.limit)?;
     let after = query
         .cursor
         .as_deref()
         .map(pagination::decode)
         .transpose()?;
-    let mut rows = suppressions::list(&state.pool, after.as_deref(), limit + 1).await?;
-    let next_cursor = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(|s| pagination::encode(&s.address))
-    } else {
-        None
-    };
-    Ok(Data::new(Page {
-        items: rows.into_iter().map(Into::into).collect(),
-        next_cursor,
-    }))
+    let rows = suppressions::list(&state.pool, after.as_deref(), limit + 1).await?;
+    Ok(Data::new(Page::from_rows(rows, limit, |s| {
+        pagination::encode(&s.address)
+    })))
 }
 
 /// Adds an address to the suppression list.

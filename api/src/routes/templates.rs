@@ -192,12 +192,9 @@ fn content(req: TemplateRequest) -> Result<TemplateContent, ApiError> {
     })
 }
 
+/// Reading templates takes `read`, or `send` (sends name them), or `admin`.
 fn require_read(principal: &Principal) -> Result<(), ApiError> {
-    if principal.has(Scope::Read) || principal.has(Scope::Send) || principal.has(Scope::Admin) {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden("read"))
-    }
+    principal.require_or(Scope::Read, &[Scope::Send, Scope::Admin])
 }
 
 fn summary(t: &Template) -> Value {
@@ -250,17 +247,10 @@ pub async fn list(
         .as_deref()
         .map(pagination::decode)
         .transpose()?;
-    let mut rows = templates::list(&state.pool, after.as_deref(), limit + 1).await?;
-    let next_cursor = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(|t| pagination::encode(&t.name))
-    } else {
-        None
-    };
-    Ok(Data::new(Page {
-        items: rows.into_iter().map(Into::into).collect(),
-        next_cursor,
-    }))
+    let rows = templates::list(&state.pool, after.as_deref(), limit + 1).await?;
+    Ok(Data::new(Page::from_rows(rows, limit, |t| {
+        pagination::encode(&t.name)
+    })))
 }
 
 #[utoipa::path(get, path = "/api/v1/templates/{id}", tag = "templates", security(("bearer" = [])),
