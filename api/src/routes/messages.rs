@@ -24,6 +24,7 @@ use crate::error::ErrorDetail;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{self, JsonBody, PathParam, QueryParams};
 use crate::idempotency::{self as idem, IdempotencyKey};
+use crate::ingest;
 use crate::pagination::{self, Page};
 use crate::send_request::{AcceptedEmail, Limits, SendEmailRequest, TemplateRef};
 use crate::state::AppState;
@@ -149,7 +150,7 @@ async fn record(
     accepted: &AcceptedEmail,
 ) -> Result<SendAccepted, ApiError> {
     let new = &accepted.new;
-    let recipients = [&new.to[..], &new.cc, &new.bcc].concat();
+    let recipients: Vec<String> = ingest::recipients(new).cloned().collect();
     let suppressed = suppressions::first_suppressed(&mut *tx, &recipients).await?;
     let acceptance = Acceptance {
         status: match (&suppressed, accepted.send_at) {
@@ -159,7 +160,7 @@ async fn record(
         },
         send_at: accepted.send_at,
         campaign_id: accepted.campaign_id,
-        error: suppressed.map(|a| format!("recipient {a} is on the suppression list")),
+        error: suppressed.as_deref().map(ingest::suppressed_error),
     };
     messages::insert_accepted(&mut *tx, new, &acceptance).await?;
     attachments::insert_all(&mut *tx, new.id, &accepted.attachments).await?;
