@@ -3,7 +3,10 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use crate::error::ErrorBody;
 use crate::routes;
+
+pub mod responses;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -33,6 +36,7 @@ use crate::routes;
         routes::periodic_tasks::create, routes::periodic_tasks::list, routes::periodic_tasks::get,
         routes::periodic_tasks::replace, routes::periodic_tasks::delete,
     ),
+    components(schemas(ErrorBody)),
     modifiers(&BearerAuth),
     tags(
         (name = "auth", description = "API keys for JWTs"),

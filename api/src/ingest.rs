@@ -46,11 +46,7 @@ impl Pending {
         m.subject.len()
             + m.html_body.len()
             + m.text_body.as_ref().map_or(0, String::len)
-            + [&m.to[..], &m.cc, &m.bcc]
-                .concat()
-                .iter()
-                .map(String::len)
-                .sum::<usize>()
+            + recipients(m).map(String::len).sum::<usize>()
             + 512
     }
 }
@@ -187,12 +183,20 @@ async fn write_or_split(
     }
 }
 
+/// Every recipient of `message`: to, cc, then bcc.
+pub(crate) fn recipients(message: &NewMessage) -> impl Iterator<Item = &String> {
+    message.to.iter().chain(&message.cc).chain(&message.bcc)
+}
+
+/// The error recorded on a message not sent because of `address`.
+pub(crate) fn suppressed_error(address: &str) -> String {
+    format!("recipient {address} is on the suppression list")
+}
+
 /// The first (alphabetically) of `message`'s recipients on the suppression
 /// list, as the one-by-one path reports it.
 fn first_suppressed(message: &NewMessage, suppressed: &HashSet<String>) -> Option<String> {
-    [&message.to[..], &message.cc, &message.bcc]
-        .concat()
-        .into_iter()
+    recipients(message)
         .map(|a| a.to_lowercase())
         .filter(|a| suppressed.contains(a))
         .min()
@@ -206,14 +210,11 @@ async fn write(
     task_queue: &str,
     batch: &[Pending],
 ) -> Result<Vec<MessageStatus>, sqlx::Error> {
-    let recipients: Vec<String> = batch
+    let addresses: Vec<String> = batch
         .iter()
-        .flat_map(|p| {
-            let m = &p.message;
-            m.to.iter().chain(&m.cc).chain(&m.bcc).cloned()
-        })
+        .flat_map(|p| recipients(&p.message).cloned())
         .collect();
-    let suppressed = suppressions::suppressed_among(pool, &recipients).await?;
+    let suppressed = suppressions::suppressed_among(pool, &addresses).await?;
     let mut statuses = Vec::with_capacity(batch.len());
     let mut members = Vec::with_capacity(batch.len());
     let messages: Vec<Value> = batch
@@ -222,10 +223,7 @@ async fn write(
             let m = &p.message;
             let blocked = first_suppressed(m, &suppressed);
             let (status, error) = match blocked {
-                Some(address) => (
-                    MessageStatus::Suppressed,
-                    Some(format!("recipient {address} is on the suppression list")),
-                ),
+                Some(address) => (MessageStatus::Suppressed, Some(suppressed_error(&address))),
                 None => {
                     members.push(BatchMember {
                         message_id: m.id,

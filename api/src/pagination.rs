@@ -21,6 +21,28 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
+impl<T> Page<T> {
+    /// The page of `rows`, fetched with `limit + 1`: an extra row only says
+    /// that a next page exists, which starts after the last row kept
+    /// (`cursor` makes its cursor from that row).
+    pub fn from_rows<R: Into<T>>(
+        mut rows: Vec<R>,
+        limit: i64,
+        cursor: impl Fn(&R) -> String,
+    ) -> Self {
+        let next_cursor = if rows.len() as i64 > limit {
+            rows.truncate(limit as usize);
+            rows.last().map(cursor)
+        } else {
+            None
+        };
+        Page {
+            items: rows.into_iter().map(Into::into).collect(),
+            next_cursor,
+        }
+    }
+}
+
 pub fn limit(requested: Option<i64>) -> Result<i64, ApiError> {
     match requested {
         None => Ok(DEFAULT_LIMIT),
@@ -51,6 +73,15 @@ pub fn decode(cursor: &str) -> Result<String, ApiError> {
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
         .ok_or_else(invalid_cursor)
+}
+
+/// An id position.
+pub fn encode_id(id: i64) -> String {
+    encode(&id.to_string())
+}
+
+pub fn decode_id(cursor: &str) -> Result<i64, ApiError> {
+    decode(cursor)?.parse().map_err(|_| invalid_cursor())
 }
 
 /// A (created_at, id) position.

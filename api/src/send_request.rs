@@ -7,6 +7,7 @@ use platform::db::attachments::Attachment;
 use platform::db::messages::NewMessage;
 use platform::db::templates::{self, Template};
 use platform::mail::EmailAddress;
+use platform::tasks::Recipients;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sqlx::PgExecutor;
@@ -14,7 +15,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::templating::{self, Rendered, Sources};
+use crate::templating::{self, Rendered};
 use crate::validate;
 
 /// Most recipients (to + cc + bcc) in one message.
@@ -25,23 +26,6 @@ pub const MAX_SUBJECT: usize = 998;
 pub const MAX_ATTACHMENTS: usize = 10;
 /// How far ahead `send_at` may be.
 pub const MAX_SCHEDULE_DAYS: i64 = 365;
-
-/// One address, or a list of addresses.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(untagged)]
-pub enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl OneOrMany {
-    fn as_slice(&self) -> &[String] {
-        match self {
-            OneOrMany::One(one) => std::slice::from_ref(one),
-            OneOrMany::Many(many) => many,
-        }
-    }
-}
 
 /// One file attached to a message.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -65,9 +49,9 @@ pub struct AttachmentRequest {
 #[schema(example = json!({"to": "user@example.com", "subject": "Welcome", "content": "<p>Hello</p>"}))]
 pub struct SendEmailRequest {
     /// Recipient address, or a list of them.
-    pub to: OneOrMany,
-    pub cc: Option<OneOrMany>,
-    pub bcc: Option<OneOrMany>,
+    pub to: Recipients,
+    pub cc: Option<Recipients>,
+    pub bcc: Option<Recipients>,
     /// At most 998 characters, no line breaks. Required without a template.
     pub subject: Option<String>,
     /// HTML body. Required without a template.
@@ -101,6 +85,22 @@ pub enum TemplateRef<'a> {
     Name(&'a str),
 }
 
+impl<'a> TemplateRef<'a> {
+    /// The template a body names with `template_id` or `template` (a
+    /// send's own, or a batch's shared one), if any; naming both is a 422.
+    pub fn from_fields(id: Option<Uuid>, name: Option<&'a str>) -> Result<Option<Self>, ApiError> {
+        match (id, name) {
+            (Some(_), Some(_)) => Err(ApiError::validation(
+                "template",
+                "give template_id or template, not both",
+            )),
+            (Some(id), None) => Ok(Some(TemplateRef::Id(id))),
+            (None, Some(name)) => Ok(Some(TemplateRef::Name(name))),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
 /// A request checked and ready to record.
 #[derive(Debug, Clone)]
 pub struct AcceptedEmail {
@@ -117,8 +117,8 @@ pub struct Limits {
     pub attachment_max_size: usize,
 }
 
-fn addresses(field: &str, list: Option<&OneOrMany>) -> Result<Vec<String>, ApiError> {
-    list.map_or(&[][..], OneOrMany::as_slice)
+fn addresses(field: &str, list: Option<&Recipients>) -> Result<Vec<String>, ApiError> {
+    list.map_or(&[][..], Recipients::as_slice)
         .iter()
         .enumerate()
         .map(|(i, raw)| {
@@ -128,19 +128,6 @@ fn addresses(field: &str, list: Option<&OneOrMany>) -> Result<Vec<String>, ApiEr
 }
 
 impl SendEmailRequest {
-    /// The template this request names, if any.
-    pub fn template_ref(&self) -> Result<Option<TemplateRef<'_>>, ApiError> {
-        match (&self.template_id, &self.template) {
-            (Some(_), Some(_)) => Err(ApiError::validation(
-                "template",
-                "give template_id or template, not both",
-            )),
-            (Some(id), None) => Ok(Some(TemplateRef::Id(*id))),
-            (None, Some(name)) => Ok(Some(TemplateRef::Name(name))),
-            (None, None) => Ok(None),
-        }
-    }
-
     /// Renders the request's template (or `shared`, when the request has
     /// neither its own template nor content) with its variables.
     pub async fn render(
@@ -148,7 +135,7 @@ impl SendEmailRequest {
         executor: impl PgExecutor<'_>,
         shared: Option<TemplateRef<'_>>,
     ) -> Result<Option<Rendered>, ApiError> {
-        let own = self.template_ref()?;
+        let own = TemplateRef::from_fields(self.template_id, self.template.as_deref())?;
         let chosen = match own {
             Some(r) => Some(r),
             None if self.subject.is_none() && self.content.is_none() => shared,
@@ -175,16 +162,7 @@ impl SendEmailRequest {
         }
         let template = load_template(executor, reference).await?;
         let empty = Map::new();
-        templating::render(
-            &Sources {
-                subject: &template.subject,
-                html: &template.html_body,
-                text: template.text_body.as_deref(),
-            },
-            &template.variables,
-            self.variables.as_ref().unwrap_or(&empty),
-        )
-        .map(Some)
+        templating::render(&template, self.variables.as_ref().unwrap_or(&empty)).map(Some)
     }
 
     pub fn validate(

@@ -1,6 +1,7 @@
 //! Checks on request fields, each failing with a 422 that names the field.
 
 use platform::mail::EmailAddress;
+use platform::schedule::ScheduleError;
 
 use crate::error::ApiError;
 
@@ -32,6 +33,29 @@ pub fn header_text(
         ));
     }
     Ok(value.to_string())
+}
+
+/// The name of a list, campaign or periodic task: trimmed, 1 to 200 characters.
+pub fn name(value: &str) -> Result<String, ApiError> {
+    let name = value.trim();
+    if name.is_empty() || name.chars().count() > 200 {
+        return Err(ApiError::validation(
+            "name",
+            "name must be 1 to 200 characters",
+        ));
+    }
+    Ok(name.to_string())
+}
+
+/// A schedule that does not parse: 422 `invalid_cron` (field `cron`) or
+/// `invalid_time_zone` (field `time_zone`).
+pub fn schedule_error(e: ScheduleError) -> ApiError {
+    match e {
+        ScheduleError::Cron(..) => ApiError::invalid("invalid_cron", "cron", e.to_string()),
+        ScheduleError::TimeZone(_) => {
+            ApiError::invalid("invalid_time_zone", "time_zone", e.to_string())
+        }
+    }
 }
 
 pub fn email(field: &str, value: &str) -> Result<EmailAddress, ApiError> {

@@ -134,8 +134,15 @@ pub struct SendEmailKwargs {
     pub from_name: Option<String>,
 }
 
-/// One address or a list, as callers of the Python platform wrote either.
+/// One address or a list, as callers of the Python platform wrote either:
+/// the `to`, `cc` and `bcc` of a [`SEND_EMAIL`] task and of the API's send
+/// body. Its OpenAPI schema keeps the name the API has always given it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(
+    feature = "openapi",
+    derive(utoipa::ToSchema),
+    schema(as = OneOrMany, description = "One address, or a list of addresses.")
+)]
 #[serde(untagged)]
 pub enum Recipients {
     One(String),
@@ -143,6 +150,13 @@ pub enum Recipients {
 }
 
 impl Recipients {
+    pub fn as_slice(&self) -> &[String] {
+        match self {
+            Recipients::One(one) => std::slice::from_ref(one),
+            Recipients::Many(many) => many,
+        }
+    }
+
     pub fn into_vec(self) -> Vec<String> {
         match self {
             Recipients::One(one) => vec![one],

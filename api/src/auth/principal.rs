@@ -45,6 +45,22 @@ impl Principal {
             Err(ApiError::Forbidden(scope.as_str()))
         }
     }
+
+    /// Requires `scope` unless the key has one of `alternatives`; the 403
+    /// names `scope`.
+    pub fn require_or(&self, scope: Scope, alternatives: &[Scope]) -> Result<(), ApiError> {
+        if alternatives.iter().any(|s| self.has(*s)) {
+            Ok(())
+        } else {
+            self.require(scope)
+        }
+    }
+
+    /// The key whose messages this caller may see and change: its own,
+    /// or `None` (every key's) with the admin scope.
+    pub fn owner_filter(&self) -> Option<Uuid> {
+        (!self.has(Scope::Admin)).then_some(self.key_id)
+    }
 }
 
 impl FromRequestParts<AppState> for Principal {

@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use super::Data;
 use crate::audit::AdminActor;
+use crate::docs::responses::{AdminAccess, BadJson, BadPath, NotFound};
 
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{JsonBody, PathParam};
@@ -93,13 +94,8 @@ pub struct CreatedApiKey {
 /// Mints an API key.
 #[utoipa::path(post, path = "/api/v1/admin/api-keys", tag = "api-keys", request_body = CreateApiKey,
     security(("bearer" = [])),
-    responses((status = 201, body = Data<CreatedApiKey>),
-        (status = 400, body = ErrorBody, description = "`invalid_json`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
-        (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
-        (status = 422, body = ErrorBody, description = "`validation_error`, `invalid_body`, `invalid_text` (NUL in text)"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+    responses((status = 201, body = Data<CreatedApiKey>), AdminAccess, BadJson,
+        (status = 422, body = ErrorBody, description = "`validation_error`, `invalid_body`, `invalid_text` (NUL in text)")))]
 pub async fn create(
     State(state): State<AppState>,
     AdminActor(actor): AdminActor,
@@ -162,10 +158,7 @@ pub async fn create(
 
 /// Lists every key (revoked ones too), oldest first. No secrets.
 #[utoipa::path(get, path = "/api/v1/admin/api-keys", tag = "api-keys", security(("bearer" = [])),
-    responses((status = 200, body = Data<Vec<ApiKeyView>>),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+    responses((status = 200, body = Data<Vec<ApiKeyView>>), AdminAccess))]
 pub async fn list(
     State(state): State<AppState>,
     AdminActor(_actor): AdminActor,
@@ -177,13 +170,8 @@ pub async fn list(
 /// Revokes a key: its tokens stop working at once.
 #[utoipa::path(delete, path = "/api/v1/admin/api-keys/{id}", tag = "api-keys", security(("bearer" = [])),
     params(("id" = Uuid, Path)),
-    responses((status = 204, description = "Revoked"),
-        (status = 400, body = ErrorBody, description = "`invalid_path`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
-        (status = 404, body = ErrorBody, description = "`not_found`"),
-        (status = 409, body = ErrorBody, description = "`already_revoked`"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+    responses((status = 204, description = "Revoked"), AdminAccess, BadPath, NotFound,
+        (status = 409, body = ErrorBody, description = "`already_revoked`")))]
 pub async fn revoke(
     State(state): State<AppState>,
     AdminActor(actor): AdminActor,

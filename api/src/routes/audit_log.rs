@@ -11,7 +11,8 @@ use uuid::Uuid;
 
 use super::Data;
 use crate::auth::Admin;
-use crate::error::{ApiError, ErrorBody};
+use crate::docs::responses::{AdminAccess, BadPage, BadQuery};
+use crate::error::ApiError;
 use crate::extract::QueryParams;
 use crate::pagination::{self, Page};
 use crate::state::AppState;
@@ -67,12 +68,7 @@ pub struct AuditQuery {
 /// Audit entries, newest first, filtered and paginated.
 #[utoipa::path(get, path = "/api/v1/admin/audit-log", tag = "audit", security(("bearer" = [])),
     params(AuditQuery),
-    responses((status = 200, body = Data<Page<AuditEntryView>>),
-        (status = 400, body = ErrorBody, description = "`invalid_query`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
-        (status = 422, body = ErrorBody, description = "`invalid_limit`, `invalid_cursor`"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+    responses((status = 200, body = Data<Page<AuditEntryView>>), AdminAccess, BadQuery, BadPage))]
 pub async fn list(
     State(state): State<AppState>,
     Admin(_principal): Admin,
@@ -82,15 +78,7 @@ pub async fn list(
     let before_id = query
         .cursor
         .as_deref()
-        .map(|c| {
-            pagination::decode(c)?.parse::<i64>().map_err(|_| {
-                ApiError::invalid(
-                    "invalid_cursor",
-                    "cursor",
-                    "cursor is not one this API returned",
-                )
-            })
-        })
+        .map(pagination::decode_id)
         .transpose()?;
     let filter = AuditFilter {
         actor_key_id: query.actor,
@@ -100,15 +88,8 @@ pub async fn list(
         until: query.created_before,
         before_id,
     };
-    let mut rows = audit_log::list(&state.pool, &filter, limit + 1).await?;
-    let next_cursor = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(|e| pagination::encode(&e.id.to_string()))
-    } else {
-        None
-    };
-    Ok(Data::new(Page {
-        items: rows.into_iter().map(Into::into).collect(),
-        next_cursor,
-    }))
+    let rows = audit_log::list(&state.pool, &filter, limit + 1).await?;
+    Ok(Data::new(Page::from_rows(rows, limit, |e| {
+        pagination::encode_id(e.id)
+    })))
 }

@@ -9,6 +9,7 @@ use utoipa::ToSchema;
 
 use super::Data;
 use crate::auth::TokenKind;
+use crate::docs::responses::BadJson;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::JsonBody;
 use crate::state::AppState;
@@ -37,11 +38,8 @@ pub struct TokenPair {
 
 /// Exchanges an API key and secret for an access token and a refresh token.
 #[utoipa::path(post, path = "/api/v1/auth/token", tag = "auth", request_body = TokenRequest,
-    responses(
-        (status = 200, body = Data<TokenPair>),
-        (status = 400, body = ErrorBody, description = "`invalid_json`"),
+    responses((status = 200, body = Data<TokenPair>), BadJson,
         (status = 401, body = ErrorBody, description = "`invalid_credentials`: unknown key, wrong secret or revoked key"),
-        (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
         (status = 422, body = ErrorBody, description = "`invalid_body`, `invalid_text` (NUL in text): missing fields")))]
 pub async fn issue_token(
     State(state): State<AppState>,
@@ -69,11 +67,8 @@ pub async fn issue_token(
 
 /// Exchanges a refresh token for a new access token (and a new refresh token).
 #[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "auth", request_body = RefreshRequest,
-    responses(
-        (status = 200, body = Data<TokenPair>),
-        (status = 400, body = ErrorBody, description = "`invalid_json`"),
+    responses((status = 200, body = Data<TokenPair>), BadJson,
         (status = 401, body = ErrorBody, description = "`invalid_token`, `token_expired` or `key_revoked`: the refresh token is invalid, expired or its key revoked"),
-        (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
         (status = 422, body = ErrorBody, description = "`invalid_body`, `invalid_text` (NUL in text): missing refresh_token")))]
 pub async fn refresh(
     State(state): State<AppState>,

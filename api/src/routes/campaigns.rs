@@ -10,7 +10,7 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use platform::db::campaigns::{self, Campaign, CampaignContent, Run};
 use platform::db::{lists, templates};
-use platform::schedule::{self, CronSchedule, ScheduleError};
+use platform::schedule::CronSchedule;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use utoipa::ToSchema;
@@ -19,9 +19,11 @@ use uuid::Uuid;
 use super::Data;
 use crate::audit::AdminActor;
 use crate::auth::Admin;
+use crate::docs::responses::{AdminAccess, BadJson, BadPath, BadPathOrJson, NotFound};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{JsonBody, PathParam};
 use crate::state::AppState;
+use crate::validate;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -150,22 +152,9 @@ fn run_view(run: Run, counts: &HashMap<(Uuid, String), i64>) -> RunView {
 
 /// Validates a request into the stored form, with `next_run_at` computed.
 async fn content(state: &AppState, req: CampaignRequest) -> Result<CampaignContent, ApiError> {
-    let name = req.name.trim().to_string();
-    if name.is_empty() || name.chars().count() > 200 {
-        return Err(ApiError::validation(
-            "name",
-            "name must be 1 to 200 characters",
-        ));
-    }
-    let schedule = CronSchedule::parse(&req.cron, &req.time_zone).map_err(|e| match e {
-        ScheduleError::Cron(..) => ApiError::invalid("invalid_cron", "cron", e.to_string()),
-        ScheduleError::TimeZone(_) => {
-            ApiError::invalid("invalid_time_zone", "time_zone", e.to_string())
-        }
-    })?;
-    // Both are checked, so a bad time zone is named even with a bad cron.
-    schedule::parse_time_zone(&req.time_zone)
-        .map_err(|e| ApiError::invalid("invalid_time_zone", "time_zone", e.to_string()))?;
+    let name = validate::name(&req.name)?;
+    let schedule =
+        CronSchedule::parse(&req.cron, &req.time_zone).map_err(validate::schedule_error)?;
     if !["skip", "run_once"].contains(&req.missed_run_policy.as_str()) {
         return Err(ApiError::validation(
             "missed_run_policy",
@@ -228,13 +217,8 @@ async fn content(state: &AppState, req: CampaignRequest) -> Result<CampaignConte
 /// `next_run_at` is computed.
 #[utoipa::path(post, path = "/api/v1/campaigns", tag = "campaigns", request_body = CampaignRequest,
     security(("bearer" = [])),
-    responses((status = 201, body = Data<CampaignView>),
-        (status = 400, body = ErrorBody, description = "`invalid_json`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
-        (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
-        (status = 422, body = ErrorBody, description = "`invalid_cron` (field `cron`), `invalid_time_zone` (field `time_zone`), `unknown_template`, `unknown_list`, `validation_error` (with `field`), `invalid_body`, `invalid_text` (NUL in text)"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+    responses((status = 201, body = Data<CampaignView>), AdminAccess, BadJson,
+        (status = 422, body = ErrorBody, description = "`invalid_cron` (field `cron`), `invalid_time_zone` (field `time_zone`), `unknown_template`, `unknown_list`, `validation_error` (with `field`), `invalid_body`, `invalid_text` (NUL in text)")))]
 pub async fn create(
     State(state): State<AppState>,
     AdminActor(actor): AdminActor,
@@ -262,10 +246,7 @@ fn summary(c: &Campaign) -> Value {
 
 /// Lists campaigns, newest first.
 #[utoipa::path(get, path = "/api/v1/campaigns", tag = "campaigns", security(("bearer" = [])),
-    responses((status = 200, body = Data<Vec<CampaignView>>),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+    responses((status = 200, body = Data<Vec<CampaignView>>), AdminAccess))]
 pub async fn list(
     State(state): State<AppState>,
     Admin(_admin): Admin,
@@ -277,12 +258,7 @@ pub async fn list(
 /// One campaign.
 #[utoipa::path(get, path = "/api/v1/campaigns/{id}", tag = "campaigns", security(("bearer" = [])),
     params(("id" = Uuid, Path)),
-    responses((status = 200, body = Data<CampaignView>),
-        (status = 400, body = ErrorBody, description = "`invalid_path`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
-        (status = 404, body = ErrorBody, description = "`not_found`"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+    responses((status = 200, body = Data<CampaignView>), AdminAccess, BadPath, NotFound))]
 pub async fn get(
     State(state): State<AppState>,
     Admin(_admin): Admin,
@@ -297,14 +273,8 @@ pub async fn get(
 /// Replaces a campaign's settings; `next_run_at` is computed afresh.
 #[utoipa::path(put, path = "/api/v1/campaigns/{id}", tag = "campaigns", request_body = CampaignRequest,
     security(("bearer" = [])), params(("id" = Uuid, Path)),
-    responses((status = 200, body = Data<CampaignView>),
-        (status = 400, body = ErrorBody, description = "`invalid_json`, `invalid_path`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
-        (status = 404, body = ErrorBody, description = "`not_found`"),
-        (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
-        (status = 422, body = ErrorBody, description = "`invalid_cron` (field `cron`), `invalid_time_zone` (field `time_zone`), `unknown_template`, `unknown_list`, `validation_error` (with `field`), `invalid_body`, `invalid_text` (NUL in text)"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+    responses((status = 200, body = Data<CampaignView>), AdminAccess, BadPathOrJson, NotFound,
+        (status = 422, body = ErrorBody, description = "`invalid_cron` (field `cron`), `invalid_time_zone` (field `time_zone`), `unknown_template`, `unknown_list`, `validation_error` (with `field`), `invalid_body`, `invalid_text` (NUL in text)")))]
 pub async fn replace(
     State(state): State<AppState>,
     AdminActor(actor): AdminActor,
@@ -332,12 +302,7 @@ pub async fn replace(
 /// Deletes a campaign and its run history (messages already enqueued are sent).
 #[utoipa::path(delete, path = "/api/v1/campaigns/{id}", tag = "campaigns", security(("bearer" = [])),
     params(("id" = Uuid, Path)),
-    responses((status = 204, description = "Deleted"),
-        (status = 400, body = ErrorBody, description = "`invalid_path`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
-        (status = 404, body = ErrorBody, description = "`not_found`"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+    responses((status = 204, description = "Deleted"), AdminAccess, BadPath, NotFound))]
 pub async fn delete(
     State(state): State<AppState>,
     AdminActor(actor): AdminActor,
@@ -357,13 +322,8 @@ pub async fn delete(
 /// Fires a run now (whatever the schedule); the scheduler fans it out.
 #[utoipa::path(post, path = "/api/v1/campaigns/{id}/run", tag = "campaigns", security(("bearer" = [])),
     params(("id" = Uuid, Path)),
-    responses((status = 202, body = Data<RunView>),
-        (status = 400, body = ErrorBody, description = "`invalid_path`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
-        (status = 404, body = ErrorBody, description = "`not_found`"),
-        (status = 409, body = ErrorBody, description = "`run_exists`: a run for this instant exists"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+    responses((status = 202, body = Data<RunView>), AdminAccess, BadPath, NotFound,
+        (status = 409, body = ErrorBody, description = "`run_exists`: a run for this instant exists")))]
 pub async fn run(
     State(state): State<AppState>,
     AdminActor(actor): AdminActor,
@@ -395,12 +355,7 @@ pub async fn run(
 /// A campaign's runs, newest first (at most 100), with delivery progress.
 #[utoipa::path(get, path = "/api/v1/campaigns/{id}/runs", tag = "campaigns", security(("bearer" = [])),
     params(("id" = Uuid, Path)),
-    responses((status = 200, body = Data<Vec<RunView>>),
-        (status = 400, body = ErrorBody, description = "`invalid_path`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
-        (status = 404, body = ErrorBody, description = "`not_found`"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+    responses((status = 200, body = Data<Vec<RunView>>), AdminAccess, BadPath, NotFound))]
 pub async fn runs(
     State(state): State<AppState>,
     Admin(_admin): Admin,

@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use super::Data;
 use crate::auth::Admin;
+use crate::docs::responses::{AdminAccess, BadPath, NotFound};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::PathParam;
 use crate::state::AppState;
@@ -57,11 +58,8 @@ impl From<dead_letters::DeadLetter> for DeadLetterView {
 /// Lists dead letters, newest first.
 #[utoipa::path(get, path = "/api/v1/admin/dead-letters", tag = "dead-letters", security(("bearer" = [])),
     params(ListQuery),
-    responses((status = 200, body = Data<Vec<DeadLetterView>>),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
-        (status = 422, body = ErrorBody, description = "`invalid_query`"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+    responses((status = 200, body = Data<Vec<DeadLetterView>>), AdminAccess,
+        (status = 422, body = ErrorBody, description = "`invalid_query`")))]
 pub async fn list(
     State(state): State<AppState>,
     Admin(_admin): Admin,
@@ -87,12 +85,7 @@ pub async fn list(
 /// failed message record goes back to `queued`.
 #[utoipa::path(post, path = "/api/v1/admin/dead-letters/{id}/requeue", tag = "dead-letters",
     security(("bearer" = [])), params(("id" = i64, Path)),
-    responses((status = 200, body = Data<DeadLetterView>),
-        (status = 400, body = ErrorBody, description = "`invalid_path`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
-        (status = 404, body = ErrorBody, description = "`not_found`"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`"),
+    responses((status = 200, body = Data<DeadLetterView>), AdminAccess, BadPath, NotFound,
         (status = 409, body = ErrorBody, description = "`already_requeued`"),
         (status = 422, body = ErrorBody, description = "`not_requeueable`: not a decodable Celery task")))]
 pub async fn requeue(

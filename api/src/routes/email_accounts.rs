@@ -16,8 +16,9 @@ use uuid::Uuid;
 use super::Data;
 use crate::audit::{Actor, AdminActor};
 use crate::auth::Admin;
+use crate::docs::responses::{AdminAccess, BadJson, BadPath, BadPathOrJson, NotFound};
 use crate::error::{on_unique, ApiError, ErrorBody};
-use crate::extract::{JsonBody, PathParam};
+use crate::extract::{self, JsonBody, PathParam};
 use crate::state::AppState;
 use crate::validate;
 
@@ -147,6 +148,13 @@ impl From<EmailAccount> for EmailAccountView {
     }
 }
 
+/// The account `id`, with today's count.
+async fn find(state: &AppState, id: Uuid) -> Result<EmailAccount, ApiError> {
+    email_accounts::get(&state.pool, platform::today(&state.settings), id)
+        .await?
+        .ok_or(ApiError::NotFound("email account"))
+}
+
 fn duplicate() -> ApiError {
     ApiError::Conflict {
         code: "account_exists",
@@ -242,15 +250,9 @@ fn summary(a: &EmailAccount) -> Value {
 /// Adds an SMTP account to the pool.
 #[utoipa::path(post, path = "/api/v1/admin/email-accounts", tag = "email-accounts",
     request_body = CreateEmailAccount, security(("bearer" = [])),
-    responses(
-        (status = 201, body = Data<EmailAccountView>),
-        (status = 400, body = ErrorBody, description = "`invalid_json`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
+    responses((status = 201, body = Data<EmailAccountView>), AdminAccess, BadJson,
         (status = 409, body = ErrorBody, description = "`account_exists`"),
-        (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
-        (status = 422, body = ErrorBody, description = "`validation_error` (`field` names it), `invalid_body`, `invalid_text` (NUL in text)"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+        (status = 422, body = ErrorBody, description = "`validation_error` (`field` names it), `invalid_body`, `invalid_text` (NUL in text)")))]
 pub async fn create(
     State(state): State<AppState>,
     AdminActor(actor): AdminActor,
@@ -306,14 +308,8 @@ pub struct ImportReport {
 /// reported by index and the others are imported.
 #[utoipa::path(post, path = "/api/v1/admin/email-accounts/import", tag = "email-accounts",
     request_body = Vec<CreateEmailAccount>, security(("bearer" = [])),
-    responses(
-        (status = 200, body = Data<ImportReport>),
-        (status = 400, body = ErrorBody, description = "`invalid_json`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
-        (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
-        (status = 422, body = ErrorBody, description = "`validation_error` (empty or over 1000 entries), `invalid_body`, `invalid_text` (NUL in text) (not an array)"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+    responses((status = 200, body = Data<ImportReport>), AdminAccess, BadJson,
+        (status = 422, body = ErrorBody, description = "`validation_error` (empty or over 1000 entries), `invalid_body`, `invalid_text` (NUL in text) (not an array)")))]
 pub async fn import(
     State(state): State<AppState>,
     AdminActor(actor): AdminActor,
@@ -329,11 +325,7 @@ pub async fn import(
     for (index, raw) in entries.into_iter().enumerate() {
         let outcome = async {
             let req: CreateEmailAccount =
-                serde_json::from_value(raw).map_err(|e| ApiError::Validation {
-                    code: "invalid_body",
-                    field: None,
-                    message: e.to_string(),
-                })?;
+                serde_json::from_value(raw).map_err(extract::invalid_body)?;
             let new = new_account(&state, &req)?;
             insert_audited(&state, &actor, &new).await
         }
@@ -373,20 +365,13 @@ pub struct ConnectionTest {
 /// would, and reports the outcome. Sends nothing.
 #[utoipa::path(post, path = "/api/v1/admin/email-accounts/{id}/test", tag = "email-accounts",
     security(("bearer" = [])), params(("id" = Uuid, Path)),
-    responses((status = 200, body = Data<ConnectionTest>),
-        (status = 400, body = ErrorBody, description = "`invalid_path`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
-        (status = 404, body = ErrorBody, description = "`not_found`"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+    responses((status = 200, body = Data<ConnectionTest>), AdminAccess, BadPath, NotFound))]
 pub async fn test(
     State(state): State<AppState>,
     AdminActor(actor): AdminActor,
     PathParam(id): PathParam<Uuid>,
 ) -> Result<Json<Data<ConnectionTest>>, ApiError> {
-    let account = email_accounts::get(&state.pool, platform::today(&state.settings), id)
-        .await?
-        .ok_or(ApiError::NotFound("email account"))?;
+    let account = find(&state, id).await?;
     let timeout = state.settings.email_timeout;
     let result = match platform::mail::build_transport(&account, &state.settings.keyring, timeout) {
         Err(e) => ConnectionTest {
@@ -436,10 +421,7 @@ pub async fn test(
 
 /// Lists the pool, highest priority first.
 #[utoipa::path(get, path = "/api/v1/admin/email-accounts", tag = "email-accounts", security(("bearer" = [])),
-    responses((status = 200, body = Data<Vec<EmailAccountView>>),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+    responses((status = 200, body = Data<Vec<EmailAccountView>>), AdminAccess))]
 pub async fn list(
     State(state): State<AppState>,
     Admin(_principal): Admin,
@@ -450,36 +432,22 @@ pub async fn list(
 
 #[utoipa::path(get, path = "/api/v1/admin/email-accounts/{id}", tag = "email-accounts", security(("bearer" = [])),
     params(("id" = Uuid, Path)),
-    responses((status = 200, body = Data<EmailAccountView>),
-        (status = 400, body = ErrorBody, description = "`invalid_path`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
-        (status = 404, body = ErrorBody, description = "`not_found`"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+    responses((status = 200, body = Data<EmailAccountView>), AdminAccess, BadPath, NotFound))]
 pub async fn get(
     State(state): State<AppState>,
     Admin(_principal): Admin,
     PathParam(id): PathParam<Uuid>,
 ) -> Result<Json<Data<EmailAccountView>>, ApiError> {
-    let account = email_accounts::get(&state.pool, platform::today(&state.settings), id)
-        .await?
-        .ok_or(ApiError::NotFound("email account"))?;
-    Ok(Data::new(account.into()))
+    Ok(Data::new(find(&state, id).await?.into()))
 }
 
 /// Changes an account; disabling it (`is_active: false`) takes it out of
 /// rotation for every message claimed after the change.
 #[utoipa::path(patch, path = "/api/v1/admin/email-accounts/{id}", tag = "email-accounts", security(("bearer" = [])),
     params(("id" = Uuid, Path)), request_body = UpdateEmailAccount,
-    responses((status = 200, body = Data<EmailAccountView>),
-        (status = 400, body = ErrorBody, description = "`invalid_json`, `invalid_path`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
-        (status = 404, body = ErrorBody, description = "`not_found`"),
+    responses((status = 200, body = Data<EmailAccountView>), AdminAccess, BadPathOrJson, NotFound,
         (status = 409, body = ErrorBody, description = "`account_exists`"),
-        (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
-        (status = 422, body = ErrorBody, description = "`validation_error`, `invalid_body`, `invalid_text` (NUL in text)"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+        (status = 422, body = ErrorBody, description = "`validation_error`, `invalid_body`, `invalid_text` (NUL in text)")))]
 pub async fn update(
     State(state): State<AppState>,
     AdminActor(actor): AdminActor,
@@ -567,12 +535,7 @@ pub async fn update(
 
 #[utoipa::path(delete, path = "/api/v1/admin/email-accounts/{id}", tag = "email-accounts", security(("bearer" = [])),
     params(("id" = Uuid, Path)),
-    responses((status = 204, description = "Deleted"),
-        (status = 400, body = ErrorBody, description = "`invalid_path`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
-        (status = 404, body = ErrorBody, description = "`not_found`"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+    responses((status = 204, description = "Deleted"), AdminAccess, BadPath, NotFound))]
 pub async fn delete(
     State(state): State<AppState>,
     AdminActor(actor): AdminActor,

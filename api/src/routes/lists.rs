@@ -19,9 +19,13 @@ use uuid::Uuid;
 use super::Data;
 use crate::audit::AdminActor;
 use crate::auth::Admin;
+use crate::docs::responses::{
+    AdminAccess, BadJson, BadPath, BadPathOrJson, BadPathOrQuery, NotFound,
+};
 use crate::error::{on_unique, ApiError, ErrorBody, ErrorDetail};
 use crate::extract::{JsonBody, PathParam, QueryParams};
 use crate::state::AppState;
+use crate::validate;
 
 /// Most members in one import request.
 pub const MAX_IMPORT: usize = 100_000;
@@ -124,28 +128,17 @@ fn duplicate() -> ApiError {
 /// Creates a mailing list.
 #[utoipa::path(post, path = "/api/v1/lists", tag = "campaigns", request_body = ListRequest,
     security(("bearer" = [])),
-    responses((status = 201, body = Data<ListView>),
-        (status = 400, body = ErrorBody, description = "`invalid_json`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
+    responses((status = 201, body = Data<ListView>), AdminAccess, BadJson,
         (status = 409, body = ErrorBody, description = "`list_exists`"),
-        (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
-        (status = 422, body = ErrorBody, description = "`validation_error` (with `field`), `invalid_body`, `invalid_text` (NUL in text)"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+        (status = 422, body = ErrorBody, description = "`validation_error` (with `field`), `invalid_body`, `invalid_text` (NUL in text)")))]
 pub async fn create(
     State(state): State<AppState>,
     AdminActor(actor): AdminActor,
     JsonBody(req): JsonBody<ListRequest>,
 ) -> Result<(StatusCode, Json<Data<ListView>>), ApiError> {
-    let name = req.name.trim();
-    if name.is_empty() || name.chars().count() > 200 {
-        return Err(ApiError::validation(
-            "name",
-            "name must be 1 to 200 characters",
-        ));
-    }
+    let name = validate::name(&req.name)?;
     let mut tx = state.pool.begin().await?;
-    let list = lists::insert(&mut *tx, name, req.description.as_deref())
+    let list = lists::insert(&mut *tx, &name, req.description.as_deref())
         .await
         .map_err(on_unique("mailing_lists_name_key", duplicate))?;
     actor
@@ -163,10 +156,7 @@ pub async fn create(
 
 /// Lists mailing lists by name, with their member counts.
 #[utoipa::path(get, path = "/api/v1/lists", tag = "campaigns", security(("bearer" = [])),
-    responses((status = 200, body = Data<Vec<ListView>>),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+    responses((status = 200, body = Data<Vec<ListView>>), AdminAccess))]
 pub async fn list(
     State(state): State<AppState>,
     Admin(_admin): Admin,
@@ -178,12 +168,7 @@ pub async fn list(
 /// One mailing list.
 #[utoipa::path(get, path = "/api/v1/lists/{id}", tag = "campaigns", security(("bearer" = [])),
     params(("id" = Uuid, Path)),
-    responses((status = 200, body = Data<ListView>),
-        (status = 400, body = ErrorBody, description = "`invalid_path`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
-        (status = 404, body = ErrorBody, description = "`not_found`"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+    responses((status = 200, body = Data<ListView>), AdminAccess, BadPath, NotFound))]
 pub async fn get(
     State(state): State<AppState>,
     Admin(_admin): Admin,
@@ -198,12 +183,7 @@ pub async fn get(
 /// Deletes a mailing list and its members.
 #[utoipa::path(delete, path = "/api/v1/lists/{id}", tag = "campaigns", security(("bearer" = [])),
     params(("id" = Uuid, Path)),
-    responses((status = 204, description = "Deleted"),
-        (status = 400, body = ErrorBody, description = "`invalid_path`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
-        (status = 404, body = ErrorBody, description = "`not_found`"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+    responses((status = 204, description = "Deleted"), AdminAccess, BadPath, NotFound))]
 pub async fn delete(
     State(state): State<AppState>,
     AdminActor(actor): AdminActor,
@@ -226,15 +206,8 @@ pub async fn delete(
 /// entries are reported by index and the valid ones are still added.
 #[utoipa::path(post, path = "/api/v1/lists/{id}/members", tag = "campaigns",
     request_body = Vec<MemberInput>, security(("bearer" = [])), params(("id" = Uuid, Path)),
-    responses((status = 200, body = Data<ImportResult>),
-        (status = 400, body = ErrorBody, description = "`invalid_json`, `invalid_path`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
-        (status = 404, body = ErrorBody, description = "`not_found`"),
-        (status = 413, body = ErrorBody, description = "`payload_too_large`"),
-        (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
-        (status = 422, body = ErrorBody, description = "`import_too_large` (over 100,000), `validation_error` (empty), `invalid_body`, `invalid_text` (NUL in text)"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+    responses((status = 200, body = Data<ImportResult>), AdminAccess, BadPathOrJson, NotFound,
+        (status = 422, body = ErrorBody, description = "`import_too_large` (over 100,000), `validation_error` (empty), `invalid_body`, `invalid_text` (NUL in text)")))]
 pub async fn add_members(
     State(state): State<AppState>,
     AdminActor(actor): AdminActor,
@@ -307,13 +280,8 @@ pub async fn add_members(
 /// A list's members in the order they were added.
 #[utoipa::path(get, path = "/api/v1/lists/{id}/members", tag = "campaigns", security(("bearer" = [])),
     params(("id" = Uuid, Path), MembersQuery),
-    responses((status = 200, body = Data<Vec<MemberView>>),
-        (status = 400, body = ErrorBody, description = "`invalid_path`, `invalid_query`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
-        (status = 404, body = ErrorBody, description = "`not_found`"),
-        (status = 422, body = ErrorBody, description = "`validation_error` (limit)"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+    responses((status = 200, body = Data<Vec<MemberView>>), AdminAccess, BadPathOrQuery, NotFound,
+        (status = 422, body = ErrorBody, description = "`validation_error` (limit)")))]
 pub async fn members(
     State(state): State<AppState>,
     Admin(_admin): Admin,
@@ -337,12 +305,7 @@ pub async fn members(
 /// Removes one member from a list.
 #[utoipa::path(delete, path = "/api/v1/lists/{id}/members/{address}", tag = "campaigns",
     security(("bearer" = [])), params(("id" = Uuid, Path), ("address" = String, Path)),
-    responses((status = 204, description = "Removed"),
-        (status = 400, body = ErrorBody, description = "`invalid_path`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
-        (status = 404, body = ErrorBody, description = "`not_found`"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+    responses((status = 204, description = "Removed"), AdminAccess, BadPath, NotFound))]
 pub async fn remove_member(
     State(state): State<AppState>,
     AdminActor(actor): AdminActor,

@@ -19,10 +19,12 @@ use uuid::Uuid;
 use super::Data;
 use crate::audit::{Actor, SendActor};
 use crate::auth::{Principal, Scope};
+use crate::docs::responses::{BadJson, BadPath, BadQuery, NotFound, ReadAccess, SendAccess};
 use crate::error::ErrorDetail;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{JsonBody, PathParam, QueryParams};
+use crate::extract::{self, JsonBody, PathParam, QueryParams};
 use crate::idempotency::{self as idem, IdempotencyKey};
+use crate::ingest;
 use crate::pagination::{self, Page};
 use crate::send_request::{AcceptedEmail, Limits, SendEmailRequest, TemplateRef};
 use crate::state::AppState;
@@ -47,16 +49,12 @@ pub struct SendAccepted {
     request_body = SendEmailRequest, security(("bearer" = [])),
     params(("Idempotency-Key" = Option<String>, Header,
         description = "Retries with the same key and body replay the first response")),
-    responses(
-        (status = 202, body = Data<SendAccepted>),
+    responses((status = 202, body = Data<SendAccepted>), SendAccess,
         (status = 400, body = ErrorBody, description = "`invalid_json`, `invalid_body` or `invalid_idempotency_key`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: key lacks `send`"),
         (status = 409, body = ErrorBody, description = "`idempotency_key_in_flight`"),
         (status = 413, body = ErrorBody, description = "`payload_too_large`, `attachment_too_large` (ATTACHMENT_MAX_SIZE), `email_too_large` (EMAIL_MAX_SIZE)"),
         (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
-        (status = 422, body = ErrorBody, description = "`validation_error` (with `field`), `invalid_body`, `invalid_text` (NUL in text), `unstorable_message`, `idempotency_key_reused`, `unknown_template`, `missing_variable`, `unknown_variable`, `template_render_error`, `invalid_attachment`, `invalid_send_at`"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`, with Retry-After")))]
+        (status = 422, body = ErrorBody, description = "`validation_error` (with `field`), `invalid_body`, `invalid_text` (NUL in text), `unstorable_message`, `idempotency_key_reused`, `unknown_template`, `missing_variable`, `unknown_variable`, `template_render_error`, `invalid_attachment`, `invalid_send_at`")))]
 pub async fn send(
     State(state): State<AppState>,
     principal: Principal,
@@ -64,17 +62,11 @@ pub async fn send(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     principal.require(Scope::Send)?;
-    let body = body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::PayloadTooLarge("request body is larger than the configured limit".into())
-        }
-        _ => ApiError::BadRequest {
-            code: "invalid_body",
-            message: rejection.body_text(),
-        },
-    })?;
+    let body = body.map_err(extract::body_rejection)?;
     let idempotency_key = IdempotencyKey::from_headers(&headers)?;
-    let request: SendEmailRequest = parse_json(&headers, &body)?;
+    // Parsed by hand (not by an extractor) so that the fingerprint covers
+    // exactly what was accepted.
+    let request: SendEmailRequest = extract::send_body(&headers, &body)?;
     let rendered = request.render(&state.pool, None).await?;
     let accepted = request.validate(principal.key_id, limits(&state), rendered)?;
 
@@ -158,7 +150,7 @@ async fn record(
     accepted: &AcceptedEmail,
 ) -> Result<SendAccepted, ApiError> {
     let new = &accepted.new;
-    let recipients = [&new.to[..], &new.cc, &new.bcc].concat();
+    let recipients: Vec<String> = ingest::recipients(new).cloned().collect();
     let suppressed = suppressions::first_suppressed(&mut *tx, &recipients).await?;
     let acceptance = Acceptance {
         status: match (&suppressed, accepted.send_at) {
@@ -168,7 +160,7 @@ async fn record(
         },
         send_at: accepted.send_at,
         campaign_id: accepted.campaign_id,
-        error: suppressed.map(|a| format!("recipient {a} is on the suppression list")),
+        error: suppressed.as_deref().map(ingest::suppressed_error),
     };
     messages::insert_accepted(&mut *tx, new, &acceptance).await?;
     attachments::insert_all(&mut *tx, new.id, &accepted.attachments).await?;
@@ -235,15 +227,8 @@ pub struct BatchAccepted {
 /// is refused: read `rejected`. Idempotency-Key is not supported here.
 #[utoipa::path(post, path = "/api/v1/messages/email/batch", tag = "messages",
     request_body = BatchRequest, security(("bearer" = [])),
-    responses(
-        (status = 202, body = Data<BatchAccepted>),
-        (status = 400, body = ErrorBody, description = "`invalid_json`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: key lacks `send`"),
-        (status = 413, body = ErrorBody, description = "`payload_too_large`"),
-        (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
-        (status = 422, body = ErrorBody, description = "`batch_too_large` (over 500), `validation_error` (empty batch), `invalid_body`, `invalid_text` (NUL in text)"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+    responses((status = 202, body = Data<BatchAccepted>), SendAccess, BadJson,
+        (status = 422, body = ErrorBody, description = "`batch_too_large` (over 500), `validation_error` (empty batch), `invalid_body`, `invalid_text` (NUL in text)")))]
 pub async fn send_batch(
     State(state): State<AppState>,
     SendActor(Actor { principal, .. }): SendActor,
@@ -262,26 +247,12 @@ pub async fn send_batch(
             format!("at most {MAX_BATCH} messages per batch"),
         ));
     }
-    let shared = match (&batch.template_id, &batch.template) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::validation(
-                "template",
-                "give template_id or template, not both",
-            ))
-        }
-        (Some(id), None) => Some(TemplateRef::Id(*id)),
-        (None, Some(name)) => Some(TemplateRef::Name(name)),
-        (None, None) => None,
-    };
+    let shared = TemplateRef::from_fields(batch.template_id, batch.template.as_deref())?;
     let mut checked = Vec::with_capacity(batch.messages.len());
     for (index, raw) in batch.messages.into_iter().enumerate() {
         let outcome = async {
             let request: SendEmailRequest =
-                serde_json::from_value(raw).map_err(|e| ApiError::Validation {
-                    code: "invalid_body",
-                    field: None,
-                    message: e.to_string(),
-                })?;
+                serde_json::from_value(raw).map_err(extract::invalid_body)?;
             let rendered = request.render(&state.pool, shared).await?;
             request.validate(principal.key_id, limits(&state), rendered)
         }
@@ -330,37 +301,6 @@ pub async fn send_batch(
             results,
         }),
     ))
-}
-
-/// The send body is parsed by hand (not by an extractor) so that the
-/// fingerprint covers exactly what was accepted.
-fn parse_json<T: serde::de::DeserializeOwned>(
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<T, ApiError> {
-    let is_json = headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(';')
-                .next()
-                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
-        });
-    if !is_json {
-        return Err(ApiError::UnsupportedMediaType(
-            "expected Content-Type: application/json".into(),
-        ));
-    }
-    crate::extract::refuse_nul(body)?;
-    let value: Value = serde_json::from_slice(body).map_err(|e| ApiError::BadRequest {
-        code: "invalid_json",
-        message: format!("request body is not valid JSON: {e}"),
-    })?;
-    serde_json::from_value(value).map_err(|e| ApiError::Validation {
-        code: "invalid_body",
-        field: None,
-        message: e.to_string(),
-    })
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -426,25 +366,27 @@ impl From<messages::MessageRecord> for MessageView {
 /// messages they sent.
 #[utoipa::path(get, path = "/api/v1/messages/{id}", tag = "messages", security(("bearer" = [])),
     params(("id" = Uuid, Path)),
-    responses((status = 200, body = Data<MessageView>),
-        (status = 400, body = ErrorBody, description = "`invalid_path`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`"),
-        (status = 404, body = ErrorBody, description = "`not_found`"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+    responses((status = 200, body = Data<MessageView>), ReadAccess, BadPath, NotFound))]
 pub async fn get(
     State(state): State<AppState>,
     principal: Principal,
     PathParam(id): PathParam<Uuid>,
 ) -> Result<Json<Data<MessageView>>, ApiError> {
-    if !principal.has(Scope::Admin) {
-        principal.require(Scope::Read)?;
-    }
-    let message = messages::get(&state.pool, id)
-        .await?
-        .filter(|m| principal.has(Scope::Admin) || m.api_key_id == Some(principal.key_id))
-        .ok_or(ApiError::NotFound("message"))?;
+    principal.require_or(Scope::Read, &[Scope::Admin])?;
+    let message = find(&state, id, principal.owner_filter()).await?;
     Ok(Data::new(message.into()))
+}
+
+/// The message `id`, if `owner` (see [`Principal::owner_filter`]) may see it.
+async fn find(
+    state: &AppState,
+    id: Uuid,
+    owner: Option<Uuid>,
+) -> Result<messages::MessageRecord, ApiError> {
+    messages::get(&state.pool, id)
+        .await?
+        .filter(|m| owner.is_none() || m.api_key_id == owner)
+        .ok_or(ApiError::NotFound("message"))
 }
 
 /// Cancels a message that is still `scheduled` or `queued`. A message a
@@ -453,28 +395,20 @@ pub async fn get(
 /// both conditional updates, so exactly one of them wins.
 #[utoipa::path(post, path = "/api/v1/messages/{id}/cancel", tag = "messages", security(("bearer" = [])),
     params(("id" = Uuid, Path)),
-    responses((status = 200, body = Data<MessageView>),
-        (status = 400, body = ErrorBody, description = "`invalid_path`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: key lacks `send`"),
-        (status = 404, body = ErrorBody, description = "`not_found`"),
-        (status = 409, body = ErrorBody, description = "`not_cancellable`: already sending or final"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+    responses((status = 200, body = Data<MessageView>), SendAccess, BadPath, NotFound,
+        (status = 409, body = ErrorBody, description = "`not_cancellable`: already sending or final")))]
 pub async fn cancel(
     State(state): State<AppState>,
     principal: Principal,
     PathParam(id): PathParam<Uuid>,
 ) -> Result<Json<Data<MessageView>>, ApiError> {
     principal.require(Scope::Send)?;
-    let owner = (!principal.has(Scope::Admin)).then_some(principal.key_id);
+    let owner = principal.owner_filter();
     if let Some(cancelled) = messages::cancel(&state.pool, id, owner).await? {
         tracing::info!(message_id = %id, actor = %principal.key_id, "message cancelled");
         return Ok(Data::new(cancelled.into()));
     }
-    let current = messages::get(&state.pool, id)
-        .await?
-        .filter(|m| owner.is_none() || m.api_key_id == owner)
-        .ok_or(ApiError::NotFound("message"))?;
+    let current = find(&state, id, owner).await?;
     Err(ApiError::conflict(
         "not_cancellable",
         format!(
@@ -520,23 +454,17 @@ fn status_filter(raw: Option<&str>) -> Result<Option<MessageStatus>, ApiError> {
 /// pagination. Keys without the admin scope see only their own messages.
 #[utoipa::path(get, path = "/api/v1/messages", tag = "messages", security(("bearer" = [])),
     params(ListMessagesQuery),
-    responses((status = 200, body = Data<Page<MessageView>>),
-        (status = 400, body = ErrorBody, description = "`invalid_query`: an unknown parameter or a malformed value"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: key lacks `read`"),
-        (status = 422, body = ErrorBody, description = "`validation_error` (status), `invalid_limit`, `invalid_cursor`"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+    responses((status = 200, body = Data<Page<MessageView>>), ReadAccess, BadQuery,
+        (status = 422, body = ErrorBody, description = "`validation_error` (status), `invalid_limit`, `invalid_cursor`")))]
 pub async fn list(
     State(state): State<AppState>,
     principal: Principal,
     QueryParams(query): QueryParams<ListMessagesQuery>,
 ) -> Result<Json<Data<Page<MessageView>>>, ApiError> {
-    if !principal.has(Scope::Admin) {
-        principal.require(Scope::Read)?;
-    }
+    principal.require_or(Scope::Read, &[Scope::Admin])?;
     let limit = pagination::limit(query.limit)?;
     let filter = MessageFilter {
-        api_key_id: (!principal.has(Scope::Admin)).then_some(principal.key_id),
+        api_key_id: principal.owner_filter(),
         status: status_filter(query.status.as_deref())?,
         recipient: query.recipient.map(|r| r.trim().to_string()),
         created_from: query.created_after,
@@ -548,18 +476,10 @@ pub async fn list(
             .map(pagination::decode_time_id)
             .transpose()?,
     };
-    let mut rows = messages::list(&state.pool, &filter, limit + 1).await?;
-    let next_cursor = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last()
-            .map(|m| pagination::encode_time_id(m.created_at, m.id))
-    } else {
-        None
-    };
-    Ok(Data::new(Page {
-        items: rows.into_iter().map(Into::into).collect(),
-        next_cursor,
-    }))
+    let rows = messages::list(&state.pool, &filter, limit + 1).await?;
+    Ok(Data::new(Page::from_rows(rows, limit, |m| {
+        pagination::encode_time_id(m.created_at, m.id)
+    })))
 }
 
 /// Window of `GET /api/v1/messages/stats`.
@@ -603,20 +523,14 @@ pub struct MessageStats {
 /// messages created in the window. Keys without admin count their own.
 #[utoipa::path(get, path = "/api/v1/messages/stats", tag = "messages", security(("bearer" = [])),
     params(StatsQuery),
-    responses((status = 200, body = Data<MessageStats>),
-        (status = 400, body = ErrorBody, description = "`invalid_query`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: key lacks `read`"),
-        (status = 422, body = ErrorBody, description = "`validation_error`: window reversed or over 366 days"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+    responses((status = 200, body = Data<MessageStats>), ReadAccess, BadQuery,
+        (status = 422, body = ErrorBody, description = "`validation_error`: window reversed or over 366 days")))]
 pub async fn stats(
     State(state): State<AppState>,
     principal: Principal,
     QueryParams(query): QueryParams<StatsQuery>,
 ) -> Result<Json<Data<MessageStats>>, ApiError> {
-    if !principal.has(Scope::Admin) {
-        principal.require(Scope::Read)?;
-    }
+    principal.require_or(Scope::Read, &[Scope::Admin])?;
     let until = query.created_before.unwrap_or_else(Utc::now);
     let from = query
         .created_after
@@ -627,7 +541,7 @@ pub async fn stats(
             "the window must be non-empty and at most 366 days",
         ));
     }
-    let owner = (!principal.has(Scope::Admin)).then_some(principal.key_id);
+    let owner = principal.owner_filter();
     let (daily, accounts) =
         messages::stats(&state.pool, owner, from, until, state.settings.tz.name()).await?;
     Ok(Data::new(MessageStats {

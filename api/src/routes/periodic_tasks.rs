@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use platform::db::periodic_tasks::{self, PeriodicTask, PeriodicTaskContent};
-use platform::schedule::{self, CronSchedule, ScheduleError};
+use platform::schedule::{self, CronSchedule};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use utoipa::ToSchema;
@@ -16,9 +16,11 @@ use uuid::Uuid;
 use super::Data;
 use crate::audit::AdminActor;
 use crate::auth::Admin;
+use crate::docs::responses::{AdminAccess, BadJson, BadPath, BadPathOrJson, NotFound};
 use crate::error::{on_unique, ApiError, ErrorBody};
 use crate::extract::{JsonBody, PathParam};
 use crate::state::AppState;
+use crate::validate;
 
 /// Longest interval: a year.
 const MAX_INTERVAL: i32 = 366 * 86_400;
@@ -102,13 +104,7 @@ fn duplicate() -> ApiError {
 }
 
 fn content(state: &AppState, req: PeriodicTaskRequest) -> Result<PeriodicTaskContent, ApiError> {
-    let name = req.name.trim().to_string();
-    if name.is_empty() || name.chars().count() > 200 {
-        return Err(ApiError::validation(
-            "name",
-            "name must be 1 to 200 characters",
-        ));
-    }
+    let name = validate::name(&req.name)?;
     let task = req.task.trim().to_string();
     if task.is_empty() || task.len() > 255 || task.chars().any(char::is_control) {
         return Err(ApiError::validation(
@@ -130,17 +126,11 @@ fn content(state: &AppState, req: PeriodicTaskRequest) -> Result<PeriodicTaskCon
         ));
     }
     let time_zone = req.time_zone.unwrap_or_else(|| "UTC".into());
-    schedule::parse_time_zone(&time_zone)
-        .map_err(|e| ApiError::invalid("invalid_time_zone", "time_zone", e.to_string()))?;
+    schedule::parse_time_zone(&time_zone).map_err(validate::schedule_error)?;
     let now = Utc::now();
     let next = match (&req.cron, req.interval_seconds) {
         (Some(cron), None) => CronSchedule::parse(cron, &time_zone)
-            .map_err(|e| match e {
-                ScheduleError::Cron(..) => ApiError::invalid("invalid_cron", "cron", e.to_string()),
-                ScheduleError::TimeZone(_) => {
-                    ApiError::invalid("invalid_time_zone", "time_zone", e.to_string())
-                }
-            })?
+            .map_err(validate::schedule_error)?
             .next_after(now),
         (None, Some(seconds)) if (1..=MAX_INTERVAL).contains(&seconds) => {
             Some(now + chrono::Duration::seconds(i64::from(seconds)))
@@ -180,14 +170,9 @@ fn summary(t: &PeriodicTask) -> Value {
 /// Creates a periodic task; `next_run_at` is computed.
 #[utoipa::path(post, path = "/api/v1/admin/periodic-tasks", tag = "periodic-tasks",
     request_body = PeriodicTaskRequest, security(("bearer" = [])),
-    responses((status = 201, body = Data<PeriodicTaskView>),
-        (status = 400, body = ErrorBody, description = "`invalid_json`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
+    responses((status = 201, body = Data<PeriodicTaskView>), AdminAccess, BadJson,
         (status = 409, body = ErrorBody, description = "`periodic_task_exists`"),
-        (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
-        (status = 422, body = ErrorBody, description = "`invalid_cron` (field `cron`), `invalid_time_zone` (field `time_zone`), `unknown_queue`, `validation_error` (with `field`), `invalid_body`, `invalid_text` (NUL in text)"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+        (status = 422, body = ErrorBody, description = "`invalid_cron` (field `cron`), `invalid_time_zone` (field `time_zone`), `unknown_queue`, `validation_error` (with `field`), `invalid_body`, `invalid_text` (NUL in text)")))]
 pub async fn create(
     State(state): State<AppState>,
     AdminActor(actor): AdminActor,
@@ -214,10 +199,7 @@ pub async fn create(
 /// Lists periodic tasks by name.
 #[utoipa::path(get, path = "/api/v1/admin/periodic-tasks", tag = "periodic-tasks",
     security(("bearer" = [])),
-    responses((status = 200, body = Data<Vec<PeriodicTaskView>>),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+    responses((status = 200, body = Data<Vec<PeriodicTaskView>>), AdminAccess))]
 pub async fn list(
     State(state): State<AppState>,
     Admin(_admin): Admin,
@@ -229,12 +211,7 @@ pub async fn list(
 /// One periodic task.
 #[utoipa::path(get, path = "/api/v1/admin/periodic-tasks/{id}", tag = "periodic-tasks",
     security(("bearer" = [])), params(("id" = Uuid, Path)),
-    responses((status = 200, body = Data<PeriodicTaskView>),
-        (status = 400, body = ErrorBody, description = "`invalid_path`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
-        (status = 404, body = ErrorBody, description = "`not_found`"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+    responses((status = 200, body = Data<PeriodicTaskView>), AdminAccess, BadPath, NotFound))]
 pub async fn get(
     State(state): State<AppState>,
     Admin(_admin): Admin,
@@ -249,15 +226,9 @@ pub async fn get(
 /// Replaces a periodic task; `next_run_at` is computed afresh.
 #[utoipa::path(put, path = "/api/v1/admin/periodic-tasks/{id}", tag = "periodic-tasks",
     request_body = PeriodicTaskRequest, security(("bearer" = [])), params(("id" = Uuid, Path)),
-    responses((status = 200, body = Data<PeriodicTaskView>),
-        (status = 400, body = ErrorBody, description = "`invalid_json`, `invalid_path`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
-        (status = 404, body = ErrorBody, description = "`not_found`"),
+    responses((status = 200, body = Data<PeriodicTaskView>), AdminAccess, BadPathOrJson, NotFound,
         (status = 409, body = ErrorBody, description = "`periodic_task_exists`"),
-        (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
-        (status = 422, body = ErrorBody, description = "`invalid_cron` (field `cron`), `invalid_time_zone` (field `time_zone`), `unknown_queue`, `validation_error` (with `field`), `invalid_body`, `invalid_text` (NUL in text)"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+        (status = 422, body = ErrorBody, description = "`invalid_cron` (field `cron`), `invalid_time_zone` (field `time_zone`), `unknown_queue`, `validation_error` (with `field`), `invalid_body`, `invalid_text` (NUL in text)")))]
 pub async fn replace(
     State(state): State<AppState>,
     AdminActor(actor): AdminActor,
@@ -286,12 +257,7 @@ pub async fn replace(
 /// Deletes a periodic task.
 #[utoipa::path(delete, path = "/api/v1/admin/periodic-tasks/{id}", tag = "periodic-tasks",
     security(("bearer" = [])), params(("id" = Uuid, Path)),
-    responses((status = 204, description = "Deleted"),
-        (status = 400, body = ErrorBody, description = "`invalid_path`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
-        (status = 404, body = ErrorBody, description = "`not_found`"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+    responses((status = 204, description = "Deleted"), AdminAccess, BadPath, NotFound))]
 pub async fn delete(
     State(state): State<AppState>,
     AdminActor(actor): AdminActor,

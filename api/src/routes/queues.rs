@@ -8,6 +8,7 @@ use utoipa::ToSchema;
 
 use super::Data;
 use crate::auth::Admin;
+use crate::docs::responses::AdminAccess;
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 
@@ -29,10 +30,7 @@ pub struct QueueView {
 /// bulk queue, and the delay-ladder rungs that hold messages (retries,
 /// waits for quota or a throttle, ETAs).
 #[utoipa::path(get, path = "/api/v1/admin/queues", tag = "queues", security(("bearer" = [])),
-    responses((status = 200, body = Data<Vec<QueueView>>),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: not an admin key"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`"),
+    responses((status = 200, body = Data<Vec<QueueView>>), AdminAccess,
         (status = 503, body = ErrorBody, description = "`service_unavailable`: RabbitMQ unreachable")))]
 pub async fn list(
     State(state): State<AppState>,

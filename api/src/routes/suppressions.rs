@@ -15,6 +15,9 @@ use utoipa::ToSchema;
 use super::Data;
 use crate::audit::SendActor;
 use crate::auth::{Principal, Scope};
+use crate::docs::responses::{
+    BadJson, BadPage, BadPath, BadQuery, NotFound, ReadAccess, SendAccess,
+};
 use crate::error::{on_unique, ApiError, ErrorBody};
 use crate::extract::{JsonBody, PathParam, QueryParams};
 use crate::pagination::{self, Page};
@@ -61,50 +64,31 @@ pub struct ListSuppressionsQuery {
 /// Suppressed addresses, in address order.
 #[utoipa::path(get, path = "/api/v1/suppressions", tag = "suppressions", security(("bearer" = [])),
     params(ListSuppressionsQuery),
-    responses((status = 200, body = Data<Page<SuppressionView>>),
-        (status = 400, body = ErrorBody, description = "`invalid_query`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: key lacks `read`"),
-        (status = 422, body = ErrorBody, description = "`invalid_limit`, `invalid_cursor`"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+    responses((status = 200, body = Data<Page<SuppressionView>>), ReadAccess, BadQuery, BadPage))]
 pub async fn list(
     State(state): State<AppState>,
     principal: Principal,
     QueryParams(query): QueryParams<ListSuppressionsQuery>,
 ) -> Result<Json<Data<Page<SuppressionView>>>, ApiError> {
-    if !principal.has(Scope::Admin) {
-        principal.require(Scope::Read)?;
-    }
+    principal.require_or(Scope::Read, &[Scope::Admin])?;
     let limit = pagination::limit(query.limit)?;
     let after = query
         .cursor
         .as_deref()
         .map(pagination::decode)
         .transpose()?;
-    let mut rows = suppressions::list(&state.pool, after.as_deref(), limit + 1).await?;
-    let next_cursor = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(|s| pagination::encode(&s.address))
-    } else {
-        None
-    };
-    Ok(Data::new(Page {
-        items: rows.into_iter().map(Into::into).collect(),
-        next_cursor,
-    }))
+    let rows = suppressions::list(&state.pool, after.as_deref(), limit + 1).await?;
+    Ok(Data::new(Page::from_rows(rows, limit, |s| {
+        pagination::encode(&s.address)
+    })))
 }
 
 /// Adds an address to the suppression list.
 #[utoipa::path(post, path = "/api/v1/suppressions", tag = "suppressions", security(("bearer" = [])),
     request_body = SuppressionRequest,
-    responses((status = 201, body = Data<SuppressionView>),
-        (status = 400, body = ErrorBody, description = "`invalid_json`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: key lacks `send`"),
+    responses((status = 201, body = Data<SuppressionView>), SendAccess, BadJson,
         (status = 409, body = ErrorBody, description = "`already_suppressed`"),
-        (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
-        (status = 422, body = ErrorBody, description = "`validation_error`, `invalid_body`, `invalid_text` (NUL in text)"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+        (status = 422, body = ErrorBody, description = "`validation_error`, `invalid_body`, `invalid_text` (NUL in text)")))]
 pub async fn create(
     State(state): State<AppState>,
     SendActor(actor): SendActor,
@@ -134,12 +118,7 @@ pub async fn create(
 /// Removes an address from the suppression list.
 #[utoipa::path(delete, path = "/api/v1/suppressions/{address}", tag = "suppressions", security(("bearer" = [])),
     params(("address" = String, Path, description = "The address (any case)")),
-    responses((status = 204, description = "Removed"),
-        (status = 400, body = ErrorBody, description = "`invalid_path`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: key lacks `send`"),
-        (status = 404, body = ErrorBody, description = "`not_found`"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+    responses((status = 204, description = "Removed"), SendAccess, BadPath, NotFound))]
 pub async fn delete(
     State(state): State<AppState>,
     SendActor(actor): SendActor,

@@ -15,6 +15,9 @@ use uuid::Uuid;
 use super::Data;
 use crate::audit::SendActor;
 use crate::auth::{Principal, Scope};
+use crate::docs::responses::{
+    BadJson, BadPage, BadPath, BadPathOrJson, BadQuery, NotFound, ReadAccess, SendAccess,
+};
 use crate::error::{on_unique, ApiError, ErrorBody};
 use crate::extract::{JsonBody, PathParam, QueryParams};
 use crate::pagination::{self, Page};
@@ -189,12 +192,9 @@ fn content(req: TemplateRequest) -> Result<TemplateContent, ApiError> {
     })
 }
 
+/// Reading templates takes `read`, or `send` (sends name them), or `admin`.
 fn require_read(principal: &Principal) -> Result<(), ApiError> {
-    if principal.has(Scope::Read) || principal.has(Scope::Send) || principal.has(Scope::Admin) {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden("read"))
-    }
+    principal.require_or(Scope::Read, &[Scope::Send, Scope::Admin])
 }
 
 fn summary(t: &Template) -> Value {
@@ -205,14 +205,9 @@ fn summary(t: &Template) -> Value {
 /// variables it declares.
 #[utoipa::path(post, path = "/api/v1/templates", tag = "templates", request_body = TemplateRequest,
     security(("bearer" = [])),
-    responses((status = 201, body = Data<TemplateView>),
-        (status = 400, body = ErrorBody, description = "`invalid_json`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: key lacks `send`"),
+    responses((status = 201, body = Data<TemplateView>), SendAccess, BadJson,
         (status = 409, body = ErrorBody, description = "`template_exists`"),
-        (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
-        (status = 422, body = ErrorBody, description = "`validation_error`, `template_syntax_error`, `undeclared_variable`, `invalid_body`, `invalid_text` (NUL in text)"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+        (status = 422, body = ErrorBody, description = "`validation_error`, `template_syntax_error`, `undeclared_variable`, `invalid_body`, `invalid_text` (NUL in text)")))]
 pub async fn create(
     State(state): State<AppState>,
     SendActor(actor): SendActor,
@@ -239,12 +234,7 @@ pub async fn create(
 /// Lists templates by name.
 #[utoipa::path(get, path = "/api/v1/templates", tag = "templates", security(("bearer" = [])),
     params(ListTemplatesQuery),
-    responses((status = 200, body = Data<Page<TemplateView>>),
-        (status = 400, body = ErrorBody, description = "`invalid_query`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`"),
-        (status = 422, body = ErrorBody, description = "`invalid_limit`, `invalid_cursor`"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+    responses((status = 200, body = Data<Page<TemplateView>>), ReadAccess, BadQuery, BadPage))]
 pub async fn list(
     State(state): State<AppState>,
     principal: Principal,
@@ -257,27 +247,15 @@ pub async fn list(
         .as_deref()
         .map(pagination::decode)
         .transpose()?;
-    let mut rows = templates::list(&state.pool, after.as_deref(), limit + 1).await?;
-    let next_cursor = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(|t| pagination::encode(&t.name))
-    } else {
-        None
-    };
-    Ok(Data::new(Page {
-        items: rows.into_iter().map(Into::into).collect(),
-        next_cursor,
-    }))
+    let rows = templates::list(&state.pool, after.as_deref(), limit + 1).await?;
+    Ok(Data::new(Page::from_rows(rows, limit, |t| {
+        pagination::encode(&t.name)
+    })))
 }
 
 #[utoipa::path(get, path = "/api/v1/templates/{id}", tag = "templates", security(("bearer" = [])),
     params(("id" = Uuid, Path)),
-    responses((status = 200, body = Data<TemplateView>),
-        (status = 400, body = ErrorBody, description = "`invalid_path`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`"),
-        (status = 404, body = ErrorBody, description = "`not_found`"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+    responses((status = 200, body = Data<TemplateView>), ReadAccess, BadPath, NotFound))]
 pub async fn get(
     State(state): State<AppState>,
     principal: Principal,
@@ -293,15 +271,9 @@ pub async fn get(
 /// Replaces a template (every field, as for create).
 #[utoipa::path(put, path = "/api/v1/templates/{id}", tag = "templates", security(("bearer" = [])),
     params(("id" = Uuid, Path)), request_body = TemplateRequest,
-    responses((status = 200, body = Data<TemplateView>),
-        (status = 400, body = ErrorBody, description = "`invalid_json`, `invalid_path`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: key lacks `send`"),
-        (status = 404, body = ErrorBody, description = "`not_found`"),
+    responses((status = 200, body = Data<TemplateView>), SendAccess, BadPathOrJson, NotFound,
         (status = 409, body = ErrorBody, description = "`template_exists`"),
-        (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
-        (status = 422, body = ErrorBody, description = "`validation_error`, `template_syntax_error`, `undeclared_variable`, `invalid_body`, `invalid_text` (NUL in text)"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+        (status = 422, body = ErrorBody, description = "`validation_error`, `template_syntax_error`, `undeclared_variable`, `invalid_body`, `invalid_text` (NUL in text)")))]
 pub async fn replace(
     State(state): State<AppState>,
     SendActor(actor): SendActor,
@@ -329,12 +301,7 @@ pub async fn replace(
 
 #[utoipa::path(delete, path = "/api/v1/templates/{id}", tag = "templates", security(("bearer" = [])),
     params(("id" = Uuid, Path)),
-    responses((status = 204, description = "Deleted"),
-        (status = 400, body = ErrorBody, description = "`invalid_path`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`: key lacks `send`"),
-        (status = 404, body = ErrorBody, description = "`not_found`"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+    responses((status = 204, description = "Deleted"), SendAccess, BadPath, NotFound))]
 pub async fn delete(
     State(state): State<AppState>,
     SendActor(actor): SendActor,
@@ -360,14 +327,8 @@ pub async fn delete(
 /// Renders a template with the given variables, as a send would, without sending.
 #[utoipa::path(post, path = "/api/v1/templates/{id}/render", tag = "templates", security(("bearer" = [])),
     params(("id" = Uuid, Path)), request_body = RenderRequest,
-    responses((status = 200, body = Data<RenderedView>),
-        (status = 400, body = ErrorBody, description = "`invalid_json`, `invalid_path`"),
-        (status = 401, body = ErrorBody, description = "`missing_token`, `invalid_token`, `token_expired`, `key_revoked`"),
-        (status = 403, body = ErrorBody, description = "`insufficient_scope`"),
-        (status = 404, body = ErrorBody, description = "`not_found`"),
-        (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
-        (status = 422, body = ErrorBody, description = "`missing_variable`, `unknown_variable`, `template_render_error`, `invalid_body`, `invalid_text` (NUL in text)"),
-        (status = 429, body = ErrorBody, description = "`rate_limited`")))]
+    responses((status = 200, body = Data<RenderedView>), ReadAccess, BadPathOrJson, NotFound,
+        (status = 422, body = ErrorBody, description = "`missing_variable`, `unknown_variable`, `template_render_error`, `invalid_body`, `invalid_text` (NUL in text)")))]
 pub async fn render(
     State(state): State<AppState>,
     principal: Principal,
@@ -378,14 +339,6 @@ pub async fn render(
     let template = templates::get(&state.pool, id)
         .await?
         .ok_or(ApiError::NotFound("template"))?;
-    let rendered = templating::render(
-        &Sources {
-            subject: &template.subject,
-            html: &template.html_body,
-            text: template.text_body.as_deref(),
-        },
-        &template.variables,
-        &req.variables,
-    )?;
+    let rendered = templating::render(&template, &req.variables)?;
     Ok(Data::new(rendered.into()))
 }
