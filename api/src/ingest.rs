@@ -12,13 +12,12 @@
 //! tasks of up to 50 emails each (see `platform::tasks`), so the broker
 //! and the outbox handle one message per batch, not one per email.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use platform::db::messages::{MessageStatus, NewMessage};
 use platform::db::suppressions;
 use platform::outbox::OutboxWaker;
-use platform::tasks::{send_email_batch_task, BatchMember, BATCH_MEMBERS};
+use platform::tasks::{send_email_batch_tasks, BatchMember};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, Mutex};
@@ -190,16 +189,7 @@ pub(crate) fn recipients(message: &NewMessage) -> impl Iterator<Item = &String> 
 
 /// The error recorded on a message not sent because of `address`.
 pub(crate) fn suppressed_error(address: &str) -> String {
-    format!("recipient {address} is on the suppression list")
-}
-
-/// The first (alphabetically) of `message`'s recipients on the suppression
-/// list, as the one-by-one path reports it.
-fn first_suppressed(message: &NewMessage, suppressed: &HashSet<String>) -> Option<String> {
-    recipients(message)
-        .map(|a| a.to_lowercase())
-        .filter(|a| suppressed.contains(a))
-        .min()
+    suppressions::reason(address)
 }
 
 /// Two statements for the whole batch: which recipients are suppressed,
@@ -221,7 +211,7 @@ async fn write(
         .iter()
         .map(|p| {
             let m = &p.message;
-            let blocked = first_suppressed(m, &suppressed);
+            let blocked = suppressions::first_of(recipients(m), &suppressed);
             let (status, error) = match blocked {
                 Some(address) => (MessageStatus::Suppressed, Some(suppressed_error(&address))),
                 None => {
@@ -242,10 +232,9 @@ async fn write(
             })
         })
         .collect();
-    let tasks: Vec<Value> = members
-        .chunks(BATCH_MEMBERS)
-        .map(|chunk| {
-            let task = send_email_batch_task(chunk);
+    let tasks: Vec<Value> = send_email_batch_tasks(&members)
+        .iter()
+        .map(|task| {
             json!({
                 "task_id": task.id(),
                 "headers": task.headers_json(),

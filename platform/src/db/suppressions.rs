@@ -76,6 +76,11 @@ pub async fn first_suppressed(
     .await
 }
 
+/// Why a message to `address` is not sent, as every path records it.
+pub fn reason(address: &str) -> String {
+    format!("recipient {address} is on the suppression list")
+}
+
 /// The suppressed recipient a message reports: the first, alphabetically
 /// and lower-cased, of `recipients` found in `suppressed` (as
 /// [`suppressed_among`] returns it), so every path names the same one.

@@ -60,7 +60,7 @@ pub async fn attempt(
     extras: Extras,
 ) -> Attempt {
     if let Some(address) = extras.suppressed {
-        return Attempt::Suppressed(format!("recipient {address} is on the suppression list"));
+        return Attempt::Suppressed(suppressions::reason(&address));
     }
     let envelope = Envelope {
         record_id: record.id,
