@@ -46,19 +46,7 @@ pub async fn insert(
     scopes: &[String],
     credentials: &ApiCredentials,
 ) -> Result<ApiKey, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "INSERT INTO api_keys (id, name, description, key_prefix, key_hash, secret_hash, scopes)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLUMNS}"
-    ))
-    .bind(Uuid::now_v7())
-    .bind(name)
-    .bind(description)
-    .bind(&credentials.key[..12])
-    .bind(hash_token(&credentials.key))
-    .bind(hash_token(&credentials.secret))
-    .bind(scopes)
-    .fetch_one(pool)
-    .await
+    insert_with_limit(pool, name, description, scopes, None, credentials).await
 }
 
 pub async fn find_by_key(pool: &PgPool, key: &str) -> Result<Option<ApiKey>, sqlx::Error> {
@@ -159,6 +147,15 @@ pub enum Upserted {
 }
 
 impl Upserted {
+    /// From an upsert's `RETURNING (xmax = 0)`: no row when nothing changed.
+    pub fn from_returned(inserted: Option<bool>) -> Self {
+        match inserted {
+            Some(true) => Upserted::Inserted,
+            Some(false) => Upserted::Updated,
+            None => Upserted::Unchanged,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Upserted::Inserted => "imported",
@@ -228,11 +225,7 @@ pub async fn upsert_imported(
     .bind(key.created_at)
     .fetch_optional(executor)
     .await?;
-    Ok(match inserted {
-        Some(true) => Upserted::Inserted,
-        Some(false) => Upserted::Updated,
-        None => Upserted::Unchanged,
-    })
+    Ok(Upserted::from_returned(inserted))
 }
 
 /// Our key ids by the SHA-256 of their public key (to attach imported

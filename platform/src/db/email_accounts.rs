@@ -612,11 +612,7 @@ pub async fn upsert_imported(
     .bind(imported.password_changed)
     .fetch_optional(executor)
     .await?;
-    Ok(match inserted {
-        Some(true) => Upserted::Inserted,
-        Some(false) => Upserted::Updated,
-        None => Upserted::Unchanged,
-    })
+    Ok(Upserted::from_returned(inserted))
 }
 
 /// Raises an account's count for `today` to at least `sent_today` (sends
