@@ -16,7 +16,10 @@ use tokio_util::sync::CancellationToken;
 /// Migrates the database, checks that RabbitMQ answers, then runs until
 /// `shutdown`.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let timing = settings.scheduler.clone();
+    let timing = settings
+        .scheduler
+        .clone()
+        .context("the scheduler's settings are not loaded")?;
     db::migrate(&settings.database_url)
         .await
         .context("migrating the database")?;

@@ -1,5 +1,6 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+use platform::config::Role;
 use platform::{telemetry, Settings};
 use tokio_util::sync::CancellationToken;
 
@@ -7,9 +8,9 @@ use tokio_util::sync::CancellationToken;
 async fn main() -> std::process::ExitCode {
     // Container health probe: asks this process's METRICS_PORT listener.
     if std::env::args().nth(1).as_deref() == Some("health-check") {
-        return platform::healthcheck::run("notify-worker", "METRICS_PORT", None).await;
+        return platform::healthcheck::run(Role::Worker).await;
     }
-    let settings = match Settings::from_env() {
+    let settings = match Settings::from_env_for(Role::Worker) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("notify-worker: {e}");
