@@ -6,9 +6,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use platform::config::Role;
-use platform::{db, telemetry, Settings};
+use platform::{db, startup, telemetry, Settings};
 use secrecy::ExposeSecret;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(
@@ -80,12 +79,9 @@ async fn main() -> ExitCode {
     if matches!(cli.command, Some(Command::HealthCheck)) {
         return platform::healthcheck::run(Role::Api).await;
     }
-    let settings = match Settings::from_env_for(Role::Api) {
+    let settings = match startup::load_settings(Role::Api) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("notify-api: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let command = cli.command.unwrap_or(Command::Serve);
     if !matches!(command, Command::Serve) {
@@ -124,13 +120,7 @@ async fn main() -> ExitCode {
         // Answered before the settings were loaded.
         Command::HealthCheck => Ok(()),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("notify-api: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    startup::exit_code(Role::Api, result)
 }
 
 async fn import_python(settings: &Settings, args: ImportPythonArgs) -> anyhow::Result<()> {
@@ -158,7 +148,5 @@ async fn import_python(settings: &Settings, args: ImportPythonArgs) -> anyhow::R
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let app = notify_api::Application::build(settings).await?;
-    let shutdown = CancellationToken::new();
-    tokio::spawn(platform::shutdown::on_signal(shutdown.clone()));
-    app.run(shutdown).await
+    app.run(startup::shutdown_on_signal()).await
 }

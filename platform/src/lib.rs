@@ -11,6 +11,7 @@ pub mod mail;
 pub mod outbox;
 pub mod schedule;
 pub mod shutdown;
+pub mod startup;
 pub mod tasks;
 pub mod telemetry;
 pub mod templating;
