@@ -1,8 +1,13 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use clap::{Parser, Subcommand};
-use platform::{db, telemetry, Settings};
-use tokio_util::sync::CancellationToken;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use platform::config::Role;
+use platform::{db, startup, telemetry, Settings};
+use secrecy::ExposeSecret;
 
 #[derive(Parser)]
 #[command(
@@ -41,42 +46,42 @@ enum Command {
     /// and optionally recent message records. Re-runnable. The Fernet key
     /// comes from PYTHON_ENCRYPTION_KEY (comma-separated for several),
     /// else from ENCRYPTION_KEY.
-    ImportPython {
-        /// The Python platform's DATABASE_URL.
-        #[arg(long = "from", env = "PYTHON_DATABASE_URL", hide_env_values = true)]
-        from: String,
-        /// Report what would change and write nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Also import final message records of the last DAYS days.
-        #[arg(long, value_name = "DAYS")]
-        messages_since_days: Option<u32>,
-        /// How to connect on a port other than 465, 587, 25 or 2525
-        /// (repeatable), e.g. --port-tls 1025=none.
-        #[arg(long, value_name = "PORT=MODE", value_parser = notify_api::cli::import_python::parse_port_tls)]
-        port_tls: Vec<(u16, platform::db::email_accounts::TlsMode)>,
-        /// Only raise today's send counts to the Python platform's.
-        #[arg(long)]
-        quota_only: bool,
-        /// Print the report as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    ImportPython(ImportPythonArgs),
+}
+
+#[derive(Args)]
+struct ImportPythonArgs {
+    /// The Python platform's DATABASE_URL [default: PYTHON_DATABASE_URL]
+    #[arg(long = "from")]
+    from: Option<String>,
+    /// Report what would change and write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Also import final message records of the last DAYS days.
+    #[arg(long, value_name = "DAYS")]
+    messages_since_days: Option<u32>,
+    /// How to connect on a port other than 465, 587, 25 or 2525
+    /// (repeatable), e.g. --port-tls 1025=none.
+    #[arg(long, value_name = "PORT=MODE", value_parser = notify_api::cli::import_python::parse_port_tls)]
+    port_tls: Vec<(u16, platform::db::email_accounts::TlsMode)>,
+    /// Only raise today's send counts to the Python platform's.
+    #[arg(long)]
+    quota_only: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
     // Before loading settings: the probe only needs API_PORT.
     if matches!(cli.command, Some(Command::HealthCheck)) {
-        return platform::healthcheck::run("notify-api", "API_PORT", Some(8000)).await;
+        return platform::healthcheck::run(Role::Api).await;
     }
-    let settings = match Settings::from_env() {
+    let settings = match startup::load_settings(Role::Api) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("notify-api: {e}");
-            return std::process::ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let command = cli.command.unwrap_or(Command::Serve);
     if !matches!(command, Command::Serve) {
@@ -111,60 +116,29 @@ async fn main() -> std::process::ExitCode {
             .await
             .map(|report| println!("{report}"))
             .map_err(Into::into),
-        Command::ImportPython {
-            from,
-            dry_run,
-            messages_since_days,
-            port_tls,
-            quota_only,
-            json,
-        } => {
-            import_python(
-                &settings,
-                from,
-                dry_run,
-                messages_since_days,
-                port_tls,
-                quota_only,
-                json,
-            )
-            .await
-        }
+        Command::ImportPython(args) => import_python(&settings, args).await,
         // Answered before the settings were loaded.
         Command::HealthCheck => Ok(()),
     };
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("notify-api: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    startup::exit_code(Role::Api, result)
 }
 
-async fn import_python(
-    settings: &Settings,
-    from: String,
-    dry_run: bool,
-    messages_since_days: Option<u32>,
-    port_tls: Vec<(u16, platform::db::email_accounts::TlsMode)>,
-    quota_only: bool,
-    json: bool,
-) -> anyhow::Result<()> {
+async fn import_python(settings: &Settings, args: ImportPythonArgs) -> anyhow::Result<()> {
     use notify_api::cli::import_python::{import_python, ImportOptions};
-    let fernet_keys = std::env::var("PYTHON_ENCRYPTION_KEY")
-        .or_else(|_| std::env::var("ENCRYPTION_KEY"))
-        .unwrap_or_default();
+    let from = args
+        .from
+        .or_else(|| settings.python_database_url.clone())
+        .context("--from is required when PYTHON_DATABASE_URL is not set")?;
     let options = ImportOptions {
         from,
-        fernet_keys,
-        dry_run,
-        messages_since_days,
-        port_tls: port_tls.into_iter().collect(),
-        quota_only,
+        fernet_keys: settings.python_encryption_keys.expose_secret().to_string(),
+        dry_run: args.dry_run,
+        messages_since_days: args.messages_since_days,
+        port_tls: args.port_tls.into_iter().collect(),
+        quota_only: args.quota_only,
     };
     let report = import_python(settings, &options).await?;
-    if json {
+    if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         print!("{report}");
@@ -174,7 +148,5 @@ async fn import_python(
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let app = notify_api::Application::build(settings).await?;
-    let shutdown = CancellationToken::new();
-    tokio::spawn(platform::shutdown::on_signal(shutdown.clone()));
-    app.run(shutdown).await
+    app.run(startup::shutdown_on_signal()).await
 }

@@ -55,9 +55,13 @@ impl Application {
             .with_context(|| format!("binding {}:{}", settings.api_host, settings.api_port))?;
         let outbox = OutboxWaker::default();
         let rate_limiter = RateLimiter::new(&settings)?;
+        let jwt = settings
+            .jwt
+            .as_ref()
+            .context("JWT settings are not loaded")?;
         let state = AppState::new(Shared {
             rate_limiter,
-            tokens: Arc::new(TokenIssuer::new(&settings.jwt)),
+            tokens: Arc::new(TokenIssuer::new(jwt)),
             keys: KeyCache::start(pool.clone()),
             ingest: Ingest::start(pool.clone(), settings.queues.tasks.clone(), outbox.clone()),
             settings: Arc::new(settings),

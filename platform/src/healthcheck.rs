@@ -13,14 +13,16 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::config::{ConfigError, Role};
+
 const TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum HealthCheckError {
     #[error("{0} is not set; there is no listener to check")]
     PortUnset(&'static str),
-    #[error("{var}={value:?} is not a port number")]
-    BadPort { var: &'static str, value: String },
+    #[error(transparent)]
+    BadPort(#[from] ConfigError),
     #[error("connecting to 127.0.0.1:{port}: {source}")]
     Connect { port: u16, source: std::io::Error },
     #[error("talking to 127.0.0.1:{port}: {source}")]
@@ -29,21 +31,6 @@ pub enum HealthCheckError {
     Timeout(u16),
     #[error("unhealthy answer: {0}")]
     Unhealthy(String),
-}
-
-/// Reads the port from `var` (environment, then `.env`), falling back to
-/// `default` when given.
-pub fn port_from_env(var: &'static str, default: Option<u16>) -> Result<u16, HealthCheckError> {
-    let _ = dotenvy::dotenv();
-    match std::env::var(var) {
-        Ok(value) if !value.trim().is_empty() => {
-            value.trim().parse().map_err(|_| HealthCheckError::BadPort {
-                var,
-                value: value.clone(),
-            })
-        }
-        _ => default.ok_or(HealthCheckError::PortUnset(var)),
-    }
 }
 
 /// `GET /health` on 127.0.0.1:`port`; Ok when the status is 200.
@@ -83,10 +70,17 @@ pub async fn probe(port: u16) -> Result<(), HealthCheckError> {
     .unwrap_or(Err(HealthCheckError::Timeout(port)))
 }
 
+/// The port of `role`'s listener (`.env`, then the environment).
+pub fn port_from_env(role: Role) -> Result<u16, HealthCheckError> {
+    role.listener_port_from_env()?
+        .ok_or(HealthCheckError::PortUnset(role.listener_var()))
+}
+
 /// The whole subcommand: reads the port, probes, prints one line, and
 /// returns the exit code (0 healthy, 1 not).
-pub async fn run(binary: &str, port_var: &'static str, default: Option<u16>) -> ExitCode {
-    let result = match port_from_env(port_var, default) {
+pub async fn run(role: Role) -> ExitCode {
+    let binary = role.binary();
+    let result = match port_from_env(role) {
         Ok(port) => probe(port).await.map(|()| port),
         Err(e) => Err(e),
     };

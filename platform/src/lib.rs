@@ -11,6 +11,7 @@ pub mod mail;
 pub mod outbox;
 pub mod schedule;
 pub mod shutdown;
+pub mod startup;
 pub mod tasks;
 pub mod telemetry;
 pub mod templating;
@@ -21,21 +22,4 @@ pub use config::Settings;
 /// local midnight.
 pub fn today(settings: &Settings) -> chrono::NaiveDate {
     chrono::Utc::now().with_timezone(&settings.tz).date_naive()
-}
-
-/// The name a process goes by on the broker (Celery's `name@host` form).
-/// `CELERY_WORKER_NAME` overrides it, e.g. to run two workers on one host.
-pub fn node_name(role: &str) -> String {
-    if let Ok(name) = std::env::var("CELERY_WORKER_NAME") {
-        if !name.trim().is_empty() {
-            return name;
-        }
-    }
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into());
-    format!("{role}@{host}")
 }

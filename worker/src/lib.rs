@@ -17,7 +17,7 @@ pub mod worker_state;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use platform::celery::{ResultBackend, TaskAliases};
+use platform::celery::ResultBackend;
 use platform::{db, Settings};
 use tokio_util::sync::CancellationToken;
 
@@ -42,18 +42,14 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         .create_pool(Some(deadpool_redis::Runtime::Tokio1))
         .context("REDIS_URL")?;
     let throttle = Throttle::new(redis, &format!("notify:{}:throttle", settings.queues.tasks));
-    let node_name = platform::node_name("notify-worker");
-    // Celery's `worker_send_task_events` (`-E`); `enable_events` over
-    // remote control turns them on at run time too.
-    let send_events = std::env::var("CELERY_SEND_EVENTS")
-        .map(|v| {
-            matches!(
-                v.trim().to_ascii_lowercase().as_str(),
-                "1" | "true" | "yes" | "on"
-            )
-        })
-        .unwrap_or(false);
-    let aliases = TaskAliases::from_env()?;
+    let platform::config::WorkerSettings {
+        node_name,
+        send_events,
+        aliases,
+    } = settings
+        .worker
+        .clone()
+        .context("the worker's settings are not loaded")?;
     let shared_quota = match settings.python_database_url.as_deref() {
         Some(url) => {
             tracing::info!(

@@ -3,9 +3,10 @@
 //! tasks unchanged.
 //!
 //! `CELERY_TASK_ALIASES=app.tasks.send_email=notifications.send_email,old.name=notifications.send_email`
-//! maps Python task names to ours. Independently, positional arguments of
-//! `notifications.send_email` are mapped to keyword arguments in the order
-//! `[to, subject, content]` (the Python platform's signature).
+//! (read by `config`) maps Python task names to ours. Independently,
+//! positional arguments of `notifications.send_email` are mapped to keyword
+//! arguments in the order `[to, subject, content]` (the Python platform's
+//! signature).
 
 use std::collections::BTreeMap;
 
@@ -18,7 +19,7 @@ pub const SEND_EMAIL_POSITIONAL: [&str; 3] = ["to", "subject", "content"];
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum AliasError {
-    #[error("CELERY_TASK_ALIASES: {0:?} is not `python.name=our.name`")]
+    #[error("{0:?} is not `python.name=our.name`")]
     Malformed(String),
 }
 
@@ -40,14 +41,6 @@ impl TaskAliases {
             map.insert(from.to_string(), to.to_string());
         }
         Ok(TaskAliases { map })
-    }
-
-    /// From `CELERY_TASK_ALIASES` (none when unset).
-    pub fn from_env() -> Result<Self, AliasError> {
-        match std::env::var("CELERY_TASK_ALIASES") {
-            Ok(spec) => Self::parse(&spec),
-            Err(_) => Ok(TaskAliases::default()),
-        }
     }
 
     /// Python name → our name.

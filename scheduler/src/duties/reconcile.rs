@@ -13,70 +13,63 @@
 use chrono::Utc;
 use platform::broker;
 use platform::db::{messages, outbox};
-use platform::outbox::OutboxWaker;
-use platform::tasks::{send_email_batch_tasks, BatchMember};
 use platform::Settings;
-use sqlx::PgPool;
+
+use super::{enqueue_sends, Duties};
 
 /// The relay is behind when its oldest row is older than this: the broker
 /// is down or the relay stuck, and publishing again would only add rows.
 const RELAY_BEHIND: chrono::Duration = chrono::Duration::seconds(60);
 
-/// Publishes again up to a batch of stray records; returns how many.
-pub async fn run_once(
-    pool: &PgPool,
-    settings: &Settings,
-    waker: &OutboxWaker,
-) -> Result<usize, sqlx::Error> {
-    if let Some(oldest) = outbox::oldest(pool).await? {
-        if Utc::now() - oldest > RELAY_BEHIND {
-            tracing::info!(%oldest, "outbox relay is behind; reconciling later");
+impl Duties {
+    /// Publishes again up to a batch of stray records; returns how many.
+    pub async fn reconcile(&self) -> Result<usize, sqlx::Error> {
+        let (pool, settings, scheduler) = (&self.pool, &self.settings, &self.scheduler);
+        if let Some(oldest) = outbox::oldest(pool).await? {
+            if Utc::now() - oldest > RELAY_BEHIND {
+                tracing::info!(%oldest, "outbox relay is behind; reconciling later");
+                metrics::counter!("reconciler_skipped_total").increment(1);
+                return Ok(0);
+            }
+        }
+        let Some(idle) = idle_queues(settings).await else {
             metrics::counter!("reconciler_skipped_total").increment(1);
             return Ok(0);
+        };
+        let limit = settings.task_time_limit + std::time::Duration::from_secs(5);
+        let stale_before = Utc::now() - chrono::Duration::from_std(limit).unwrap_or_default();
+        let mut tx = pool.begin().await?;
+        let strays = messages::take_strays(
+            &mut tx,
+            scheduler.reconcile_after,
+            stale_before,
+            idle,
+            scheduler.reconcile_batch,
+        )
+        .await?;
+        if strays.is_empty() {
+            return Ok(0);
         }
+        let queues = &settings.queues;
+        for (bulk, queue) in [(false, queues.tasks.clone()), (true, queues.bulk())] {
+            let emails = strays
+                .iter()
+                .filter(|s| s.bulk == bulk)
+                .map(|s| (s.id, s.task_id.as_str()));
+            enqueue_sends(&mut tx, &queue, emails).await?;
+        }
+        tx.commit().await?;
+        self.waker.wake();
+        for stray in &strays {
+            tracing::debug!(message_id = %stray.id, task_id = %stray.task_id, "published again");
+        }
+        tracing::warn!(
+            count = strays.len(),
+            "records left past their due time with no broker message seen; published again"
+        );
+        metrics::counter!("reconciler_republished_total").increment(strays.len() as u64);
+        Ok(strays.len())
     }
-    let Some(idle) = idle_queues(settings).await else {
-        metrics::counter!("reconciler_skipped_total").increment(1);
-        return Ok(0);
-    };
-    let limit = settings.task_time_limit + std::time::Duration::from_secs(5);
-    let stale_before = Utc::now() - chrono::Duration::from_std(limit).unwrap_or_default();
-    let mut tx = pool.begin().await?;
-    let strays = messages::take_strays(
-        &mut tx,
-        settings.scheduler.reconcile_after,
-        stale_before,
-        idle,
-        settings.scheduler.reconcile_batch,
-    )
-    .await?;
-    if strays.is_empty() {
-        return Ok(0);
-    }
-    let queues = &settings.queues;
-    for (bulk, queue) in [(false, queues.tasks.clone()), (true, queues.bulk())] {
-        let members: Vec<BatchMember> = strays
-            .iter()
-            .filter(|s| s.bulk == bulk)
-            .map(|s| BatchMember {
-                message_id: s.id,
-                task_id: s.task_id.clone(),
-            })
-            .collect();
-        let tasks = send_email_batch_tasks(&members);
-        outbox::enqueue_many(&mut *tx, &queue, &queue, &tasks).await?;
-    }
-    tx.commit().await?;
-    waker.wake();
-    for stray in &strays {
-        tracing::debug!(message_id = %stray.id, task_id = %stray.task_id, "published again");
-    }
-    tracing::warn!(
-        count = strays.len(),
-        "records left past their due time with no broker message seen; published again"
-    );
-    metrics::counter!("reconciler_republished_total").increment(strays.len() as u64);
-    Ok(strays.len())
 }
 
 /// Whether the task queue and the bulk queue hold no ready messages

@@ -1,0 +1,76 @@
+//! What every process reads about itself: the environment it runs in
+//! (`ENV`, `DEBUG`), its logs (`LOG_LEVEL`), the time zone of daily quotas
+//! (`TZ`), and the worker's and scheduler's metrics listener
+//! (`METRICS_PORT`).
+
+use std::str::FromStr;
+
+use chrono_tz::Tz;
+
+use super::vars::Vars;
+use super::ConfigError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    Development,
+    Test,
+    Staging,
+    Production,
+}
+
+impl Environment {
+    pub fn is_production(self) -> bool {
+        self == Environment::Production
+    }
+}
+
+impl FromStr for Environment {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "development" | "dev" => Ok(Self::Development),
+            "test" => Ok(Self::Test),
+            "staging" => Ok(Self::Staging),
+            "production" | "prod" => Ok(Self::Production),
+            other => Err(format!(
+                "expected development, test, staging or production, got {other:?}"
+            )),
+        }
+    }
+}
+
+/// `ENV`, development by default.
+pub(super) fn environment(vars: &Vars<'_>) -> Result<Environment, ConfigError> {
+    vars.parse_or("ENV", Environment::Development)
+}
+
+/// `DEBUG`, refused in production.
+pub(super) fn debug(vars: &Vars<'_>, env: Environment) -> Result<bool, ConfigError> {
+    let debug = vars.parse_bool_or("DEBUG", false)?;
+    if env.is_production() && debug {
+        return Err(ConfigError::Insecure {
+            var: "DEBUG",
+            reason: "must be false in production".into(),
+        });
+    }
+    Ok(debug)
+}
+
+/// `LOG_LEVEL`, as given (see `telemetry::init_tracing`).
+pub(super) fn log_level(vars: &Vars<'_>) -> String {
+    vars.get("LOG_LEVEL").unwrap_or_else(|| "info".into())
+}
+
+/// `TZ`, an IANA name; UTC by default.
+pub(super) fn time_zone(vars: &Vars<'_>) -> Result<Tz, ConfigError> {
+    let name = vars.get("TZ").unwrap_or_else(|| "UTC".into());
+    Tz::from_str(&name).map_err(|_| ConfigError::Invalid {
+        var: "TZ",
+        reason: format!("{name:?} is not an IANA time zone name"),
+    })
+}
+
+/// `METRICS_PORT`: none when unset.
+pub(super) fn metrics_port(vars: &Vars<'_>) -> Result<Option<u16>, ConfigError> {
+    vars.parse("METRICS_PORT")
+}

@@ -1,0 +1,57 @@
+//! The scheduler ("beat"). Every instance runs an outbox relay and releases
+//! due delayed sends (`release`); one elected leader (`leader`) runs the
+//! periodic duties (`duties`): campaigns, periodic tasks, retention and the
+//! reconciler. Several instances may run at once: exactly once comes from
+//! row locks and unique run rows, not from there being one.
+
+pub mod duties;
+pub mod leader;
+pub mod release;
+
+use anyhow::Context;
+use platform::outbox::{OutboxRelay, OutboxWaker};
+use platform::{broker, db, Settings};
+use tokio_util::sync::CancellationToken;
+
+/// Migrates the database, checks that RabbitMQ answers, then runs until
+/// `shutdown`.
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let timing = settings
+        .scheduler
+        .clone()
+        .context("the scheduler's settings are not loaded")?;
+    db::migrate(&settings.database_url)
+        .await
+        .context("migrating the database")?;
+    let pool = db::connect(&settings)
+        .await
+        .context("connecting to PostgreSQL")?;
+    let conn = broker::connect(&settings, "notify-scheduler")
+        .await
+        .context("connecting to RabbitMQ")?;
+    broker::close(&conn, 200, "start-up check").await;
+    tracing::info!("notify-scheduler running");
+    let waker = OutboxWaker::default();
+    let releaser = release::Releaser {
+        pool: pool.clone(),
+        queue: settings.queues.tasks.clone(),
+        batch: timing.release_batch,
+        poll: timing.poll,
+        waker: waker.clone(),
+    };
+    let election = leader::Election {
+        database_url: settings.database_url.clone(),
+        retry: timing.leader_retry,
+    };
+    let duties = duties::Duties::new(pool.clone(), settings.clone(), timing, waker.clone());
+    let tasks = [
+        tokio::spawn(releaser.run(shutdown.clone())),
+        tokio::spawn(election.run(shutdown.clone(), move |token| duties.clone().run(token))),
+        tokio::spawn(OutboxRelay::new(pool, settings, waker).run(shutdown.clone())),
+    ];
+    for task in tasks {
+        let _ = task.await;
+    }
+    tracing::info!("notify-scheduler stopped");
+    Ok(())
+}
