@@ -22,7 +22,7 @@ pub type Wait = (Duration, &'static str);
 /// Reserves quota on the best account whose own throttles (rate per
 /// minute, connection cap) admit one more send now. `Err((wait, why))`
 /// when no account can take the message yet.
-#[tracing::instrument(skip(ctx))]
+#[tracing::instrument(level = "debug", skip(ctx))]
 pub async fn reserve_admitted(
     ctx: &Context,
     today: chrono::NaiveDate,
@@ -112,7 +112,7 @@ pub async fn release_slot(ctx: &Context, slot: Option<ConnectionSlot>) {
 /// Reserves quota for up to `wanted` plain sends at once (best accounts
 /// first), each reservation also taken from the Python platform's count
 /// during a switch.
-#[tracing::instrument(skip(ctx))]
+#[tracing::instrument(level = "debug", skip(ctx))]
 pub async fn reserve_many(
     ctx: &Context,
     today: NaiveDate,

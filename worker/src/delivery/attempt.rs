@@ -102,7 +102,7 @@ pub async fn attempt(
     }
 }
 
-#[tracing::instrument(name = "smtp", skip_all, fields(account = %account.email))]
+#[tracing::instrument(name = "smtp", level = "debug", skip_all)]
 pub async fn deliver(
     pool: &TransportCache,
     account: &EmailAccount,
