@@ -161,8 +161,8 @@ impl SendEmailRequest {
             ));
         }
         let template = load_template(executor, reference).await?;
-        let empty = Map::new();
-        templating::render(&template, self.variables.as_ref().unwrap_or(&empty)).map(Some)
+        let variables = self.variables.clone().unwrap_or_default();
+        templating::render(template, variables).await.map(Some)
     }
 
     pub fn validate(

@@ -54,7 +54,7 @@ pub struct SendAccepted {
         (status = 409, body = ErrorBody, description = "`idempotency_key_in_flight`"),
         (status = 413, body = ErrorBody, description = "`payload_too_large`, `attachment_too_large` (ATTACHMENT_MAX_SIZE), `email_too_large` (EMAIL_MAX_SIZE)"),
         (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
-        (status = 422, body = ErrorBody, description = "`validation_error` (with `field`), `invalid_body`, `invalid_text` (NUL in text), `unstorable_message`, `idempotency_key_reused`, `unknown_template`, `missing_variable`, `unknown_variable`, `template_render_error`, `invalid_attachment`, `invalid_send_at`")))]
+        (status = 422, body = ErrorBody, description = "`validation_error` (with `field`), `invalid_body`, `invalid_text` (NUL in text), `unstorable_message`, `idempotency_key_reused`, `unknown_template`, `missing_variable`, `unknown_variable`, `template_render_error`, `template_too_costly`, `template_output_too_large`, `invalid_attachment`, `invalid_send_at`")))]
 pub async fn send(
     State(state): State<AppState>,
     principal: Principal,

@@ -22,7 +22,7 @@ use crate::error::{on_unique, ApiError, ErrorBody};
 use crate::extract::{JsonBody, PathParam, QueryParams};
 use crate::pagination::{self, Page};
 use crate::state::AppState;
-use crate::templating::{self, Rendered, Sources, MAX_VARIABLES};
+use crate::templating::{self, Rendered, MAX_VARIABLES};
 use crate::validate;
 
 /// Largest subject or body source, in bytes.
@@ -115,7 +115,7 @@ fn duplicate() -> ApiError {
     )
 }
 
-fn content(req: TemplateRequest) -> Result<TemplateContent, ApiError> {
+async fn content(req: TemplateRequest) -> Result<TemplateContent, ApiError> {
     let name = req.name.trim().to_string();
     if name.is_empty()
         || name.len() > 128
@@ -176,13 +176,12 @@ fn content(req: TemplateRequest) -> Result<TemplateContent, ApiError> {
         variables.push(v.clone());
     }
     templating::check(
-        &Sources {
-            subject: &req.subject,
-            html: &req.html_body,
-            text: req.text_body.as_deref(),
-        },
-        &variables,
-    )?;
+        req.subject.clone(),
+        req.html_body.clone(),
+        req.text_body.clone(),
+        variables.clone(),
+    )
+    .await?;
     Ok(TemplateContent {
         name,
         subject: req.subject,
@@ -207,13 +206,13 @@ fn summary(t: &Template) -> Value {
     security(("bearer" = [])),
     responses((status = 201, body = Data<TemplateView>), SendAccess, BadJson,
         (status = 409, body = ErrorBody, description = "`template_exists`"),
-        (status = 422, body = ErrorBody, description = "`validation_error`, `template_syntax_error`, `undeclared_variable`, `invalid_body`, `invalid_text` (NUL in text)")))]
+        (status = 422, body = ErrorBody, description = "`validation_error`, `template_syntax_error`, `undeclared_variable`, `template_too_costly` or `template_output_too_large` (a rendering limit met with placeholder values), `invalid_body`, `invalid_text` (NUL in text)")))]
 pub async fn create(
     State(state): State<AppState>,
     SendActor(actor): SendActor,
     JsonBody(req): JsonBody<TemplateRequest>,
 ) -> Result<(StatusCode, Json<Data<TemplateView>>), ApiError> {
-    let content = content(req)?;
+    let content = content(req).await?;
     let mut tx = state.pool.begin().await?;
     let template = templates::insert(&mut *tx, &content, actor.principal.key_id)
         .await
@@ -273,14 +272,14 @@ pub async fn get(
     params(("id" = Uuid, Path)), request_body = TemplateRequest,
     responses((status = 200, body = Data<TemplateView>), SendAccess, BadPathOrJson, NotFound,
         (status = 409, body = ErrorBody, description = "`template_exists`"),
-        (status = 422, body = ErrorBody, description = "`validation_error`, `template_syntax_error`, `undeclared_variable`, `invalid_body`, `invalid_text` (NUL in text)")))]
+        (status = 422, body = ErrorBody, description = "`validation_error`, `template_syntax_error`, `undeclared_variable`, `template_too_costly` or `template_output_too_large` (a rendering limit met with placeholder values), `invalid_body`, `invalid_text` (NUL in text)")))]
 pub async fn replace(
     State(state): State<AppState>,
     SendActor(actor): SendActor,
     PathParam(id): PathParam<Uuid>,
     JsonBody(req): JsonBody<TemplateRequest>,
 ) -> Result<Json<Data<TemplateView>>, ApiError> {
-    let content = content(req)?;
+    let content = content(req).await?;
     let mut tx = state.pool.begin().await?;
     let template = templates::replace(&mut *tx, id, &content)
         .await
@@ -328,7 +327,7 @@ pub async fn delete(
 #[utoipa::path(post, path = "/api/v1/templates/{id}/render", tag = "templates", security(("bearer" = [])),
     params(("id" = Uuid, Path)), request_body = RenderRequest,
     responses((status = 200, body = Data<RenderedView>), ReadAccess, BadPathOrJson, NotFound,
-        (status = 422, body = ErrorBody, description = "`missing_variable`, `unknown_variable`, `template_render_error`, `invalid_body`, `invalid_text` (NUL in text)")))]
+        (status = 422, body = ErrorBody, description = "`missing_variable`, `unknown_variable`, `template_render_error`, `template_too_costly`, `template_output_too_large`, `invalid_body`, `invalid_text` (NUL in text)")))]
 pub async fn render(
     State(state): State<AppState>,
     principal: Principal,
@@ -339,6 +338,6 @@ pub async fn render(
     let template = templates::get(&state.pool, id)
         .await?
         .ok_or(ApiError::NotFound("template"))?;
-    let rendered = templating::render(&template, &req.variables)?;
+    let rendered = templating::render(template, req.variables).await?;
     Ok(Data::new(rendered.into()))
 }

@@ -99,6 +99,15 @@ impl Duties {
             );
             let rendered = match renderer.render(&variables) {
                 Ok(r) => r,
+                Err(e) if e.is_limit() => {
+                    // The template itself runs away (its loops or output):
+                    // every member would meet it, so the run fails, named.
+                    let reason = format!("the template exceeds a rendering limit: {e}");
+                    tracing::warn!(run = %run.id, %reason, "campaign run failed");
+                    campaigns::fail_run(&mut *tx, run.id, &reason).await?;
+                    tx.commit().await?;
+                    return Ok(true);
+                }
                 Err(e) => {
                     tracing::debug!(run = %run.id, member = member.id, error = %e, "member skipped");
                     skipped += 1;

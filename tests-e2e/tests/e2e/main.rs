@@ -34,6 +34,7 @@ mod scheduling;
 mod send_batches;
 mod soak;
 mod suppressions;
+mod template_limits;
 mod templates;
 mod throttle;
 mod walkthrough;
