@@ -228,13 +228,21 @@ async fn a_hung_server_costs_at_most_the_soft_time_limit_then_the_send_is_retrie
     env.wait_status(id, "sent", Duration::from_secs(20)).await;
     // The abandoned attempt never completed at the server.
     assert_eq!(env.smtp.count(), 1);
-    let result = env
-        .api()
-        .state
-        .results
-        .fetch(&rec.task_id)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(result["status"], "SUCCESS");
+    // Stored right after the record is marked sent (a moment later).
+    eventually(
+        "the Celery result SUCCESS",
+        Duration::from_secs(5),
+        || async {
+            let result = env
+                .api()
+                .state
+                .results
+                .fetch(&rec.task_id)
+                .await
+                .unwrap()
+                .unwrap();
+            (result["status"] == "SUCCESS").then_some(())
+        },
+    )
+    .await;
 }

@@ -202,10 +202,10 @@ pub async fn run(
         .filter(|r| claim_accounts.contains(&r.account.id))
         .map(|r| &r.account)
         .collect();
-    recovered(ctx, used).await?;
     if let Err(e) = ctx.results.store_many(&results).await {
         tracing::warn!(error = %e, "cannot store task results");
     }
+    recovered(ctx, used).await?;
 
     for (i, record, account, failed) in failures {
         email_accounts::release(&ctx.pool, today, account.id).await?;

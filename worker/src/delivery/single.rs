@@ -121,11 +121,13 @@ pub async fn send(
             reply,
         } => {
             persist(|| messages::mark_sent(&ctx.pool, record.id, &smtp_message_id, &reply)).await?;
-            recovered(ctx, [account]).await?;
-            metrics::counter!("messages_sent_total").increment(1);
-            tracing::info!(message_id = %record.id, account = %account.email, %reply, "email sent");
+            // The result right after the record, so that a caller who sees
+            // `sent` finds SUCCESS too; the account's recovery can wait.
             let result = sent_result(record, account, &smtp_message_id, &reply);
             store(ctx, message.id(), TaskState::Success, result).await;
+            metrics::counter!("messages_sent_total").increment(1);
+            tracing::info!(message_id = %record.id, account = %account.email, %reply, "email sent");
+            recovered(ctx, [account]).await?;
             Ok(Outcome::Done)
         }
         failed => {
