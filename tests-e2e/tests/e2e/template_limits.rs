@@ -68,13 +68,9 @@ async fn runaway_templates_are_refused_with_the_limit_named_and_the_api_keeps_an
         .await;
     assert_eq!(res.status, StatusCode::CREATED, "{}", res.body);
     let id = res.body["data"]["id"].as_str().unwrap().to_string();
-    let previews = (0..8).map(|_| {
-        api.post(
-            &format!("/api/v1/templates/{id}/render"),
-            &token,
-            &json!({"variables": {"n": 100000}}),
-        )
-    });
+    let path = format!("/api/v1/templates/{id}/render");
+    let runaway = json!({"variables": {"n": 100000}});
+    let previews = (0..8).map(|_| api.post(&path, &token, &runaway));
     let started = Instant::now();
     let (previews, health) = tokio::join!(futures_util::future::join_all(previews), async {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -123,4 +119,74 @@ async fn runaway_templates_are_refused_with_the_limit_named_and_the_api_keeps_an
         .await;
     assert_eq!(res.status, StatusCode::OK, "{}", res.body);
     assert_eq!(res.body["data"]["html"], "xxxx", "{}", res.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_whose_template_runs_away_for_its_members_fails_its_run_with_the_reason() {
+    let mut env = TestEnv::new().await;
+    env.start_api().await;
+    let token = env.api().admin_token(&env.pool).await;
+    let api = env.api();
+    let res = api
+        .post(
+            "/api/v1/templates",
+            &token,
+            &json!({"name": "driven", "subject": "Hi",
+                    "html_body": "{% for i in range(n|int) %}{% for j in range(n|int) %}x{% endfor %}{% endfor %}",
+                    "variables": ["n"]}),
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::CREATED, "{}", res.body);
+    let template = res.body["data"]["id"].as_str().unwrap().to_string();
+    let res = api
+        .post("/api/v1/lists", &token, &json!({"name": "runaway"}))
+        .await;
+    let list = res.body["data"]["id"].as_str().unwrap().to_string();
+    let members = json!([{"address": "m1@example.org", "variables": {"n": 100000}},
+                         {"address": "m2@example.org", "variables": {"n": 100000}}]);
+    let res = api
+        .post(&format!("/api/v1/lists/{list}/members"), &token, &members)
+        .await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.body);
+    let res = api
+        .post(
+            "/api/v1/campaigns",
+            &token,
+            &json!({"name": "runaway", "template_id": template, "list_ids": [list],
+                    "cron": "0 0 1 1 *", "is_active": false}),
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::CREATED, "{}", res.body);
+    let id = res.body["data"]["id"].as_str().unwrap().to_string();
+    env.start_scheduler();
+    let res = env
+        .api()
+        .post(&format!("/api/v1/campaigns/{id}/run"), &token, &json!({}))
+        .await;
+    assert_eq!(res.status, StatusCode::ACCEPTED, "{}", res.body);
+    let run: uuid::Uuid = res.body["data"]["id"].as_str().unwrap().parse().unwrap();
+    let (status, error) =
+        crate::support::eventually("the run to fail", Duration::from_secs(30), || async {
+            let row: (String, Option<String>) =
+                sqlx::query_as("SELECT status, error FROM campaign_runs WHERE id = $1")
+                    .bind(run)
+                    .fetch_one(&env.pool)
+                    .await
+                    .unwrap();
+            (row.0 != "running" && row.0 != "pending").then_some(row)
+        })
+        .await;
+    assert_eq!(status, "failed");
+    let error = error.unwrap_or_default();
+    assert!(
+        error.contains("rendering limit") && error.contains("steps"),
+        "{error}"
+    );
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM message_records")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(recorded, 0, "nothing was enqueued");
+    // The scheduler is still alive and leading.
+    assert!(env.scheduler_leader_pid().await.is_some());
 }
