@@ -9,7 +9,24 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::json;
 
+use crate::support::api::RunningApi;
 use crate::support::TestEnv;
+
+/// A template whose loops run as far as its variable `n` says: harmless
+/// with a placeholder value, so it saves.
+async fn driven_template(api: &RunningApi, token: &str) -> String {
+    let res = api
+        .post(
+            "/api/v1/templates",
+            token,
+            &json!({"name": "driven", "subject": "Hi",
+                    "html_body": "{% for i in range(n|int) %}{% for j in range(n|int) %}x{% endfor %}{% endfor %}",
+                    "variables": ["n"]}),
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::CREATED, "{}", res.body);
+    res.body["data"]["id"].as_str().unwrap().to_string()
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runaway_templates_are_refused_with_the_limit_named_and_the_api_keeps_answering() {
@@ -57,17 +74,7 @@ async fn runaway_templates_are_refused_with_the_limit_named_and_the_api_keeps_an
     // Harmless with placeholders, so saved; the preview and a send with a
     // runaway value fail with the limit named, each within seconds, and
     // /health answers while they run.
-    let res = api
-        .post(
-            "/api/v1/templates",
-            &token,
-            &json!({"name": "driven", "subject": "Hi",
-                    "html_body": "{% for i in range(n|int) %}{% for j in range(n|int) %}x{% endfor %}{% endfor %}",
-                    "variables": ["n"]}),
-        )
-        .await;
-    assert_eq!(res.status, StatusCode::CREATED, "{}", res.body);
-    let id = res.body["data"]["id"].as_str().unwrap().to_string();
+    let id = driven_template(api, &token).await;
     let path = format!("/api/v1/templates/{id}/render");
     let runaway = json!({"variables": {"n": 100000}});
     let previews = (0..8).map(|_| api.post(&path, &token, &runaway));
@@ -127,17 +134,7 @@ async fn a_campaign_whose_template_runs_away_for_its_members_fails_its_run_with_
     env.start_api().await;
     let token = env.api().admin_token(&env.pool).await;
     let api = env.api();
-    let res = api
-        .post(
-            "/api/v1/templates",
-            &token,
-            &json!({"name": "driven", "subject": "Hi",
-                    "html_body": "{% for i in range(n|int) %}{% for j in range(n|int) %}x{% endfor %}{% endfor %}",
-                    "variables": ["n"]}),
-        )
-        .await;
-    assert_eq!(res.status, StatusCode::CREATED, "{}", res.body);
-    let template = res.body["data"]["id"].as_str().unwrap().to_string();
+    let template = driven_template(api, &token).await;
     let res = api
         .post("/api/v1/lists", &token, &json!({"name": "runaway"}))
         .await;
