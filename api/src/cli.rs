@@ -16,8 +16,7 @@ pub async fn create_api_key(
     if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
         anyhow::bail!("--name must be 1 to 128 printable characters");
     }
-    db::migrate(&settings.database_url).await?;
-    let pool = db::connect(settings).await?;
+    let pool = db::open(settings).await?;
     let mut scopes = vec!["send".to_string(), "read".to_string()];
     if admin {
         scopes.push("admin".to_string());

@@ -43,12 +43,7 @@ impl Application {
     /// Migrates the database, connects, and binds `API_HOST:API_PORT`
     /// (port 0 picks a free one).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        db::migrate(&settings.database_url)
-            .await
-            .context("migrating the database")?;
-        let pool = db::connect(&settings)
-            .await
-            .context("connecting to PostgreSQL")?;
+        let pool = db::open(&settings).await?;
         let results = ResultBackend::new(&settings.result_backend_url, settings.result_expires)?;
         let listener = TcpListener::bind((settings.api_host.as_str(), settings.api_port))
             .await

@@ -20,12 +20,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         .scheduler
         .clone()
         .context("the scheduler's settings are not loaded")?;
-    db::migrate(&settings.database_url)
-        .await
-        .context("migrating the database")?;
-    let pool = db::connect(&settings)
-        .await
-        .context("connecting to PostgreSQL")?;
+    let pool = db::open(&settings).await?;
     let conn = broker::connect(&settings, "notify-scheduler")
         .await
         .context("connecting to RabbitMQ")?;

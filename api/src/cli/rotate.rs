@@ -39,8 +39,8 @@ impl std::fmt::Display for RotationReport {
 pub enum RotationError {
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
-    #[error("migrating: {0}")]
-    Migrate(#[from] db::MigrateError),
+    #[error(transparent)]
+    Open(#[from] db::OpenError),
     #[error(
         "{} account(s) could not be decrypted with the configured keys (add their key to \
          ENCRYPTION_PREVIOUS_KEYS and run again): {}", .0.len(), .0.join("; ")
@@ -49,8 +49,7 @@ pub enum RotationError {
 }
 
 pub async fn rotate_encryption_key(settings: &Settings) -> Result<RotationReport, RotationError> {
-    db::migrate(&settings.database_url).await?;
-    let pool = db::connect(settings).await?;
+    let pool = db::open(settings).await?;
     let keyring = &settings.keyring;
     let mut report = RotationReport {
         key_id: keyring.current_key_id().to_string(),

@@ -34,6 +34,21 @@ pub enum MigrateError {
     Refinery(#[from] refinery::Error),
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("migrating the database: {0}")]
+    Migrate(#[from] MigrateError),
+    #[error("connecting to PostgreSQL: {0}")]
+    Connect(#[from] sqlx::Error),
+}
+
+/// What every binary and command does first: applies pending migrations,
+/// then opens the pool.
+pub async fn open(settings: &Settings) -> Result<PgPool, OpenError> {
+    migrate(&settings.database_url).await?;
+    Ok(connect(settings).await?)
+}
+
 pub async fn connect(settings: &Settings) -> Result<PgPool, sqlx::Error> {
     PgPoolOptions::new()
         .max_connections(settings.db_pool_size)

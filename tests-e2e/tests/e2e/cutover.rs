@@ -679,3 +679,40 @@ async fn python_and_our_workers_share_the_queue_and_the_daily_limits_during_the_
     );
     db.drop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_python_database_is_unreachable_sends_wait_and_none_is_lost() {
+    let mut env = TestEnv::new().await;
+    env.start_api().await;
+    let token = env.api().admin_token(&env.pool).await;
+    env.api()
+        .add_account(&token, env.smtp.port(), "a@legacy.example", 100, 0)
+        .await;
+    // Limits shared with a Python database that does not answer (nothing
+    // listens on port 1): no send may go out that it could not count.
+    env.start_worker_with(&[(
+        "PYTHON_DATABASE_URL",
+        "postgres://postgres@127.0.0.1:1/gone?sslmode=disable",
+    )]);
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(
+            env.api()
+                .send_simple(&token, &format!("held{i}@example.com"))
+                .await,
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(env.smtp.count(), 0, "sent without the shared count");
+    for id in &ids {
+        assert_eq!(env.status(*id).await, "queued");
+    }
+    // Once the switch is over (a worker without the setting), every one
+    // is delivered, once.
+    env.start_worker();
+    for id in &ids {
+        env.wait_status(*id, "sent", Duration::from_secs(30)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(env.smtp.count(), 3);
+}

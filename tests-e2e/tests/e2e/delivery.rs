@@ -48,14 +48,7 @@ async fn permanent_rejection_fails_the_message_with_the_servers_reply() {
     assert!(rec.failed_at.is_some());
 
     // The Celery result says FAILURE, as Python would read it.
-    let result = env
-        .api()
-        .state
-        .results
-        .fetch(&rec.task_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let result = celery_result(&env, &rec.task_id).await;
     assert_eq!(result["status"], "FAILURE");
     assert_eq!(result["result"]["exc_type"], "EmailDeliveryError");
     // The failed quota reservation was given back.
@@ -233,16 +226,20 @@ async fn a_hung_server_costs_at_most_the_soft_time_limit_then_the_send_is_retrie
         "the Celery result SUCCESS",
         Duration::from_secs(5),
         || async {
-            let result = env
-                .api()
-                .state
-                .results
-                .fetch(&rec.task_id)
-                .await
-                .unwrap()
-                .unwrap();
+            let result = celery_result(&env, &rec.task_id).await;
             (result["status"] == "SUCCESS").then_some(())
         },
     )
     .await;
+}
+
+/// The task's stored Celery result, as Python's AsyncResult reads it.
+async fn celery_result(env: &TestEnv, task_id: &str) -> serde_json::Value {
+    env.api()
+        .state
+        .results
+        .fetch(task_id)
+        .await
+        .unwrap()
+        .expect("a stored result")
 }

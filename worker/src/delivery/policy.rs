@@ -6,14 +6,13 @@
 
 use std::time::Duration;
 
-use platform::celery::{TaskMessage, TaskState};
+use platform::celery::TaskMessage;
 use platform::db::email_accounts::{self, EmailAccount};
 use platform::db::messages::{self, MessageRecord};
 use rand::Rng;
-use serde_json::json;
 
 use super::attempt::Attempt;
-use super::settle::{persist, store, store_failure, EXC_TYPE};
+use super::settle::{persist, store_failure, store_retry};
 use crate::context::Context;
 use crate::outcome::Outcome;
 use crate::smtp::SendError;
@@ -145,13 +144,7 @@ pub async fn account_fault(
     );
     let delay = Duration::from_secs(1);
     persist(|| messages::mark_retrying(&ctx.pool, record.id, &reason, Some(reply), delay)).await?;
-    store(
-        ctx,
-        message.id(),
-        TaskState::Retry,
-        json!({"exc_type": EXC_TYPE, "exc_message": [reason], "exc_module": "builtins"}),
-    )
-    .await;
+    store_retry(ctx, message.id(), &reason).await;
     Ok(Outcome::Later { delay })
 }
 
@@ -180,13 +173,7 @@ pub async fn retry_or_fail(
     persist(|| messages::mark_retrying(&ctx.pool, record.id, reason, reply, delay)).await?;
     metrics::counter!("email_retries_total").increment(1);
     tracing::info!(message_id = %record.id, retries, retry_in = ?delay, %reason, "temporary failure; will retry");
-    store(
-        ctx,
-        message.id(),
-        TaskState::Retry,
-        json!({"exc_type": EXC_TYPE, "exc_message": [reason], "exc_module": "builtins"}),
-    )
-    .await;
+    store_retry(ctx, message.id(), &reason).await;
     Ok(Outcome::Retry { delay })
 }
 

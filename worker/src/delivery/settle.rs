@@ -91,3 +91,9 @@ pub async fn recovered<'a>(
     }
     Ok(())
 }
+
+/// Celery's RETRY state, with the reason as Python sees the exception.
+pub async fn store_retry(ctx: &Context, task_id: &str, reason: &str) {
+    let result = json!({"exc_type": EXC_TYPE, "exc_message": [reason], "exc_module": "builtins"});
+    store(ctx, task_id, TaskState::Retry, result).await;
+}

@@ -72,8 +72,8 @@ pub enum ImportError {
     Legacy(#[from] LegacyError),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
-    #[error("migrating: {0}")]
-    Migrate(#[from] db::MigrateError),
+    #[error(transparent)]
+    Open(#[from] db::OpenError),
     #[error("PYTHON_ENCRYPTION_KEY: {0}")]
     Fernet(#[from] FernetError),
 }
@@ -98,8 +98,7 @@ pub async fn import_python(
 ) -> Result<ImportReport, ImportError> {
     let fernet = FernetKeys::parse(&options.fernet_keys)?;
     let legacy = legacy::Legacy::connect(&options.from).await?;
-    db::migrate(&settings.database_url).await?;
-    let pool = db::connect(settings).await?;
+    let pool = db::open(settings).await?;
     let today = platform::today(settings);
     let mut report = ImportReport {
         dry_run: options.dry_run,
