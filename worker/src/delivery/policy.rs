@@ -173,7 +173,7 @@ pub async fn retry_or_fail(
     persist(|| messages::mark_retrying(&ctx.pool, record.id, reason, reply, delay)).await?;
     metrics::counter!("email_retries_total").increment(1);
     tracing::info!(message_id = %record.id, retries, retry_in = ?delay, %reason, "temporary failure; will retry");
-    store_retry(ctx, message.id(), &reason).await;
+    store_retry(ctx, message.id(), reason).await;
     Ok(Outcome::Retry { delay })
 }
 
