@@ -1,21 +1,19 @@
 //! The audit trail of administrative changes: who (API key), what, to
 //! what, and from which client address. Details never carry secrets.
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use platform::db::audit_log::{self, NewAuditEntry};
 use serde_json::Value;
 use sqlx::PgExecutor;
 
 use crate::auth::{Principal, Scope};
+use crate::client_addr::ClientAddr;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// The caller of a change: its key and address. The address is the first
-/// `X-Forwarded-For` entry when a proxy (nginx) sets one, otherwise the
-/// TCP peer.
+/// The caller of a change: its key and address (see [`crate::client_addr`]:
+/// the TCP peer, or what trusted proxies say of the client).
 #[derive(Debug, Clone)]
 pub struct Actor {
     pub principal: Principal,
@@ -30,28 +28,12 @@ impl FromRequestParts<AppState> for Actor {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let principal = Principal::from_request_parts(parts, state).await?;
+        let Ok(addr) = ClientAddr::from_request_parts(parts, state).await;
         Ok(Actor {
             principal,
-            client_addr: client_addr(parts),
+            client_addr: addr.to_text(),
         })
     }
-}
-
-fn client_addr(parts: &Parts) -> Option<String> {
-    let forwarded = parts
-        .headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .map(str::trim)
-        .filter(|v| !v.is_empty() && v.len() <= 64 && !v.chars().any(char::is_control));
-    if let Some(addr) = forwarded {
-        return Some(addr.to_string());
-    }
-    parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip().to_string())
 }
 
 impl Actor {
@@ -67,7 +49,7 @@ impl Actor {
         audit_log::insert(
             executor,
             &NewAuditEntry {
-                actor_key_id: self.principal.key_id,
+                actor_key_id: Some(self.principal.key_id),
                 action,
                 target_type,
                 target_id: target_id.to_string(),

@@ -13,7 +13,19 @@ pub mod responses;
     info(title = "Notification platform API", description = "Transactional email through a pool of SMTP accounts. \
         Errors are `{\"error\": {\"code\", \"message\", \"field\"?}}` with a machine-readable code; \
         data is `{\"data\": ...}`. Authenticated responses carry `X-RateLimit-Limit`, `X-RateLimit-Remaining` \
-        and `X-RateLimit-Reset`; every response carries `x-request-id`."),
+        and `X-RateLimit-Reset`; every response carries `x-request-id`.\n\n\
+        **Ownership.** Scopes say what a key may do (`send`, `read`, `admin`); ownership says to what. \
+        Messages, templates and suppressions belong to the key that created them: a key without `admin` \
+        sees and changes only its own (another key's is answered 404, or `unknown_template` in a send), \
+        and admin keys see and change all. Suppressions hold for every key, whoever added them; removing \
+        one takes `admin`. A template that a campaign mails can be changed or deleted only by an admin \
+        key (403 `template_used_by_campaign`). Lists, campaigns, accounts, keys, dead letters, periodic \
+        tasks and the audit log are admin resources, so a send may name a `campaign_id` only with an \
+        admin key (`unknown_campaign` otherwise).\n\n\
+        **Sessions.** `/auth/token` returns an access token and a refresh token. Each refresh token \
+        works once; presenting a used one revokes every token of that sign-in. A refresh reads scopes \
+        from the key and keeps the sign-in's expiry. Failed sign-ins are throttled per client address \
+        and per key (429 `too_many_attempts`)."),
     paths(
         routes::health::live, routes::health::ready, routes::health::version, metrics,
         routes::auth::issue_token, routes::auth::refresh,
@@ -42,7 +54,7 @@ pub mod responses;
         (name = "auth", description = "API keys for JWTs"),
         (name = "messages", description = "Sending email (single, batch, templated, scheduled, with attachments) and following its delivery"),
         (name = "templates", description = "Email templates (minijinja, HTML auto-escaped)"),
-        (name = "suppressions", description = "Addresses that never receive mail"),
+        (name = "suppressions", description = "Addresses that never receive mail (removal: admin)"),
         (name = "email-accounts", description = "The SMTP account pool (admin)"),
         (name = "dead-letters", description = "Tasks the worker gave up on (admin)"),
         (name = "api-keys", description = "API keys (admin)"),

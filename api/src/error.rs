@@ -20,6 +20,10 @@ pub enum ApiError {
     /// 403: authenticated, but the key lacks the scope.
     #[error("this API key lacks the {0:?} scope")]
     Forbidden(&'static str),
+    /// 403: authenticated, but this resource's rules refuse the change
+    /// (e.g. `template_used_by_campaign`).
+    #[error("{message}")]
+    Denied { code: &'static str, message: String },
     /// 404
     #[error("{0} not found")]
     NotFound(&'static str),
@@ -38,6 +42,10 @@ pub enum ApiError {
     /// 429: the API key's rate limit is spent until the window turns over.
     #[error("rate limit of {limit} requests per window exceeded; retry in {retry_after} s")]
     RateLimited { limit: u64, retry_after: u64 },
+    /// 429: too many failed authentications from this address or for this
+    /// key; even right credentials are refused until `retry_after` passes.
+    #[error("too many failed authentications; retry in {retry_after} s")]
+    TooManyAttempts { retry_after: u64 },
     /// 415
     #[error("{0}")]
     UnsupportedMediaType(String),
@@ -115,6 +123,13 @@ impl ApiError {
         }
     }
 
+    pub fn forbidden_because(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::Denied {
+            code,
+            message: message.into(),
+        }
+    }
+
     pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
         ApiError::Unauthorized {
             code,
@@ -127,12 +142,16 @@ impl ApiError {
             ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
             ApiError::Unauthorized { code, .. } => (StatusCode::UNAUTHORIZED, code),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "insufficient_scope"),
+            ApiError::Denied { code, .. } => (StatusCode::FORBIDDEN, code),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::TooLarge { code, .. } => (StatusCode::PAYLOAD_TOO_LARGE, code),
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ApiError::TooManyAttempts { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "too_many_attempts")
+            }
             ApiError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
@@ -170,7 +189,9 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        if let ApiError::RateLimited { retry_after, .. } = &self {
+        if let ApiError::RateLimited { retry_after, .. }
+        | ApiError::TooManyAttempts { retry_after } = &self
+        {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));

@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod auth;
 pub mod cli;
+pub mod client_addr;
 pub mod docs;
 pub mod error;
 pub mod extract;
@@ -11,6 +12,7 @@ pub mod idempotency;
 pub mod ingest;
 pub mod pagination;
 pub mod ratelimit;
+pub mod readiness;
 pub mod routes;
 pub mod send_request;
 pub mod startup;

@@ -10,7 +10,7 @@ use platform::mail::EmailAddress;
 use platform::tasks::Recipients;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use sqlx::PgExecutor;
+use sqlx::{PgExecutor, PgPool};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -128,11 +128,27 @@ fn addresses(field: &str, list: Option<&Recipients>) -> Result<Vec<String>, ApiE
 }
 
 impl SendEmailRequest {
-    /// Renders the request's template (or `shared`, when the request has
-    /// neither its own template nor content) with its variables.
-    pub async fn render(
+    /// Checks what the request names in the database, as `owner` sees it
+    /// (see [`crate::auth::Principal::owner_filter`]): its campaign must
+    /// exist and be visible, and its template (or `shared`, when the request
+    /// has neither its own template nor content) is rendered with its
+    /// variables.
+    pub async fn resolve(
         &self,
-        executor: impl PgExecutor<'_>,
+        pool: &PgPool,
+        owner: Option<Uuid>,
+        shared: Option<TemplateRef<'_>>,
+    ) -> Result<Option<Rendered>, ApiError> {
+        if let Some(campaign_id) = self.campaign_id {
+            check_campaign(pool, owner, campaign_id).await?;
+        }
+        self.render(pool, owner, shared).await
+    }
+
+    async fn render(
+        &self,
+        pool: &PgPool,
+        owner: Option<Uuid>,
         shared: Option<TemplateRef<'_>>,
     ) -> Result<Option<Rendered>, ApiError> {
         let own = TemplateRef::from_fields(self.template_id, self.template.as_deref())?;
@@ -160,7 +176,7 @@ impl SendEmailRequest {
                 "subject, content and text come from the template; do not send them with one",
             ));
         }
-        let template = load_template(executor, reference).await?;
+        let template = load_template(pool, owner, reference).await?;
         let variables = self.variables.clone().unwrap_or_default();
         templating::render(template, variables).await.map(Some)
     }
@@ -354,15 +370,41 @@ fn parse_send_at(raw: &str) -> Result<DateTime<Utc>, ApiError> {
     Ok(at)
 }
 
+/// The template `reference` names, if `owner` may see it; another key's
+/// template is as unknown as one that does not exist.
 pub async fn load_template(
     executor: impl PgExecutor<'_>,
+    owner: Option<Uuid>,
     reference: TemplateRef<'_>,
 ) -> Result<Template, ApiError> {
     let (found, field) = match reference {
-        TemplateRef::Id(id) => (templates::get(executor, id).await?, "template_id"),
-        TemplateRef::Name(name) => (templates::find_by_name(executor, name).await?, "template"),
+        TemplateRef::Id(id) => (templates::get(executor, id, owner).await?, "template_id"),
+        TemplateRef::Name(name) => (
+            templates::find_by_name(executor, name, owner).await?,
+            "template",
+        ),
     };
     found.ok_or_else(|| {
         ApiError::invalid("unknown_template", field, "no template by this id or name")
     })
+}
+
+/// A send may name a campaign only if the key may see it: campaigns are
+/// admin resources, so for other keys every campaign id is unknown (and a
+/// key cannot slip its messages into an admin campaign's figures).
+async fn check_campaign(pool: &PgPool, owner: Option<Uuid>, id: Uuid) -> Result<(), ApiError> {
+    let exists = owner.is_none()
+        && sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM campaigns WHERE id = $1)")
+            .bind(id)
+            .fetch_one(pool)
+            .await?;
+    if exists {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            "unknown_campaign",
+            "campaign_id",
+            "no campaign by this id",
+        ))
+    }
 }

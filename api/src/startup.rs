@@ -22,12 +22,13 @@ use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::auth::{KeyCache, TokenIssuer};
+use crate::auth::{AuthThrottle, KeyCache, TokenIssuer};
 use crate::docs::ApiDoc;
 use crate::error::ApiError;
 use crate::http_metrics;
 use crate::ingest::Ingest;
 use crate::ratelimit::{self, RateLimiter};
+use crate::readiness::Readiness;
 use crate::routes::{
     api_keys, audit_log, auth, campaigns, dead_letters, email_accounts, health, lists, messages,
     periodic_tasks, queues, suppressions, templates,
@@ -56,6 +57,8 @@ impl Application {
             .context("JWT settings are not loaded")?;
         let state = AppState::new(Shared {
             rate_limiter,
+            auth_throttle: AuthThrottle::new(&settings)?,
+            readiness: Readiness::default(),
             tokens: Arc::new(TokenIssuer::new(jwt)),
             keys: KeyCache::start(pool.clone()),
             ingest: Ingest::start(pool.clone(), settings.queues.tasks.clone(), outbox.clone()),

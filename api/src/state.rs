@@ -8,9 +8,10 @@ use platform::outbox::OutboxWaker;
 use platform::Settings;
 use sqlx::PgPool;
 
-use crate::auth::{KeyCache, TokenIssuer};
+use crate::auth::{AuthThrottle, KeyCache, TokenIssuer};
 use crate::ingest::Ingest;
 use crate::ratelimit::RateLimiter;
+use crate::readiness::Readiness;
 
 /// Shared by every request; cloned by each extractor and middleware that
 /// takes it, so a clone is one reference count, not one per field.
@@ -41,4 +42,6 @@ pub struct Shared {
     pub outbox: OutboxWaker,
     pub metrics: PrometheusHandle,
     pub rate_limiter: RateLimiter,
+    pub auth_throttle: AuthThrottle,
+    pub readiness: Readiness,
 }

@@ -60,17 +60,28 @@ impl TokenIssuer {
         }
     }
 
-    pub fn issue(
+    /// An access token for `key_id` with `scopes`, valid for `access_ttl`.
+    pub fn issue(&self, key_id: Uuid, scopes: &[String]) -> Result<String, ApiError> {
+        let exp = Utc::now().timestamp() + self.access_ttl.as_secs() as i64;
+        self.sign(key_id, scopes, TokenKind::Access, exp, Uuid::new_v4())
+    }
+
+    /// A refresh token with the id `jti` (recorded server-side, so that it
+    /// can be used once), expiring at `exp` (seconds since the epoch). It
+    /// carries no scopes: a refresh reads them from the key.
+    pub fn issue_refresh(&self, key_id: Uuid, jti: Uuid, exp: i64) -> Result<String, ApiError> {
+        self.sign(key_id, &[], TokenKind::Refresh, exp, jti)
+    }
+
+    fn sign(
         &self,
         key_id: Uuid,
         scopes: &[String],
         kind: TokenKind,
+        exp: i64,
+        jti: Uuid,
     ) -> Result<String, ApiError> {
         let now = Utc::now().timestamp();
-        let ttl = match kind {
-            TokenKind::Access => self.access_ttl,
-            TokenKind::Refresh => self.refresh_ttl,
-        };
         let claims = Claims {
             sub: key_id,
             scopes: scopes.to_vec(),
@@ -78,8 +89,8 @@ impl TokenIssuer {
             iss: ISSUER.into(),
             iat: now,
             nbf: now,
-            exp: now + ttl.as_secs() as i64,
-            jti: Uuid::new_v4(),
+            exp,
+            jti,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| ApiError::Internal(e.into()))
@@ -123,9 +134,7 @@ mod tests {
     fn issued_tokens_verify_and_carry_scopes() {
         let issuer = issuer("s".repeat(32).as_str());
         let id = Uuid::new_v4();
-        let token = issuer
-            .issue(id, &["send".into()], TokenKind::Access)
-            .unwrap();
+        let token = issuer.issue(id, &["send".into()]).unwrap();
         let claims = issuer.verify(&token, TokenKind::Access).unwrap();
         assert_eq!(claims.sub, id);
         assert_eq!(claims.scopes, vec!["send"]);
@@ -136,7 +145,7 @@ mod tests {
     fn other_keys_and_algorithms_are_refused() {
         let issuer_a = issuer("a".repeat(32).as_str());
         let token = issuer("b".repeat(32).as_str())
-            .issue(Uuid::new_v4(), &[], TokenKind::Access)
+            .issue(Uuid::new_v4(), &[])
             .unwrap();
         assert!(issuer_a.verify(&token, TokenKind::Access).is_err());
 

@@ -4,7 +4,9 @@
 mod jwt;
 mod key_cache;
 mod principal;
+mod throttle;
 
 pub use jwt::{Claims, TokenIssuer, TokenKind};
 pub use key_cache::KeyCache;
 pub use principal::{Admin, Principal, Scope};
+pub use throttle::{AuthThrottle, Subject};

@@ -56,10 +56,9 @@ pub async fn rotate_encryption_key(settings: &Settings) -> Result<RotationReport
         ..Default::default()
     };
     for row in email_accounts::stored_passwords(&pool).await? {
-        if row.sealed.key_id == keyring.current_key_id() {
-            report.already_current += 1;
-            continue;
-        }
+        // Every row is opened, those already on the current key id too: if
+        // ENCRYPTION_KEY changed but kept its id, they no longer open, and
+        // the rotation must say so rather than report success.
         let plaintext = match keyring.open(&row.sealed, PASSWORD_PURPOSE) {
             Ok(p) => p,
             Err(e) => {
@@ -69,6 +68,10 @@ pub async fn rotate_encryption_key(settings: &Settings) -> Result<RotationReport
                 continue;
             }
         };
+        if row.sealed.key_id == keyring.current_key_id() {
+            report.already_current += 1;
+            continue;
+        }
         let resealed = keyring.seal(plaintext.expose_secret(), PASSWORD_PURPOSE);
         if email_accounts::reseal_password(&pool, row.id, &row.sealed, &resealed).await? {
             report.rotated += 1;

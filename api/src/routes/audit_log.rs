@@ -29,7 +29,8 @@ pub struct AuditEntryView {
     /// What changed, without passwords or secrets.
     #[schema(value_type = Object)]
     pub details: Value,
-    /// `X-Forwarded-For` (first entry) when present, else the TCP peer.
+    /// The TCP peer, or the right-most `X-Forwarded-For` address that is not
+    /// a trusted proxy (`TRUSTED_PROXIES`) when the peer is one.
     pub client_addr: Option<String>,
     pub created_at: DateTime<Utc>,
 }

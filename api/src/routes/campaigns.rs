@@ -169,7 +169,7 @@ async fn content(state: &AppState, req: CampaignRequest) -> Result<CampaignConte
             ));
         }
     }
-    if templates::get(&state.pool, req.template_id)
+    if templates::get(&state.pool, req.template_id, None)
         .await?
         .is_none()
     {

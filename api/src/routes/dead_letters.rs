@@ -5,11 +5,12 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use platform::db::{dead_letters, messages, outbox};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{json, Value};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::Data;
+use crate::audit::AdminActor;
 use crate::auth::Admin;
 use crate::docs::responses::{AdminAccess, BadPath, NotFound};
 use crate::error::{ApiError, ErrorBody};
@@ -90,7 +91,7 @@ pub async fn list(
         (status = 422, body = ErrorBody, description = "`not_requeueable`: not a decodable Celery task")))]
 pub async fn requeue(
     State(state): State<AppState>,
-    Admin(admin): Admin,
+    AdminActor(actor): AdminActor,
     PathParam(id): PathParam<i64>,
 ) -> Result<Json<Data<DeadLetterView>>, ApiError> {
     let mut tx = state.pool.begin().await?;
@@ -120,9 +121,18 @@ pub async fn requeue(
         messages::requeue_failed(&mut *tx, message_id).await?;
     }
     dead_letters::mark_requeued(&mut *tx, id).await?;
+    actor
+        .record(
+            &mut *tx,
+            "dead_letter.requeue",
+            "dead_letter",
+            id,
+            json!({"task_id": task_id, "task_name": dead.task_name, "message_id": dead.message_id}),
+        )
+        .await?;
     tx.commit().await?;
     state.outbox.wake();
-    tracing::info!(dead_letter = id, actor = %admin.key_id, "dead letter requeued");
+    tracing::info!(dead_letter = id, actor = %actor.principal.key_id, "dead letter requeued");
     let mut view = DeadLetterView::from(dead);
     view.requeued_at = Some(Utc::now());
     Ok(Data::new(view))

@@ -1,7 +1,5 @@
 //! Liveness, readiness, version and Prometheus metrics.
 
-use std::time::Duration;
-
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -13,8 +11,6 @@ use utoipa::ToSchema;
 use super::Data;
 use crate::state::AppState;
 
-const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
-
 /// Liveness: the process serves HTTP.
 #[utoipa::path(get, path = "/health", tag = "health",
     responses((status = 200, description = "The process is alive")))]
@@ -23,55 +19,35 @@ pub async fn live() -> Json<Value> {
 }
 
 /// Readiness: PostgreSQL, RabbitMQ and Redis are all reachable. Answers 503
-/// naming each dependency that is down.
+/// when one is down; `checks` names each component with `ok` or `down`
+/// (details only in the log). A result is reused for two seconds.
 #[utoipa::path(get, path = "/health/ready", tag = "health",
     responses(
-        (status = 200, description = "All dependencies reachable"),
-        (status = 503, description = "At least one dependency is down; `checks` names it")))]
+        (status = 200, description = "All dependencies reachable",
+            example = json!({"status": "ready", "checks": {"database": "ok", "rabbitmq": "ok", "redis": "ok"}})),
+        (status = 503, description = "At least one dependency is down; `checks` names it",
+            example = json!({"status": "unavailable", "checks": {"database": "ok", "rabbitmq": "down", "redis": "ok"}}))))]
 pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
-    let (database, broker, redis) = tokio::join!(
-        check(async {
-            sqlx::query("SELECT 1")
-                .execute(&state.pool)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        }),
-        check(async {
-            let conn = platform::broker::connect(&state.settings, "notify-api-readiness")
-                .await
-                .map_err(|e| e.to_string())?;
-            platform::broker::close(&conn, 200, "readiness probe").await;
-            Ok(())
-        }),
-        check(async { state.results.ping().await.map_err(|e| e.to_string()) }),
-    );
-    let mut checks = Map::new();
-    let mut all_ok = true;
-    for (name, result) in [
-        ("database", database),
-        ("rabbitmq", broker),
-        ("redis", redis),
-    ] {
-        all_ok &= result.is_ok();
-        checks.insert(
-            name.into(),
-            Value::String(result.map_or_else(|e| format!("down: {e}"), |_| "ok".into())),
-        );
-    }
-    let status = if all_ok {
-        StatusCode::OK
+    let report = state
+        .readiness
+        .report(&state.settings, &state.pool, &state.results)
+        .await;
+    let checks: Map<String, Value> = report
+        .components()
+        .into_iter()
+        .map(|(name, ok)| {
+            (
+                name.to_string(),
+                Value::from(if ok { "ok" } else { "down" }),
+            )
+        })
+        .collect();
+    let (status, label) = if report.all_ok() {
+        (StatusCode::OK, "ready")
     } else {
-        StatusCode::SERVICE_UNAVAILABLE
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
     };
-    let label = if all_ok { "ready" } else { "unavailable" };
     (status, Json(json!({"status": label, "checks": checks})))
-}
-
-async fn check(probe: impl std::future::Future<Output = Result<(), String>>) -> Result<(), String> {
-    tokio::time::timeout(CHECK_TIMEOUT, probe)
-        .await
-        .unwrap_or_else(|_| Err(format!("no answer within {CHECK_TIMEOUT:?}")))
 }
 
 #[derive(Debug, Serialize, ToSchema)]

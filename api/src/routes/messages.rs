@@ -54,7 +54,7 @@ pub struct SendAccepted {
         (status = 409, body = ErrorBody, description = "`idempotency_key_in_flight`"),
         (status = 413, body = ErrorBody, description = "`payload_too_large`, `attachment_too_large` (ATTACHMENT_MAX_SIZE), `email_too_large` (EMAIL_MAX_SIZE)"),
         (status = 415, body = ErrorBody, description = "`unsupported_media_type`"),
-        (status = 422, body = ErrorBody, description = "`validation_error` (with `field`), `invalid_body`, `invalid_text` (NUL in text), `unstorable_message`, `idempotency_key_reused`, `unknown_template`, `missing_variable`, `unknown_variable`, `template_render_error`, `template_too_costly`, `template_output_too_large`, `invalid_attachment`, `invalid_send_at`")))]
+        (status = 422, body = ErrorBody, description = "`validation_error` (with `field`), `invalid_body`, `invalid_text` (NUL in text), `unstorable_message`, `idempotency_key_reused`, `unknown_template` (none by that id or name, or another key's), `unknown_campaign` (none by that id, or the key is not an admin), `missing_variable`, `unknown_variable`, `template_render_error`, `template_too_costly`, `template_output_too_large`, `invalid_attachment`, `invalid_send_at`")))]
 pub async fn send(
     State(state): State<AppState>,
     principal: Principal,
@@ -67,7 +67,9 @@ pub async fn send(
     // Parsed by hand (not by an extractor) so that the fingerprint covers
     // exactly what was accepted.
     let request: SendEmailRequest = extract::send_body(&headers, &body)?;
-    let rendered = request.render(&state.pool, None).await?;
+    let rendered = request
+        .resolve(&state.pool, principal.owner_filter(), None)
+        .await?;
     let accepted = request.validate(principal.key_id, limits(&state), rendered)?;
 
     // The common case (no idempotency key, attachments, schedule or
@@ -253,7 +255,9 @@ pub async fn send_batch(
         let outcome = async {
             let request: SendEmailRequest =
                 serde_json::from_value(raw).map_err(extract::invalid_body)?;
-            let rendered = request.render(&state.pool, shared).await?;
+            let rendered = request
+                .resolve(&state.pool, principal.owner_filter(), shared)
+                .await?;
             request.validate(principal.key_id, limits(&state), rendered)
         }
         .await;

@@ -1,7 +1,11 @@
 //! `/api/v1/suppressions`: addresses that must never receive mail. A send
 //! to one is recorded as `suppressed` and not enqueued, and the worker checks
-//! again right before SMTP. Listing takes `read`; changes take `send`, and
-//! are in the audit log.
+//! again right before SMTP. Every change is in the audit log.
+//!
+//! The list is one for the whole platform: an address suppressed by any key
+//! is suppressed for all. Adding takes `send`; listing takes `read` and shows
+//! a non-admin key only the addresses it added (admins see all); removing an
+//! address sends mail to it again, so it takes `admin`.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -13,10 +17,10 @@ use serde_json::json;
 use utoipa::ToSchema;
 
 use super::Data;
-use crate::audit::SendActor;
+use crate::audit::{AdminActor, SendActor};
 use crate::auth::{Principal, Scope};
 use crate::docs::responses::{
-    BadJson, BadPage, BadPath, BadQuery, NotFound, ReadAccess, SendAccess,
+    AdminAccess, BadJson, BadPage, BadPath, BadQuery, NotFound, ReadAccess, SendAccess,
 };
 use crate::error::{on_unique, ApiError, ErrorBody};
 use crate::extract::{JsonBody, PathParam, QueryParams};
@@ -61,7 +65,8 @@ pub struct ListSuppressionsQuery {
     pub cursor: Option<String>,
 }
 
-/// Suppressed addresses, in address order.
+/// Suppressed addresses, in address order: all of them for an admin key,
+/// those the calling key added otherwise.
 #[utoipa::path(get, path = "/api/v1/suppressions", tag = "suppressions", security(("bearer" = [])),
     params(ListSuppressionsQuery),
     responses((status = 200, body = Data<Page<SuppressionView>>), ReadAccess, BadQuery, BadPage))]
@@ -77,7 +82,13 @@ pub async fn list(
         .as_deref()
         .map(pagination::decode)
         .transpose()?;
-    let rows = suppressions::list(&state.pool, after.as_deref(), limit + 1).await?;
+    let rows = suppressions::list(
+        &state.pool,
+        principal.owner_filter(),
+        after.as_deref(),
+        limit + 1,
+    )
+    .await?;
     Ok(Data::new(Page::from_rows(rows, limit, |s| {
         pagination::encode(&s.address)
     })))
@@ -115,13 +126,14 @@ pub async fn create(
     Ok((StatusCode::CREATED, Data::new(row.into())))
 }
 
-/// Removes an address from the suppression list.
+/// Removes an address from the suppression list (admin keys only: mail
+/// then reaches an address that unsubscribed or bounced).
 #[utoipa::path(delete, path = "/api/v1/suppressions/{address}", tag = "suppressions", security(("bearer" = [])),
     params(("address" = String, Path, description = "The address (any case)")),
-    responses((status = 204, description = "Removed"), SendAccess, BadPath, NotFound))]
+    responses((status = 204, description = "Removed"), AdminAccess, BadPath, NotFound))]
 pub async fn delete(
     State(state): State<AppState>,
-    SendActor(actor): SendActor,
+    AdminActor(actor): AdminActor,
     PathParam(address): PathParam<String>,
 ) -> Result<StatusCode, ApiError> {
     let mut tx = state.pool.begin().await?;

@@ -1,6 +1,11 @@
 //! `/api/v1/templates`: email templates (minijinja; HTML auto-escaped).
 //! Reading takes the `read` or `send` scope, changing them `send`; every
 //! change is in the audit log.
+//!
+//! A template belongs to the key that created it: other non-admin keys
+//! neither see nor use it (404, or `unknown_template` in a send). Admin keys
+//! see and change every template, and a template that a campaign mails can
+//! be changed or deleted only by an admin key (403 `template_used_by_campaign`).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -196,6 +201,35 @@ fn require_read(principal: &Principal) -> Result<(), ApiError> {
     principal.require_or(Scope::Read, &[Scope::Send, Scope::Admin])
 }
 
+/// Checks that `principal` may change the template `id`: 404 when it cannot
+/// see it, 403 when a campaign mails it and the caller is not an admin.
+/// The row is locked until `tx` ends, so a campaign cannot start using it
+/// between this check and the change.
+async fn changeable(
+    tx: &mut sqlx::PgConnection,
+    principal: &Principal,
+    id: Uuid,
+) -> Result<(), ApiError> {
+    let visible: Option<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM templates WHERE id = $1 AND ($2::uuid IS NULL OR created_by = $2)
+         FOR UPDATE",
+    )
+    .bind(id)
+    .bind(principal.owner_filter())
+    .fetch_optional(&mut *tx)
+    .await?;
+    if visible.is_none() {
+        return Err(ApiError::NotFound("template"));
+    }
+    if !principal.has(Scope::Admin) && templates::used_by_campaign(&mut *tx, id).await? {
+        return Err(ApiError::forbidden_because(
+            "template_used_by_campaign",
+            "a campaign mails this template; only an admin key may change or delete it",
+        ));
+    }
+    Ok(())
+}
+
 fn summary(t: &Template) -> Value {
     json!({"name": t.name, "variables": t.variables})
 }
@@ -246,7 +280,13 @@ pub async fn list(
         .as_deref()
         .map(pagination::decode)
         .transpose()?;
-    let rows = templates::list(&state.pool, after.as_deref(), limit + 1).await?;
+    let rows = templates::list(
+        &state.pool,
+        principal.owner_filter(),
+        after.as_deref(),
+        limit + 1,
+    )
+    .await?;
     Ok(Data::new(Page::from_rows(rows, limit, |t| {
         pagination::encode(&t.name)
     })))
@@ -261,7 +301,7 @@ pub async fn get(
     PathParam(id): PathParam<Uuid>,
 ) -> Result<Json<Data<TemplateView>>, ApiError> {
     require_read(&principal)?;
-    let template = templates::get(&state.pool, id)
+    let template = templates::get(&state.pool, id, principal.owner_filter())
         .await?
         .ok_or(ApiError::NotFound("template"))?;
     Ok(Data::new(template.into()))
@@ -281,6 +321,7 @@ pub async fn replace(
 ) -> Result<Json<Data<TemplateView>>, ApiError> {
     let content = content(req).await?;
     let mut tx = state.pool.begin().await?;
+    changeable(&mut tx, &actor.principal, id).await?;
     let template = templates::replace(&mut *tx, id, &content)
         .await
         .map_err(on_unique("templates_name_key", duplicate))?
@@ -307,6 +348,7 @@ pub async fn delete(
     PathParam(id): PathParam<Uuid>,
 ) -> Result<StatusCode, ApiError> {
     let mut tx = state.pool.begin().await?;
+    changeable(&mut tx, &actor.principal, id).await?;
     let template = templates::delete(&mut *tx, id)
         .await?
         .ok_or(ApiError::NotFound("template"))?;
@@ -335,7 +377,7 @@ pub async fn render(
     JsonBody(req): JsonBody<RenderRequest>,
 ) -> Result<Json<Data<RenderedView>>, ApiError> {
     require_read(&principal)?;
-    let template = templates::get(&state.pool, id)
+    let template = templates::get(&state.pool, id, principal.owner_filter())
         .await?
         .ok_or(ApiError::NotFound("template"))?;
     let rendered = templating::render(template, req.variables).await?;

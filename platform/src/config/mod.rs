@@ -23,6 +23,7 @@ use std::time::Duration;
 use chrono_tz::Tz;
 use secrecy::SecretString;
 
+pub use api::AuthThrottle;
 pub use broker::{ladder_rungs, QueueNames, LADDER_LIMIT_SECONDS};
 pub use process::Environment;
 pub use scheduler::SchedulerSettings;
@@ -179,6 +180,8 @@ pub struct Settings {
     pub rate_limit_window: Duration,
     /// Prefix of the rate-limit counters in Redis (`RATE_LIMIT_REDIS_PREFIX`).
     pub rate_limit_prefix: String,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub auth_throttle: AuthThrottle,
     // scheduler
     pub scheduler: Option<SchedulerSettings>,
 }
@@ -264,6 +267,8 @@ fn load(roles: &[Role], lookup: &dyn Fn(&str) -> Option<String>) -> Result<Setti
         rate_limit_per_minute: api::rate_limit_per_minute(&for_api)?,
         rate_limit_window: api::rate_limit_window(&for_api)?,
         rate_limit_prefix: api::rate_limit_prefix(&for_api),
+        trusted_proxies: api::trusted_proxies(&for_api)?,
+        auth_throttle: api::auth_throttle(&for_api)?,
         scheduler: reads(Section::Scheduler)
             .then(|| scheduler::settings(&vars))
             .transpose()?,

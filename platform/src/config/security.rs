@@ -126,6 +126,18 @@ pub(super) fn keyring(
                 var: "ENCRYPTION_PREVIOUS_KEYS",
                 reason,
             })?;
+            // A repeated id would silently replace a key: values sealed
+            // under the lost one would no longer open.
+            if id == current_id || previous.contains_key(&id) {
+                return Err(ConfigError::Invalid {
+                    var: "ENCRYPTION_PREVIOUS_KEYS",
+                    reason: format!(
+                        "key id {:?} appears twice (ENCRYPTION_KEY_ID and ENCRYPTION_PREVIOUS_KEYS \
+                         must name each key once)",
+                        id.as_str()
+                    ),
+                });
+            }
             previous.insert(id, decode_key("ENCRYPTION_PREVIOUS_KEYS", key)?);
         }
     }
@@ -184,6 +196,23 @@ mod tests {
     #[test]
     fn short_encryption_key_is_refused() {
         assert_refused(&[("ENCRYPTION_KEY", "c2hvcnQ=")], &["32 bytes"]);
+    }
+
+    #[test]
+    fn a_key_id_named_twice_is_refused() {
+        let other = STANDARD.encode([9u8; 32]);
+        // The current key's id again: one of the two keys would be lost.
+        assert_refused(
+            &[("ENCRYPTION_PREVIOUS_KEYS", &format!("k1:{other}"))],
+            &["ENCRYPTION_PREVIOUS_KEYS", "\"k1\" appears twice"],
+        );
+        assert_refused(
+            &[(
+                "ENCRYPTION_PREVIOUS_KEYS",
+                &format!("k0:{other}, k0:{other}"),
+            )],
+            &["\"k0\" appears twice"],
+        );
     }
 
     #[test]

@@ -19,7 +19,8 @@ pub struct AuditEntry {
 
 /// One change to record. `details` must not hold secrets.
 pub struct NewAuditEntry<'a> {
-    pub actor_key_id: Uuid,
+    /// `None` for events with no authenticated key (a throttled sign-in).
+    pub actor_key_id: Option<Uuid>,
     pub action: &'a str,
     pub target_type: &'a str,
     pub target_id: String,

@@ -12,6 +12,9 @@ pub enum Job {
     IdempotencyKeys { hours: u32 },
     /// Dead letters requeued more than `days` ago.
     RequeuedDeadLetters { days: u32 },
+    /// Refresh tokens expired more than `hours` ago (their JWTs are refused
+    /// as expired anyway, so a replay needs no record).
+    ExpiredRefreshTokens { hours: u32 },
 }
 
 /// Deletes up to `limit` rows of `job`; returns how many.
@@ -38,6 +41,13 @@ pub async fn delete_batch(pool: &PgPool, job: Job, limit: i64) -> Result<u64, sq
                   WHERE requeued_at < now() - make_interval(days => $1)
                   LIMIT $2)",
             days,
+        ),
+        Job::ExpiredRefreshTokens { hours } => (
+            "DELETE FROM refresh_tokens WHERE jti IN (
+                 SELECT jti FROM refresh_tokens
+                  WHERE expires_at < now() - make_interval(hours => $1)
+                  LIMIT $2)",
+            hours,
         ),
     };
     let done = sqlx::query(sql)

@@ -12,6 +12,7 @@ pub mod maintenance;
 pub mod messages;
 pub mod outbox;
 pub mod periodic_tasks;
+pub mod refresh_tokens;
 pub mod suppressions;
 pub mod templates;
 pub mod worker_leases;

@@ -45,16 +45,20 @@ pub async fn get(pool: &PgPool, address: &str) -> Result<Option<Suppression>, sq
         .await
 }
 
-/// Suppressions ordered by address, after `after` when given.
+/// Suppressions `owner` may see (`Some(key)`: those that key added;
+/// `None`: all) ordered by address, after `after` when given.
 pub async fn list(
     pool: &PgPool,
+    owner: Option<Uuid>,
     after: Option<&str>,
     limit: i64,
 ) -> Result<Vec<Suppression>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT * FROM suppressions WHERE ($1::text IS NULL OR address > $1)
-         ORDER BY address LIMIT $2",
+        "SELECT * FROM suppressions
+         WHERE ($1::uuid IS NULL OR created_by = $1) AND ($2::text IS NULL OR address > $2)
+         ORDER BY address LIMIT $3",
     )
+    .bind(owner)
     .bind(after)
     .bind(limit)
     .fetch_all(pool)

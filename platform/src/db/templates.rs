@@ -68,36 +68,67 @@ pub async fn replace(
     .await
 }
 
-pub async fn get(executor: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Template>, sqlx::Error> {
-    sqlx::query_as("SELECT * FROM templates WHERE id = $1")
-        .bind(id)
-        .fetch_optional(executor)
-        .await
+/// The template `id`, if `owner` may see it: `Some(key)` sees only the
+/// templates that key created, `None` (an admin, the scheduler) sees all.
+pub async fn get(
+    executor: impl PgExecutor<'_>,
+    id: Uuid,
+    owner: Option<Uuid>,
+) -> Result<Option<Template>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT * FROM templates WHERE id = $1 AND ($2::uuid IS NULL OR created_by = $2)",
+    )
+    .bind(id)
+    .bind(owner)
+    .fetch_optional(executor)
+    .await
 }
 
+/// The template named `name`, if `owner` may see it (as for [`get`]).
 pub async fn find_by_name(
     executor: impl PgExecutor<'_>,
     name: &str,
+    owner: Option<Uuid>,
 ) -> Result<Option<Template>, sqlx::Error> {
-    sqlx::query_as("SELECT * FROM templates WHERE name = $1")
-        .bind(name)
-        .fetch_optional(executor)
-        .await
+    sqlx::query_as(
+        "SELECT * FROM templates WHERE name = $1 AND ($2::uuid IS NULL OR created_by = $2)",
+    )
+    .bind(name)
+    .bind(owner)
+    .fetch_optional(executor)
+    .await
 }
 
-/// Templates by name, after `after` (a name) when given.
+/// Templates `owner` may see (as for [`get`]) by name, after `after` (a
+/// name) when given.
 pub async fn list(
     executor: impl PgExecutor<'_>,
+    owner: Option<Uuid>,
     after: Option<&str>,
     limit: i64,
 ) -> Result<Vec<Template>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT * FROM templates WHERE ($1::text IS NULL OR name > $1) ORDER BY name LIMIT $2",
+        "SELECT * FROM templates
+         WHERE ($1::uuid IS NULL OR created_by = $1) AND ($2::text IS NULL OR name > $2)
+         ORDER BY name LIMIT $3",
     )
+    .bind(owner)
     .bind(after)
     .bind(limit)
     .fetch_all(executor)
     .await
+}
+
+/// Whether a campaign mails this template: changing it then changes what
+/// every member of the campaign's lists receives, which only an admin may do.
+pub async fn used_by_campaign(
+    executor: impl PgExecutor<'_>,
+    id: Uuid,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM campaigns WHERE template_id = $1)")
+        .bind(id)
+        .fetch_one(executor)
+        .await
 }
 
 pub async fn delete(

@@ -59,7 +59,7 @@ impl Duties {
             tx.commit().await?;
             return Ok(true);
         };
-        let Some(template) = templates::get(&mut *tx, campaign.template_id).await? else {
+        let Some(template) = templates::get(&mut *tx, campaign.template_id, None).await? else {
             campaigns::fail_run(&mut *tx, run.id, "the campaign's template was deleted").await?;
             tx.commit().await?;
             return Ok(true);

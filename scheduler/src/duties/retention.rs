@@ -1,6 +1,7 @@
 //! Retention: deletes finished message records and requeued dead letters
 //! older than `MESSAGE_RETENTION_DAYS`, idempotency keys older than
-//! `IDEMPOTENCY_RETENTION_HOURS`, and lapsed worker leases.
+//! `IDEMPOTENCY_RETENTION_HOURS`, refresh tokens a day after they expire,
+//! and lapsed worker leases.
 
 use platform::db::maintenance;
 use tokio_util::sync::CancellationToken;
@@ -12,7 +13,7 @@ impl Duties {
     /// statement, so locks are short), then prunes lapsed worker leases.
     pub async fn maintain(&self, token: &CancellationToken) -> Result<(), sqlx::Error> {
         let s = &self.scheduler;
-        let jobs: [(&str, maintenance::Job); 3] = [
+        let jobs: [(&str, maintenance::Job); 4] = [
             (
                 "message_records",
                 maintenance::Job::Messages {
@@ -30,6 +31,10 @@ impl Duties {
                 maintenance::Job::RequeuedDeadLetters {
                     days: s.message_retention_days,
                 },
+            ),
+            (
+                "refresh_tokens",
+                maintenance::Job::ExpiredRefreshTokens { hours: 24 },
             ),
         ];
         for (table, job) in jobs {

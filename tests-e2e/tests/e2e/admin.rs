@@ -125,7 +125,8 @@ async fn admin_changes_are_audited_without_secrets() {
         .client
         .post(api.url(ACCOUNTS))
         .bearer_auth(&admin)
-        .header("x-forwarded-for", "203.0.113.7, 10.0.0.1")
+        // A forged first entry, then what the (loopback, trusted) proxy saw.
+        .header("x-forwarded-for", "198.51.100.1, 203.0.113.7")
         .json(
             &json!({"email": "ops@example.com", "smtp_host": "127.0.0.1", "smtp_port": 2525,
             "smtp_password": "hunter2-very-secret", "tls_mode": "none"}),

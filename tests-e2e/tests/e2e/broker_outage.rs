@@ -99,3 +99,65 @@ async fn readiness_names_redis_when_the_result_backend_is_unreachable() {
         .await;
     assert_eq!(live.status, reqwest::StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_reuses_its_result_and_its_broker_connection_and_tells_no_details() {
+    let mut env = TestEnv::new().await;
+    let proxy = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let mut settings = env.settings();
+    settings.broker_urls = vec![format!("amqp://guest:guest@{}/%2f", proxy.addr)];
+    env.start_api_with(settings).await;
+    let api = env.api();
+    let ready = api
+        .request(reqwest::Method::GET, "/health/ready", None, None)
+        .await;
+    assert_eq!(ready.status, reqwest::StatusCode::OK, "{}", ready.body);
+    let baseline = proxy.accepted();
+
+    // A burst, then more after the cached result went stale: no new
+    // connection to RabbitMQ for any of them.
+    for round in 0..2 {
+        let calls = (0..50).map(|_| api.request(reqwest::Method::GET, "/health/ready", None, None));
+        for res in futures_util::future::join_all(calls).await {
+            assert_eq!(
+                res.status,
+                reqwest::StatusCode::OK,
+                "round {round}: {}",
+                res.body
+            );
+        }
+        tokio::time::sleep(notify_api::readiness::FRESH_FOR + Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        proxy.accepted() - baseline,
+        0,
+        "readiness probes reuse one broker connection"
+    );
+
+    // Down: the component is named, with no error text.
+    proxy.cut();
+    let ready = eventually(
+        "readiness to see the cut",
+        Duration::from_secs(10),
+        || async {
+            let res = api
+                .request(reqwest::Method::GET, "/health/ready", None, None)
+                .await;
+            (res.status == reqwest::StatusCode::SERVICE_UNAVAILABLE).then_some(res)
+        },
+    )
+    .await;
+    assert_eq!(
+        ready.body,
+        serde_json::json!({"status": "unavailable",
+            "checks": {"database": "ok", "rabbitmq": "down", "redis": "ok"}})
+    );
+    proxy.restore();
+    eventually("readiness to recover", Duration::from_secs(10), || async {
+        let res = api
+            .request(reqwest::Method::GET, "/health/ready", None, None)
+            .await;
+        (res.status == reqwest::StatusCode::OK).then_some(())
+    })
+    .await;
+}

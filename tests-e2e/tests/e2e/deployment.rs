@@ -378,6 +378,35 @@ async fn nginx_config_validates_and_fronts_two_apis_with_failover_limits_and_hea
     .await;
     assert_eq!(login, [401], "a POST reaches the surviving API");
 
+    // Bodies: one the size of a maximum send (20 MiB of content is about
+    // 27 MiB as JSON with base64) passes nginx and is read and judged by the
+    // API (here: not JSON, a 400); past nginx's limit the 413 still comes in
+    // the API's JSON envelope, not as an HTML page.
+    let token_url = format!("{base}/api/v1/auth/token");
+    for (mib, want) in [(28usize, 400u16), (40, 413)] {
+        let body = dir.path().join(format!("body-{mib}.json"));
+        std::fs::write(&body, vec![b'x'; mib * 1024 * 1024]).unwrap();
+        let out = run(Command::new(tool("curl"))
+            .args([
+                "-sk",
+                "--max-time",
+                "30",
+                "-w",
+                "\n%{http_code}",
+                "-X",
+                "POST",
+            ])
+            .args(["-H", "content-type: application/json", "--data-binary"])
+            .arg(format!("@{}", body.display()))
+            .arg(&token_url))
+        .await;
+        let (answer, code) = out.stdout.rsplit_once('\n').unwrap_or_default();
+        assert_eq!(code.trim(), want.to_string(), "{mib} MiB: {out}");
+        let answer: serde_json::Value = serde_json::from_str(answer)
+            .unwrap_or_else(|_| panic!("{mib} MiB: not JSON: {answer}"));
+        assert!(answer["error"]["code"].is_string(), "{answer}");
+    }
+
     // /health is not logged; API requests are.
     let log = std::fs::read_to_string(dir.path().join("access.log")).unwrap_or_default();
     assert!(log.contains("/api/v1/version"), "{log}");
@@ -1127,6 +1156,14 @@ async fn key_rotation_reencrypts_and_every_account_sends_with_only_the_new_key()
     assert!(!failed.ok, "{failed}");
     assert!(failed.stderr.contains("r0@example.com"), "{failed}");
     assert_eq!(key_ids(&env.pool).await, ["k2", "k2", "k2"]);
+    // A different key under the same id: rows "already current" by their
+    // id no longer open, and the rotation says so instead of succeeding.
+    let mut same_id = rotated_vars.clone();
+    same_id.insert("ENCRYPTION_KEY".into(), K3.into());
+    same_id.remove("ENCRYPTION_PREVIOUS_KEYS");
+    let failed = run(&mut script("rotate_encryption_key.sh", &same_id)).await;
+    assert!(!failed.ok, "{failed}");
+    assert!(failed.stderr.contains("r2@example.com"), "{failed}");
 
     // The old key is gone: a worker with only k2 sends through every account.
     env.start_worker_with(&[("ENCRYPTION_KEY", K2), ("ENCRYPTION_KEY_ID", "k2")]);

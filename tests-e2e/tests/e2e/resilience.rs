@@ -121,6 +121,14 @@ async fn exhausted_retries_are_dead_lettered_and_an_operator_can_requeue_them() 
         (StatusCode::CONFLICT, "already_requeued")
     );
     assert_eq!(env.smtp.received().len(), 1);
+    // The requeue is in the audit log (once: the refused second one is not).
+    let res = api
+        .get("/api/v1/admin/audit-log?action=dead_letter.requeue", &token)
+        .await;
+    let entries = res.body["data"]["items"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{}", res.body);
+    assert_eq!(entries[0]["target_id"], listed["id"].to_string());
+    assert_eq!(entries[0]["details"]["message_id"], id.to_string());
 
     let (_, sender_only) = api.token(&env.pool, &["send", "read"]).await;
     assert_eq!(

@@ -51,8 +51,12 @@ async fn suppressed_addresses_are_recorded_but_not_sent() {
         )
         .await;
     assert_eq!(res.status, StatusCode::FORBIDDEN);
-    let res = api.get("/api/v1/suppressions", &reader).await;
+    let res = api.get("/api/v1/suppressions", &token).await;
     assert_eq!(res.body["data"]["items"][0]["reason"], "unsubscribed");
+    // Another key lists only the addresses it added (see ownership.rs).
+    let res = api.get("/api/v1/suppressions", &reader).await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.body);
+    assert_eq!(res.body["data"]["items"], json!([]));
 
     let res = api
         .post("/api/v1/messages/email/send", &token,
@@ -72,6 +76,7 @@ async fn suppressed_addresses_are_recorded_but_not_sent() {
         .unwrap();
     assert_eq!(outbox, 0, "a suppressed message is not enqueued");
 
+    // Removing a suppression mails the address again: admin keys only.
     let res = api
         .request(
             Method::DELETE,
@@ -80,12 +85,25 @@ async fn suppressed_addresses_are_recorded_but_not_sent() {
             None,
         )
         .await;
+    assert_eq!(
+        (res.status, res.code()),
+        (StatusCode::FORBIDDEN, "insufficient_scope")
+    );
+    let admin = api.admin_token(&env.pool).await;
+    let res = api
+        .request(
+            Method::DELETE,
+            "/api/v1/suppressions/OPTED.OUT@example.org",
+            Some(&admin),
+            None,
+        )
+        .await;
     assert_eq!(res.status, StatusCode::NO_CONTENT);
     let res = api
         .request(
             Method::DELETE,
             "/api/v1/suppressions/opted.out@example.org",
-            Some(&token),
+            Some(&admin),
             None,
         )
         .await;

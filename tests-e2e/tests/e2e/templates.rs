@@ -69,7 +69,7 @@ async fn templates_are_managed_previewed_and_checked() {
     let res = api
         .post(
             &format!("/api/v1/templates/{id}/render"),
-            &reader,
+            &token,
             &json!({"variables": {"name": "<Ann & Bob>"}}),
         )
         .await;
@@ -83,7 +83,7 @@ async fn templates_are_managed_previewed_and_checked() {
     let res = api
         .post(
             &format!("/api/v1/templates/{id}/render"),
-            &reader,
+            &token,
             &json!({"variables": {}}),
         )
         .await;
@@ -102,7 +102,7 @@ async fn templates_are_managed_previewed_and_checked() {
     let res = api
         .post(
             &format!("/api/v1/templates/{id}/render"),
-            &reader,
+            &token,
             &json!({"variables": {"user": "not an object"}}),
         )
         .await;
@@ -110,10 +110,13 @@ async fn templates_are_managed_previewed_and_checked() {
         (res.status, res.code()),
         (StatusCode::UNPROCESSABLE_ENTITY, "template_render_error")
     );
-    let res = api.get(&format!("/api/v1/templates/{id}"), &reader).await;
+    let res = api.get(&format!("/api/v1/templates/{id}"), &token).await;
     assert_eq!(res.body["data"]["variables"], json!(["user"]));
-    let res = api.get("/api/v1/templates?limit=10", &reader).await;
+    let res = api.get("/api/v1/templates?limit=10", &token).await;
     assert_eq!(res.body["data"]["items"].as_array().unwrap().len(), 1);
+    // Templates belong to the key that made them (see ownership.rs).
+    let res = api.get(&format!("/api/v1/templates/{id}"), &reader).await;
+    assert_eq!(res.status, StatusCode::NOT_FOUND);
     let res = api
         .request(
             Method::DELETE,
@@ -123,7 +126,7 @@ async fn templates_are_managed_previewed_and_checked() {
         )
         .await;
     assert_eq!(res.status, StatusCode::NO_CONTENT);
-    let res = api.get(&format!("/api/v1/templates/{id}"), &reader).await;
+    let res = api.get(&format!("/api/v1/templates/{id}"), &token).await;
     assert_eq!(
         (res.status, res.code()),
         (StatusCode::NOT_FOUND, "not_found")

@@ -2,7 +2,7 @@
 //! injected for one process without disturbing the shared RabbitMQ.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::net::{TcpListener, TcpStream};
@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 pub struct TcpProxy {
     pub addr: SocketAddr,
     up: Arc<AtomicBool>,
+    accepted: Arc<AtomicUsize>,
     connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
     accept: JoinHandle<()>,
 }
@@ -27,9 +28,11 @@ impl TcpProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy address");
         let up = Arc::new(AtomicBool::new(true));
+        let accepted = Arc::new(AtomicUsize::new(0));
         let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let accept = {
             let up = up.clone();
+            let accepted = accepted.clone();
             let connections = connections.clone();
             tokio::spawn(async move {
                 loop {
@@ -40,6 +43,7 @@ impl TcpProxy {
                         drop(client);
                         continue;
                     }
+                    accepted.fetch_add(1, Ordering::SeqCst);
                     let task = tokio::spawn(async move {
                         if let Ok(mut server) = TcpStream::connect(upstream).await {
                             let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
@@ -52,9 +56,15 @@ impl TcpProxy {
         TcpProxy {
             addr,
             up,
+            accepted,
             connections,
             accept,
         }
+    }
+
+    /// How many connections it has passed on so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
     }
 
     /// Drops every open connection and refuses new ones.
