@@ -167,6 +167,28 @@ pub async fn insert_for_task(
         .await
 }
 
+/// Records, `failed` with `error`, a message that arrived as a task without
+/// a record and broke a rule; a redelivery leaves the first row as it is.
+pub async fn insert_failed_for_task(
+    pool: &PgPool,
+    new: &NewMessage,
+    error: &str,
+) -> Result<(), sqlx::Error> {
+    bind_new(
+        sqlx::query(
+            "INSERT INTO message_records (id, task_id, api_key_id, status, to_addrs, cc_addrs,
+                bcc_addrs, reply_to, from_name, subject, html_body, text_body, error, failed_at)
+            VALUES ($1, $2, $3, 'failed', $4, $5, $6, $7, $8, $9, $10, $11, $12, now())
+            ON CONFLICT (task_id) DO NOTHING",
+        ),
+        new,
+    )
+    .bind(error)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<MessageRecord>, sqlx::Error> {
     sqlx::query_as("SELECT * FROM message_records WHERE id = $1")
         .bind(id)
