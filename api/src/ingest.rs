@@ -121,6 +121,8 @@ impl Ingest {
 
     /// Records the message and (unless a recipient is suppressed) its task;
     /// returns the recorded status once both are committed.
+    #[tracing::instrument(name = "ingest", level = "debug", skip_all,
+        fields(message_id = %message.id, task_id = %message.task_id))]
     pub async fn submit(&self, message: NewMessage) -> Result<MessageStatus, ApiError> {
         let (done, wait) = oneshot::channel();
         self.queue
@@ -128,7 +130,10 @@ impl Ingest {
             .await
             .map_err(|_| ApiError::Unavailable("the API is shutting down".into()))?;
         match wait.await {
-            Ok(Ok(status)) => Ok(status),
+            Ok(Ok(status)) => {
+                tracing::debug!(status = status.as_str(), "email recorded");
+                Ok(status)
+            }
             Ok(Err(Refusal::Unavailable)) => Err(ApiError::Unavailable(
                 "cannot record the message: the database is unavailable; try again".into(),
             )),
@@ -145,6 +150,7 @@ impl Ingest {
 /// Writes the batch in one statement; if the database refuses its data,
 /// writes each message on its own, so one bad message fails only itself and
 /// never the other clients' sends that share its batch.
+#[tracing::instrument(level = "debug", skip_all, fields(size = batch.len()))]
 async fn write_or_split(
     pool: &PgPool,
     task_queue: &str,
@@ -206,6 +212,7 @@ static WRITE: LazyLock<String> = LazyLock::new(|| {
 /// Two statements for the whole batch: which recipients are suppressed,
 /// then the records and the outbox rows (one `send_email_batch` task per
 /// [`BATCH_MEMBERS`] queued messages), which commit together or not at all.
+#[tracing::instrument(name = "group_commit", level = "debug", skip_all, fields(size = batch.len()))]
 async fn write(
     pool: &PgPool,
     task_queue: &str,

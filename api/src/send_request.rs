@@ -116,6 +116,7 @@ pub struct Limits {
 impl SendEmailRequest {
     /// Renders the request's template (or `shared`, when the request has
     /// neither its own template nor content) with its variables.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn render(
         &self,
         executor: impl PgExecutor<'_>,
@@ -319,6 +320,7 @@ fn parse_send_at(raw: &str) -> Result<DateTime<Utc>, ApiError> {
     Ok(at)
 }
 
+#[tracing::instrument(level = "debug", skip_all, fields(template = ?reference))]
 pub async fn load_template(
     executor: impl PgExecutor<'_>,
     reference: TemplateRef<'_>,

@@ -328,6 +328,9 @@ pub fn router(state: AppState) -> Router {
                     method = %request.method(),
                     uri = %request.uri().path(),
                     request_id = %request_id,
+                    // A send's, once it is accepted (routes/messages.rs).
+                    message_id = tracing::field::Empty,
+                    task_id = tracing::field::Empty,
                 )
             }),
         )

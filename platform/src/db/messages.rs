@@ -267,6 +267,7 @@ pub enum TaskIdTaken {
 }
 
 /// Writes `rows` in one statement; returns how many were written.
+#[tracing::instrument(level = "debug", skip_all, fields(rows = rows.len()))]
 pub async fn insert_records(
     executor: impl PgExecutor<'_>,
     rows: &[NewRecord<'_>],
@@ -296,6 +297,7 @@ pub async fn insert(executor: impl PgExecutor<'_>, new: &NewMessage) -> Result<(
 /// Records a message that arrived as a task without a record (a Python
 /// producer calling `send_task` directly). A redelivery finds the row the
 /// first delivery wrote.
+#[tracing::instrument(level = "debug", skip_all, fields(task_id = %new.task_id))]
 pub async fn insert_for_task(
     pool: &PgPool,
     new: &NewMessage,
@@ -310,6 +312,7 @@ pub async fn insert_for_task(
 
 /// Records, `failed` with `error`, a message that arrived as a task without
 /// a record and broke a rule; a redelivery leaves the first row as it is.
+#[tracing::instrument(level = "debug", skip_all, fields(task_id = %new.task_id))]
 pub async fn insert_failed_for_task(
     pool: &PgPool,
     new: &NewMessage,
@@ -324,6 +327,7 @@ pub async fn insert_failed_for_task(
     Ok(())
 }
 
+#[tracing::instrument(level = "debug", skip_all, fields(message_id = %id))]
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<MessageRecord>, sqlx::Error> {
     sqlx::query_as("SELECT * FROM message_records WHERE id = $1")
         .bind(id)
@@ -338,6 +342,7 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<MessageRecord>, sqlx:
 /// dead once its lease has lapsed, or, whatever its lease says, once the
 /// claim is older than `stale_before` (the hard time limit). Returns `None`
 /// when another delivery has it.
+#[tracing::instrument(level = "debug", skip_all, fields(message_id = %id))]
 pub async fn claim(
     pool: &PgPool,
     id: Uuid,
@@ -368,6 +373,7 @@ pub async fn claim(
 /// lease, and for how long (`None`: it is gone). A claim that names no
 /// worker (made before leases existed) counts as live: only the hard time
 /// limit says it is abandoned.
+#[tracing::instrument(level = "debug", skip_all, fields(message_id = %record.id))]
 pub async fn claimant_lease(
     pool: &PgPool,
     record: &MessageRecord,
@@ -378,6 +384,7 @@ pub async fn claimant_lease(
     }
 }
 
+#[tracing::instrument(level = "debug", skip_all, fields(message_id = %id))]
 pub async fn mark_sent(
     pool: &PgPool,
     id: Uuid,
@@ -399,6 +406,7 @@ pub async fn mark_sent(
 
 /// Final failure. Also accepts a queued message (one that could not even be
 /// attempted, such as an undeliverable address).
+#[tracing::instrument(level = "debug", skip_all, fields(message_id = %id))]
 pub async fn mark_failed(
     pool: &PgPool,
     id: Uuid,
@@ -420,6 +428,7 @@ pub async fn mark_failed(
 
 /// A temporary failure: the message goes back to `queued` for a retry,
 /// due back from the broker after `due_in`.
+#[tracing::instrument(level = "debug", skip_all, fields(message_id = %id))]
 pub async fn mark_retrying(
     pool: &PgPool,
     id: Uuid,
@@ -444,6 +453,7 @@ pub async fn mark_retrying(
 
 /// Notes why a queued message is waiting (for quota, say) and when it is
 /// due back, without changing its status.
+#[tracing::instrument(level = "debug", skip_all, fields(message_id = %id))]
 pub async fn note_waiting(
     pool: &PgPool,
     id: Uuid,
@@ -476,6 +486,7 @@ pub async fn requeue_failed(executor: impl PgExecutor<'_>, id: Uuid) -> Result<b
     Ok(done.rows_affected() == 1)
 }
 
+#[tracing::instrument(level = "debug", skip_all, fields(count = ids.len()))]
 pub async fn get_many(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<MessageRecord>, sqlx::Error> {
     sqlx::query_as("SELECT * FROM message_records WHERE id = ANY($1)")
         .bind(ids)
@@ -497,6 +508,7 @@ pub struct Claimed {
 /// [`claim`] for many queued messages in one statement; returns those
 /// claimed (a message not `queued`, e.g. held by another delivery, is
 /// left out), each with its suppression and attachment checks.
+#[tracing::instrument(level = "debug", skip_all, fields(count = ids.len()))]
 pub async fn claim_many(
     pool: &PgPool,
     ids: &[Uuid],
@@ -526,6 +538,7 @@ pub async fn claim_many(
 }
 
 /// [`mark_sent`] for many messages in one statement.
+#[tracing::instrument(level = "debug", skip_all, fields(count = ids.len()))]
 pub async fn mark_sent_many(
     pool: &PgPool,
     ids: &[Uuid],
@@ -559,6 +572,7 @@ pub struct Acceptance {
 }
 
 /// Records a message accepted by the API in the state `acceptance` says.
+#[tracing::instrument(level = "debug", skip_all, fields(message_id = %new.id, task_id = %new.task_id))]
 pub async fn insert_accepted(
     executor: impl PgExecutor<'_>,
     new: &NewMessage,
@@ -577,6 +591,7 @@ pub async fn insert_accepted(
 /// Cancels a message that is still `scheduled` or `queued`. The worker's
 /// claim is the conditional UPDATE `queued → sending`, so of a cancel and a
 /// claim racing, exactly one wins. `owner` restricts to one API key's messages.
+#[tracing::instrument(level = "debug", skip_all, fields(message_id = %id))]
 pub async fn cancel(
     pool: &PgPool,
     id: Uuid,
@@ -596,6 +611,7 @@ pub async fn cancel(
 
 /// The worker found a recipient on the suppression list after claiming the
 /// message: it is not sent.
+#[tracing::instrument(level = "debug", skip_all, fields(message_id = %id))]
 pub async fn mark_suppressed(pool: &PgPool, id: Uuid, reason: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE message_records SET status = 'suppressed', error = $2, updated_at = now()
@@ -717,6 +733,7 @@ pub struct Released {
 /// and a message cancelled before the lock is taken no longer matches the
 /// status condition, so each message is released at most once; the caller
 /// writes the outbox rows in the same transaction.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn release_due(
     tx: &mut sqlx::PgConnection,
     limit: i64,
@@ -760,6 +777,7 @@ pub struct CampaignMessage {
 
 /// Records a batch of a campaign run's messages `queued`, in one statement
 /// (their outbox rows are written by the caller in the same transaction).
+#[tracing::instrument(level = "debug", skip_all, fields(campaign = %campaign_id, run = %run_id, count = batch.len()))]
 pub async fn insert_campaign_messages(
     executor: impl PgExecutor<'_>,
     campaign_id: Uuid,
@@ -812,6 +830,7 @@ pub struct IdleQueues {
 /// due at once, and is not picked again before twice as long has passed as
 /// the last time (at most 64 times `after`): a record that was only slow
 /// gains a few copies, not one per pass. The longest-forgotten come first.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn take_strays(
     tx: &mut sqlx::PgConnection,
     after: std::time::Duration,
@@ -881,6 +900,7 @@ impl ImportedMessages {
 /// Inserts imported records; a task id already recorded (an earlier run, or
 /// a task our worker already handled) is kept as it is. Returns how many
 /// were inserted.
+#[tracing::instrument(level = "debug", skip_all, fields(count = batch.len()))]
 pub async fn insert_imported(
     executor: impl PgExecutor<'_>,
     batch: &ImportedMessages,

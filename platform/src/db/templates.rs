@@ -68,6 +68,7 @@ pub async fn replace(
     .await
 }
 
+#[tracing::instrument(level = "debug", skip_all, fields(template = %id))]
 pub async fn get(executor: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Template>, sqlx::Error> {
     sqlx::query_as("SELECT * FROM templates WHERE id = $1")
         .bind(id)
@@ -75,6 +76,7 @@ pub async fn get(executor: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Templ
         .await
 }
 
+#[tracing::instrument(level = "debug", skip_all, fields(template = name))]
 pub async fn find_by_name(
     executor: impl PgExecutor<'_>,
     name: &str,
