@@ -82,6 +82,17 @@ pub struct ErrorDetail {
     pub field: Option<String>,
 }
 
+/// A broken email rule: 422 naming the field, or 413 for an email too large.
+impl From<platform::mail::rules::Violation> for ApiError {
+    fn from(v: platform::mail::rules::Violation) -> Self {
+        use platform::mail::rules::Violation;
+        match v {
+            Violation::Invalid { field, message } => ApiError::validation(field, message),
+            Violation::TooLarge(message) => ApiError::PayloadTooLarge(message),
+        }
+    }
+}
+
 impl ApiError {
     pub fn validation(field: impl Into<String>, message: impl Into<String>) -> Self {
         ApiError::Validation {

@@ -12,9 +12,9 @@
 //! tasks of up to 50 emails each (see `platform::tasks`), so the broker
 //! and the outbox handle one message per batch, not one per email.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
-use platform::db::messages::{MessageStatus, NewMessage};
+use platform::db::messages::{MessageStatus, NewMessage, NewRecord, INSERT_RECORDS};
 use platform::db::suppressions;
 use platform::outbox::OutboxWaker;
 use platform::tasks::{send_email_batch_tasks, BatchMember};
@@ -121,6 +121,8 @@ impl Ingest {
 
     /// Records the message and (unless a recipient is suppressed) its task;
     /// returns the recorded status once both are committed.
+    #[tracing::instrument(name = "ingest", level = "debug", skip_all,
+        fields(message_id = %message.id, task_id = %message.task_id))]
     pub async fn submit(&self, message: NewMessage) -> Result<MessageStatus, ApiError> {
         let (done, wait) = oneshot::channel();
         self.queue
@@ -128,7 +130,10 @@ impl Ingest {
             .await
             .map_err(|_| ApiError::Unavailable("the API is shutting down".into()))?;
         match wait.await {
-            Ok(Ok(status)) => Ok(status),
+            Ok(Ok(status)) => {
+                tracing::debug!(status = status.as_str(), "email recorded");
+                Ok(status)
+            }
             Ok(Err(Refusal::Unavailable)) => Err(ApiError::Unavailable(
                 "cannot record the message: the database is unavailable; try again".into(),
             )),
@@ -145,6 +150,7 @@ impl Ingest {
 /// Writes the batch in one statement; if the database refuses its data,
 /// writes each message on its own, so one bad message fails only itself and
 /// never the other clients' sends that share its batch.
+#[tracing::instrument(level = "debug", skip_all, fields(size = batch.len()))]
 async fn write_or_split(
     pool: &PgPool,
     task_queue: &str,
@@ -192,9 +198,21 @@ pub(crate) fn suppressed_error(address: &str) -> String {
     suppressions::reason(address)
 }
 
+/// The records (`messages::INSERT_RECORDS`, `$1`) and the outbox rows, in
+/// one statement.
+static WRITE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH m AS ({INSERT_RECORDS} RETURNING 1)
+         INSERT INTO outbox (task_id, exchange, routing_key, headers, body, priority)
+         SELECT task_id, $3, $3, headers, convert_to(body, 'UTF8'), priority
+         FROM jsonb_to_recordset($2) AS t(task_id text, headers jsonb, body text, priority smallint)"
+    )
+});
+
 /// Two statements for the whole batch: which recipients are suppressed,
 /// then the records and the outbox rows (one `send_email_batch` task per
 /// [`BATCH_MEMBERS`] queued messages), which commit together or not at all.
+#[tracing::instrument(name = "group_commit", level = "debug", skip_all, fields(size = batch.len()))]
 async fn write(
     pool: &PgPool,
     task_queue: &str,
@@ -207,29 +225,30 @@ async fn write(
     let suppressed = suppressions::suppressed_among(pool, &addresses).await?;
     let mut statuses = Vec::with_capacity(batch.len());
     let mut members = Vec::with_capacity(batch.len());
-    let messages: Vec<Value> = batch
+    let errors: Vec<Option<String>> = batch
         .iter()
         .map(|p| {
             let m = &p.message;
             let blocked = suppressions::first_of(recipients(m), &suppressed);
-            let (status, error) = match blocked {
-                Some(address) => (MessageStatus::Suppressed, Some(suppressed_error(&address))),
-                None => {
-                    members.push(BatchMember {
-                        message_id: m.id,
-                        task_id: m.task_id.clone(),
-                    });
-                    (MessageStatus::Queued, None)
-                }
-            };
-            statuses.push(status);
-            json!({
-                "id": m.id, "task_id": m.task_id, "api_key_id": m.api_key_id,
-                "status": status.as_str(), "error": error,
-                "to_addrs": m.to, "cc_addrs": m.cc, "bcc_addrs": m.bcc,
-                "reply_to": m.reply_to, "from_name": m.from_name, "subject": m.subject,
-                "html_body": m.html_body, "text_body": m.text_body,
-            })
+            statuses.push(if blocked.is_some() {
+                MessageStatus::Suppressed
+            } else {
+                members.push(BatchMember {
+                    message_id: m.id,
+                    task_id: m.task_id.clone(),
+                });
+                MessageStatus::Queued
+            });
+            blocked.map(|address| suppressed_error(&address))
+        })
+        .collect();
+    let rows: Vec<NewRecord<'_>> = batch
+        .iter()
+        .zip(&statuses)
+        .zip(&errors)
+        .map(|((p, status), error)| NewRecord {
+            error: error.as_deref(),
+            ..NewRecord::of(&p.message, *status)
         })
         .collect();
     let tasks: Vec<Value> = send_email_batch_tasks(&members)
@@ -243,26 +262,11 @@ async fn write(
             })
         })
         .collect();
-    sqlx::query(
-        "WITH m AS (
-            INSERT INTO message_records (id, task_id, api_key_id, status, error, to_addrs, cc_addrs,
-                bcc_addrs, reply_to, from_name, subject, html_body, text_body, queued_at)
-            SELECT id, task_id, api_key_id, status, error, to_addrs, cc_addrs, bcc_addrs,
-                reply_to, from_name, subject, html_body, text_body,
-                CASE WHEN status = 'queued' THEN now() END
-            FROM jsonb_to_recordset($1) AS x(id uuid, task_id text, api_key_id uuid, status text,
-                error text, to_addrs text[], cc_addrs text[], bcc_addrs text[], reply_to text,
-                from_name text, subject text, html_body text, text_body text)
-            RETURNING 1
-         )
-         INSERT INTO outbox (task_id, exchange, routing_key, headers, body, priority)
-         SELECT task_id, $3, $3, headers, convert_to(body, 'UTF8'), priority
-         FROM jsonb_to_recordset($2) AS t(task_id text, headers jsonb, body text, priority smallint)",
-    )
-    .bind(Value::Array(messages))
-    .bind(Value::Array(tasks))
-    .bind(task_queue)
-    .execute(pool)
-    .await?;
+    sqlx::query(&WRITE)
+        .bind(sqlx::types::Json(&rows))
+        .bind(Value::Array(tasks))
+        .bind(task_queue)
+        .execute(pool)
+        .await?;
     Ok(statuses)
 }

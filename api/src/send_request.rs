@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use platform::db::attachments::Attachment;
 use platform::db::messages::NewMessage;
 use platform::db::templates::{self, Template};
-use platform::mail::EmailAddress;
+use platform::mail::rules;
 use platform::tasks::Recipients;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -18,10 +18,6 @@ use crate::error::ApiError;
 use crate::templating::{self, Rendered};
 use crate::validate;
 
-/// Most recipients (to + cc + bcc) in one message.
-pub const MAX_RECIPIENTS: usize = 50;
-/// RFC 5322's line limit, which a subject must fit.
-pub const MAX_SUBJECT: usize = 998;
 /// Most attachments on one message.
 pub const MAX_ATTACHMENTS: usize = 10;
 /// How far ahead `send_at` may be.
@@ -117,22 +113,13 @@ pub struct Limits {
     pub attachment_max_size: usize,
 }
 
-fn addresses(field: &str, list: Option<&Recipients>) -> Result<Vec<String>, ApiError> {
-    list.map_or(&[][..], Recipients::as_slice)
-        .iter()
-        .enumerate()
-        .map(|(i, raw)| {
-            validate::email(&format!("{field}[{i}]"), raw).map(|a: EmailAddress| a.to_string())
-        })
-        .collect()
-}
-
 impl SendEmailRequest {
     /// Checks what the request names in the database, as `owner` sees it
     /// (see [`crate::auth::Principal::owner_filter`]): its campaign must
     /// exist and be visible, and its template (or `shared`, when the request
     /// has neither its own template nor content) is rendered with its
     /// variables.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn resolve(
         &self,
         pool: &PgPool,
@@ -187,21 +174,14 @@ impl SendEmailRequest {
         limits: Limits,
         rendered: Option<Rendered>,
     ) -> Result<AcceptedEmail, ApiError> {
-        let to = addresses("to", Some(&self.to))?;
-        if to.is_empty() {
-            return Err(ApiError::validation(
-                "to",
-                "at least one recipient is required",
-            ));
-        }
-        let cc = addresses("cc", self.cc.as_ref())?;
-        let bcc = addresses("bcc", self.bcc.as_ref())?;
-        if to.len() + cc.len() + bcc.len() > MAX_RECIPIENTS {
-            return Err(ApiError::validation(
-                "to",
-                format!("at most {MAX_RECIPIENTS} recipients (to, cc and bcc together)"),
-            ));
-        }
+        // The rules every email keeps to (`platform::mail::rules`, which
+        // the worker applies to Python producers' sends too), checked in
+        // their order with the attachments between.
+        let (to, cc, bcc) = rules::recipients(
+            self.to.as_slice(),
+            listed(self.cc.as_ref()),
+            listed(self.bcc.as_ref()),
+        )?;
         let (subject, content, text) = match rendered {
             Some(r) => (r.subject, r.html, r.text),
             None => (
@@ -214,29 +194,11 @@ impl SendEmailRequest {
                 self.text.clone(),
             ),
         };
-        let subject = validate::header_text("subject", &subject, true, MAX_SUBJECT)?;
-        if content.trim().is_empty() {
-            return Err(ApiError::validation("content", "content must not be empty"));
-        }
-        let max_size = limits.email_max_size;
-        let size = content.len() + text.as_ref().map_or(0, String::len);
-        if size > max_size {
-            return Err(ApiError::PayloadTooLarge(format!(
-                "content and text together are {size} bytes; the limit (EMAIL_MAX_SIZE) is {max_size}"
-            )));
-        }
+        let (subject, size) =
+            rules::subject_and_body(&subject, &content, text.as_deref(), limits.email_max_size)?;
         let attachments = self.attachments(limits, size)?;
-        let reply_to = self
-            .reply_to
-            .as_deref()
-            .map(|r| validate::email("reply_to", r).map(|a| a.to_string()))
-            .transpose()?;
-        let from_name = self
-            .from_name
-            .as_deref()
-            .map(|n| validate::header_text("from_name", n, false, 128))
-            .transpose()?
-            .filter(|n| !n.is_empty());
+        let reply_to = rules::reply_to(self.reply_to.as_deref())?;
+        let from_name = rules::from_name(self.from_name.as_deref())?;
         let send_at = self.send_at.as_deref().map(parse_send_at).transpose()?;
         Ok(AcceptedEmail {
             new: NewMessage {
@@ -322,6 +284,10 @@ impl SendEmailRequest {
     }
 }
 
+fn listed(recipients: Option<&Recipients>) -> &[String] {
+    recipients.map_or(&[][..], Recipients::as_slice)
+}
+
 fn too_large_attachment(index: usize, size: usize, max: usize) -> ApiError {
     ApiError::TooLarge {
         code: "attachment_too_large",
@@ -372,6 +338,7 @@ fn parse_send_at(raw: &str) -> Result<DateTime<Utc>, ApiError> {
 
 /// The template `reference` names, if `owner` may see it; another key's
 /// template is as unknown as one that does not exist.
+#[tracing::instrument(level = "debug", skip_all, fields(template = ?reference))]
 pub async fn load_template(
     executor: impl PgExecutor<'_>,
     owner: Option<Uuid>,

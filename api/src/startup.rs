@@ -33,7 +33,7 @@ use crate::routes::{
     api_keys, audit_log, auth, campaigns, dead_letters, email_accounts, health, lists, messages,
     periodic_tasks, queues, suppressions, templates,
 };
-use crate::state::{AppState, Shared};
+use crate::state::{ApiSettings, AppState, Shared};
 
 pub struct Application {
     listener: TcpListener,
@@ -55,14 +55,16 @@ impl Application {
             .jwt
             .as_ref()
             .context("JWT settings are not loaded")?;
+        let tokens = Arc::new(TokenIssuer::new(jwt));
+        let ingest = Ingest::start(pool.clone(), settings.queues.tasks.clone(), outbox.clone());
         let state = AppState::new(Shared {
             rate_limiter,
             auth_throttle: AuthThrottle::new(&settings)?,
             readiness: Readiness::default(),
-            tokens: Arc::new(TokenIssuer::new(jwt)),
+            tokens,
             keys: KeyCache::start(pool.clone()),
-            ingest: Ingest::start(pool.clone(), settings.queues.tasks.clone(), outbox.clone()),
-            settings: Arc::new(settings),
+            ingest,
+            settings: Arc::new(ApiSettings::new(settings)?),
             pool,
             results,
             outbox,
@@ -83,7 +85,7 @@ impl Application {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let relay = OutboxRelay::new(
             self.state.pool.clone(),
-            (*self.state.settings).clone(),
+            self.state.settings.settings().clone(),
             self.state.outbox.clone(),
         );
         let relay_task = tokio::spawn(relay.run(shutdown.clone()));
@@ -329,6 +331,9 @@ pub fn router(state: AppState) -> Router {
                     method = %request.method(),
                     uri = %request.uri().path(),
                     request_id = %request_id,
+                    // A send's, once it is accepted (routes/messages.rs).
+                    message_id = tracing::field::Empty,
+                    task_id = tracing::field::Empty,
                 )
             }),
         )

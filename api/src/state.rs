@@ -4,6 +4,8 @@ use std::sync::Arc;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use platform::celery::ResultBackend;
+use platform::config::ConfigError;
+use platform::crypto::Keyring;
 use platform::outbox::OutboxWaker;
 use platform::Settings;
 use sqlx::PgPool;
@@ -32,8 +34,36 @@ impl std::ops::Deref for AppState {
     }
 }
 
+/// The settings, with what the API requires of them made sure of: the
+/// keyring, which [`Settings`] holds only for the binaries that load it.
+/// Everything else is the shared settings' (through `Deref`).
+pub struct ApiSettings {
+    settings: Settings,
+    /// The keys SMTP passwords are sealed and opened with.
+    pub keyring: Keyring,
+}
+
+impl ApiSettings {
+    pub fn new(settings: Settings) -> Result<Self, ConfigError> {
+        let keyring = settings.keyring()?.clone();
+        Ok(ApiSettings { settings, keyring })
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+}
+
+impl std::ops::Deref for ApiSettings {
+    type Target = Settings;
+
+    fn deref(&self) -> &Settings {
+        &self.settings
+    }
+}
+
 pub struct Shared {
-    pub settings: Arc<Settings>,
+    pub settings: Arc<ApiSettings>,
     pub pool: PgPool,
     pub results: ResultBackend,
     pub tokens: Arc<TokenIssuer>,

@@ -1,38 +1,20 @@
 //! Checks on request fields, each failing with a 422 that names the field.
 
-use platform::mail::EmailAddress;
+use platform::mail::{rules, EmailAddress};
 use platform::schedule::ScheduleError;
 
 use crate::error::ApiError;
 
 /// Text bound for a single header line: no control characters (CR/LF would
-/// inject headers), trimmed, and within `max` characters.
+/// inject headers), trimmed, and within `max` characters (the rule is
+/// `platform::mail::rules::header_text`).
 pub fn header_text(
     field: &str,
     value: &str,
     required: bool,
     max: usize,
 ) -> Result<String, ApiError> {
-    let value = value.trim();
-    if required && value.is_empty() {
-        return Err(ApiError::validation(
-            field,
-            format!("{field} must not be empty"),
-        ));
-    }
-    if value.chars().any(char::is_control) {
-        return Err(ApiError::validation(
-            field,
-            format!("{field} must not contain control characters such as CR or LF"),
-        ));
-    }
-    if value.chars().count() > max {
-        return Err(ApiError::validation(
-            field,
-            format!("{field} must be at most {max} characters"),
-        ));
-    }
-    Ok(value.to_string())
+    Ok(rules::header_text(field, value, required, max)?)
 }
 
 /// The name of a list, campaign or periodic task: trimmed, 1 to 200 characters.
@@ -59,7 +41,7 @@ pub fn schedule_error(e: ScheduleError) -> ApiError {
 }
 
 pub fn email(field: &str, value: &str) -> Result<EmailAddress, ApiError> {
-    EmailAddress::parse(value).map_err(|e| ApiError::validation(field, e.to_string()))
+    Ok(rules::address(field, value)?)
 }
 
 pub fn in_range(field: &str, value: i64, min: i64, max: i64) -> Result<i32, ApiError> {

@@ -46,10 +46,12 @@ impl Releaser {
     }
 
     /// Releases one batch of due messages; returns how many.
+    #[tracing::instrument(name = "release", level = "debug", skip_all)]
     pub async fn release_once(&self) -> Result<usize, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let released = messages::release_due(&mut tx, self.batch).await?;
         for message in &released {
+            tracing::debug!(message_id = %message.id, task_id = %message.task_id, "delayed send released");
             let task = send_email_task(message.id, &message.task_id);
             outbox::enqueue(&mut *tx, &self.queue, &self.queue, &task).await?;
         }

@@ -8,6 +8,8 @@ Environment: BROKER_URL, RESULT_BACKEND, QUEUE, TO, MODE, and TASK_NAME
   expired    countdown=4 with expires=1: the task ends REVOKED
   delay      args=[to, subject, content] positionally, like an existing
              `send_email.delay(to, subject, content)` call
+  long_subject     a 999-character subject (the API's limit is 998)
+  many_recipients  51 recipients (the API's limit is 50)
 Prints one JSON line.
 """
 
@@ -25,6 +27,10 @@ mode = os.environ["MODE"]
 name = os.environ.get("TASK_NAME", "notifications.send_email")
 to = os.environ["TO"]
 kwargs = {"to": to, "subject": f"From Python ({mode})", "content": "<p>Hello</p>"}
+if mode == "long_subject":
+    kwargs["subject"] = "x" * 999
+elif mode == "many_recipients":
+    kwargs["cc"] = [f"cc{i}@example.org" for i in range(50)]
 queue = os.environ["QUEUE"]
 started = time.monotonic()
 

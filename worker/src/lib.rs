@@ -34,7 +34,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         .context("connecting to PostgreSQL")?;
     let results = ResultBackend::new(&settings.result_backend_url, settings.result_expires)?;
     let transports = TransportCache::new(
-        settings.keyring.clone(),
+        settings.keyring()?.clone(),
         settings.email_timeout,
         settings.worker_concurrency as u32,
     );

@@ -41,6 +41,8 @@ pub enum RotationError {
     Database(#[from] sqlx::Error),
     #[error(transparent)]
     Open(#[from] db::OpenError),
+    #[error(transparent)]
+    Config(#[from] platform::config::ConfigError),
     #[error(
         "{} account(s) could not be decrypted with the configured keys (add their key to \
          ENCRYPTION_PREVIOUS_KEYS and run again): {}", .0.len(), .0.join("; ")
@@ -49,8 +51,8 @@ pub enum RotationError {
 }
 
 pub async fn rotate_encryption_key(settings: &Settings) -> Result<RotationReport, RotationError> {
+    let keyring = settings.keyring()?;
     let pool = db::open(settings).await?;
-    let keyring = &settings.keyring;
     let mut report = RotationReport {
         key_id: keyring.current_key_id().to_string(),
         ..Default::default()

@@ -71,6 +71,11 @@ pub async fn send(
         .resolve(&state.pool, principal.owner_filter(), None)
         .await?;
     let accepted = request.validate(principal.key_id, limits(&state), rendered)?;
+    // The request's span names the message, so its log lines (and the
+    // worker's, which carry the same ids) are found by one grep.
+    let span = tracing::Span::current();
+    span.record("message_id", tracing::field::display(accepted.new.id));
+    span.record("task_id", accepted.new.task_id.as_str());
 
     // The common case (no idempotency key, attachments, schedule or
     // campaign) goes through group commit, which also checks the
@@ -146,6 +151,8 @@ fn limits(state: &AppState) -> Limits {
 
 /// Records an accepted email in `tx`: the record, its attachments, and
 /// (when it is to be sent now) its Celery task in the outbox.
+#[tracing::instrument(level = "debug", skip_all,
+    fields(message_id = %accepted.new.id, task_id = %accepted.new.task_id))]
 async fn record(
     tx: &mut sqlx::PgConnection,
     state: &AppState,
@@ -176,6 +183,7 @@ async fn record(
         )
         .await?;
     }
+    tracing::debug!(status = acceptance.status.as_str(), "email recorded");
     Ok(SendAccepted {
         message_id: new.id,
         task_id: new.task_id.clone(),

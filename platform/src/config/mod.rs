@@ -4,7 +4,8 @@
 //! module its concern belongs to.
 //!
 //! Each binary reads only the sections it uses ([`Role`]), so the worker
-//! and the scheduler, which sign no tokens, start without `JWT_SECRET_KEY`.
+//! and the scheduler, which sign no tokens, start without `JWT_SECRET_KEY`,
+//! and the scheduler, which opens no SMTP password, without `ENCRYPTION_KEY`.
 
 mod api;
 mod broker;
@@ -52,8 +53,7 @@ pub enum Role {
 }
 
 /// The sections not every binary reads. Every binary reads the others:
-/// `process` (but `METRICS_PORT`), `database`, `broker`, the keyring of
-/// `security`, and `delivery`.
+/// `process` (but `METRICS_PORT`), `database`, `broker` and `delivery`.
 #[derive(Debug, Clone, Copy)]
 enum Section {
     /// `METRICS_PORT`: the API serves its metrics on `API_PORT`.
@@ -62,6 +62,8 @@ enum Section {
     Python,
     /// The token signing key of `security`.
     Jwt,
+    /// The keyring of `security` (`ENCRYPTION_KEY`, ...).
+    Keyring,
     Api,
     Worker,
     Scheduler,
@@ -82,8 +84,8 @@ impl Role {
     fn reads(self, section: Section) -> bool {
         use Section::*;
         match self {
-            Role::Api => matches!(section, Redis | Python | Jwt | Api),
-            Role::Worker => matches!(section, Metrics | Redis | Python | Worker),
+            Role::Api => matches!(section, Redis | Python | Jwt | Keyring | Api),
+            Role::Worker => matches!(section, Metrics | Redis | Python | Keyring | Worker),
             Role::Scheduler => matches!(section, Metrics | Scheduler),
         }
     }
@@ -117,7 +119,8 @@ fn environment(key: &str) -> Option<String> {
 
 /// Every setting, by the section of this module that reads it. The fields
 /// of a section the binary does not read hold their defaults; `jwt`,
-/// `worker` and `scheduler`, which only one binary uses, are `None` then.
+/// `keyring`, `worker` and `scheduler`, which not every binary uses, are
+/// `None` then.
 #[derive(Debug, Clone)]
 pub struct Settings {
     // process
@@ -154,7 +157,9 @@ pub struct Settings {
     // security
     /// The API's token signing key.
     pub jwt: Option<JwtSettings>,
-    pub keyring: Keyring,
+    /// The keys SMTP passwords are sealed with: the API and the worker
+    /// load it (and refuse to start without it); see [`Settings::keyring`].
+    pub keyring: Option<Keyring>,
     // delivery
     pub email_timeout: Duration,
     pub email_max_size: usize,
@@ -193,6 +198,13 @@ impl Settings {
         self.broker_urls.first().map_or("", String::as_str)
     }
 
+    /// The keyring, for a binary that loaded it (the API, the worker).
+    pub fn keyring(&self) -> Result<&Keyring, ConfigError> {
+        self.keyring
+            .as_ref()
+            .ok_or(ConfigError::Missing("ENCRYPTION_KEY"))
+    }
+
     /// What `role` uses, from `.env` (when present) and then the process
     /// environment.
     pub fn from_env_for(role: Role) -> Result<Self, ConfigError> {
@@ -223,7 +235,7 @@ fn load(roles: &[Role], lookup: &dyn Fn(&str) -> Option<String>) -> Result<Setti
     let jwt = reads(Section::Jwt)
         .then(|| security::jwt(&vars, env))
         .transpose()?;
-    let encryption_key = security::encryption_key(&vars)?;
+    let encryption_key = security::encryption_key(&section(Section::Keyring))?;
     let (task_time_limit, task_soft_time_limit) = delivery::time_limits(&vars)?;
     let (for_python, for_redis) = (section(Section::Python), section(Section::Redis));
     let (for_worker, for_api) = (section(Section::Worker), section(Section::Api));
@@ -236,7 +248,10 @@ fn load(roles: &[Role], lookup: &dyn Fn(&str) -> Option<String>) -> Result<Setti
         database_url: database::url(&vars)?,
         db_pool_size: database::pool_size(&vars)?,
         python_database_url: python::database_url(&for_python)?,
-        python_encryption_keys: python::encryption_keys(&for_python, &encryption_key),
+        python_encryption_keys: python::encryption_keys(
+            &for_python,
+            encryption_key.as_deref().unwrap_or_default(),
+        ),
         redis_url: redis::url(&for_redis)?,
         result_backend_url: redis::result_backend_url(&for_redis)?,
         result_expires: redis::result_expires(&for_redis)?,
@@ -245,7 +260,10 @@ fn load(roles: &[Role], lookup: &dyn Fn(&str) -> Option<String>) -> Result<Setti
         heartbeat: broker::heartbeat(&vars)?,
         queues: broker::queues(&vars)?,
         jwt,
-        keyring: security::keyring(&vars, env, &encryption_key)?,
+        keyring: encryption_key
+            .as_deref()
+            .map(|key| security::keyring(&vars, env, key))
+            .transpose()?,
         email_timeout: delivery::email_timeout(&vars)?,
         email_max_size: delivery::email_max_size(&vars)?,
         attachment_max_size: delivery::attachment_max_size(&vars)?,

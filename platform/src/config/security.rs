@@ -77,10 +77,14 @@ pub(super) fn jwt(vars: &Vars<'_>, env: Environment) -> Result<JwtSettings, Conf
     })
 }
 
-/// `ENCRYPTION_KEY` as given (required): the keyring's current key, and
-/// the importer's Fernet key when `PYTHON_ENCRYPTION_KEY` is unset.
-pub(super) fn encryption_key(vars: &Vars<'_>) -> Result<String, ConfigError> {
-    vars.required("ENCRYPTION_KEY")
+/// `ENCRYPTION_KEY` as given, required when `vars` is read (`None` for a
+/// binary that holds no keyring): the keyring's current key, and the
+/// importer's Fernet key when `PYTHON_ENCRYPTION_KEY` is unset.
+pub(super) fn encryption_key(vars: &Vars<'_>) -> Result<Option<String>, ConfigError> {
+    if !vars.is_read() {
+        return Ok(None);
+    }
+    vars.required("ENCRYPTION_KEY").map(Some)
 }
 
 /// The keyring: `encryption_key` is the current key (base64 of 32 bytes, so
@@ -186,7 +190,7 @@ mod tests {
     use base64::engine::general_purpose::STANDARD;
     use base64::Engine;
 
-    use super::super::tests::{assert_refused, load, load_for, with};
+    use super::super::tests::{assert_refused, base, load, load_for, with};
     use super::super::{ConfigError, Role};
 
     const PRODUCTION: (&str, &str) = ("ENV", "production");
@@ -244,19 +248,48 @@ mod tests {
         // The worker and the scheduler sign no tokens.
         assert!(load_for(Role::Worker, &vars).is_ok());
         assert!(load_for(Role::Scheduler, &vars).is_ok());
-        // Every binary holds the keyring, and refuses the published key.
+        // The API and the worker hold the keyring, and refuse the published
+        // key; the scheduler opens no password and does not read it.
         let published = (
             "ENCRYPTION_KEY",
             "ZGV2LW9ubHktZW5jcnlwdGlvbi1rZXktMzJieXRlcyE=",
         );
         let vars = with(&[PRODUCTION, RANDOM_SECRET, published]);
-        for role in Role::ALL {
+        for role in [Role::Api, Role::Worker] {
             let err = load_for(role, &vars).unwrap_err();
             assert!(
                 err.to_string().contains("ENCRYPTION_KEY"),
                 "{role:?}: {err}"
             );
         }
+        let scheduler = load_for(Role::Scheduler, &vars).unwrap();
+        assert!(scheduler.keyring.is_none());
+    }
+
+    #[test]
+    fn only_the_api_and_the_worker_require_the_encryption_key() {
+        let vars = with(&[("ENCRYPTION_KEY", "")]);
+        for role in [Role::Api, Role::Worker] {
+            let err = load_for(role, &vars).unwrap_err();
+            assert!(
+                matches!(err, ConfigError::Missing("ENCRYPTION_KEY")),
+                "{role:?}: {err}"
+            );
+        }
+        let scheduler = load_for(Role::Scheduler, &vars).unwrap();
+        assert!(scheduler.keyring.is_none());
+        assert!(matches!(
+            scheduler.keyring(),
+            Err(ConfigError::Missing("ENCRYPTION_KEY"))
+        ));
+        // Nor does it check a key it does not use.
+        let bad = with(&[
+            ("ENCRYPTION_KEY", "c2hvcnQ="),
+            ("ENCRYPTION_KEY_ID", "no spaces"),
+        ]);
+        assert!(load_for(Role::Scheduler, &bad).is_ok());
+        let worker = load_for(Role::Worker, &base()).unwrap();
+        assert_eq!(worker.keyring().unwrap().current_key_id(), "k1");
     }
 
     #[test]

@@ -28,6 +28,11 @@ impl<'a> Vars<'a> {
         }
     }
 
+    /// Whether this view sees the variables (see [`Vars::only_if`]).
+    pub(super) fn is_read(&self) -> bool {
+        self.read
+    }
+
     pub(super) fn get(&self, key: &str) -> Option<String> {
         if !self.read {
             return None;

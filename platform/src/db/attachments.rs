@@ -11,6 +11,7 @@ pub struct Attachment {
     pub content: Vec<u8>,
 }
 
+#[tracing::instrument(level = "debug", skip_all, fields(message_id = %message_id))]
 pub async fn insert_all(
     tx: &mut sqlx::PgConnection,
     message_id: Uuid,
@@ -33,6 +34,7 @@ pub async fn insert_all(
 }
 
 /// A message's attachments, in the order they were given.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn for_message(
     executor: impl PgExecutor<'_>,
     message_id: Uuid,
@@ -47,6 +49,7 @@ pub async fn for_message(
 }
 
 /// The attachments of several messages at once, by message id.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn for_messages(
     executor: impl PgExecutor<'_>,
     message_ids: &[Uuid],

@@ -98,6 +98,7 @@ pub async fn replace(
     .await
 }
 
+#[tracing::instrument(level = "debug", skip_all, fields(campaign = %id))]
 pub async fn get(executor: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Campaign>, sqlx::Error> {
     sqlx::query_as("SELECT * FROM campaigns WHERE id = $1")
         .bind(id)
@@ -120,6 +121,7 @@ pub async fn delete(executor: impl PgExecutor<'_>, id: Uuid) -> Result<bool, sql
 }
 
 /// Active campaigns whose `next_run_at` has come, locked (others skipped).
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn lock_due(tx: &mut PgConnection, limit: i64) -> Result<Vec<Campaign>, sqlx::Error> {
     sqlx::query_as(
         "SELECT * FROM campaigns WHERE is_active AND next_run_at <= now()
@@ -130,6 +132,7 @@ pub async fn lock_due(tx: &mut PgConnection, limit: i64) -> Result<Vec<Campaign>
     .await
 }
 
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn set_next_run(
     executor: impl PgExecutor<'_>,
     id: Uuid,
@@ -160,6 +163,7 @@ pub struct Run {
 }
 
 /// Records a run; `None` when one for this campaign and time exists.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn insert_run(
     executor: impl PgExecutor<'_>,
     campaign_id: Uuid,
@@ -179,6 +183,7 @@ pub async fn insert_run(
 }
 
 /// The oldest running run no other scheduler is fanning out, locked.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn lock_running(tx: &mut PgConnection) -> Result<Option<Run>, sqlx::Error> {
     sqlx::query_as(
         "SELECT * FROM campaign_runs WHERE status = 'running'
@@ -189,6 +194,7 @@ pub async fn lock_running(tx: &mut PgConnection) -> Result<Option<Run>, sqlx::Er
 }
 
 /// Records a fan-out batch's progress; `done` completes the run.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn advance_run(
     executor: impl PgExecutor<'_>,
     id: Uuid,
@@ -216,6 +222,7 @@ pub async fn advance_run(
     Ok(())
 }
 
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn fail_run(
     executor: impl PgExecutor<'_>,
     id: Uuid,

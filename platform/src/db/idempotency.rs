@@ -13,6 +13,7 @@ pub struct StoredResponse {
 
 /// Takes a transaction-scoped lock on (api key, idempotency key). `false`
 /// means another request with the same key is in flight right now.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn try_lock(
     tx: &mut Transaction<'_, Postgres>,
     api_key_id: Uuid,
@@ -24,6 +25,7 @@ pub async fn try_lock(
         .await
 }
 
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn find(
     tx: &mut Transaction<'_, Postgres>,
     api_key_id: Uuid,
@@ -39,6 +41,7 @@ pub async fn find(
     .await
 }
 
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn save(
     tx: &mut Transaction<'_, Postgres>,
     api_key_id: Uuid,

@@ -126,6 +126,7 @@ pub async fn members(
 /// The audience of `lists` after member id `after`, in id order: each
 /// address once (as its lowest member id across the lists), so a
 /// recipient on two lists is mailed once.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn audience_after(
     executor: impl PgExecutor<'_>,
     lists: &[Uuid],

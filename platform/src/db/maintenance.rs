@@ -18,6 +18,7 @@ pub enum Job {
 }
 
 /// Deletes up to `limit` rows of `job`; returns how many.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn delete_batch(pool: &PgPool, job: Job, limit: i64) -> Result<u64, sqlx::Error> {
     let (sql, age) = match job {
         Job::Messages { days } => (

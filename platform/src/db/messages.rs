@@ -124,49 +124,210 @@ pub struct NewMessage {
     pub text_body: Option<String>,
 }
 
-const INSERT: &str =
-    "INSERT INTO message_records (id, task_id, api_key_id, status, to_addrs, cc_addrs,
-        bcc_addrs, reply_to, from_name, subject, html_body, text_body, queued_at)
-    VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, $11, now())";
-
-fn bind_new<'q>(
-    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
-    new: &'q NewMessage,
-) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
-    query
-        .bind(new.id)
-        .bind(&new.task_id)
-        .bind(new.api_key_id)
-        .bind(&new.to)
-        .bind(&new.cc)
-        .bind(&new.bcc)
-        .bind(&new.reply_to)
-        .bind(&new.from_name)
-        .bind(&new.subject)
-        .bind(&new.html_body)
-        .bind(&new.text_body)
+/// A message record as first written: every column a writer may set.
+/// Columns left `None` take their defaults: `created_at` and `updated_at`
+/// now, `queued_at` now for a `queued` row, `attempts` 0, the rest NULL.
+#[derive(Debug, Clone, Serialize)]
+pub struct NewRecord<'a> {
+    pub id: Uuid,
+    pub task_id: &'a str,
+    pub status: MessageStatus,
+    pub to_addrs: &'a [String],
+    pub cc_addrs: &'a [String],
+    pub bcc_addrs: &'a [String],
+    pub subject: &'a str,
+    pub html_body: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text_body: Option<&'a str>,
+    /// Why it is not (or not yet) sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub campaign_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub campaign_run_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account_email: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queued_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sent_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<DateTime<Utc>>,
 }
 
+impl<'a> NewRecord<'a> {
+    /// A row in `status` to `to_addrs`, every other column its default.
+    pub fn new(
+        id: Uuid,
+        task_id: &'a str,
+        status: MessageStatus,
+        to_addrs: &'a [String],
+        subject: &'a str,
+        html_body: &'a str,
+    ) -> Self {
+        NewRecord {
+            id,
+            task_id,
+            status,
+            to_addrs,
+            cc_addrs: &[],
+            bcc_addrs: &[],
+            subject,
+            html_body,
+            api_key_id: None,
+            reply_to: None,
+            from_name: None,
+            text_body: None,
+            error: None,
+            send_at: None,
+            campaign_id: None,
+            campaign_run_id: None,
+            account_id: None,
+            account_email: None,
+            attempts: None,
+            created_at: None,
+            queued_at: None,
+            sent_at: None,
+            failed_at: None,
+            updated_at: None,
+        }
+    }
+
+    /// `new` as a record in `status`.
+    pub fn of(new: &'a NewMessage, status: MessageStatus) -> Self {
+        NewRecord {
+            cc_addrs: &new.cc,
+            bcc_addrs: &new.bcc,
+            api_key_id: new.api_key_id,
+            reply_to: new.reply_to.as_deref(),
+            from_name: new.from_name.as_deref(),
+            text_body: new.text_body.as_deref(),
+            ..Self::new(
+                new.id,
+                &new.task_id,
+                status,
+                &new.to,
+                &new.subject,
+                &new.html_body,
+            )
+        }
+    }
+}
+
+macro_rules! insert_records_sql {
+    () => {
+        "INSERT INTO message_records (id, task_id, api_key_id, status, error, to_addrs, cc_addrs,
+            bcc_addrs, reply_to, from_name, subject, html_body, text_body, send_at, campaign_id,
+            campaign_run_id, account_id, account_email, attempts, created_at, queued_at, sent_at,
+            failed_at, updated_at)
+         SELECT id, task_id, api_key_id, status, error, to_addrs, cc_addrs, bcc_addrs, reply_to,
+            from_name, subject, html_body, text_body, send_at, campaign_id, campaign_run_id,
+            account_id, account_email, COALESCE(attempts, 0), COALESCE(created_at, now()),
+            COALESCE(queued_at, CASE WHEN status = 'queued' THEN now() END), sent_at, failed_at,
+            COALESCE(updated_at, now())
+         FROM jsonb_to_recordset($1) AS x(id uuid, task_id text, api_key_id uuid, status text,
+            error text, to_addrs text[], cc_addrs text[], bcc_addrs text[], reply_to text,
+            from_name text, subject text, html_body text, text_body text, send_at timestamptz,
+            campaign_id uuid, campaign_run_id uuid, account_id uuid, account_email text,
+            attempts integer, created_at timestamptz, queued_at timestamptz, sent_at timestamptz,
+            failed_at timestamptz, updated_at timestamptz)"
+    };
+}
+/// The one statement that writes message records: the rows ([`NewRecord`]s
+/// as a JSON array) are `$1`, so any number of them take one statement.
+/// The API's group commit runs it inside its own statement, beside the
+/// outbox rows; everything else through [`insert_records`].
+pub const INSERT_RECORDS: &str = insert_records_sql!();
+
+/// What [`insert_records`] does with a row whose task id is already recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskIdTaken {
+    /// The statement fails (a fresh task id cannot be taken).
+    Fail,
+    /// The row is left out and the recorded one kept (a redelivered task,
+    /// an import run again).
+    Keep,
+}
+
+/// Writes `rows` in one statement; returns how many were written.
+#[tracing::instrument(level = "debug", skip_all, fields(rows = rows.len()))]
+pub async fn insert_records(
+    executor: impl PgExecutor<'_>,
+    rows: &[NewRecord<'_>],
+    taken: TaskIdTaken,
+) -> Result<u64, sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let sql = match taken {
+        TaskIdTaken::Fail => INSERT_RECORDS,
+        TaskIdTaken::Keep => concat!(insert_records_sql!(), " ON CONFLICT (task_id) DO NOTHING"),
+    };
+    let done = sqlx::query(sql)
+        .bind(sqlx::types::Json(rows))
+        .execute(executor)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+/// Records `new` as `queued`.
 pub async fn insert(executor: impl PgExecutor<'_>, new: &NewMessage) -> Result<(), sqlx::Error> {
-    bind_new(sqlx::query(INSERT), new).execute(executor).await?;
+    let row = NewRecord::of(new, MessageStatus::Queued);
+    insert_records(executor, &[row], TaskIdTaken::Fail).await?;
     Ok(())
 }
 
 /// Records a message that arrived as a task without a record (a Python
 /// producer calling `send_task` directly). A redelivery finds the row the
 /// first delivery wrote.
+#[tracing::instrument(level = "debug", skip_all, fields(task_id = %new.task_id))]
 pub async fn insert_for_task(
     pool: &PgPool,
     new: &NewMessage,
 ) -> Result<MessageRecord, sqlx::Error> {
-    let query = format!("{INSERT} ON CONFLICT (task_id) DO NOTHING");
-    bind_new(sqlx::query(&query), new).execute(pool).await?;
+    let row = NewRecord::of(new, MessageStatus::Queued);
+    insert_records(pool, &[row], TaskIdTaken::Keep).await?;
     sqlx::query_as("SELECT * FROM message_records WHERE task_id = $1")
         .bind(&new.task_id)
         .fetch_one(pool)
         .await
 }
 
+/// Records, `failed` with `error`, a message that arrived as a task without
+/// a record and broke a rule; a redelivery leaves the first row as it is.
+#[tracing::instrument(level = "debug", skip_all, fields(task_id = %new.task_id))]
+pub async fn insert_failed_for_task(
+    pool: &PgPool,
+    new: &NewMessage,
+    error: &str,
+) -> Result<(), sqlx::Error> {
+    let row = NewRecord {
+        error: Some(error),
+        failed_at: Some(Utc::now()),
+        ..NewRecord::of(new, MessageStatus::Failed)
+    };
+    insert_records(pool, &[row], TaskIdTaken::Keep).await?;
+    Ok(())
+}
+
+#[tracing::instrument(level = "debug", skip_all, fields(message_id = %id))]
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<MessageRecord>, sqlx::Error> {
     sqlx::query_as("SELECT * FROM message_records WHERE id = $1")
         .bind(id)
@@ -181,6 +342,7 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<MessageRecord>, sqlx:
 /// dead once its lease has lapsed, or, whatever its lease says, once the
 /// claim is older than `stale_before` (the hard time limit). Returns `None`
 /// when another delivery has it.
+#[tracing::instrument(level = "debug", skip_all, fields(message_id = %id))]
 pub async fn claim(
     pool: &PgPool,
     id: Uuid,
@@ -211,6 +373,7 @@ pub async fn claim(
 /// lease, and for how long (`None`: it is gone). A claim that names no
 /// worker (made before leases existed) counts as live: only the hard time
 /// limit says it is abandoned.
+#[tracing::instrument(level = "debug", skip_all, fields(message_id = %record.id))]
 pub async fn claimant_lease(
     pool: &PgPool,
     record: &MessageRecord,
@@ -221,6 +384,7 @@ pub async fn claimant_lease(
     }
 }
 
+#[tracing::instrument(level = "debug", skip_all, fields(message_id = %id))]
 pub async fn mark_sent(
     pool: &PgPool,
     id: Uuid,
@@ -242,6 +406,7 @@ pub async fn mark_sent(
 
 /// Final failure. Also accepts a queued message (one that could not even be
 /// attempted, such as an undeliverable address).
+#[tracing::instrument(level = "debug", skip_all, fields(message_id = %id))]
 pub async fn mark_failed(
     pool: &PgPool,
     id: Uuid,
@@ -263,6 +428,7 @@ pub async fn mark_failed(
 
 /// A temporary failure: the message goes back to `queued` for a retry,
 /// due back from the broker after `due_in`.
+#[tracing::instrument(level = "debug", skip_all, fields(message_id = %id))]
 pub async fn mark_retrying(
     pool: &PgPool,
     id: Uuid,
@@ -287,6 +453,7 @@ pub async fn mark_retrying(
 
 /// Notes why a queued message is waiting (for quota, say) and when it is
 /// due back, without changing its status.
+#[tracing::instrument(level = "debug", skip_all, fields(message_id = %id))]
 pub async fn note_waiting(
     pool: &PgPool,
     id: Uuid,
@@ -319,6 +486,7 @@ pub async fn requeue_failed(executor: impl PgExecutor<'_>, id: Uuid) -> Result<b
     Ok(done.rows_affected() == 1)
 }
 
+#[tracing::instrument(level = "debug", skip_all, fields(count = ids.len()))]
 pub async fn get_many(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<MessageRecord>, sqlx::Error> {
     sqlx::query_as("SELECT * FROM message_records WHERE id = ANY($1)")
         .bind(ids)
@@ -340,6 +508,7 @@ pub struct Claimed {
 /// [`claim`] for many queued messages in one statement; returns those
 /// claimed (a message not `queued`, e.g. held by another delivery, is
 /// left out), each with its suppression and attachment checks.
+#[tracing::instrument(level = "debug", skip_all, fields(count = ids.len()))]
 pub async fn claim_many(
     pool: &PgPool,
     ids: &[Uuid],
@@ -369,6 +538,7 @@ pub async fn claim_many(
 }
 
 /// [`mark_sent`] for many messages in one statement.
+#[tracing::instrument(level = "debug", skip_all, fields(count = ids.len()))]
 pub async fn mark_sent_many(
     pool: &PgPool,
     ids: &[Uuid],
@@ -402,33 +572,26 @@ pub struct Acceptance {
 }
 
 /// Records a message accepted by the API in the state `acceptance` says.
+#[tracing::instrument(level = "debug", skip_all, fields(message_id = %new.id, task_id = %new.task_id))]
 pub async fn insert_accepted(
     executor: impl PgExecutor<'_>,
     new: &NewMessage,
     acceptance: &Acceptance,
 ) -> Result<(), sqlx::Error> {
-    bind_new(
-        sqlx::query(
-            "INSERT INTO message_records (id, task_id, api_key_id, status, to_addrs, cc_addrs,
-                bcc_addrs, reply_to, from_name, subject, html_body, text_body, queued_at,
-                send_at, campaign_id, error)
-            VALUES ($1, $2, $3, $12, $4, $5, $6, $7, $8, $9, $10, $11,
-                CASE WHEN $12 = 'queued' THEN now() END, $13, $14, $15)",
-        ),
-        new,
-    )
-    .bind(acceptance.status.as_str())
-    .bind(acceptance.send_at)
-    .bind(acceptance.campaign_id)
-    .bind(&acceptance.error)
-    .execute(executor)
-    .await?;
+    let row = NewRecord {
+        send_at: acceptance.send_at,
+        campaign_id: acceptance.campaign_id,
+        error: acceptance.error.as_deref(),
+        ..NewRecord::of(new, acceptance.status)
+    };
+    insert_records(executor, &[row], TaskIdTaken::Fail).await?;
     Ok(())
 }
 
 /// Cancels a message that is still `scheduled` or `queued`. The worker's
 /// claim is the conditional UPDATE `queued → sending`, so of a cancel and a
 /// claim racing, exactly one wins. `owner` restricts to one API key's messages.
+#[tracing::instrument(level = "debug", skip_all, fields(message_id = %id))]
 pub async fn cancel(
     pool: &PgPool,
     id: Uuid,
@@ -448,6 +611,7 @@ pub async fn cancel(
 
 /// The worker found a recipient on the suppression list after claiming the
 /// message: it is not sent.
+#[tracing::instrument(level = "debug", skip_all, fields(message_id = %id))]
 pub async fn mark_suppressed(pool: &PgPool, id: Uuid, reason: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE message_records SET status = 'suppressed', error = $2, updated_at = now()
@@ -569,6 +733,7 @@ pub struct Released {
 /// and a message cancelled before the lock is taken no longer matches the
 /// status condition, so each message is released at most once; the caller
 /// writes the outbox rows in the same transaction.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn release_due(
     tx: &mut sqlx::PgConnection,
     limit: i64,
@@ -612,38 +777,30 @@ pub struct CampaignMessage {
 
 /// Records a batch of a campaign run's messages `queued`, in one statement
 /// (their outbox rows are written by the caller in the same transaction).
+#[tracing::instrument(level = "debug", skip_all, fields(campaign = %campaign_id, run = %run_id, count = batch.len()))]
 pub async fn insert_campaign_messages(
     executor: impl PgExecutor<'_>,
     campaign_id: Uuid,
     run_id: Uuid,
     batch: &[CampaignMessage],
 ) -> Result<(), sqlx::Error> {
-    if batch.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<Uuid> = batch.iter().map(|m| m.id).collect();
-    let task_ids: Vec<&str> = batch.iter().map(|m| m.task_id.as_str()).collect();
-    let to: Vec<&str> = batch.iter().map(|m| m.to.as_str()).collect();
-    let subjects: Vec<&str> = batch.iter().map(|m| m.subject.as_str()).collect();
-    let html: Vec<&str> = batch.iter().map(|m| m.html_body.as_str()).collect();
-    let text: Vec<Option<&str>> = batch.iter().map(|m| m.text_body.as_deref()).collect();
-    sqlx::query(
-        "INSERT INTO message_records (id, task_id, status, to_addrs, cc_addrs, bcc_addrs,
-            subject, html_body, text_body, queued_at, campaign_id, campaign_run_id)
-         SELECT i, t, 'queued', ARRAY[a], '{}', '{}', s, h, x, now(), $1, $2
-           FROM unnest($3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[])
-                AS u(i, t, a, s, h, x)",
-    )
-    .bind(campaign_id)
-    .bind(run_id)
-    .bind(ids)
-    .bind(task_ids)
-    .bind(to)
-    .bind(subjects)
-    .bind(html)
-    .bind(text)
-    .execute(executor)
-    .await?;
+    let rows: Vec<NewRecord<'_>> = batch
+        .iter()
+        .map(|m| NewRecord {
+            text_body: m.text_body.as_deref(),
+            campaign_id: Some(campaign_id),
+            campaign_run_id: Some(run_id),
+            ..NewRecord::new(
+                m.id,
+                &m.task_id,
+                MessageStatus::Queued,
+                std::slice::from_ref(&m.to),
+                &m.subject,
+                &m.html_body,
+            )
+        })
+        .collect();
+    insert_records(executor, &rows, TaskIdTaken::Fail).await?;
     Ok(())
 }
 
@@ -673,6 +830,7 @@ pub struct IdleQueues {
 /// due at once, and is not picked again before twice as long has passed as
 /// the last time (at most 64 times `after`): a record that was only slow
 /// gains a few copies, not one per pass. The longest-forgotten come first.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn take_strays(
     tx: &mut sqlx::PgConnection,
     after: std::time::Duration,
@@ -742,44 +900,48 @@ impl ImportedMessages {
 /// Inserts imported records; a task id already recorded (an earlier run, or
 /// a task our worker already handled) is kept as it is. Returns how many
 /// were inserted.
+#[tracing::instrument(level = "debug", skip_all, fields(count = batch.len()))]
 pub async fn insert_imported(
     executor: impl PgExecutor<'_>,
     batch: &ImportedMessages,
 ) -> Result<u64, sqlx::Error> {
-    let ids: Vec<Uuid> = (0..batch.len()).map(|_| Uuid::now_v7()).collect();
-    let done = sqlx::query(
-        "INSERT INTO message_records (id, task_id, api_key_id, status, to_addrs, subject,
-            html_body, account_id, account_email, error, attempts, created_at, queued_at,
-            sent_at, failed_at, updated_at)
-         SELECT t.id, t.task_id, t.api_key_id, t.status,
-                ARRAY(SELECT btrim(a) FROM unnest(string_to_array(t.recipients, ',')) a
-                      WHERE btrim(a) <> ''),
-                t.subject, t.body, t.account_id, t.account_email, t.error, t.attempts,
-                t.created_at, t.created_at,
-                CASE WHEN t.status = 'sent' THEN t.finished_at END,
-                CASE WHEN t.status = 'failed' THEN t.finished_at END,
-                COALESCE(t.finished_at, t.created_at)
-         FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::text[],
-                     $7::text[], $8::uuid[], $9::text[], $10::text[], $11::int[],
-                     $12::timestamptz[], $13::timestamptz[])
-              AS t(id, task_id, api_key_id, status, recipients, subject, body, account_id,
-                   account_email, error, attempts, created_at, finished_at)
-         ON CONFLICT (task_id) DO NOTHING",
-    )
-    .bind(&ids)
-    .bind(&batch.task_ids)
-    .bind(&batch.api_key_ids)
-    .bind(&batch.statuses)
-    .bind(&batch.recipients)
-    .bind(&batch.subjects)
-    .bind(&batch.bodies)
-    .bind(&batch.account_ids)
-    .bind(&batch.account_emails)
-    .bind(&batch.errors)
-    .bind(&batch.attempts)
-    .bind(&batch.created_at)
-    .bind(&batch.finished_at)
-    .execute(executor)
-    .await?;
-    Ok(done.rows_affected())
+    // The Python platform's recipients, comma-separated, one address each.
+    let recipients: Vec<Vec<String>> = batch
+        .recipients
+        .iter()
+        .map(|list| {
+            list.split(',')
+                .map(|a| a.trim_matches(' '))
+                .filter(|a| !a.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .collect();
+    let rows: Vec<NewRecord<'_>> = (0..batch.len())
+        .map(|i| {
+            let status = MessageStatus::parse(&batch.statuses[i]).unwrap_or(MessageStatus::Failed);
+            let finished = batch.finished_at[i];
+            NewRecord {
+                api_key_id: batch.api_key_ids[i],
+                error: batch.errors[i].as_deref(),
+                account_id: batch.account_ids[i],
+                account_email: batch.account_emails[i].as_deref(),
+                attempts: Some(batch.attempts[i]),
+                created_at: Some(batch.created_at[i]),
+                queued_at: Some(batch.created_at[i]),
+                sent_at: finished.filter(|_| status == MessageStatus::Sent),
+                failed_at: finished.filter(|_| status == MessageStatus::Failed),
+                updated_at: Some(finished.unwrap_or(batch.created_at[i])),
+                ..NewRecord::new(
+                    Uuid::now_v7(),
+                    &batch.task_ids[i],
+                    status,
+                    &recipients[i],
+                    &batch.subjects[i],
+                    &batch.bodies[i],
+                )
+            }
+        })
+        .collect();
+    insert_records(executor, &rows, TaskIdTaken::Keep).await
 }

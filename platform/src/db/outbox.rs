@@ -16,6 +16,7 @@ pub struct OutboxRow {
     pub priority: Option<i16>,
 }
 
+#[tracing::instrument(level = "debug", skip_all, fields(task_id = message.id()))]
 pub async fn enqueue(
     executor: impl PgExecutor<'_>,
     exchange: &str,
@@ -36,6 +37,7 @@ pub async fn enqueue(
 }
 
 /// Enqueues several task messages to one exchange in one statement.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn enqueue_many(
     executor: impl PgExecutor<'_>,
     exchange: &str,
@@ -95,6 +97,7 @@ pub async fn enqueue_raw(
 
 /// Locks the oldest pending rows; other relays skip them while this
 /// transaction is open, so each row is published by one relay at a time.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn lock_batch(
     tx: &mut Transaction<'_, Postgres>,
     limit: i64,
@@ -108,6 +111,7 @@ pub async fn lock_batch(
     .await
 }
 
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn delete(tx: &mut Transaction<'_, Postgres>, ids: &[i64]) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
         .bind(ids)
@@ -123,6 +127,7 @@ pub async fn pending(executor: impl PgExecutor<'_>) -> Result<i64, sqlx::Error> 
 }
 
 /// When the oldest row still waiting was written, if any.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn oldest(
     executor: impl PgExecutor<'_>,
 ) -> Result<Option<chrono::DateTime<chrono::Utc>>, sqlx::Error> {

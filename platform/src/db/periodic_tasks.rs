@@ -115,6 +115,7 @@ pub async fn delete(executor: impl PgExecutor<'_>, id: Uuid) -> Result<bool, sql
 }
 
 /// Active tasks whose `next_run_at` has come, locked (others skipped).
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn lock_due(tx: &mut PgConnection, limit: i64) -> Result<Vec<PeriodicTask>, sqlx::Error> {
     sqlx::query_as(
         "SELECT * FROM periodic_tasks WHERE is_active AND next_run_at <= now()
@@ -126,6 +127,7 @@ pub async fn lock_due(tx: &mut PgConnection, limit: i64) -> Result<Vec<PeriodicT
 }
 
 /// Records a publication; `false` when this time was already published.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn insert_run(
     executor: impl PgExecutor<'_>,
     id: Uuid,
@@ -144,6 +146,7 @@ pub async fn insert_run(
     Ok(done.rows_affected() > 0)
 }
 
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn advance(
     executor: impl PgExecutor<'_>,
     id: Uuid,

@@ -66,6 +66,7 @@ pub async fn list(
 }
 
 /// The first of `addresses` that is suppressed, if any.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn first_suppressed(
     executor: impl PgExecutor<'_>,
     addresses: &[String],
@@ -100,6 +101,7 @@ pub fn first_of<'a>(
 }
 
 /// Which of `addresses` are suppressed, lower-cased.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn suppressed_among(
     executor: impl PgExecutor<'_>,
     addresses: &[String],

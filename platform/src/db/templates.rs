@@ -70,6 +70,7 @@ pub async fn replace(
 
 /// The template `id`, if `owner` may see it: `Some(key)` sees only the
 /// templates that key created, `None` (an admin, the scheduler) sees all.
+#[tracing::instrument(level = "debug", skip_all, fields(template = %id))]
 pub async fn get(
     executor: impl PgExecutor<'_>,
     id: Uuid,
@@ -85,6 +86,7 @@ pub async fn get(
 }
 
 /// The template named `name`, if `owner` may see it (as for [`get`]).
+#[tracing::instrument(level = "debug", skip_all, fields(template = name))]
 pub async fn find_by_name(
     executor: impl PgExecutor<'_>,
     name: &str,

@@ -46,6 +46,7 @@ pub async fn remaining(pool: &PgPool, worker_id: &str) -> Result<Option<Duration
 }
 
 /// Deletes leases that lapsed more than a day ago (workers that died).
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn prune(pool: &PgPool) -> Result<u64, sqlx::Error> {
     let done = sqlx::query("DELETE FROM worker_leases WHERE expires_at < now() - interval '1 day'")
         .execute(pool)

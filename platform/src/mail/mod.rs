@@ -1,7 +1,9 @@
-//! Email addresses and the composition of outgoing messages.
+//! Email addresses, the rules every email keeps to, and the composition of
+//! outgoing messages.
 
 mod address;
 mod compose;
+pub mod rules;
 mod transport;
 
 pub use address::{AddressError, EmailAddress};

@@ -23,6 +23,7 @@ use super::{enqueue_sends, Duties, FIRE_BATCH, MISSED_GRACE};
 impl Duties {
     /// Records a run for each campaign whose time has come and moves its
     /// `next_run_at` on, in one transaction.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn fire_due_campaigns(&self) -> Result<usize, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let due = campaigns::lock_due(&mut tx, FIRE_BATCH).await?;
@@ -49,11 +50,16 @@ impl Duties {
 
     /// Enqueues the next batch of one running run; `false` when no run is
     /// waiting.
+    #[tracing::instrument(level = "debug", skip_all,
+        fields(run = tracing::field::Empty, campaign = tracing::field::Empty))]
     pub async fn fan_out_batch(&self) -> Result<bool, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let Some(run) = campaigns::lock_running(&mut tx).await? else {
             return Ok(false);
         };
+        let span = tracing::Span::current();
+        span.record("run", tracing::field::display(run.id));
+        span.record("campaign", tracing::field::display(run.campaign_id));
         let Some(campaign) = campaigns::get(&mut *tx, run.campaign_id).await? else {
             campaigns::fail_run(&mut *tx, run.id, "the campaign was deleted").await?;
             tx.commit().await?;
@@ -91,13 +97,17 @@ impl Duties {
                 suppressed_count += 1;
                 continue;
             }
+            let (id, task_id) = (Uuid::now_v7(), Uuid::new_v4().to_string());
+            // Each email's own span: what is logged of it names it.
+            let email =
+                tracing::debug_span!("campaign_email", message_id = %id, task_id = %task_id);
             let variables = member_variables(
                 &template.variables,
                 &campaign,
                 &member.variables.0,
                 &member.address,
             );
-            let rendered = match renderer.render(&variables) {
+            let rendered = match email.in_scope(|| renderer.render(&variables)) {
                 Ok(r) => r,
                 Err(e) if e.is_limit() => {
                     // The template itself runs away (its loops or output):
@@ -109,14 +119,17 @@ impl Duties {
                     return Ok(true);
                 }
                 Err(e) => {
-                    tracing::debug!(run = %run.id, member = member.id, error = %e, "member skipped");
+                    email.in_scope(|| {
+                        tracing::debug!(run = %run.id, member = member.id, error = %e, "member skipped")
+                    });
                     skipped += 1;
                     continue;
                 }
             };
+            email.in_scope(|| tracing::debug!(member = member.id, "campaign email rendered"));
             let message = messages::CampaignMessage {
-                id: Uuid::now_v7(),
-                task_id: Uuid::new_v4().to_string(),
+                id,
+                task_id,
                 to: member.address.clone(),
                 subject: rendered.subject,
                 html_body: rendered.html,

@@ -117,6 +117,7 @@ fn checked<T>(job: &'static str, duty: &str, result: Result<T, sqlx::Error>) -> 
 /// Writes the outbox rows that send recorded `emails` (record id, task id)
 /// through `queue`: as the API does, one broker message per 50 emails, each
 /// email keeping its own task id.
+#[tracing::instrument(level = "debug", skip_all, fields(queue = %queue))]
 async fn enqueue_sends<'a>(
     tx: &mut PgConnection,
     queue: &str,
@@ -124,9 +125,12 @@ async fn enqueue_sends<'a>(
 ) -> Result<(), sqlx::Error> {
     let members: Vec<BatchMember> = emails
         .into_iter()
-        .map(|(message_id, task_id)| BatchMember {
-            message_id,
-            task_id: task_id.to_string(),
+        .map(|(message_id, task_id)| {
+            tracing::debug!(%message_id, task_id, "email enqueued");
+            BatchMember {
+                message_id,
+                task_id: task_id.to_string(),
+            }
         })
         .collect();
     outbox::enqueue_many(tx, queue, queue, &send_email_batch_tasks(&members)).await

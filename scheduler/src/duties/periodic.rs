@@ -15,6 +15,7 @@ impl Duties {
     /// Publishes each periodic task whose time has come through the outbox
     /// and moves its `next_run_at` on, in one transaction; the run row
     /// (unique on task and time) makes a due time publish once.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn fire_periodic_tasks(&self) -> Result<usize, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let due = periodic_tasks::lock_due(&mut tx, FIRE_BATCH).await?;
@@ -32,6 +33,7 @@ impl Duties {
                     task.kwargs.0.clone(),
                 );
                 outbox::enqueue(&mut *tx, &task.queue, &task.queue, &message).await?;
+                tracing::debug!(task_id, task = %task.task, periodic = %task.id, "periodic task enqueued");
                 published += 1;
                 ran = Some(now);
                 metrics::counter!("scheduler_periodic_published_total").increment(1);

@@ -23,6 +23,7 @@ const RELAY_BEHIND: chrono::Duration = chrono::Duration::seconds(60);
 
 impl Duties {
     /// Publishes again up to a batch of stray records; returns how many.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn reconcile(&self) -> Result<usize, sqlx::Error> {
         let (pool, settings, scheduler) = (&self.pool, &self.settings, &self.scheduler);
         if let Some(oldest) = outbox::oldest(pool).await? {
@@ -75,6 +76,7 @@ impl Duties {
 /// Whether the task queue and the bulk queue hold no ready messages
 /// (`None` when RabbitMQ cannot be asked: nothing published now could be
 /// relayed anyway). A queue that does is still draining a backlog.
+#[tracing::instrument(level = "debug", skip_all)]
 async fn idle_queues(settings: &Settings) -> Option<messages::IdleQueues> {
     let conn = match broker::connect(settings, "notify-reconciler").await {
         Ok(conn) => conn,

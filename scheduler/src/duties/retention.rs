@@ -11,6 +11,7 @@ use super::Duties;
 impl Duties {
     /// Deletes what is past retention in small batches (each its own
     /// statement, so locks are short), then prunes lapsed worker leases.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn maintain(&self, token: &CancellationToken) -> Result<(), sqlx::Error> {
         let s = &self.scheduler;
         let jobs: [(&str, maintenance::Job); 4] = [

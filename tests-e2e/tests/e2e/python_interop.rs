@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
-use crate::support::{TestEnv, RABBITMQ, REDIS_RESULTS};
+use crate::support::{queue_depth, TestEnv, RABBITMQ, REDIS_RESULTS};
 
 pub(crate) fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -183,4 +183,46 @@ async fn python_task_name_alias_and_positional_args_reach_send_email() {
     let received = env.smtp.wait_for(1, Duration::from_secs(10)).await;
     assert_eq!(received[0].rcpt_to, ["positional@example.org"]);
     assert!(received[0].data_str().contains("From Python (delay)"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_send_breaking_an_api_rule_fails_for_good_with_the_rule_named() {
+    let env = env_with_worker(&[]).await;
+    let (long_subject, many) = tokio::join!(
+        producer(&env, "long_subject", "long@example.org", &[]),
+        producer(&env, "many_recipients", "many@example.org", &[]),
+    );
+    for (report, rule) in [
+        (&long_subject, "subject must be at most 998 characters"),
+        (&many, "at most 50 recipients"),
+    ] {
+        assert_eq!(report["state"], "FAILURE", "{report}");
+        assert_eq!(report["exc_type"], "EmailDeliveryError", "{report}");
+        let seen = report["exc_message"].as_str().unwrap();
+        assert!(seen.contains(rule), "{report}");
+        let (status, error, attempts): (String, String, i32) = sqlx::query_as(
+            "SELECT status, error, attempts FROM message_records WHERE task_id = $1",
+        )
+        .bind(report["task_id"].as_str().unwrap())
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+        assert_eq!(status, "failed");
+        assert!(error.contains(rule), "{error}");
+        assert_eq!(attempts, 0, "never attempted");
+    }
+    // Failed for good: not sent, not dead-lettered, and still failed (no
+    // retry brought it back to `queued`) a moment later.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(env.smtp.count(), 0);
+    let dead_letter_queue = format!("{}.dead_letter", env.queue);
+    assert_eq!(queue_depth(&dead_letter_queue).await.unwrap_or(0), 0);
+    let (failed, dead): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM message_records WHERE status = 'failed'),
+                (SELECT count(*) FROM dead_letters)",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!((failed, dead), (2, 0));
 }

@@ -186,6 +186,8 @@ pub enum FailureKind {
     RetriesExhausted,
     /// It could not be turned into an email.
     Unbuildable,
+    /// A Python producer's arguments broke a rule every email keeps to.
+    Invalid,
 }
 
 impl FailureKind {
@@ -194,6 +196,7 @@ impl FailureKind {
             FailureKind::Rejected => "rejected",
             FailureKind::RetriesExhausted => "retries_exhausted",
             FailureKind::Unbuildable => "unbuildable",
+            FailureKind::Invalid => "invalid",
         }
     }
 }
@@ -211,6 +214,21 @@ pub async fn fail(
     tracing::warn!(message_id = %record.id, %reason, "email failed");
     store_failure(ctx, message.id(), reason).await;
     Ok(Outcome::Done)
+}
+
+/// A task that cannot be run as given (arguments that break a rule, a
+/// record that does not exist): it fails for good, at once, never retried
+/// (the same arguments would break the same rule), with `reason` as the
+/// exception Python sees. `recorded`: a `failed` message record says so,
+/// and it counts as a failed message.
+pub async fn refuse(ctx: &Context, message: &TaskMessage, reason: &str, recorded: bool) -> Outcome {
+    if recorded {
+        metrics::counter!("messages_failed_total", "reason" => FailureKind::Invalid.label())
+            .increment(1);
+    }
+    tracing::warn!(task_id = message.id(), %reason, "send_email task refused");
+    store_failure(ctx, message.id(), reason).await;
+    Outcome::Done
 }
 
 /// Capped exponential backoff with full jitter on the upper half.

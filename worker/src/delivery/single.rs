@@ -23,19 +23,17 @@ use platform::db::messages::{self, MessageRecord, MessageStatus};
 
 use super::admit::{release_slot, reserve_admitted};
 use super::attempt::{attempt, extras, Attempt};
-use super::policy::settle_failure;
-use super::prepare::load_or_record;
-use super::settle::{persist, recovered, sent_result, started_result, store, store_failure};
+use super::policy::{refuse, settle_failure};
+use super::prepare::{load_or_record, Prepared};
+use super::settle::{persist, recovered, sent_result, started_result, store};
 use crate::context::Context;
 use crate::outcome::Outcome;
 
 pub async fn run(ctx: &Context, message: &TaskMessage) -> Result<Outcome, sqlx::Error> {
     let record = match load_or_record(ctx, message).await? {
-        Ok(record) => record,
-        Err(reason) => {
-            tracing::warn!(task_id = message.id(), %reason, "send_email task refused");
-            store_failure(ctx, message.id(), &reason).await;
-            return Ok(Outcome::Done);
+        Prepared::Record(record) => *record,
+        Prepared::Refused { reason, recorded } => {
+            return Ok(refuse(ctx, message, &reason, recorded).await)
         }
     };
     tracing::Span::current().record("message_id", tracing::field::display(record.id));

@@ -28,6 +28,7 @@ use std::time::Instant;
 
 use chrono::Utc;
 use platform::crypto::fernet::{FernetError, FernetKeys};
+use platform::crypto::Keyring;
 use platform::crypto::{hash_token, SecretScheme};
 use platform::db::api_keys::{self, ImportedKey};
 use platform::db::email_accounts::{
@@ -76,6 +77,8 @@ pub enum ImportError {
     Open(#[from] db::OpenError),
     #[error("PYTHON_ENCRYPTION_KEY: {0}")]
     Fernet(#[from] FernetError),
+    #[error(transparent)]
+    Config(#[from] platform::config::ConfigError),
 }
 
 /// Parses `--port-tls 1025=none`.
@@ -171,8 +174,9 @@ async fn import_account(
     report: &mut ImportReport,
 ) -> Result<(), ImportError> {
     let label = account.email.clone();
+    let keyring = settings.keyring()?;
     if !options.quota_only {
-        let new = match checked_account(settings, options, fernet, account) {
+        let new = match checked_account(keyring, options, fernet, account) {
             Ok(new) => new,
             Err(reason) => {
                 report.record("account", label, "refused", Some(reason));
@@ -181,8 +185,7 @@ async fn import_account(
         };
         let password_changed = match ours.get(&new.account.email) {
             None => true,
-            Some(sealed) => settings
-                .keyring
+            Some(sealed) => keyring
                 .open(sealed, PASSWORD_PURPOSE)
                 .map(|p| p.expose_secret() != new.plaintext.expose_secret())
                 .unwrap_or(true),
@@ -225,7 +228,7 @@ struct CheckedAccount {
 
 /// The same checks as `POST /admin/email-accounts`, plus the token's.
 fn checked_account(
-    settings: &Settings,
+    keyring: &Keyring,
     options: &ImportOptions,
     fernet: &FernetKeys,
     a: &legacy::LegacyAccount,
@@ -250,9 +253,7 @@ fn checked_account(
             ))
         }
     };
-    let sealed = settings
-        .keyring
-        .seal(plaintext.expose_secret(), PASSWORD_PURPOSE);
+    let sealed = keyring.seal(plaintext.expose_secret(), PASSWORD_PURPOSE);
     Ok(CheckedAccount {
         account: NewEmailAccount {
             smtp_host: host(&a.smtp_host).map_err(plain)?,
