@@ -5,14 +5,20 @@ use std::time::Duration;
 use crate::support::proxy::TcpProxy;
 use crate::support::{eventually, TestEnv};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sends_accepted_during_a_broker_outage_are_delivered_after_it() {
-    let mut env = TestEnv::new().await;
-    // The API reaches RabbitMQ only through a proxy the test controls.
+/// Starts the API so that it reaches RabbitMQ only through a proxy the
+/// test controls.
+async fn api_behind_proxy(env: &mut TestEnv) -> TcpProxy {
     let proxy = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
     let mut settings = env.settings();
     settings.broker_urls = vec![format!("amqp://guest:guest@{}/%2f", proxy.addr)];
     env.start_api_with(settings).await;
+    proxy
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_accepted_during_a_broker_outage_are_delivered_after_it() {
+    let mut env = TestEnv::new().await;
+    let proxy = api_behind_proxy(&mut env).await;
     env.start_worker();
     let token = env.api().admin_token(&env.pool).await;
     env.api()
@@ -103,10 +109,7 @@ async fn readiness_names_redis_when_the_result_backend_is_unreachable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_reuses_its_result_and_its_broker_connection_and_tells_no_details() {
     let mut env = TestEnv::new().await;
-    let proxy = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
-    let mut settings = env.settings();
-    settings.broker_urls = vec![format!("amqp://guest:guest@{}/%2f", proxy.addr)];
-    env.start_api_with(settings).await;
+    let proxy = api_behind_proxy(&mut env).await;
     let api = env.api();
     let ready = api
         .request(reqwest::Method::GET, "/health/ready", None, None)

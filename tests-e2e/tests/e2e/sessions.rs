@@ -59,6 +59,23 @@ fn token(res: &Response, field: &str) -> String {
         .to_string()
 }
 
+/// A sign-in through a proxy that says the client is `forwarded_for`.
+async fn sign_in_forwarded(
+    api: &RunningApi,
+    forwarded_for: &str,
+    key: &str,
+    secret: &str,
+) -> StatusCode {
+    api.client
+        .post(api.url(TOKEN))
+        .header("x-forwarded-for", forwarded_for)
+        .json(&json!({"api_key": key, "api_secret": secret}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
 /// The claims of a JWT (its signature was checked by the API that took it).
 fn claims(jwt: &str) -> Value {
     let payload = jwt.split('.').nth(1).unwrap();
@@ -245,25 +262,13 @@ async fn forged_forwarded_for_entries_are_ignored() {
     let key = new_key(&env, &["send"]).await;
     // A guesser rotating a forged first entry is still one address.
     for i in 0..3 {
-        let res = api
-            .client
-            .post(api.url(TOKEN))
-            .header("x-forwarded-for", format!("10.9.8.{i}, 203.0.113.50"))
-            .json(&json!({"api_key": format!("noti_guess{i}"), "api_secret": "x"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        let forwarded = format!("10.9.8.{i}, 203.0.113.50");
+        let guess = format!("noti_guess{i}");
+        let status = sign_in_forwarded(api, &forwarded, &guess, "x").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
-    let res = api
-        .client
-        .post(api.url(TOKEN))
-        .header("x-forwarded-for", "10.9.8.77, 203.0.113.50")
-        .json(&json!({"api_key": key.key, "api_secret": key.secret}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    let status = sign_in_forwarded(api, "10.9.8.77, 203.0.113.50", &key.key, &key.secret).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     let audited: String =
         sqlx::query_scalar("SELECT client_addr FROM audit_log WHERE action = 'auth.throttled'")
             .fetch_one(&env.pool)
@@ -271,15 +276,8 @@ async fn forged_forwarded_for_entries_are_ignored() {
             .unwrap();
     assert_eq!(audited, "203.0.113.50");
     // Another client behind the same proxy signs in.
-    let res = api
-        .client
-        .post(api.url(TOKEN))
-        .header("x-forwarded-for", "203.0.113.51")
-        .json(&json!({"api_key": key.key, "api_secret": key.secret}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
+    let status = sign_in_forwarded(api, "203.0.113.51", &key.key, &key.secret).await;
+    assert_eq!(status, StatusCode::OK);
 
     // With no trusted proxy, the header is not believed at all.
     let mut env = TestEnv::with_vars(&[("TRUSTED_PROXIES", "none")]).await;
