@@ -33,17 +33,24 @@ pub const MAX_SCHEDULE_DAYS: i64 = 365;
 pub struct AttachmentRequest {
     /// File name shown to the recipient (1 to 255 characters, no path
     /// separators or control characters; trimmed).
-    #[schema(example = "invoice.pdf", max_length = 255,
-        pattern = r"^[^\u0000-\u001F\u007F-\u009F/\\]*[^\s\u0000-\u001F\u007F-\u009F/\\][^\u0000-\u001F\u007F-\u009F/\\]*$")]
+    #[schema(
+        example = "invoice.pdf",
+        max_length = 255,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F/\\]*[^\s\u0000-\u001F\u007F-\u009F/\\][^\u0000-\u001F\u007F-\u009F/\\]*$"
+    )]
     pub filename: String,
     /// MIME type, `type/subtype` (any case).
-    #[schema(example = "application/pdf",
-        pattern = r"^\s*[A-Za-z0-9!#$&^_.+-]{1,127}/[A-Za-z0-9!#$&^_.+-]{1,127}\s*$")]
+    #[schema(
+        example = "application/pdf",
+        pattern = r"^\s*[A-Za-z0-9!#$&^_.+-]{1,127}/[A-Za-z0-9!#$&^_.+-]{1,127}\s*$"
+    )]
     pub content_type: String,
     /// The file, base64 (standard alphabet, padded, canonical). At most
     /// ATTACHMENT_MAX_SIZE bytes decoded; the whole email at most EMAIL_MAX_SIZE.
-    #[schema(content_encoding = "base64",
-        pattern = r"^\s*(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?\s*$")]
+    #[schema(
+        content_encoding = "base64",
+        pattern = r"^\s*(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?\s*$"
+    )]
     pub content: String,
 }
 
@@ -62,8 +69,10 @@ pub struct SendEmailRequest {
     pub bcc: Option<Recipients>,
     /// At most 998 characters, no control characters (so no line breaks).
     /// Required without a template.
-    #[schema(max_length = 998,
-        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$")]
+    #[schema(
+        max_length = 998,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub subject: Option<String>,
     /// HTML body, not blank. Required without a template.
     #[schema(pattern = r"\S")]

@@ -30,7 +30,10 @@ const MAX_RATE_LIMIT: i64 = 1_000_000;
 #[schema(example = json!({"name": "billing-service", "scopes": ["send", "read"], "rate_limit_per_minute": 120}))]
 pub struct CreateApiKey {
     /// 1 to 128 characters, no control characters.
-    #[schema(max_length = 128, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$")]
+    #[schema(
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub name: String,
     /// At most 500 characters, no control characters.
     #[serde(default)]

@@ -38,12 +38,18 @@ pub struct CreateEmailAccount {
     #[schema(value_type = crate::docs::schemas::Address)]
     pub email: String,
     /// A host name or IP address (at most 253 characters, no spaces or `/`).
-    #[schema(max_length = 253, pattern = r"^\s*[^\s/\u0000-\u001F\u007F-\u009F]+\s*$")]
+    #[schema(
+        max_length = 253,
+        pattern = r"^\s*[^\s/\u0000-\u001F\u007F-\u009F]+\s*$"
+    )]
     pub smtp_host: String,
     #[schema(minimum = 1, maximum = 65535)]
     pub smtp_port: u16,
     /// Defaults to `email`. At most 320 characters.
-    #[schema(max_length = 320, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$")]
+    #[schema(
+        max_length = 320,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub smtp_username: Option<String>,
     /// Stored AES-256-GCM encrypted; never returned. 1 to 1024 characters.
     #[schema(min_length = 1, max_length = 1024)]
@@ -77,11 +83,17 @@ pub struct CreateEmailAccount {
 pub struct UpdateEmailAccount {
     #[schema(value_type = Option<crate::docs::schemas::Address>)]
     pub email: Option<String>,
-    #[schema(max_length = 253, pattern = r"^\s*[^\s/\u0000-\u001F\u007F-\u009F]+\s*$")]
+    #[schema(
+        max_length = 253,
+        pattern = r"^\s*[^\s/\u0000-\u001F\u007F-\u009F]+\s*$"
+    )]
     pub smtp_host: Option<String>,
     #[schema(minimum = 1, maximum = 65535)]
     pub smtp_port: Option<u16>,
-    #[schema(max_length = 320, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$")]
+    #[schema(
+        max_length = 320,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub smtp_username: Option<String>,
     #[schema(min_length = 1, max_length = 1024)]
     pub smtp_password: Option<String>,

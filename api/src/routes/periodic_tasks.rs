@@ -35,7 +35,10 @@ pub struct PeriodicTaskRequest {
     pub name: String,
     /// The Celery task name, e.g. `notifications.send_email`: 1 to 255
     /// characters, no control characters.
-    #[schema(max_length = 255, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$")]
+    #[schema(
+        max_length = 255,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub task: String,
     #[serde(default)]
     pub args: Vec<Value>,

@@ -38,7 +38,10 @@ pub struct TemplateRequest {
     pub name: String,
     /// Rendered without escaping; must render to one line. At most 4096
     /// characters, no control characters.
-    #[schema(max_length = 4096, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$")]
+    #[schema(
+        max_length = 4096,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub subject: String,
     /// Rendered with HTML auto-escaping. Not blank; at most 1 MiB.
     #[schema(pattern = r"\S")]
