@@ -33,7 +33,6 @@ async fn fuzz(base: &str, token: &str, label: &str) -> String {
             .arg(token)
             .arg("--no-color")
             .env("FUZZ_MAX_EXAMPLES", MAX_EXAMPLES)
-            .env("FUZZ_SEED", "1")
             .kill_on_drop(true)
             .output(),
     )
