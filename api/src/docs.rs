@@ -7,6 +7,7 @@ use crate::error::ErrorBody;
 use crate::routes;
 
 pub mod responses;
+pub mod schemas;
 
 #[derive(OpenApi)]
 #[openapi(

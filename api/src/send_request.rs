@@ -27,14 +27,26 @@ pub const MAX_SCHEDULE_DAYS: i64 = 365;
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AttachmentRequest {
-    /// File name shown to the recipient (1 to 255 characters, no path separators).
-    #[schema(example = "invoice.pdf")]
+    /// File name shown to the recipient (1 to 255 characters, no path
+    /// separators or control characters; trimmed).
+    #[schema(
+        example = "invoice.pdf",
+        max_length = 255,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F/\\]*[^\s\u0000-\u001F\u007F-\u009F/\\][^\u0000-\u001F\u007F-\u009F/\\]*$"
+    )]
     pub filename: String,
-    /// MIME type, `type/subtype`.
-    #[schema(example = "application/pdf")]
+    /// MIME type, `type/subtype` (any case).
+    #[schema(
+        example = "application/pdf",
+        pattern = r"^\s*[A-Za-z0-9!#$&^_.+-]{1,127}/[A-Za-z0-9!#$&^_.+-]{1,127}\s*$"
+    )]
     pub content_type: String,
-    /// The file, base64 (standard alphabet). At most ATTACHMENT_MAX_SIZE
-    /// bytes decoded; the whole email at most EMAIL_MAX_SIZE.
+    /// The file, base64 (standard alphabet, padded, canonical). At most
+    /// ATTACHMENT_MAX_SIZE bytes decoded; the whole email at most EMAIL_MAX_SIZE.
+    #[schema(
+        content_encoding = "base64",
+        pattern = r"^\s*(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?\s*$"
+    )]
     pub content: String,
 }
 
@@ -45,17 +57,29 @@ pub struct AttachmentRequest {
 #[schema(example = json!({"to": "user@example.com", "subject": "Welcome", "content": "<p>Hello</p>"}))]
 pub struct SendEmailRequest {
     /// Recipient address, or a list of them.
+    #[schema(value_type = crate::docs::schemas::To)]
     pub to: Recipients,
+    #[schema(value_type = Option<crate::docs::schemas::Copies>)]
     pub cc: Option<Recipients>,
+    #[schema(value_type = Option<crate::docs::schemas::Copies>)]
     pub bcc: Option<Recipients>,
-    /// At most 998 characters, no line breaks. Required without a template.
+    /// At most 998 characters, no control characters (so no line breaks).
+    /// Required without a template.
+    #[schema(
+        max_length = 998,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub subject: Option<String>,
-    /// HTML body. Required without a template.
+    /// HTML body, not blank. Required without a template.
+    #[schema(pattern = r"\S")]
     pub content: Option<String>,
     /// Plain-text alternative; derived from the HTML when absent.
     pub text: Option<String>,
+    #[schema(value_type = Option<crate::docs::schemas::Address>)]
     pub reply_to: Option<String>,
-    /// Display name for From; defaults to the sending account's.
+    /// Display name for From (at most 128 characters, no control
+    /// characters); defaults to the sending account's.
+    #[schema(max_length = 128, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub from_name: Option<String>,
     /// A template to render instead of subject/content.
     pub template_id: Option<Uuid>,
@@ -65,10 +89,11 @@ pub struct SendEmailRequest {
     #[schema(value_type = Option<Object>)]
     pub variables: Option<Map<String, Value>>,
     /// At most 10 files.
+    #[schema(max_items = 10)]
     pub attachments: Option<Vec<AttachmentRequest>>,
     /// RFC 3339 time to send at (future, at most 365 days ahead): the message
     /// is recorded as `scheduled` and released by the scheduler.
-    #[schema(example = "2030-01-01T09:00:00Z")]
+    #[schema(example = "2030-01-01T09:00:00Z", format = DateTime)]
     pub send_at: Option<String>,
     /// Groups messages for queries and statistics.
     pub campaign_id: Option<Uuid>,

@@ -29,13 +29,21 @@ const MAX_RATE_LIMIT: i64 = 1_000_000;
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"name": "billing-service", "scopes": ["send", "read"], "rate_limit_per_minute": 120}))]
 pub struct CreateApiKey {
-    /// 1 to 128 characters.
+    /// 1 to 128 characters, no control characters.
+    #[schema(
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub name: String,
+    /// At most 500 characters, no control characters.
     #[serde(default)]
+    #[schema(max_length = 500, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub description: String,
     /// Any of `send`, `read`, `admin`; at least one.
+    #[schema(value_type = Vec<crate::docs::schemas::Scope>, min_items = 1)]
     pub scopes: Vec<String>,
     /// Requests per rate-limit window for this key; RATE_LIMIT_PER_MINUTE when absent.
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub rate_limit_per_minute: Option<i64>,
 }
 

@@ -31,10 +31,12 @@ use crate::validate;
     "list_ids": ["0190c7a4-0000-7000-8000-000000000002"], "cron": "0 9 * * MON",
     "time_zone": "Europe/Paris", "missed_run_policy": "skip"}))]
 pub struct CampaignRequest {
-    /// 1 to 200 characters.
+    /// 1 to 200 characters (trimmed).
+    #[schema(pattern = r"\S", max_length = 200)]
     pub name: String,
     pub template_id: Uuid,
-    /// The audience: at least one list; an address on several is mailed once.
+    /// The audience: 1 to 100 lists; an address on several is mailed once.
+    #[schema(min_items = 1, max_items = 100)]
     pub list_ids: Vec<Uuid>,
     /// Template variables for every recipient (a member's own win).
     #[serde(default)]
@@ -52,6 +54,7 @@ pub struct CampaignRequest {
     /// `skip` (default): times missed while no scheduler ran are not sent;
     /// `run_once`: the latest missed time is sent once.
     #[serde(default = "skip")]
+    #[schema(value_type = crate::docs::schemas::MissedRunPolicy)]
     pub missed_run_policy: String,
 }
 
@@ -180,9 +183,11 @@ async fn content(state: &AppState, req: CampaignRequest) -> Result<CampaignConte
         ));
     }
     let mut list_ids = req.list_ids;
+    // Counted as given, duplicates too: the limit the document states.
+    let given = list_ids.len();
     list_ids.sort();
     list_ids.dedup();
-    if list_ids.is_empty() || list_ids.len() > 100 {
+    if given == 0 || given > 100 {
         return Err(ApiError::validation("list_ids", "give 1 to 100 lists"));
     }
     let found = lists::existing(&state.pool, &list_ids).await?;

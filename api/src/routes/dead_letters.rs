@@ -20,8 +20,10 @@ use crate::state::AppState;
 const MAX_PAGE: i64 = 100;
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Page size, 1 to 100 (default 50).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// Return dead letters older than this id (the last id of the previous page).
     pub before: Option<i64>,

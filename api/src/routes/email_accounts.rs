@@ -35,26 +35,44 @@ pub const MAX_IMPORT: usize = 1000;
 #[serde(deny_unknown_fields)]
 pub struct CreateEmailAccount {
     /// Address used as From.
+    #[schema(value_type = crate::docs::schemas::Address)]
     pub email: String,
+    /// A host name or IP address (at most 253 characters, no spaces or `/`).
+    #[schema(
+        max_length = 253,
+        pattern = r"^\s*[^\s/\u0000-\u001F\u007F-\u009F]+\s*$"
+    )]
     pub smtp_host: String,
+    #[schema(minimum = 1, maximum = 65535)]
     pub smtp_port: u16,
-    /// Defaults to `email`.
+    /// Defaults to `email`. At most 320 characters.
+    #[schema(
+        max_length = 320,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub smtp_username: Option<String>,
-    /// Stored AES-256-GCM encrypted; never returned.
+    /// Stored AES-256-GCM encrypted; never returned. 1 to 1024 characters.
+    #[schema(min_length = 1, max_length = 1024)]
     pub smtp_password: String,
+    /// At most 128 characters, no control characters.
     #[serde(default)]
+    #[schema(max_length = 128, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub display_name: String,
     /// `implicit` (SMTPS), `starttls` or `none`. Defaults by port: 465 implicit, otherwise starttls.
-    #[schema(value_type = Option<String>, example = "starttls")]
+    #[schema(value_type = Option<crate::docs::schemas::TlsMode>, example = "starttls")]
     pub tls_mode: Option<TlsMode>,
     /// Sends per day (days turn over at midnight in `TZ`). Default 500.
+    #[schema(minimum = 0, maximum = 10_000_000)]
     pub daily_limit: Option<i64>,
     /// Higher is used first. Default 0.
+    #[schema(minimum = -1000, maximum = 1000)]
     pub priority: Option<i64>,
     pub is_active: Option<bool>,
     /// Sends per rolling minute, held across all workers. Absent: no limit.
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub rate_limit_per_minute: Option<i64>,
     /// Concurrent SMTP transactions, held across all workers. Absent: no limit.
+    #[schema(minimum = 1, maximum = 1000)]
     pub max_connections: Option<i64>,
 }
 
@@ -63,20 +81,36 @@ pub struct CreateEmailAccount {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateEmailAccount {
+    #[schema(value_type = Option<crate::docs::schemas::Address>)]
     pub email: Option<String>,
+    #[schema(
+        max_length = 253,
+        pattern = r"^\s*[^\s/\u0000-\u001F\u007F-\u009F]+\s*$"
+    )]
     pub smtp_host: Option<String>,
+    #[schema(minimum = 1, maximum = 65535)]
     pub smtp_port: Option<u16>,
+    #[schema(
+        max_length = 320,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub smtp_username: Option<String>,
+    #[schema(min_length = 1, max_length = 1024)]
     pub smtp_password: Option<String>,
+    #[schema(max_length = 128, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub display_name: Option<String>,
-    #[schema(value_type = Option<String>, example = "starttls")]
+    #[schema(value_type = Option<crate::docs::schemas::TlsMode>, example = "starttls")]
     pub tls_mode: Option<TlsMode>,
+    #[schema(minimum = 0, maximum = 10_000_000)]
     pub daily_limit: Option<i64>,
+    #[schema(minimum = -1000, maximum = 1000)]
     pub priority: Option<i64>,
     pub is_active: Option<bool>,
     /// Sends per rolling minute; 0 removes the limit.
+    #[schema(minimum = 0, maximum = 1_000_000)]
     pub rate_limit_per_minute: Option<i64>,
     /// Concurrent SMTP transactions; 0 removes the limit.
+    #[schema(minimum = 0, maximum = 1000)]
     pub max_connections: Option<i64>,
 }
 
@@ -184,10 +218,10 @@ pub(crate) fn port(value: u16) -> Result<u16, ApiError> {
 }
 
 pub(crate) fn password(value: &str) -> Result<&str, ApiError> {
-    if value.is_empty() || value.len() > MAX_PASSWORD {
+    if value.is_empty() || value.chars().count() > MAX_PASSWORD {
         return Err(ApiError::validation(
             "smtp_password",
-            format!("smtp_password must be 1 to {MAX_PASSWORD} bytes"),
+            format!("smtp_password must be 1 to {MAX_PASSWORD} characters"),
         ));
     }
     Ok(value)
@@ -307,7 +341,7 @@ pub struct ImportReport {
 /// (passwords encrypted the same way); invalid or duplicate entries are
 /// reported by index and the others are imported.
 #[utoipa::path(post, path = "/api/v1/admin/email-accounts/import", tag = "email-accounts",
-    request_body = Vec<CreateEmailAccount>, security(("bearer" = [])),
+    request_body = crate::docs::schemas::AccountImport, security(("bearer" = [])),
     responses((status = 200, body = Data<ImportReport>), AdminAccess, BadJson,
         (status = 422, body = ErrorBody, description = "`validation_error` (empty or over 1000 entries), `invalid_body`, `invalid_text` (NUL in text) (not an array)")))]
 pub async fn import(

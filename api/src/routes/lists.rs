@@ -36,7 +36,8 @@ const CHUNK: usize = 5_000;
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"name": "newsletter", "description": "Monthly news"}))]
 pub struct ListRequest {
-    /// Unique; 1 to 200 characters.
+    /// Unique; 1 to 200 characters (trimmed).
+    #[schema(pattern = r"\S", max_length = 200)]
     pub name: String,
     pub description: Option<String>,
 }
@@ -67,6 +68,7 @@ impl From<MailingList> for ListView {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MemberInput {
+    /// An email address; one that is not is refused by index in the answer.
     pub address: String,
     /// Per-member template variables (override the campaign's).
     #[serde(default)]
@@ -118,6 +120,7 @@ pub struct MembersQuery {
     /// Members after this member id (the last id of the previous page).
     pub after: Option<i64>,
     /// 1 to 1000; default 100.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
 }
 
@@ -205,7 +208,7 @@ pub async fn delete(
 /// validated and lower-cased; a repeated address counts once; invalid
 /// entries are reported by index and the valid ones are still added.
 #[utoipa::path(post, path = "/api/v1/lists/{id}/members", tag = "campaigns",
-    request_body = Vec<MemberInput>, security(("bearer" = [])), params(("id" = Uuid, Path)),
+    request_body = crate::docs::schemas::MemberImport, security(("bearer" = [])), params(("id" = Uuid, Path)),
     responses((status = 200, body = Data<ImportResult>), AdminAccess, BadPathOrJson, NotFound,
         (status = 422, body = ErrorBody, description = "`import_too_large` (over 100,000), `validation_error` (empty), `invalid_body`, `invalid_text` (NUL in text)")))]
 pub async fn add_members(

@@ -48,7 +48,9 @@ pub struct SendAccepted {
 #[utoipa::path(post, path = "/api/v1/messages/email/send", tag = "messages",
     request_body = SendEmailRequest, security(("bearer" = [])),
     params(("Idempotency-Key" = Option<String>, Header,
-        description = "Retries with the same key and body replay the first response")),
+        description = "Retries with the same key and body replay the first response. \
+            1 to 255 visible ASCII characters, optionally in double quotes.",
+        pattern = r#"^"*[!#-~](?:[!-~]{0,253}[!#-~])?"*$"#)),
     responses((status = 202, body = Data<SendAccepted>), SendAccess,
         (status = 400, body = ErrorBody, description = "`invalid_json`, `invalid_body` or `invalid_idempotency_key`"),
         (status = 409, body = ErrorBody, description = "`idempotency_key_in_flight`"),
@@ -202,8 +204,10 @@ pub struct BatchRequest {
     /// Shared template for entries that give no subject/content/template.
     pub template_id: Option<Uuid>,
     pub template: Option<String>,
-    /// 1 to 500 messages, each as for `/messages/email/send`.
-    #[schema(value_type = Vec<SendEmailRequest>)]
+    /// 1 to 500 messages, each a `SendEmailRequest` (as for
+    /// `/messages/email/send`); an entry that is not one is refused by
+    /// index in the answer, like an entry that fails validation.
+    #[schema(value_type = Vec<Value>, min_items = 1, max_items = 500)]
     pub messages: Vec<Value>,
 }
 
@@ -436,6 +440,7 @@ pub async fn cancel(
 #[into_params(parameter_in = Query)]
 pub struct ListMessagesQuery {
     /// scheduled, queued, sending, sent, failed, suppressed or cancelled
+    #[param(value_type = Option<crate::docs::schemas::MessageStatus>, inline)]
     pub status: Option<String>,
     /// An address among to, cc or bcc (case-insensitive).
     pub recipient: Option<String>,
@@ -445,6 +450,7 @@ pub struct ListMessagesQuery {
     pub created_before: Option<DateTime<Utc>>,
     pub campaign_id: Option<Uuid>,
     /// 1 to 100; default 50.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,

@@ -30,9 +30,15 @@ const MAX_INTERVAL: i32 = 366 * 86_400;
 #[schema(example = json!({"name": "nightly-report", "task": "reports.nightly",
     "kwargs": {"format": "pdf"}, "cron": "0 2 * * *", "time_zone": "Europe/Paris"}))]
 pub struct PeriodicTaskRequest {
-    /// Unique; 1 to 200 characters.
+    /// Unique; 1 to 200 characters (trimmed).
+    #[schema(pattern = r"\S", max_length = 200)]
     pub name: String,
-    /// The Celery task name, e.g. `notifications.send_email`.
+    /// The Celery task name, e.g. `notifications.send_email`: 1 to 255
+    /// characters, no control characters.
+    #[schema(
+        max_length = 255,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub task: String,
     #[serde(default)]
     pub args: Vec<Value>,
@@ -46,7 +52,8 @@ pub struct PeriodicTaskRequest {
     pub cron: Option<String>,
     /// IANA time zone of `cron`; default UTC.
     pub time_zone: Option<String>,
-    /// Every n seconds (1 to a year); or give `cron` instead.
+    /// Every n seconds (1 to 366 days); or give `cron` instead.
+    #[schema(minimum = 1, maximum = 31_622_400)]
     pub interval_seconds: Option<i32>,
     #[serde(default = "yes")]
     pub is_active: bool,
@@ -106,7 +113,7 @@ fn duplicate() -> ApiError {
 fn content(state: &AppState, req: PeriodicTaskRequest) -> Result<PeriodicTaskContent, ApiError> {
     let name = validate::name(&req.name)?;
     let task = req.task.trim().to_string();
-    if task.is_empty() || task.len() > 255 || task.chars().any(char::is_control) {
+    if task.is_empty() || task.chars().count() > 255 || task.chars().any(char::is_control) {
         return Err(ApiError::validation(
             "task",
             "task must be a name of 1 to 255 characters",

@@ -32,9 +32,12 @@ use crate::validate;
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"address": "user@example.com", "reason": "unsubscribed"}))]
 pub struct SuppressionRequest {
+    #[schema(value_type = crate::docs::schemas::Address)]
     pub address: String,
-    /// Why (e.g. `unsubscribed`, `hard_bounce`); at most 500 characters.
+    /// Why (e.g. `unsubscribed`, `hard_bounce`); at most 500 characters,
+    /// no control characters.
     #[serde(default)]
+    #[schema(max_length = 500, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub reason: String,
 }
 
@@ -61,6 +64,7 @@ impl From<Suppression> for SuppressionView {
 #[into_params(parameter_in = Query)]
 pub struct ListSuppressionsQuery {
     /// 1 to 100; default 50.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     pub cursor: Option<String>,
 }

@@ -39,16 +39,24 @@ const MAX_SOURCE: usize = 1024 * 1024;
     "html_body": "<p>Hello {{ name }}</p>", "text_body": "Hello {{ name }}", "variables": ["name"]}))]
 pub struct TemplateRequest {
     /// Unique; 1 to 128 of `A-Z a-z 0-9 _ - .`
+    #[schema(pattern = r"^\s*[A-Za-z0-9_.-]{1,128}\s*$")]
     pub name: String,
-    /// Rendered without escaping; must render to one line.
+    /// Rendered without escaping; must render to one line. At most 4096
+    /// characters, no control characters.
+    #[schema(
+        max_length = 4096,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub subject: String,
-    /// Rendered with HTML auto-escaping.
+    /// Rendered with HTML auto-escaping. Not blank; at most 1 MiB.
+    #[schema(pattern = r"\S")]
     pub html_body: String,
-    /// Rendered without escaping.
+    /// Rendered without escaping. At most 1 MiB.
     pub text_body: Option<String>,
-    /// The variables a send must supply (at most 100 identifiers); the
-    /// template may use no others.
+    /// The variables a send must supply (at most 100 identifiers, each
+    /// declared once); the template may use no others.
     #[serde(default)]
+    #[schema(value_type = crate::docs::schemas::VariableNames)]
     pub variables: Vec<String>,
 }
 
@@ -109,6 +117,7 @@ impl From<Rendered> for RenderedView {
 #[into_params(parameter_in = Query)]
 pub struct ListTemplatesQuery {
     /// 1 to 100; default 50.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     pub cursor: Option<String>,
 }

@@ -19,6 +19,7 @@ mod delivery;
 mod deployment;
 mod error_codes;
 mod etas;
+mod hostile_input;
 mod openapi;
 mod ownership;
 mod periodic;

@@ -1,0 +1,131 @@
+"""Schemathesis hooks of the fuzzing run (scripts/fuzz.sh).
+
+`positive_data_acceptance` with the API's documented business rules: a
+schema-valid request must be accepted, except when the error code of the
+answer is one of the rules below, which depend on stored data, on
+configuration, on the clock or on several fields at once, so no JSON Schema
+can state them. Each is listed for the operations it applies to, with its
+reason. Every other refusal of a schema-valid request is a finding.
+"""
+
+import schemathesis
+from schemathesis.specs.openapi.checks import positive_data_acceptance as accepts_valid_data
+
+EVERYWHERE = {
+    # PostgreSQL cannot store NUL in text (documented as `invalid_text` on
+    # every route with a body).
+    "invalid_text",
+    # A cursor must be one the API returned (it is opaque to callers).
+    "invalid_cursor",
+}
+
+TEMPLATED_SEND = {
+    # The template named must exist.
+    "unknown_template",
+    # A send gives exactly the template's declared variables.
+    "missing_variable",
+    "unknown_variable",
+    # Rendering with the given values fails or exceeds its bounds.
+    "template_render_error",
+    "template_too_costly",
+    "template_output_too_large",
+    # `send_at` must be in the future and at most 365 days ahead (the clock).
+    "invalid_send_at",
+    # Sizes against ATTACHMENT_MAX_SIZE and EMAIL_MAX_SIZE (configuration).
+    "attachment_too_large",
+    "email_too_large",
+    "payload_too_large",
+}
+
+TEMPLATE_SOURCE = {
+    # The source must compile, use only declared variables, render to one
+    # subject line and stay within the rendering bounds.
+    "template_syntax_error",
+    "template_render_error",
+    "undeclared_variable",
+    "template_too_costly",
+    "template_output_too_large",
+}
+
+SCHEDULE = {
+    # The cron expression and IANA zone must parse (their grammars are not
+    # JSON Schema patterns).
+    "invalid_cron",
+    "invalid_time_zone",
+}
+
+BUSINESS_RULES = {
+    "POST /api/v1/messages/email/send": TEMPLATED_SEND
+    | {
+        # The same Idempotency-Key with another body.
+        "idempotency_key_reused",
+    },
+    "POST /api/v1/templates": TEMPLATE_SOURCE,
+    "PUT /api/v1/templates/{id}": TEMPLATE_SOURCE,
+    "POST /api/v1/templates/{id}/render": TEMPLATED_SEND,
+    "POST /api/v1/campaigns": SCHEDULE | {"unknown_template", "unknown_list"},
+    "PUT /api/v1/campaigns/{id}": SCHEDULE | {"unknown_template", "unknown_list"},
+    "POST /api/v1/admin/periodic-tasks": SCHEDULE | {"unknown_queue"},
+    "PUT /api/v1/admin/periodic-tasks/{id}": SCHEDULE | {"unknown_queue"},
+}
+
+# Rules on several fields at once: (code, field, what the message says).
+NOT_BOTH = ("validation_error", "template", "not both")
+CROSS_FIELD = {
+    "POST /api/v1/messages/email/send": {
+        # A template, or subject and content (never both); variables only
+        # with a template; at most 50 recipients in to, cc and bcc together.
+        NOT_BOTH,
+        ("validation_error", "subject", "subject is required"),
+        ("validation_error", "content", "content is required"),
+        ("validation_error", "subject", "come from the template"),
+        ("validation_error", "content", "come from the template"),
+        ("validation_error", "variables", "only for templated sends"),
+        ("validation_error", "to", "to, cc and bcc together"),
+    },
+    # The batch's shared template by id or by name, not both.
+    "POST /api/v1/messages/email/batch": {NOT_BOTH},
+    "POST /api/v1/campaigns": {("validation_error", "ends_at", "after starts_at")},
+    "PUT /api/v1/campaigns/{id}": {("validation_error", "ends_at", "after starts_at")},
+    # Exactly one of `cron` and `interval_seconds`.
+    "POST /api/v1/admin/periodic-tasks": {("validation_error", "cron", "exactly one of")},
+    "PUT /api/v1/admin/periodic-tasks/{id}": {("validation_error", "cron", "exactly one of")},
+    # The window must be non-empty and at most 366 days (two parameters).
+    "GET /api/v1/messages/stats": {("validation_error", "created_after", "window")},
+}
+
+
+def _error(response):
+    try:
+        error = response.json()["error"]
+        return error.get("code"), error.get("field"), error.get("message", "")
+    except Exception:
+        return None, None, ""
+
+
+def is_business_rule(operation, response):
+    """Whether a refusal is one of the documented rules above."""
+    if not 400 <= response.status_code < 500:
+        return False
+    code, field, message = _error(response)
+    if code in EVERYWHERE or code in BUSINESS_RULES.get(operation, ()):
+        return True
+    # NUL in a query string (PostgreSQL again).
+    if code == "invalid_query" and "NUL" in message:
+        return True
+    # JSON Schema counts 1.0 as an integer; the API reads integers as
+    # written without a fraction (as every JSON encoder writes them).
+    if code == "invalid_body" and "invalid type: floating point" in message:
+        return True
+    return any(
+        (code, field) == (rule_code, rule_field) and fragment in message
+        for rule_code, rule_field, fragment in CROSS_FIELD.get(operation, ())
+    )
+
+
+@schemathesis.check
+def valid_data_accepted_unless_a_business_rule(ctx, response, case):
+    operation = f"{case.operation.method.upper()} {case.operation.path}"
+    if is_business_rule(operation, response):
+        return True
+    return accepts_valid_data(ctx, response, case)
