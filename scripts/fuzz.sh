@@ -49,7 +49,7 @@ run() {
 # Revoking keys goes last, on its own: ids read from earlier answers (the
 # key list) reach it, and revoking the run's own key would leave every later
 # request a 401.
-revoke=/api/v1/admin/api-keys/{id}
+revoke='/api/v1/admin/api-keys/{id}'
 status=0
 run --exclude-path "$revoke" --report ndjson --report-ndjson-path "$report/main.ndjson" \
   "$@" || status=$?
