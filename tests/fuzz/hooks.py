@@ -59,9 +59,17 @@ BUSINESS_RULES = {
     | {
         # The same Idempotency-Key with another body.
         "idempotency_key_reused",
+        # The campaign must exist and be visible to the key (admin keys only).
+        "unknown_campaign",
     },
+    # Failed sign-ins from this address or for this key are throttled
+    # (the history of earlier requests).
+    "POST /api/v1/auth/token": {"too_many_attempts"},
     "POST /api/v1/templates": TEMPLATE_SOURCE,
-    "PUT /api/v1/templates/{id}": TEMPLATE_SOURCE,
+    # A template that a campaign mails is changed only by an admin key
+    # (ownership, in stored data).
+    "PUT /api/v1/templates/{id}": TEMPLATE_SOURCE | {"template_used_by_campaign"},
+    "DELETE /api/v1/templates/{id}": {"template_used_by_campaign"},
     "POST /api/v1/templates/{id}/render": TEMPLATED_SEND,
     "POST /api/v1/campaigns": SCHEDULE | {"unknown_template", "unknown_list"},
     "PUT /api/v1/campaigns/{id}": SCHEDULE | {"unknown_template", "unknown_list"},
