@@ -555,7 +555,7 @@ pub async fn update(
     details["changed"] = json!(changed);
     actor
         .record(
-            &state.pool,
+            &mut *tx,
             "email_account.update",
             "email_account",
             id,
@@ -581,7 +581,7 @@ pub async fn delete(
     }
     actor
         .record(
-            &state.pool,
+            &mut *tx,
             "email_account.delete",
             "email_account",
             id,

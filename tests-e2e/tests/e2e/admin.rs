@@ -372,3 +372,62 @@ async fn queues_show_depth_and_consumers() {
     assert_eq!(queues[1]["name"], format!("{queue}.dead_letter"));
     assert_eq!(queues[1]["role"], "dead_letter");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_change_the_database_rolls_back_is_not_audited() {
+    let mut env = TestEnv::new().await;
+    env.start_api().await;
+    let api = env.api();
+    let admin = api.admin_token(&env.pool).await;
+    let account = api
+        .add_account(&admin, env.smtp.port(), "kept@example.com", 100, 0)
+        .await;
+    let id = account["id"].as_str().unwrap().to_string();
+    // The fault: this test's database refuses the change at commit, after
+    // the handler has done (and audited) its work.
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN RAISE EXCEPTION 'refused at commit'; END $$;
+         CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER UPDATE OR DELETE ON email_accounts
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse_at_commit();",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let path = api.url(&format!("{ACCOUNTS}/{id}"));
+    let update = api
+        .client
+        .patch(&path)
+        .bearer_auth(&admin)
+        .json(&json!({"daily_limit": 7}))
+        .send()
+        .await
+        .unwrap();
+    let delete = api
+        .client
+        .delete(&path)
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert!(!update.status().is_success() && !delete.status().is_success());
+
+    let audited: Vec<String> =
+        sqlx::query_scalar("SELECT action FROM audit_log WHERE target_id = $1 ORDER BY id")
+            .bind(&id)
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        audited,
+        ["email_account.create"],
+        "only what happened is audited"
+    );
+    let limit: i32 =
+        sqlx::query_scalar("SELECT daily_limit FROM email_accounts WHERE id = $1::uuid")
+            .bind(&id)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(limit, 100);
+}
