@@ -27,28 +27,6 @@ async fn create_template(api: &RunningApi, token: &str, name: &str) -> String {
     res.body["data"]["id"].as_str().unwrap().to_string()
 }
 
-/// An admin campaign mailing `template`; returns its id.
-async fn admin_campaign(api: &RunningApi, admin: &str, template: &str) -> String {
-    let res = api
-        .post(
-            "/api/v1/lists",
-            admin,
-            &json!({"name": format!("l{}", Uuid::new_v4().simple())}),
-        )
-        .await;
-    let list = res.body["data"]["id"].as_str().unwrap().to_string();
-    let res = api
-        .post(
-            "/api/v1/campaigns",
-            admin,
-            &json!({"name": "weekly", "template_id": template, "list_ids": [list],
-                    "variables": {"who": "all"}, "cron": "0 0 9 * * MON", "time_zone": "UTC"}),
-        )
-        .await;
-    assert_eq!(res.status, StatusCode::CREATED, "{}", res.body);
-    res.body["data"]["id"].as_str().unwrap().to_string()
-}
-
 fn replacement(name: &str) -> Value {
     json!({"name": name, "subject": "Changed", "html_body": "<p>changed</p>"})
 }
@@ -158,7 +136,7 @@ async fn only_an_admin_changes_a_template_that_a_campaign_mails() {
     let (_, owner) = api.token(&env.pool, &["send", "read"]).await;
     let admin = api.admin_token(&env.pool).await;
     let id = create_template(api, &owner, "digest").await;
-    admin_campaign(api, &admin, &id).await;
+    api.admin_campaign(&admin, &id).await;
 
     let path = format!("{TEMPLATES}/{id}");
     let res = api
@@ -267,7 +245,7 @@ async fn a_send_names_only_a_campaign_its_key_may_see() {
     let (_, sender) = api.token(&env.pool, &["send", "read"]).await;
     let admin = api.admin_token(&env.pool).await;
     let template = create_template(api, &admin, "news").await;
-    let campaign = admin_campaign(api, &admin, &template).await;
+    let campaign = api.admin_campaign(&admin, &template).await;
     let send = |campaign_id: String| json!({"to": "x@example.org", "subject": "s", "content": "c", "campaign_id": campaign_id});
 
     // An admin campaign, and one that does not exist: the same answer.

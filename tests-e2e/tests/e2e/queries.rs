@@ -4,7 +4,6 @@ use std::collections::HashSet;
 
 use reqwest::StatusCode;
 use serde_json::json;
-use uuid::Uuid;
 
 use crate::support::TestEnv;
 
@@ -19,17 +18,29 @@ async fn messages_are_listed_filtered_and_paginated() {
     let (_, alice) = api.token(&env.pool, &["send", "read"]).await;
     let (_, bob) = api.token(&env.pool, &["send", "read"]).await;
     let (_, sender_only) = api.token(&env.pool, &["send"]).await;
-    let campaign = Uuid::new_v4();
+    // Campaigns are admin resources: only an admin key tags sends with one
+    // (see ownership.rs).
+    let res = api
+        .post(
+            "/api/v1/templates",
+            &admin,
+            &json!({"name": "q", "subject": "s {{ who }}", "html_body": "c", "variables": ["who"]}),
+        )
+        .await;
+    let template = res.body["data"]["id"].as_str().unwrap().to_string();
+    let campaign = api.admin_campaign(&admin, &template).await;
     let mut alice_ids = Vec::new();
     for i in 0..7 {
-        let mut body =
-            json!({"to": format!("user{i}@example.org"), "subject": "s", "content": "c"});
-        if i % 2 == 0 {
-            body["campaign_id"] = json!(campaign);
-        }
+        let body = json!({"to": format!("user{i}@example.org"), "subject": "s", "content": "c"});
         let res = api.post(SEND, &alice, &body).await;
         assert_eq!(res.status, StatusCode::ACCEPTED);
         alice_ids.push(res.body["data"]["message_id"].as_str().unwrap().to_string());
+        if i % 2 == 0 {
+            let tagged = json!({"to": format!("user{i}@example.org"), "subject": "s",
+                                "content": "c", "campaign_id": campaign});
+            let res = api.post(SEND, &admin, &tagged).await;
+            assert_eq!(res.status, StatusCode::ACCEPTED, "{}", res.body);
+        }
     }
     let bob_id = api.send_simple(&bob, "User3@Example.org").await;
 
@@ -56,9 +67,13 @@ async fn messages_are_listed_filtered_and_paginated() {
     assert_eq!(seen, expected, "alice sees her own messages, newest first");
 
     let res = api
-        .get(&format!("/api/v1/messages?campaign_id={campaign}"), &alice)
+        .get(&format!("/api/v1/messages?campaign_id={campaign}"), &admin)
         .await;
     assert_eq!(res.body["data"]["items"].as_array().unwrap().len(), 4);
+    let res = api
+        .get(&format!("/api/v1/messages?campaign_id={campaign}"), &alice)
+        .await;
+    assert_eq!(res.body["data"]["items"], json!([]), "not alice's messages");
     let res = api
         .get("/api/v1/messages?recipient=user3@example.org", &admin)
         .await;
@@ -73,8 +88,9 @@ async fn messages_are_listed_filtered_and_paginated() {
         HashSet::from([alice_ids[3].clone(), bob_id.to_string()]),
         "case-insensitive, admin sees all"
     );
+    // Alice's 7, Bob's 1 and the admin's 4 campaign sends.
     let res = api.get("/api/v1/messages?status=queued", &admin).await;
-    assert_eq!(res.body["data"]["items"].as_array().unwrap().len(), 8);
+    assert_eq!(res.body["data"]["items"].as_array().unwrap().len(), 12);
     let res = api.get("/api/v1/messages?status=sent", &admin).await;
     assert_eq!(res.body["data"]["items"].as_array().unwrap().len(), 0);
     let future = (chrono::Utc::now() + chrono::Duration::hours(1)).format("%Y-%m-%dT%H:%M:%SZ");
@@ -85,7 +101,7 @@ async fn messages_are_listed_filtered_and_paginated() {
     let res = api
         .get(&format!("/api/v1/messages?created_before={future}"), &admin)
         .await;
-    assert_eq!(res.body["data"]["items"].as_array().unwrap().len(), 8);
+    assert_eq!(res.body["data"]["items"].as_array().unwrap().len(), 12);
 
     // Another key's message is invisible.
     let res = api.get(&format!("/api/v1/messages/{bob_id}"), &alice).await;
@@ -128,8 +144,8 @@ async fn messages_are_listed_filtered_and_paginated() {
     assert_eq!(by_day[0]["status"], "queued");
     assert_eq!(by_day[0]["count"], 7);
     let res = api.get("/api/v1/messages/stats", &admin).await;
-    assert_eq!(res.body["data"]["by_day"][0]["count"], 8);
-    assert_eq!(res.body["data"]["by_account"][0]["count"], 8);
+    assert_eq!(res.body["data"]["by_day"][0]["count"], 12);
+    assert_eq!(res.body["data"]["by_account"][0]["count"], 12);
     assert!(res.body["data"]["by_account"][0]["account_id"].is_null());
     let res = api
         .get(

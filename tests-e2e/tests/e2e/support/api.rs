@@ -156,4 +156,33 @@ impl RunningApi {
             .parse()
             .expect("uuid")
     }
+
+    /// An admin campaign (on a new, empty list) mailing `template`, which
+    /// declares the one variable `who`; returns the campaign's id.
+    pub async fn admin_campaign(&self, admin: &str, template: &str) -> String {
+        let res = self
+            .post(
+                "/api/v1/lists",
+                admin,
+                &json!({"name": format!("l{}", Uuid::new_v4().simple())}),
+            )
+            .await;
+        let list = res.body["data"]["id"]
+            .as_str()
+            .expect("list id")
+            .to_string();
+        let res = self
+            .post(
+                "/api/v1/campaigns",
+                admin,
+                &json!({"name": "weekly", "template_id": template, "list_ids": [list],
+                        "variables": {"who": "all"}, "cron": "0 0 9 * * MON", "time_zone": "UTC"}),
+            )
+            .await;
+        assert_eq!(res.status, StatusCode::CREATED, "{}", res.body);
+        res.body["data"]["id"]
+            .as_str()
+            .expect("campaign id")
+            .to_string()
+    }
 }
