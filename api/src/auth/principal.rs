@@ -10,7 +10,9 @@ use crate::error::ApiError;
 use crate::ratelimit::DecisionSlot;
 use crate::state::AppState;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What an API key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
 pub enum Scope {
     Send,
     Read,

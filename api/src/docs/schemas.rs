@@ -103,30 +103,6 @@ impl PartialSchema for VariableName {
 
 impl ToSchema for VariableName {}
 
-/// What an API key may do.
-#[derive(Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-#[allow(dead_code)]
-pub enum Scope {
-    Send,
-    Read,
-    Admin,
-}
-
-/// The states of a message.
-#[derive(Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-#[allow(dead_code)]
-pub enum MessageStatus {
-    Scheduled,
-    Queued,
-    Sending,
-    Sent,
-    Failed,
-    Suppressed,
-    Cancelled,
-}
-
 /// What a campaign does about times missed while no scheduler ran.
 #[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -134,16 +110,6 @@ pub enum MessageStatus {
 pub enum MissedRunPolicy {
     Skip,
     RunOnce,
-}
-
-/// How an SMTP account's connection is secured.
-#[derive(Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-#[allow(dead_code)]
-pub enum TlsMode {
-    Implicit,
-    Starttls,
-    None,
 }
 
 /// The variables of a template: at most 100, each declared once.

@@ -40,7 +40,7 @@ pub struct CreateApiKey {
     #[schema(max_length = 500, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub description: String,
     /// Any of `send`, `read`, `admin`; at least one.
-    #[schema(value_type = Vec<crate::docs::schemas::Scope>, min_items = 1)]
+    #[schema(value_type = Vec<crate::auth::Scope>, min_items = 1)]
     pub scopes: Vec<String>,
     /// Requests per rate-limit window for this key; RATE_LIMIT_PER_MINUTE when absent.
     #[schema(minimum = 1, maximum = 1_000_000)]

@@ -59,7 +59,7 @@ pub struct CreateEmailAccount {
     #[schema(max_length = 128, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub display_name: String,
     /// `implicit` (SMTPS), `starttls` or `none`. Defaults by port: 465 implicit, otherwise starttls.
-    #[schema(value_type = Option<crate::docs::schemas::TlsMode>, example = "starttls")]
+    #[schema(value_type = Option<platform::db::email_accounts::TlsMode>, example = "starttls")]
     pub tls_mode: Option<TlsMode>,
     /// Sends per day (days turn over at midnight in `TZ`). Default 500.
     #[schema(minimum = 0, maximum = 10_000_000)]
@@ -99,7 +99,7 @@ pub struct UpdateEmailAccount {
     pub smtp_password: Option<String>,
     #[schema(max_length = 128, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub display_name: Option<String>,
-    #[schema(value_type = Option<crate::docs::schemas::TlsMode>, example = "starttls")]
+    #[schema(value_type = Option<platform::db::email_accounts::TlsMode>, example = "starttls")]
     pub tls_mode: Option<TlsMode>,
     #[schema(minimum = 0, maximum = 10_000_000)]
     pub daily_limit: Option<i64>,

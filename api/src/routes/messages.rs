@@ -440,7 +440,7 @@ pub async fn cancel(
 #[into_params(parameter_in = Query)]
 pub struct ListMessagesQuery {
     /// scheduled, queued, sending, sent, failed, suppressed or cancelled
-    #[param(value_type = Option<crate::docs::schemas::MessageStatus>, inline)]
+    #[param(value_type = Option<platform::db::messages::MessageStatus>, inline)]
     pub status: Option<String>,
     /// An address among to, cc or bcc (case-insensitive).
     pub recipient: Option<String>,
