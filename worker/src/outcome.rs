@@ -17,7 +17,7 @@ pub enum Outcome {
 }
 
 /// Why a task did not reach an outcome.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum RunError {
     /// The database is unreachable: the delivery goes back to the queue
     /// and is tried again.

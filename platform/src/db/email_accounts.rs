@@ -252,73 +252,6 @@ pub async fn delete(executor: impl PgExecutor<'_>, id: Uuid) -> Result<bool, sql
     Ok(done.rows_affected() == 1)
 }
 
-/// Reserves one send on the best account with quota left: highest priority
-/// first, and among equals the one that sent least today.
-///
-/// Candidates are read without locks and then claimed one by one with a
-/// conditional UPDATE. PostgreSQL re-checks the UPDATE's WHERE clause after
-/// waiting for a concurrent writer, so the count can never pass the limit,
-/// however many workers race; a lost race just moves on to the next
-/// candidate, preserving priority order.
-///
-/// `exclude` skips accounts the caller found throttled.
-pub async fn reserve(
-    pool: &PgPool,
-    today: NaiveDate,
-    exclude: &[Uuid],
-) -> Result<Option<EmailAccount>, sqlx::Error> {
-    loop {
-        let candidates: Vec<Uuid> = sqlx::query_scalar(&format!(
-            "SELECT id FROM email_accounts
-             WHERE {USABLE} AND daily_limit > (CASE WHEN quota_day = $1 THEN daily_sent_count ELSE 0 END)
-               AND id <> ALL($2)
-             ORDER BY priority DESC,
-                      (CASE WHEN quota_day = $1 THEN daily_sent_count ELSE 0 END),
-                      last_used_at NULLS FIRST
-             LIMIT 8"
-        ))
-        .bind(today)
-        .bind(exclude)
-        .fetch_all(pool)
-        .await?;
-        if candidates.is_empty() {
-            return Ok(None);
-        }
-        for id in candidates {
-            let reserved: Option<EmailAccount> = sqlx::query_as(&format!(
-                "UPDATE email_accounts SET
-                    daily_sent_count = (CASE WHEN quota_day = $1 THEN daily_sent_count ELSE 0 END) + 1,
-                    quota_day = $1,
-                    last_used_at = now()
-                 WHERE id = $2 AND {USABLE}
-                   AND daily_limit > (CASE WHEN quota_day = $1 THEN daily_sent_count ELSE 0 END)
-                 RETURNING {COLUMNS}"
-            ))
-            .bind(today)
-            .bind(id)
-            .fetch_optional(pool)
-            .await?;
-            if reserved.is_some() {
-                return Ok(reserved);
-            }
-        }
-        // Every candidate was taken by concurrent workers: look again.
-    }
-}
-
-/// Gives back a reservation that did not result in an accepted email.
-pub async fn release(pool: &PgPool, today: NaiveDate, id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE email_accounts SET daily_sent_count = daily_sent_count - 1
-         WHERE id = $1 AND quota_day = $2 AND daily_sent_count > 0",
-    )
-    .bind(id)
-    .bind(today)
-    .execute(pool)
-    .await?;
-    Ok(())
-}
-
 /// Circuit breaker settings.
 #[derive(Debug, Clone, Copy)]
 pub struct Breaker {
@@ -376,28 +309,41 @@ pub async fn record_success(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> 
 pub struct Reservation {
     #[sqlx(flatten)]
     pub account: EmailAccount,
-    /// Sends reserved on the account, at most what was asked.
+    /// Sends reserved on the account: at most what was asked, and one on
+    /// an account with its own throttles.
     pub granted: i32,
 }
 
-/// Reserves up to `wanted` sends at once, filling the best accounts first
-/// (same order and guarantees as [`reserve`]). Accounts with their own
-/// throttles (per-minute rate, connection cap) are left to [`reserve`],
-/// which checks them one send at a time. Fewer than `wanted` (or none) are
-/// granted when quota runs out.
-pub async fn reserve_many(
+impl EmailAccount {
+    /// Whether the account has throttles of its own (sends per minute, a
+    /// connection cap), which each send must pass one at a time.
+    pub fn is_throttled(&self) -> bool {
+        self.rate_limit_per_minute.is_some() || self.max_connections.is_some()
+    }
+}
+
+/// Reserves up to `wanted` sends on the best account with quota left, not
+/// in `exclude`: highest priority first, and among equals the one that sent
+/// least today. An account with its own throttles is granted one send, so
+/// that the caller checks its throttles before each.
+///
+/// The candidate is read without locks, then its row is locked while the
+/// count is read and raised in one statement, so concurrent workers never
+/// pass the limit; a candidate another worker used up meanwhile is passed
+/// over for the next one, preserving priority order. `None` when no
+/// account has quota left.
+#[tracing::instrument(level = "debug", skip(pool, exclude))]
+pub async fn reserve(
     pool: &PgPool,
     today: NaiveDate,
+    exclude: &[Uuid],
     wanted: i32,
-) -> Result<Vec<Reservation>, sqlx::Error> {
-    let mut reservations = Vec::new();
-    let mut left = wanted;
-    let mut tried: Vec<Uuid> = Vec::new();
-    while left > 0 {
+) -> Result<Option<Reservation>, sqlx::Error> {
+    let mut passed: Vec<Uuid> = exclude.to_vec();
+    loop {
         let candidate: Option<Uuid> = sqlx::query_scalar(&format!(
             "SELECT id FROM email_accounts
-             WHERE {USABLE} AND rate_limit_per_minute IS NULL AND max_connections IS NULL
-               AND daily_limit > (CASE WHEN quota_day = $1 THEN daily_sent_count ELSE 0 END)
+             WHERE {USABLE} AND daily_limit > (CASE WHEN quota_day = $1 THEN daily_sent_count ELSE 0 END)
                AND id <> ALL($2)
              ORDER BY priority DESC,
                       (CASE WHEN quota_day = $1 THEN daily_sent_count ELSE 0 END),
@@ -405,41 +351,41 @@ pub async fn reserve_many(
              LIMIT 1"
         ))
         .bind(today)
-        .bind(&tried)
+        .bind(&passed)
         .fetch_optional(pool)
         .await?;
-        let Some(id) = candidate else { break };
-        tried.push(id);
-        // The row lock in `old` makes the read of the current count and the
-        // increment one step, so concurrent workers never pass the limit.
+        let Some(id) = candidate else {
+            return Ok(None);
+        };
         let reserved: Option<Reservation> = sqlx::query_as(&format!(
             "WITH old AS (
-                SELECT id AS acct, (CASE WHEN quota_day = $1 THEN daily_sent_count ELSE 0 END) AS used
+                SELECT id AS acct, (CASE WHEN quota_day = $1 THEN daily_sent_count ELSE 0 END) AS used,
+                       CASE WHEN rate_limit_per_minute IS NULL AND max_connections IS NULL
+                            THEN $3 ELSE 1 END AS asked
                 FROM email_accounts WHERE id = $2 AND {USABLE} FOR UPDATE
              )
              UPDATE email_accounts SET
-                daily_sent_count = old.used + LEAST($3, daily_limit - old.used),
+                daily_sent_count = old.used + LEAST(old.asked, daily_limit - old.used),
                 quota_day = $1,
                 last_used_at = now()
              FROM old
              WHERE id = old.acct AND daily_limit > old.used
-             RETURNING {COLUMNS}, LEAST($3, daily_limit - old.used) AS granted"
+             RETURNING {COLUMNS}, LEAST(old.asked, daily_limit - old.used) AS granted"
         ))
         .bind(today)
         .bind(id)
-        .bind(left)
+        .bind(wanted.max(1))
         .fetch_optional(pool)
         .await?;
-        if let Some(r) = reserved {
-            left -= r.granted;
-            reservations.push(r);
+        match reserved {
+            Some(r) => return Ok(Some(r)),
+            None => passed.push(id),
         }
     }
-    Ok(reservations)
 }
 
-/// Gives back `count` reservations at once.
-pub async fn release_many(
+/// Gives back `count` reservations that did not result in an accepted email.
+pub async fn release(
     pool: &PgPool,
     today: NaiveDate,
     id: Uuid,

@@ -337,40 +337,6 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<MessageRecord>, sqlx:
         .await
 }
 
-/// Claims a message for sending through `account` on behalf of the worker
-/// `claimant` (its lease id): a queued one, or one left `sending` by a
-/// worker that died (its outcome unknown: it is sent again with the same
-/// Message-ID, which lets receivers drop a duplicate). A worker counts as
-/// dead once its lease has lapsed, or, whatever its lease says, once the
-/// claim is older than `stale_before` (the hard time limit). Returns `None`
-/// when another delivery has it.
-#[tracing::instrument(level = "debug", skip_all, fields(message_id = %id))]
-pub async fn claim(
-    pool: &PgPool,
-    id: Uuid,
-    account_id: Uuid,
-    account_email: &str,
-    stale_before: DateTime<Utc>,
-    claimant: &str,
-) -> Result<Option<MessageRecord>, sqlx::Error> {
-    sqlx::query_as(
-        "UPDATE message_records m SET status = 'sending', attempts = attempts + 1, sending_at = now(),
-            account_id = $2, account_email = $3, claimed_by = $5, due_at = NULL, updated_at = now()
-         WHERE id = $1 AND (status = 'queued' OR (status = 'sending' AND (sending_at < $4
-            OR (m.claimed_by IS NOT NULL AND NOT EXISTS (
-                SELECT 1 FROM worker_leases l
-                 WHERE l.worker_id = m.claimed_by AND l.expires_at > now())))))
-         RETURNING *",
-    )
-    .bind(id)
-    .bind(account_id)
-    .bind(account_email)
-    .bind(stale_before)
-    .bind(claimant)
-    .fetch_optional(pool)
-    .await
-}
-
 /// Whether the worker that claimed a `sending` record still holds a live
 /// lease, and for how long (`None`: it is gone). A claim that names no
 /// worker (made before leases existed) counts as live: only the hard time
@@ -384,26 +350,6 @@ pub async fn claimant_lease(
         Some(worker) => crate::db::worker_leases::remaining(pool, worker).await,
         None => Ok(Some(std::time::Duration::MAX)),
     }
-}
-
-#[tracing::instrument(level = "debug", skip_all, fields(message_id = %id))]
-pub async fn mark_sent(
-    pool: &PgPool,
-    id: Uuid,
-    smtp_message_id: &str,
-    smtp_response: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE message_records SET status = 'sent', smtp_message_id = $2, smtp_response = $3,
-            error = NULL, sent_at = now(), updated_at = now()
-         WHERE id = $1 AND status = 'sending'",
-    )
-    .bind(id)
-    .bind(smtp_message_id)
-    .bind(smtp_response)
-    .execute(pool)
-    .await?;
-    Ok(())
 }
 
 /// Final failure. Also accepts a queued message (one that could not even be
@@ -453,21 +399,21 @@ pub async fn mark_retrying(
     Ok(())
 }
 
-/// Notes why a queued message is waiting (for quota, say) and when it is
-/// due back, without changing its status.
-#[tracing::instrument(level = "debug", skip_all, fields(message_id = %id))]
+/// Notes why queued messages are waiting (for quota, say) and when they
+/// are due back, without changing their status.
+#[tracing::instrument(level = "debug", skip_all, fields(count = ids.len()))]
 pub async fn note_waiting(
     pool: &PgPool,
-    id: Uuid,
+    ids: &[Uuid],
     reason: &str,
     due_in: std::time::Duration,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE message_records SET error = $2, due_at = now() + make_interval(secs => $3),
             updated_at = now()
-         WHERE id = $1 AND status = 'queued'",
+         WHERE id = ANY($1) AND status = 'queued'",
     )
-    .bind(id)
+    .bind(ids)
     .bind(reason)
     .bind(due_in.as_secs_f64())
     .execute(pool)
@@ -496,7 +442,7 @@ pub async fn get_many(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<MessageRecord>,
         .await
 }
 
-/// A record [`claim_many`] claimed, with what sending it needs to know
+/// A record [`claim`] claimed, with what sending it needs to know
 /// besides, read in the same statement.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Claimed {
@@ -505,43 +451,61 @@ pub struct Claimed {
     /// The first (alphabetically) recipient now on the suppression list.
     pub suppressed: Option<String>,
     pub has_attachments: bool,
+    /// It was `sending` under a claim that lapsed: its first attempt's
+    /// outcome is unknown.
+    pub reclaimed: bool,
 }
 
-/// [`claim`] for many queued messages in one statement; returns those
-/// claimed (a message not `queued`, e.g. held by another delivery, is
-/// left out), each with its suppression and attachment checks.
+/// Claims messages for sending, each through its account, on behalf of the
+/// worker `claimant` (its lease id): queued ones, and ones left `sending`
+/// by a worker that died (their outcome unknown: each is sent again with
+/// the same Message-ID, which lets receivers drop a duplicate). A worker
+/// counts as dead once its lease has lapsed, or, whatever its lease says,
+/// once the claim is older than `stale_before` (the hard time limit).
+/// Returns those claimed, each with its suppression and attachment checks;
+/// a message held by another delivery, final, or missing is left out.
 #[tracing::instrument(level = "debug", skip_all, fields(count = ids.len()))]
-pub async fn claim_many(
+pub async fn claim(
     pool: &PgPool,
     ids: &[Uuid],
     account_ids: &[Uuid],
     account_emails: &[String],
+    stale_before: DateTime<Utc>,
     claimant: &str,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
+    // `was` is the row as it stood before (RETURNING shows the new one);
+    // it only tells a reclaim from a first claim. The WHERE clause reads
+    // `m`, which PostgreSQL re-checks after waiting for a concurrent writer.
     sqlx::query_as(
         "UPDATE message_records m SET status = 'sending', attempts = m.attempts + 1, sending_at = now(),
-            account_id = c.account_id, account_email = c.account_email, claimed_by = $4,
+            account_id = c.account_id, account_email = c.account_email, claimed_by = $5,
             due_at = NULL, updated_at = now()
          FROM UNNEST($1::uuid[], $2::uuid[], $3::text[]) AS c(id, account_id, account_email)
-         WHERE m.id = c.id AND m.status = 'queued'
+         JOIN message_records was ON was.id = c.id
+         WHERE m.id = c.id AND (m.status = 'queued' OR (m.status = 'sending' AND (m.sending_at < $4
+            OR (m.claimed_by IS NOT NULL AND NOT EXISTS (
+                SELECT 1 FROM worker_leases l
+                 WHERE l.worker_id = m.claimed_by AND l.expires_at > now())))))
          RETURNING m.*,
             (SELECT s.address FROM suppressions s
              WHERE s.address = ANY(SELECT lower(a)
                                    FROM unnest(m.to_addrs || m.cc_addrs || m.bcc_addrs) AS a)
              ORDER BY s.address LIMIT 1) AS suppressed,
-            EXISTS (SELECT 1 FROM message_attachments f WHERE f.message_id = m.id) AS has_attachments",
+            EXISTS (SELECT 1 FROM message_attachments f WHERE f.message_id = m.id) AS has_attachments,
+            was.status = 'sending' AS reclaimed",
     )
     .bind(ids)
     .bind(account_ids)
     .bind(account_emails)
+    .bind(stale_before)
     .bind(claimant)
     .fetch_all(pool)
     .await
 }
 
-/// [`mark_sent`] for many messages in one statement.
+/// Records messages sent, each with its Message-ID and the server's reply.
 #[tracing::instrument(level = "debug", skip_all, fields(count = ids.len()))]
-pub async fn mark_sent_many(
+pub async fn mark_sent(
     pool: &PgPool,
     ids: &[Uuid],
     smtp_message_ids: &[String],

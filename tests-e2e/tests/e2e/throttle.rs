@@ -75,3 +75,71 @@ async fn a_connection_cap_holds_across_two_workers() {
         env.smtp.peak_transactions()
     );
 }
+
+/// A batch's sends arrive together and go through the pipeline together;
+/// an account with its own throttles keeps its place in the priority order
+/// (it takes each send it admits) instead of being skipped for the group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_account_keeps_its_priority_for_sends_that_arrive_together() {
+    let mut env = TestEnv::new().await;
+    env.start_api().await;
+    let api = env.api();
+    let token = api.admin_token(&env.pool).await;
+    let port = env.smtp.port();
+    let limited = api
+        .add_account(&token, port, "limited@example.com", 1000, 10)
+        .await;
+    api.add_account(&token, port, "plain@example.com", 1000, 0)
+        .await;
+    let path = format!(
+        "/api/v1/admin/email-accounts/{}",
+        limited["id"].as_str().unwrap()
+    );
+    let res = api
+        .request(
+            Method::PATCH,
+            &path,
+            Some(&token),
+            Some(&json!({"rate_limit_per_minute": 12})),
+        )
+        .await;
+    assert_eq!(
+        res.body["data"]["rate_limit_per_minute"], 12,
+        "{}",
+        res.body
+    );
+    let messages: Vec<_> = (0..20)
+        .map(
+            |i| json!({"to": format!("p{i}@example.org"), "subject": "Hi", "content": "<p>Hi</p>"}),
+        )
+        .collect();
+    let res = api
+        .post(
+            "/api/v1/messages/email/batch",
+            &token,
+            &json!({"messages": messages}),
+        )
+        .await;
+    assert_eq!(res.body["data"]["accepted"], 20, "{}", res.body);
+    env.start_worker();
+    eventually("20 sends", Duration::from_secs(30), || async {
+        (env.count_status("sent").await == 20).then_some(())
+    })
+    .await;
+    let per_account: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT account_email, count(*) FROM message_records WHERE status = 'sent'
+         GROUP BY account_email ORDER BY account_email",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    // The higher-priority account takes what its rate admits, the other
+    // account the rest.
+    assert_eq!(
+        per_account,
+        [
+            ("limited@example.com".to_string(), 12),
+            ("plain@example.com".to_string(), 8)
+        ]
+    );
+}

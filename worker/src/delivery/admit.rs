@@ -1,74 +1,144 @@
-//! Admission: quota on the best account (highest priority, least used
-//! today), that account's own throttles (sends per minute, concurrent
-//! connections), and during a switch the Python platform's count
-//! ([`crate::shared_quota`]).
+//! Admission: quota on the best accounts (highest priority, least used
+//! today), the throttles of accounts that have their own (sends per
+//! minute, concurrent connections), and during a switch the Python
+//! platform's count ([`crate::shared_quota`]).
 
 use std::time::Duration;
 
 use chrono::NaiveDate;
-use platform::db::email_accounts::{self, EmailAccount, Reservation};
+use platform::db::email_accounts::{self, EmailAccount};
 use uuid::Uuid;
 
 use crate::context::Context;
 use crate::smtp::ConnectionSlot;
 
-/// An account that takes one send, with its connection slot when it has a
-/// connection cap.
-pub type Admitted = (EmailAccount, Option<ConnectionSlot>);
-
-/// When to look again for an account, and why none could take it now.
-pub type Wait = (Duration, &'static str);
-
-/// Reserves quota on the best account whose own throttles (rate per
-/// minute, connection cap) admit one more send now. `Err((wait, why))`
-/// when no account can take the message yet.
-#[tracing::instrument(level = "debug", skip(ctx))]
-pub async fn reserve_admitted(
-    ctx: &Context,
-    today: chrono::NaiveDate,
-) -> Result<Result<Admitted, Wait>, sqlx::Error> {
-    let mut throttled: Vec<Uuid> = Vec::new();
-    let mut soonest: Option<Duration> = None;
-    loop {
-        let Some(account) = email_accounts::reserve(&ctx.pool, today, &throttled).await? else {
-            return Ok(Err(match soonest {
-                Some(wait) => (
-                    wait,
-                    "waiting for an SMTP account's rate or connection limit",
-                ),
-                None => (
-                    ctx.settings.quota_wait,
-                    "waiting for an SMTP account with quota left",
-                ),
-            }));
-        };
-        match admit(ctx, &account).await {
-            Ok(slot) => {
-                let shared = match &ctx.shared_quota {
-                    Some(shared) => shared.take(&account.email, 1).await == 1,
-                    None => true,
-                };
-                if shared {
-                    return Ok(Ok((account, slot)));
-                }
-                // The Python platform used the rest of the day's quota.
-                email_accounts::release(&ctx.pool, today, account.id).await?;
-                release_slot(ctx, slot).await;
-                throttled.push(account.id);
-            }
-            Err(wait) => {
-                email_accounts::release(&ctx.pool, today, account.id).await?;
-                throttled.push(account.id);
-                soonest = Some(soonest.map_or(wait, |s| s.min(wait)));
-            }
-        }
-    }
+/// One admitted send: the account (an index into [`Admission::accounts`])
+/// and its connection slot when the account caps its connections.
+pub struct Seat {
+    pub account: usize,
+    pub slot: Option<ConnectionSlot>,
 }
 
-/// Applies the account's throttles; `Err(wait)` when it must wait. When
-/// Redis cannot be asked, a throttled account is held back rather than
-/// risk passing its provider's limits.
-pub async fn admit(
+/// What [`reserve`] admitted.
+pub struct Admission {
+    /// The accounts that took sends, best first.
+    pub accounts: Vec<EmailAccount>,
+    /// One per admitted send, best account first.
+    pub seats: Vec<Seat>,
+    /// When fewer than asked were admitted: when to look again, and why.
+    pub wait: Option<Wait>,
+}
+
+/// When to look again for an account, and why none could take a send now.
+pub type Wait = (Duration, &'static str);
+
+/// Reserves quota for up to `wanted` sends, filling the best account
+/// first. An account with its own throttles takes one send at a time, each
+/// checked against them; one that refuses is passed over for the next.
+#[tracing::instrument(level = "debug", skip(ctx))]
+pub async fn reserve(
+    ctx: &Context,
+    today: NaiveDate,
+    wanted: usize,
+) -> Result<Admission, sqlx::Error> {
+    let mut admission = Admission {
+        accounts: Vec::new(),
+        seats: Vec::new(),
+        wait: None,
+    };
+    let mut passed: Vec<Uuid> = Vec::new();
+    let mut throttled_for: Option<Duration> = None;
+    while admission.seats.len() < wanted {
+        let left = (wanted - admission.seats.len()) as i32;
+        let Some(reserved) = email_accounts::reserve(&ctx.pool, today, &passed, left).await? else {
+            break;
+        };
+        let account = reserved.account;
+        let mut granted = reserved.granted;
+        let mut slot = None;
+        if account.is_throttled() {
+            match throttles(ctx, &account).await {
+                Ok(s) => slot = s,
+                Err(wait) => {
+                    email_accounts::release(&ctx.pool, today, account.id, granted).await?;
+                    throttled_for = Some(throttled_for.map_or(wait, |w| w.min(wait)));
+                    passed.push(account.id);
+                    continue;
+                }
+            }
+        } else {
+            // Filled as far as it goes; the next round looks elsewhere.
+            passed.push(account.id);
+        }
+        if let Some(shared) = &ctx.shared_quota {
+            let taken = shared.take(&account.email, granted).await;
+            if taken < granted {
+                // The Python platform used the rest of the day's quota.
+                email_accounts::release(&ctx.pool, today, account.id, granted - taken).await?;
+                granted = taken;
+                passed.push(account.id);
+            }
+        }
+        if granted == 0 {
+            release_slot(ctx, slot).await;
+            continue;
+        }
+        let index = match admission.accounts.iter().position(|a| a.id == account.id) {
+            Some(index) => index,
+            None => {
+                admission.accounts.push(account);
+                admission.accounts.len() - 1
+            }
+        };
+        admission.seats.push(Seat {
+            account: index,
+            slot,
+        });
+        admission.seats.extend((1..granted).map(|_| Seat {
+            account: index,
+            slot: None,
+        }));
+    }
+    if admission.seats.len() < wanted {
+        admission.wait = Some(match throttled_for {
+            Some(wait) => (
+                wait,
+                "waiting for an SMTP account's rate or connection limit",
+            ),
+            None => (
+                ctx.settings.quota_wait,
+                "waiting for an SMTP account with quota left",
+            ),
+        });
+    }
+    Ok(admission)
+}
+
+/// Gives back seats that were not used (their quota and their slots);
+/// `accounts` as the admission listed them.
+pub async fn give_back(
+    ctx: &Context,
+    today: NaiveDate,
+    accounts: &[EmailAccount],
+    seats: impl IntoIterator<Item = Seat>,
+) -> Result<(), sqlx::Error> {
+    let mut counts = vec![0i32; accounts.len()];
+    for seat in seats {
+        counts[seat.account] += 1;
+        release_slot(ctx, seat.slot).await;
+    }
+    for (account, count) in accounts.iter().zip(counts) {
+        if count > 0 {
+            email_accounts::release(&ctx.pool, today, account.id, count).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Applies the account's own throttles; `Err(wait)` when it must wait.
+/// When Redis cannot be asked, the account is held back rather than risk
+/// passing its provider's limits.
+async fn throttles(
     ctx: &Context,
     account: &EmailAccount,
 ) -> Result<Option<ConnectionSlot>, Duration> {
@@ -107,27 +177,4 @@ pub async fn release_slot(ctx: &Context, slot: Option<ConnectionSlot>) {
             tracing::warn!(error = %e, "cannot release a connection slot; it expires by itself");
         }
     }
-}
-
-/// Reserves quota for up to `wanted` plain sends at once (best accounts
-/// first), each reservation also taken from the Python platform's count
-/// during a switch.
-#[tracing::instrument(level = "debug", skip(ctx))]
-pub async fn reserve_many(
-    ctx: &Context,
-    today: NaiveDate,
-    wanted: i32,
-) -> Result<Vec<Reservation>, sqlx::Error> {
-    let mut reservations = email_accounts::reserve_many(&ctx.pool, today, wanted).await?;
-    if let Some(shared) = &ctx.shared_quota {
-        for r in &mut reservations {
-            let granted = shared.take(&r.account.email, r.granted).await;
-            if granted < r.granted {
-                email_accounts::release_many(&ctx.pool, today, r.account.id, r.granted - granted)
-                    .await?;
-                r.granted = granted;
-            }
-        }
-    }
-    Ok(reservations)
 }

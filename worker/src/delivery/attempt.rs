@@ -5,12 +5,11 @@
 use std::time::{Duration, Instant};
 
 use lettre::Message;
-use platform::db::attachments::{self, Attachment};
+use platform::db::attachments::Attachment;
 use platform::db::email_accounts::EmailAccount;
 use platform::db::messages::MessageRecord;
 use platform::db::suppressions;
 use platform::mail::{compose, Envelope};
-use uuid::Uuid;
 
 use super::policy::{classify, Failure};
 use crate::context::Context;
@@ -31,26 +30,11 @@ pub enum Attempt {
     Failed(Failure),
 }
 
-/// What sending needs besides the record, read for a whole group at once.
+/// What sending needs besides the record, read when it is claimed.
 pub struct Extras {
     /// A recipient put on the suppression list after the message was accepted.
     pub suppressed: Option<String>,
     pub files: Vec<Attachment>,
-}
-
-pub async fn extras(ctx: &Context, records: &[&MessageRecord]) -> Result<Vec<Extras>, sqlx::Error> {
-    let recipients = |r: &MessageRecord| [&r.to_addrs[..], &r.cc_addrs, &r.bcc_addrs].concat();
-    let everyone: Vec<String> = records.iter().flat_map(|r| recipients(r)).collect();
-    let suppressed = suppressions::suppressed_among(&ctx.pool, &everyone).await?;
-    let ids: Vec<Uuid> = records.iter().map(|r| r.id).collect();
-    let mut files = attachments::for_messages(&ctx.pool, &ids).await?;
-    Ok(records
-        .iter()
-        .map(|r| Extras {
-            suppressed: suppressions::first_of(&recipients(r), &suppressed),
-            files: files.remove(&r.id).unwrap_or_default(),
-        })
-        .collect())
 }
 
 pub async fn attempt(

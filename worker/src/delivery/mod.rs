@@ -1,23 +1,24 @@
 //! Delivering email, in four stages, each a module with one job:
 //!
-//! 1. [`prepare`]: the task's record (loaded by id, or recorded from a
-//!    Python producer's arguments under the task's id).
-//! 2. [`admit`]: quota on the best account, its throttles, and during a
-//!    switch the Python platform's count.
+//! 1. [`prepare`]: the task's record (its id, or the email a Python
+//!    producer's arguments describe, recorded under the task's id).
+//! 2. [`admit`]: quota on the best accounts, their throttles, and during a
+//!    switch the Python platform's count; the records are then claimed
+//!    for the accounts that took them (`platform::db::messages::claim`).
 //! 3. [`attempt`]: one SMTP transaction (suppression checked again, the
 //!    email composed, sent within the soft time limit).
 //! 4. [`settle`]: the outcome recorded (outlasting a database outage) and
 //!    the Celery result stored; a failure goes through [`policy`], which
 //!    alone decides between failing, retrying and changing account.
 //!
-//! Two drivers run the stages: [`single`] takes one message through every
-//! case; [`grouped`] takes many plain sends at once, one statement per stage,
-//! and hands anything else back to [`single`].
+//! [`pipeline`] runs the stages for the send tasks that arrived together;
+//! a single send is a group of one.
 
 pub mod admit;
 pub mod attempt;
-pub mod grouped;
+pub mod pipeline;
 pub mod policy;
 pub mod prepare;
 pub mod settle;
-pub mod single;
+
+pub use pipeline::deliver;

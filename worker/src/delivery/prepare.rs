@@ -3,53 +3,44 @@
 //! under the task's id (so a redelivery finds it).
 
 use platform::celery::TaskMessage;
-use platform::db::messages::{self, MessageRecord, NewMessage};
+use platform::db::messages::{self, NewMessage};
 use platform::mail::rules::{self, Given, Violation};
 use platform::tasks::{Recipients, SendEmailKwargs};
 use uuid::Uuid;
 
 use crate::context::Context;
 
-/// The record id of a task the grouped driver can take: an API-published
-/// send (by `message_id`) that is due.
-pub fn groupable_record_id(message: &TaskMessage) -> Option<Uuid> {
-    if message.task() != platform::tasks::SEND_EMAIL || message.headers.eta.is_some() {
-        return None;
-    }
-    platform::tasks::record_id(message)
-}
-
 /// What preparing a task gave.
 #[derive(Debug)]
 pub enum Prepared {
-    /// The record to deliver.
-    Record(Box<MessageRecord>),
+    /// The id of the record to deliver (whether it exists, and in what
+    /// state, the claim finds out).
+    Record(Uuid),
     /// The task cannot be run as given: it fails for good, with this
     /// reason (see `policy::refuse`); `recorded` when a `failed` message
     /// record says so.
     Refused { reason: String, recorded: bool },
 }
 
-/// Finds the record the task refers to, or records the email a Python
-/// producer passed directly, once it keeps the rules the API's sends keep
-/// (`platform::mail::rules`). An email that breaks one is recorded
-/// `failed` with the broken rule as its error (a redelivery finds it so).
-pub async fn load_or_record(ctx: &Context, message: &TaskMessage) -> Result<Prepared, sqlx::Error> {
+/// The record the task refers to, or the email a Python producer passed
+/// directly, recorded under the task's id once it keeps the rules the
+/// API's sends keep (`platform::mail::rules`). An email that breaks one is
+/// recorded `failed` with the broken rule as its error (a redelivery finds
+/// it so).
+#[tracing::instrument(level = "debug", skip_all, fields(task_id = message.id()))]
+pub async fn prepare(ctx: &Context, message: &TaskMessage) -> Result<Prepared, sqlx::Error> {
     let kwargs: SendEmailKwargs =
         match serde_json::from_value(serde_json::Value::Object(message.kwargs.clone())) {
             Ok(k) => k,
             Err(e) => return Ok(refused(format!("invalid arguments: {e}"))),
         };
     if let Some(id) = kwargs.message_id {
-        return Ok(match messages::get(&ctx.pool, id).await? {
-            Some(record) => Prepared::Record(Box::new(record)),
-            None => refused(format!("message {id} does not exist")),
-        });
+        return Ok(Prepared::Record(id));
     }
     match new_message_from_kwargs(message.id(), &kwargs, ctx.settings.email_max_size) {
-        Ok(new) => Ok(Prepared::Record(Box::new(
-            messages::insert_for_task(&ctx.pool, &new).await?,
-        ))),
+        Ok(new) => Ok(Prepared::Record(
+            messages::insert_for_task(&ctx.pool, &new).await?.id,
+        )),
         Err(violation) => {
             let reason = format!("invalid arguments: {violation}");
             let refused = refused_message(message.id(), kwargs);
