@@ -15,22 +15,33 @@ async fn two_workers_and_a_limited_account(limit: serde_json::Value) -> (TestEnv
     env.start_api().await;
     env.start_worker();
     env.start_worker();
+    let token = env.api().admin_token(&env.pool).await;
+    limited_account(&env, &token, "limited@example.com", 0, limit).await;
+    (env, token)
+}
+
+/// An account (daily limit 1000) with `limit` set through the admin API.
+async fn limited_account(
+    env: &TestEnv,
+    token: &str,
+    email: &str,
+    priority: i64,
+    limit: serde_json::Value,
+) {
     let api = env.api();
-    let token = api.admin_token(&env.pool).await;
     let account = api
-        .add_account(&token, env.smtp.port(), "limited@example.com", 1000, 0)
+        .add_account(token, env.smtp.port(), email, 1000, priority)
         .await;
     let path = format!(
         "/api/v1/admin/email-accounts/{}",
         account["id"].as_str().unwrap()
     );
     let res = api
-        .request(Method::PATCH, &path, Some(&token), Some(&limit))
+        .request(Method::PATCH, &path, Some(token), Some(&limit))
         .await;
     for (field, value) in limit.as_object().unwrap() {
         assert_eq!(&res.body["data"][field], value, "{}", res.body);
     }
-    (env, token)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -83,42 +94,21 @@ async fn a_connection_cap_holds_across_two_workers() {
 async fn a_throttled_account_keeps_its_priority_for_sends_that_arrive_together() {
     let mut env = TestEnv::new().await;
     env.start_api().await;
-    let api = env.api();
-    let token = api.admin_token(&env.pool).await;
-    let port = env.smtp.port();
-    let limited = api
-        .add_account(&token, port, "limited@example.com", 1000, 10)
+    let token = env.api().admin_token(&env.pool).await;
+    let limit = json!({"rate_limit_per_minute": 12});
+    limited_account(&env, &token, "limited@example.com", 10, limit).await;
+    env.api()
+        .add_account(&token, env.smtp.port(), "plain@example.com", 1000, 0)
         .await;
-    api.add_account(&token, port, "plain@example.com", 1000, 0)
-        .await;
-    let path = format!(
-        "/api/v1/admin/email-accounts/{}",
-        limited["id"].as_str().unwrap()
-    );
-    let res = api
-        .request(
-            Method::PATCH,
-            &path,
-            Some(&token),
-            Some(&json!({"rate_limit_per_minute": 12})),
-        )
-        .await;
-    assert_eq!(
-        res.body["data"]["rate_limit_per_minute"], 12,
-        "{}",
-        res.body
-    );
     let messages: Vec<_> = (0..20)
         .map(
             |i| json!({"to": format!("p{i}@example.org"), "subject": "Hi", "content": "<p>Hi</p>"}),
         )
         .collect();
-    let res = api
-        .post(
-            "/api/v1/messages/email/batch",
-            &token,
-            &json!({"messages": messages}),
-        )
+    let batch = json!({"messages": messages});
+    let res = env
+        .api()
+        .post("/api/v1/messages/email/batch", &token, &batch)
         .await;
     assert_eq!(res.body["data"]["accepted"], 20, "{}", res.body);
     env.start_worker();
