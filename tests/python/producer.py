@@ -10,12 +10,16 @@ Environment: BROKER_URL, RESULT_BACKEND, QUEUE, TO, MODE, and TASK_NAME
              `send_email.delay(to, subject, content)` call
   long_subject     a 999-character subject (the API's limit is 998)
   many_recipients  51 recipients (the API's limit is 50)
+  revoke     countdown=3, then AsyncResult.revoke(): the task ends REVOKED
+  revoke_first     app.control.revoke(id) before the task is published
+             under that id: it ends REVOKED
 Prints one JSON line.
 """
 
 import json
 import os
 import time
+import uuid
 
 from celery import Celery
 
@@ -38,6 +42,14 @@ if mode == "countdown":
     r = app.send_task(name, kwargs=kwargs, queue=queue, countdown=2, expires=300, priority=5)
 elif mode == "expired":
     r = app.send_task(name, kwargs=kwargs, queue=queue, countdown=4, expires=1)
+elif mode == "revoke":
+    r = app.send_task(name, kwargs=kwargs, queue=queue, countdown=3)
+    r.revoke()
+elif mode == "revoke_first":
+    task_id = str(uuid.uuid4())
+    app.control.revoke(task_id)
+    time.sleep(2)  # the broadcast reaches the workers first
+    r = app.send_task(name, kwargs=kwargs, queue=queue, task_id=task_id)
 elif mode == "delay":
     r = app.send_task(name, args=[to, kwargs["subject"], kwargs["content"]], queue=queue)
 else:

@@ -124,6 +124,7 @@ impl Consumer {
             broker: remote_control::broker_info(settings.broker_url(), settings.heartbeat),
             queues: self.topology.names.consumed(),
             shutdown: shutdown.clone(),
+            revoked: self.ctx.revoked.clone(),
         };
         // Remote control is a side service: if it fails (a conflicting
         // pidbox declaration, a closed channel), the lanes keep consuming;

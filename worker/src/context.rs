@@ -23,4 +23,6 @@ pub struct Context {
     pub liveness: Arc<crate::liveness::Liveness>,
     /// Daily limits shared with the Python platform during a switch.
     pub shared_quota: Option<crate::shared_quota::SharedQuota>,
+    /// Task ids revoked over remote control, shared by the platform's workers.
+    pub revoked: crate::revoked::Revocations,
 }

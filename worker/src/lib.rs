@@ -7,8 +7,10 @@ pub mod delivery;
 pub mod lane;
 pub mod liveness;
 pub mod outcome;
+pub mod redis_error;
 pub mod registry;
 pub mod remote_control;
+pub mod revoked;
 pub mod shared_quota;
 pub mod smtp;
 pub mod tasks;
@@ -24,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::consumer::Consumer;
 use crate::context::Context;
 use crate::liveness::Liveness;
+use crate::revoked::Revocations;
 use crate::smtp::{Throttle, TransportCache};
 use crate::worker_state::WorkerState;
 
@@ -41,11 +44,15 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let redis = deadpool_redis::Config::from_url(settings.redis_url.as_str())
         .create_pool(Some(deadpool_redis::Runtime::Tokio1))
         .context("REDIS_URL")?;
-    let throttle = Throttle::new(redis, &format!("notify:{}:throttle", settings.queues.tasks));
+    let throttle = Throttle::new(
+        redis.clone(),
+        &format!("notify:{}:throttle", settings.queues.tasks),
+    );
     let platform::config::WorkerSettings {
         node_name,
         send_events,
         aliases,
+        revokes,
     } = settings
         .worker
         .clone()
@@ -59,6 +66,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         }
         None => None,
     };
+    let revoked = Revocations::new(redis, &settings.queues.tasks, revokes);
     let worker = Arc::new(WorkerState::new(node_name.clone(), send_events));
     let liveness = Arc::new(Liveness::new(&node_name, settings.liveness));
     liveness
@@ -83,6 +91,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         aliases,
         liveness: liveness.clone(),
         shared_quota,
+        revoked,
     });
     Consumer::new(ctx.clone(), node_name).run(shutdown).await;
     // Renewed until every in-flight task has settled, then given up.

@@ -13,6 +13,7 @@ use platform::celery::pidbox::{self, Request};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
+use crate::revoked::Revocations;
 use crate::worker_state::{lock, WorkerState, HEARTBEAT};
 
 /// Facts about the worker that replies need.
@@ -26,6 +27,8 @@ pub struct ControlContext {
     pub queues: Vec<String>,
     /// The worker's root token: `shutdown` cancels it.
     pub shutdown: CancellationToken,
+    /// Where revokes are kept for every worker of the platform.
+    pub revoked: Revocations,
 }
 
 /// Serves remote control and sends heartbeats on `conn` until `stop`;
@@ -91,7 +94,7 @@ pub async fn serve(
                     continue;
                 }
                 tracing::info!(node = %state.node, method = %request.method, "remote control");
-                let Some(reply) = answer(&state, &ctx, &request) else { continue };
+                let Some(reply) = answer(&state, &ctx, &request).await else { continue };
                 let Some(reply_to) = &request.reply_to else { continue };
                 if !declared_replies.contains(&reply_to.exchange) {
                     if let Err(e) = pidbox::declare_reply_exchange(&channel, &reply_to.exchange).await {
@@ -122,8 +125,13 @@ pub async fn serve(
 }
 
 /// Answers one request; `None` for a command that sends no reply.
-fn answer(state: &WorkerState, ctx: &ControlContext, request: &Request) -> Option<Value> {
+async fn answer(state: &WorkerState, ctx: &ControlContext, request: &Request) -> Option<Value> {
     let reply = match request.method.as_str() {
+        "revoke" => revoke(state, ctx, request).await,
+        "revoked" => match ctx.revoked.list().await {
+            Ok(ids) => json!(ids),
+            Err(e) => json!({"error": format!("cannot read revoked tasks: {e}")}),
+        },
         "ping" => json!({"ok": "pong"}),
         "registered" => json!(ctx.registered),
         "active" => {
@@ -179,7 +187,7 @@ fn answer(state: &WorkerState, ctx: &ControlContext, request: &Request) -> Optio
                 })
                 .collect(),
         ),
-        "scheduled" | "reserved" | "revoked" => json!([]),
+        "scheduled" | "reserved" => json!([]),
         "conf" => json!({}),
         "clock" => json!({"clock": state.tick()}),
         "report" => json!({"ok": format!("{} ({})", state.node, env!("CARGO_PKG_VERSION"))}),
@@ -202,6 +210,47 @@ fn answer(state: &WorkerState, ctx: &ControlContext, request: &Request) -> Optio
         other => json!({"error": format!("No such command: {other}")}),
     };
     Some(reply)
+}
+
+/// `revoke`: the ids (one or a list) are kept for every worker of the
+/// platform, so a task not yet run never runs. `terminate` cannot stop a
+/// send in its SMTP transaction (once the server has accepted the message
+/// it is sent), and the reply says so for the tasks this worker is running.
+async fn revoke(state: &WorkerState, ctx: &ControlContext, request: &Request) -> Value {
+    let ids: Vec<String> = match request.argument("task_id") {
+        Some(Value::String(id)) => vec![id.clone()],
+        Some(Value::Array(ids)) => ids
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
+    };
+    if let Err(e) = ctx.revoked.revoke(&ids).await {
+        tracing::warn!(error = %e, "cannot record a revoke");
+        return json!({"error": format!("cannot record the revoke: {e}")});
+    }
+    tracing::info!(tasks = ?ids, "tasks revoked");
+    // As Python prints the set of ids Celery replies with.
+    let listed = ids
+        .iter()
+        .map(|id| format!("'{id}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut reply = format!("tasks {{{listed}}} flagged as revoked");
+    let terminate = request
+        .argument("terminate")
+        .is_some_and(|t| t.as_bool() == Some(true));
+    if terminate {
+        let active = lock(&state.active);
+        let running: Vec<&String> = ids.iter().filter(|id| active.contains_key(*id)).collect();
+        if !running.is_empty() {
+            reply.push_str(&format!(
+                "; not terminated: {running:?} in an SMTP transaction, which cannot be \
+                 recalled (its outcome is recorded as usual)"
+            ));
+        }
+    }
+    json!({"ok": reply})
 }
 
 /// Broker facts for `stats`, without the password.
@@ -249,6 +298,16 @@ mod tests {
             broker: broker_info("amqp://guest:secret@127.0.0.1:5672/%2f", 10),
             queues: vec!["q".into(), "q.bulk".into()],
             shutdown: CancellationToken::new(),
+            revoked: Revocations::new(
+                deadpool_redis::Config::from_url("redis://127.0.0.1:6379")
+                    .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+                    .unwrap(),
+                "q",
+                platform::config::Revokes {
+                    expires: std::time::Duration::from_secs(60),
+                    max: 10,
+                },
+            ),
         }
     }
 
@@ -256,29 +315,29 @@ mod tests {
         Request::decode(json!({"method": method}).to_string().as_bytes()).unwrap()
     }
 
-    #[test]
-    fn answers_ping_registered_stats_and_shutdown() {
+    #[tokio::test]
+    async fn answers_ping_registered_stats_and_shutdown() {
         let state = WorkerState::new("w@h".into(), false);
         let ctx = ctx();
         assert_eq!(
-            answer(&state, &ctx, &request("ping")),
+            answer(&state, &ctx, &request("ping")).await,
             Some(json!({"ok": "pong"}))
         );
         assert_eq!(
-            answer(&state, &ctx, &request("registered")),
+            answer(&state, &ctx, &request("registered")).await,
             Some(json!([
                 platform::tasks::SEND_EMAIL,
                 platform::tasks::SEND_EMAIL_BATCH
             ]))
         );
-        let stats = answer(&state, &ctx, &request("stats")).unwrap();
+        let stats = answer(&state, &ctx, &request("stats")).await.unwrap();
         assert_eq!(stats["pool"]["max-concurrency"], 4);
         assert_eq!(stats["broker"]["virtual_host"], "/");
         assert!(!stats.to_string().contains("secret"));
-        assert!(answer(&state, &ctx, &request("heartbeat")).is_none());
-        answer(&state, &ctx, &request("enable_events"));
+        assert!(answer(&state, &ctx, &request("heartbeat")).await.is_none());
+        answer(&state, &ctx, &request("enable_events")).await;
         assert!(state.events_enabled());
-        answer(&state, &ctx, &request("shutdown"));
+        answer(&state, &ctx, &request("shutdown")).await;
         assert!(ctx.shutdown.is_cancelled());
     }
 }

@@ -29,7 +29,7 @@ pub use broker::{ladder_rungs, QueueNames, LADDER_LIMIT_SECONDS};
 pub use process::Environment;
 pub use scheduler::SchedulerSettings;
 pub use security::JwtSettings;
-pub use worker::{Liveness, WorkerSettings};
+pub use worker::{Liveness, Revokes, WorkerSettings};
 
 use crate::crypto::Keyring;
 use vars::Vars;

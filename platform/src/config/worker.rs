@@ -1,8 +1,9 @@
 //! The worker process: sends in parallel (`CELERY_WORKER_CONCURRENCY`), its
 //! liveness lease (`WORKER_LEASE_SECONDS`, `WORKER_LEASE_RENEW_SECONDS`),
 //! its name on the broker (`CELERY_WORKER_NAME`, else from `HOSTNAME`),
-//! Celery events (`CELERY_SEND_EVENTS`) and Python task-name aliases
-//! (`CELERY_TASK_ALIASES`).
+//! Celery events (`CELERY_SEND_EVENTS`), Python task-name aliases
+//! (`CELERY_TASK_ALIASES`) and how long revokes are kept
+//! (`CELERY_WORKER_REVOKE_EXPIRES`, `CELERY_WORKER_REVOKES_MAX`).
 
 use std::time::Duration;
 
@@ -34,6 +35,17 @@ pub struct WorkerSettings {
     pub send_events: bool,
     /// Python task names mapped to ours (`CELERY_TASK_ALIASES`).
     pub aliases: TaskAliases,
+    pub revokes: Revokes,
+}
+
+/// How long revoked task ids are kept, as Celery's workers keep them (the
+/// same environment variables and defaults).
+#[derive(Debug, Clone, Copy)]
+pub struct Revokes {
+    /// `CELERY_WORKER_REVOKE_EXPIRES` seconds (3 hours).
+    pub expires: Duration,
+    /// `CELERY_WORKER_REVOKES_MAX` ids at most (50,000); the oldest go first.
+    pub max: usize,
 }
 
 /// `CELERY_WORKER_CONCURRENCY`: sends in parallel, for each queue consumed.
@@ -72,6 +84,10 @@ pub(super) fn settings(vars: &Vars<'_>) -> Result<WorkerSettings, ConfigError> {
                 reason: e.to_string(),
             },
         )?,
+        revokes: Revokes {
+            expires: vars.seconds_or("CELERY_WORKER_REVOKE_EXPIRES", 10_800)?,
+            max: vars.parse_positive_or("CELERY_WORKER_REVOKES_MAX", 50_000)?,
+        },
     })
 }
 

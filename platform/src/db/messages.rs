@@ -575,6 +575,35 @@ pub async fn cancel(
     .await
 }
 
+/// Cancels the record of a task that will not run (revoked or expired),
+/// with `reason` as its error, if it is still waiting: by its record id
+/// (an API-published send) or else by the task id (a Python producer's,
+/// recorded under it). Returns whether a record was cancelled.
+#[tracing::instrument(level = "debug", skip(pool, reason))]
+pub async fn cancel_task(
+    pool: &PgPool,
+    record: Option<Uuid>,
+    task_id: &str,
+    reason: &str,
+) -> Result<bool, sqlx::Error> {
+    let by = if record.is_some() {
+        "id = $1"
+    } else {
+        "task_id = $2"
+    };
+    let done = sqlx::query(&format!(
+        "UPDATE message_records SET status = 'cancelled', cancelled_at = now(), error = $3,
+            updated_at = now()
+         WHERE {by} AND status IN ('scheduled', 'queued')"
+    ))
+    .bind(record)
+    .bind(task_id)
+    .bind(reason)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() > 0)
+}
+
 /// The worker found a recipient on the suppression list after claiming the
 /// message: it is not sent.
 #[tracing::instrument(level = "debug", skip_all, fields(message_id = %id))]

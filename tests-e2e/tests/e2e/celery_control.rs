@@ -61,7 +61,7 @@ async fn ask(kind: &str, command: &str, nodes: &[&str]) -> Option<serde_json::Ma
 
 /// Every listed node's reply, retried until all answered (workers need a
 /// moment to connect and declare their pidbox queue).
-async fn ask_all(kind: &str, command: &str, nodes: &[&str]) -> serde_json::Map<String, Value> {
+pub(crate) async fn ask_all(kind: &str, command: &str, nodes: &[&str]) -> serde_json::Map<String, Value> {
     eventually(
         &format!("{kind} {command} answered by {nodes:?}"),
         Duration::from_secs(60),
@@ -186,4 +186,72 @@ async fn celery_inspect_and_control_reach_our_workers() {
     assert!(status.success(), "{status:?}");
     let pongs = ask_all("inspect", "ping", &[&w0]).await;
     assert_eq!(pongs[&w0], serde_json::json!({"ok": "pong"}));
+}
+
+/// `celery control revoke` reaches a send that has not run yet: it never
+/// runs, its result is REVOKED and its record cancelled with the reason;
+/// the revoke outlives the worker that received it and binds a worker
+/// started afterwards; `inspect revoked` lists it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_from_the_celery_cli_outlives_its_worker_and_cancels_the_send() {
+    let mut env = TestEnv::new().await;
+    env.start_api().await;
+    let token = env.api().admin_token(&env.pool).await;
+    env.start_worker();
+    let w0 = format!("worker0@{}", env.queue);
+    ask_all("inspect", "ping", &[&w0]).await;
+    // No account yet: the send waits (re-published every QUOTA_WAIT_SECONDS).
+    let id = env.api().send_simple(&token, "revoked@example.org").await;
+    let task_id: String = sqlx::query_scalar("SELECT task_id FROM message_records WHERE id = $1")
+        .bind(id)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+
+    let out = celery(&[
+        "control", "revoke", &task_id, "-d", &w0, "-t", "5", "--json",
+    ])
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("tasks {{'{task_id}'}} flagged as revoked")),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let revoked = ask_all("inspect", "revoked", &[&w0]).await;
+    assert_eq!(revoked[&w0], serde_json::json!([task_id]), "{revoked:?}");
+
+    // The worker that received the revoke stops; one started afterwards
+    // enforces it once an account could send the email.
+    let ack = ask_all("control", "shutdown", &[&w0]).await;
+    assert!(ack.contains_key(&w0));
+    assert!(env.wait_worker(0, Duration::from_secs(40)).await.success());
+    env.start_worker();
+    env.api()
+        .add_account(&token, env.smtp.port(), "sender@example.com", 100, 0)
+        .await;
+    env.wait_status(id, "cancelled", Duration::from_secs(30))
+        .await;
+    let error: Option<String> =
+        sqlx::query_scalar("SELECT error FROM message_records WHERE id = $1")
+            .bind(id)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(error.as_deref(), Some("task revoked before it ran"));
+    let stored = env
+        .api()
+        .state
+        .results
+        .fetch(&task_id)
+        .await
+        .unwrap()
+        .expect("a stored result");
+    assert_eq!(stored["status"], "REVOKED", "{stored}");
+    assert_eq!(stored["result"]["exc_type"], "TaskRevokedError", "{stored}");
+    // And nothing went out, even with an account ready.
+    let later = env.api().send_simple(&token, "after@example.org").await;
+    env.wait_status(later, "sent", Duration::from_secs(30))
+        .await;
+    assert_eq!(env.smtp.count(), 1);
 }

@@ -226,3 +226,22 @@ async fn python_send_breaking_an_api_rule_fails_for_good_with_the_rule_named() {
     .unwrap();
     assert_eq!((failed, dead), (2, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_revokes_stop_a_task_waiting_for_its_countdown_and_one_published_later() {
+    let env = env_with_worker(&[]).await;
+    // A revoke is a broadcast: it reaches the workers listening when it is
+    // sent (and, kept in Redis, those started afterwards).
+    let node = format!("worker0@{}", env.queue);
+    crate::celery_control::ask_all("inspect", "ping", &[&node]).await;
+    let (waiting, later) = tokio::join!(
+        producer(&env, "revoke", "waiting@example.org", &[]),
+        producer(&env, "revoke_first", "later@example.org", &[]),
+    );
+    for report in [&waiting, &later] {
+        assert_eq!(report["state"], "REVOKED", "{report}");
+        assert_eq!(report["exc_type"], "TaskRevokedError", "{report}");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(env.smtp.count(), 0);
+}

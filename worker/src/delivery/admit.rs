@@ -142,7 +142,7 @@ async fn throttles(
     ctx: &Context,
     account: &EmailAccount,
 ) -> Result<Option<ConnectionSlot>, Duration> {
-    let unavailable = |e: crate::smtp::ThrottleError| {
+    let unavailable = |e: crate::redis_error::RedisError| {
         tracing::warn!(account = %account.email, error = %e, "throttle unavailable; holding the account back");
         Duration::from_secs(5)
     };

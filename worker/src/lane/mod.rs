@@ -73,9 +73,15 @@ impl Lane {
         let (jobs, mut settled) = job::jobs(self.registry, &deliveries);
 
         let now = Utc::now();
+        let revoked = self.revoked(&jobs).await;
         let mut due: Vec<usize> = Vec::new();
         for (j, job) in jobs.iter().enumerate() {
-            match self.before_running(&job.message, now).await {
+            let decided = if revoked[j] {
+                Some(self.end_revoked(&job.message, "revoked").await)
+            } else {
+                self.before_running(&job.message, now).await
+            };
+            match decided {
                 Some(outcome) => settled.push(job::Settled {
                     delivery: job.delivery,
                     job: Some(j),
@@ -187,6 +193,52 @@ impl Lane {
         }
     }
 
+    /// Which jobs were revoked (`celery control revoke`). When Redis cannot
+    /// be asked, the tasks run: a revoke is a request, a lost email is not.
+    async fn revoked(&self, jobs: &[job::Job]) -> Vec<bool> {
+        let ids: Vec<&str> = jobs.iter().map(|j| j.message.id()).collect();
+        match self.ctx.revoked.which(&ids).await {
+            Ok(revoked) => revoked,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read revoked task ids; running the tasks");
+                vec![false; jobs.len()]
+            }
+        }
+    }
+
+    /// Ends a task that must not run (`reason`: "revoked" or "expired") as
+    /// Celery does: `REVOKED` stored so that `AsyncResult.get()` raises
+    /// `TaskRevokedError(reason)`, a `task-revoked` event, and its message
+    /// record, if it is still waiting, cancelled with the reason.
+    async fn end_revoked(&self, message: &TaskMessage, reason: &str) -> Outcome {
+        tracing::info!(task_id = message.id(), reason, "task revoked; not run");
+        metrics::counter!("tasks_revoked_total", "reason" => reason.to_string()).increment(1);
+        let result = serde_json::json!({
+            "exc_type": "TaskRevokedError",
+            "exc_message": [reason],
+            "exc_module": "celery.exceptions",
+        });
+        if let Err(e) = self
+            .ctx
+            .results
+            .store(message.id(), TaskState::Revoked, result)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot store the task result");
+        }
+        let event = serde_json::json!({
+            "uuid": message.id(), "terminated": false, "signum": null,
+            "expired": reason == "expired",
+        });
+        self.ctx.worker.emit("task-revoked", event).await;
+        let why = format!("task {reason} before it ran");
+        let record = platform::tasks::record_id(message);
+        if let Err(e) = messages::cancel_task(&self.ctx.pool, record, message.id(), &why).await {
+            tracing::warn!(task_id = message.id(), error = %e, "cannot cancel the task's record");
+        }
+        Outcome::Done
+    }
+
     /// An outcome decided before running: an expired task is revoked, one
     /// due later is held in RabbitMQ (not in memory, so consumer_timeout
     /// cannot fire).
@@ -196,29 +248,7 @@ impl Lane {
             .expires
             .is_some_and(|expires| expires <= now)
         {
-            tracing::info!(
-                task_id = message.id(),
-                "task expired before it could run; revoked"
-            );
-            if let Err(e) = self
-                .ctx
-                .results
-                .store(
-                    message.id(),
-                    TaskState::Revoked,
-                    // What Celery stores for an expired task, so that
-                    // AsyncResult.get() raises TaskRevokedError('expired').
-                    serde_json::json!({
-                        "exc_type": "TaskRevokedError",
-                        "exc_message": ["expired"],
-                        "exc_module": "celery.exceptions",
-                    }),
-                )
-                .await
-            {
-                tracing::warn!(error = %e, "cannot store the task result");
-            }
-            return Some(Outcome::Done);
+            return Some(self.end_revoked(message, "expired").await);
         }
         // Any wait at all goes back to the ladder: a task never runs early.
         let wait = (message.headers.eta? - now).to_std().ok()?;

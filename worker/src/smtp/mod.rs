@@ -5,6 +5,6 @@
 mod throttle;
 mod transport;
 
-pub use throttle::{ConnectionSlot, Throttle, ThrottleError};
+pub use throttle::{ConnectionSlot, Throttle};
 
 pub use transport::{SendError, Transport, TransportCache, TransportError};

@@ -7,6 +7,8 @@ use std::time::Duration;
 use deadpool_redis::Pool;
 use uuid::Uuid;
 
+use crate::redis_error::RedisError;
+
 /// Sends in the last 60 s; admits one more if under the limit, else says
 /// how long until the oldest send leaves the window.
 const RATE_SCRIPT: &str = r"
@@ -69,7 +71,7 @@ impl Throttle {
         &self,
         account: Uuid,
         per_minute: u32,
-    ) -> Result<Option<Duration>, ThrottleError> {
+    ) -> Result<Option<Duration>, RedisError> {
         let mut conn = self.redis.get().await?;
         let wait_ms: i64 = redis::Script::new(RATE_SCRIPT)
             .key(format!("{}:rate:{account}", self.prefix))
@@ -89,7 +91,7 @@ impl Throttle {
         account: Uuid,
         max: u32,
         hold: Duration,
-    ) -> Result<Option<ConnectionSlot>, ThrottleError> {
+    ) -> Result<Option<ConnectionSlot>, RedisError> {
         let key = format!("{}:connections:{account}", self.prefix);
         let member = Uuid::new_v4().to_string();
         let mut conn = self.redis.get().await?;
@@ -104,7 +106,7 @@ impl Throttle {
         Ok((granted == 1).then_some(ConnectionSlot { key, member }))
     }
 
-    pub async fn release(&self, slot: ConnectionSlot) -> Result<(), ThrottleError> {
+    pub async fn release(&self, slot: ConnectionSlot) -> Result<(), RedisError> {
         let mut conn = self.redis.get().await?;
         redis::cmd("ZREM")
             .arg(&slot.key)
@@ -113,12 +115,4 @@ impl Throttle {
             .await?;
         Ok(())
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ThrottleError {
-    #[error("Redis unavailable: {0}")]
-    Pool(#[from] deadpool_redis::PoolError),
-    #[error("Redis: {0}")]
-    Redis(#[from] redis::RedisError),
 }
