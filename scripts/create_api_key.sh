@@ -10,15 +10,7 @@ set -euo pipefail
 # shellcheck source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/ops-common.sh"
 
-use_compose=0
-args=()
-for arg in "$@"; do
-  case "$arg" in
-    --compose) use_compose=1 ;;
-    -h | --help) sed -n '2,9p' "$0"; exit 0 ;;
-    *) args+=("$arg") ;;
-  esac
-done
+split_compose_args 9 "$@"
 [ "${#args[@]}" -gt 0 ] || die "usage: $0 [--compose] --name NAME [--description TEXT] [--admin]"
 
 if [ "$use_compose" -eq 1 ]; then

@@ -16,15 +16,7 @@ set -euo pipefail
 # shellcheck source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/ops-common.sh"
 
-use_compose=0
-args=()
-for arg in "$@"; do
-  case "$arg" in
-    --compose) use_compose=1 ;;
-    -h | --help) sed -n '2,14p' "$0"; exit 0 ;;
-    *) args+=("$arg") ;;
-  esac
-done
+split_compose_args 14 "$@"
 
 if [ "$use_compose" -eq 1 ]; then
   # The container has .env; variables set only in this shell are passed on.

@@ -44,3 +44,22 @@ notify_api_bin() {
   else die "notify-api not found: build it (cargo build --release) or set NOTIFY_API_BIN"
   fi
 }
+
+# Splits the arguments of a script that passes them on to a notify-api
+# command, on the host or (with --compose) in the api container: sets
+# `use_compose` and `args`. -h/--help prints the script's lines 2 to
+# $1 (its usage comment).
+# shellcheck disable=SC2034 # use_compose and args are the sourcing script's
+split_compose_args() {
+  local help_end=$1 arg
+  shift
+  use_compose=0
+  args=()
+  for arg in "$@"; do
+    case "$arg" in
+      --compose) use_compose=1 ;;
+      -h | --help) sed -n "2,${help_end}p" "$0"; exit 0 ;;
+      *) args+=("$arg") ;;
+    esac
+  done
+}

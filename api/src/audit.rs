@@ -5,9 +5,9 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use platform::db::audit_log::{self, NewAuditEntry};
 use serde_json::Value;
-use sqlx::PgExecutor;
+use sqlx::{PgExecutor, Postgres, Transaction};
 
-use crate::auth::{Principal, Scope};
+use crate::auth::{scoped_extractor, Principal, Scope};
 use crate::client_addr::ClientAddr;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -60,6 +60,22 @@ impl Actor {
         .await?;
         Ok(())
     }
+
+    /// Records one change in `tx` and commits it: the change and its
+    /// audit entry stand or fall together.
+    pub async fn commit(
+        &self,
+        mut tx: Transaction<'_, Postgres>,
+        action: &str,
+        target_type: &str,
+        target_id: impl ToString,
+        details: Value,
+    ) -> Result<(), ApiError> {
+        self.record(&mut *tx, action, target_type, target_id, details)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
 }
 
 /// Removes any field whose name suggests a secret, at any depth: a second
@@ -86,36 +102,20 @@ pub fn redact(value: Value) -> Value {
     }
 }
 
-/// An [`Actor`] with the admin scope, checked before the body is read.
-#[derive(Debug, Clone)]
-pub struct AdminActor(pub Actor);
-
-impl FromRequestParts<AppState> for AdminActor {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        let actor = Actor::from_request_parts(parts, state).await?;
-        actor.principal.require(Scope::Admin)?;
-        Ok(AdminActor(actor))
+impl AsRef<Principal> for Actor {
+    fn as_ref(&self) -> &Principal {
+        &self.principal
     }
 }
 
-/// An [`Actor`] with the send scope, checked before the body is read.
-#[derive(Debug, Clone)]
-pub struct SendActor(pub Actor);
+scoped_extractor!(
+    /// An [`Actor`] with the admin scope, checked before the body is read.
+    AdminActor(Actor),
+    Scope::Admin
+);
 
-impl FromRequestParts<AppState> for SendActor {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        let actor = Actor::from_request_parts(parts, state).await?;
-        actor.principal.require(Scope::Send)?;
-        Ok(SendActor(actor))
-    }
-}
+scoped_extractor!(
+    /// An [`Actor`] with the send scope, checked before the body is read.
+    SendActor(Actor),
+    Scope::Send
+);

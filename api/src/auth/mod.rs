@@ -8,5 +8,6 @@ mod throttle;
 
 pub use jwt::{Claims, TokenIssuer, TokenKind};
 pub use key_cache::KeyCache;
+pub(crate) use principal::scoped_extractor;
 pub use principal::{Admin, Principal, Scope};
 pub use throttle::{AuthThrottle, Subject};

@@ -122,20 +122,43 @@ impl FromRequestParts<AppState> for Principal {
     }
 }
 
-/// A principal with the admin scope. As an extractor it runs before the
-/// body is read, so a non-admin caller gets 403 whatever it sent.
-#[derive(Debug, Clone)]
-pub struct Admin(pub Principal);
+/// Declares an extractor that extracts `$inner` (anything that is
+/// `AsRef<Principal>`) and requires `$scope` of it. As an extractor it runs
+/// before the body is read, so a caller without the scope gets 403
+/// whatever it sent.
+macro_rules! scoped_extractor {
+    ($(#[$doc:meta])* $name:ident($inner:ty), $scope:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone)]
+        pub struct $name(pub $inner);
 
-impl FromRequestParts<AppState> for Admin {
-    type Rejection = ApiError;
+        impl ::axum::extract::FromRequestParts<$crate::state::AppState> for $name {
+            type Rejection = $crate::error::ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        let principal = Principal::from_request_parts(parts, state).await?;
-        principal.require(Scope::Admin)?;
-        Ok(Admin(principal))
+            async fn from_request_parts(
+                parts: &mut ::axum::http::request::Parts,
+                state: &$crate::state::AppState,
+            ) -> Result<Self, Self::Rejection> {
+                let inner = <$inner as ::axum::extract::FromRequestParts<
+                    $crate::state::AppState,
+                >>::from_request_parts(parts, state)
+                .await?;
+                AsRef::<$crate::auth::Principal>::as_ref(&inner).require($scope)?;
+                Ok($name(inner))
+            }
+        }
+    };
+}
+pub(crate) use scoped_extractor;
+
+impl AsRef<Principal> for Principal {
+    fn as_ref(&self) -> &Principal {
+        self
     }
 }
+
+scoped_extractor!(
+    /// A principal with the admin scope.
+    Admin(Principal),
+    Scope::Admin
+);

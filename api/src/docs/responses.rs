@@ -101,3 +101,35 @@ response_sets! {
     /// [`pagination`](crate::pagination)): 422.
     BadPage => errors(&[("422", "`invalid_limit`, `invalid_cursor`")]);
 }
+
+// What a resource's create and replace (or update) refuse alike.
+response_sets! {
+    /// A body whose fields fail validation: 422.
+    InvalidFields => errors(&[(
+        "422",
+        "`validation_error`, `invalid_body`, `invalid_text` (NUL in text)",
+    )]);
+    /// An email account whose address another account has: 409.
+    AccountExists => errors(&[("409", "`account_exists`")]);
+    /// A campaign's settings refused: 422.
+    CampaignRefused => errors(&[(
+        "422",
+        "`invalid_cron` (field `cron`), `invalid_time_zone` (field `time_zone`), `unknown_template`, `unknown_list`, `validation_error` (with `field`), `invalid_body`, `invalid_text` (NUL in text)",
+    )]);
+    /// A periodic task refused: its name taken (409) or its settings (422).
+    PeriodicTaskRefused => errors(&[
+        ("409", "`periodic_task_exists`"),
+        (
+            "422",
+            "`invalid_cron` (field `cron`), `invalid_time_zone` (field `time_zone`), `unknown_queue`, `validation_error` (with `field`), `invalid_body`, `invalid_text` (NUL in text)",
+        ),
+    ]);
+    /// A template refused: its name taken (409) or its content (422).
+    TemplateRefused => errors(&[
+        ("409", "`template_exists`"),
+        (
+            "422",
+            "`validation_error`, `template_syntax_error`, `undeclared_variable`, `template_too_costly` or `template_output_too_large` (a rendering limit met with placeholder values), `invalid_body`, `invalid_text` (NUL in text)",
+        ),
+    ]);
+}

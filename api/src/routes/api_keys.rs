@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::Data;
 use crate::audit::AdminActor;
-use crate::docs::responses::{AdminAccess, BadJson, BadPath, NotFound};
+use crate::docs::responses::{AdminAccess, BadJson, BadPath, InvalidFields, NotFound};
 
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{JsonBody, PathParam};
@@ -102,8 +102,7 @@ pub struct CreatedApiKey {
 /// Mints an API key.
 #[utoipa::path(post, path = "/api/v1/admin/api-keys", tag = "api-keys", request_body = CreateApiKey,
     security(("bearer" = [])),
-    responses((status = 201, body = Data<CreatedApiKey>), AdminAccess, BadJson,
-        (status = 422, body = ErrorBody, description = "`validation_error`, `invalid_body`, `invalid_text` (NUL in text)")))]
+    responses((status = 201, body = Data<CreatedApiKey>), AdminAccess, BadJson, InvalidFields))]
 pub async fn create(
     State(state): State<AppState>,
     AdminActor(actor): AdminActor,
@@ -145,15 +144,14 @@ pub async fn create(
     )
     .await?;
     actor
-        .record(
-            &mut *tx,
+        .commit(
+            tx,
             "api_key.create",
             "api_key",
             key.id,
             json!({"name": name, "scopes": scopes, "rate_limit_per_minute": rate_limit}),
         )
         .await?;
-    tx.commit().await?;
     Ok((
         StatusCode::CREATED,
         Data::new(CreatedApiKey {
@@ -196,9 +194,8 @@ pub async fn revoke(
         };
     }
     actor
-        .record(&mut *tx, "api_key.revoke", "api_key", id, json!({}))
+        .commit(tx, "api_key.revoke", "api_key", id, json!({}))
         .await?;
-    tx.commit().await?;
     // Other instances hear of it from PostgreSQL within milliseconds.
     state.keys.forget(id);
     Ok(StatusCode::NO_CONTENT)

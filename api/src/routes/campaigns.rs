@@ -19,7 +19,9 @@ use uuid::Uuid;
 use super::Data;
 use crate::audit::AdminActor;
 use crate::auth::Admin;
-use crate::docs::responses::{AdminAccess, BadJson, BadPath, BadPathOrJson, NotFound};
+use crate::docs::responses::{
+    AdminAccess, BadJson, BadPath, BadPathOrJson, CampaignRefused, NotFound,
+};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{JsonBody, PathParam};
 use crate::state::AppState;
@@ -222,8 +224,7 @@ async fn content(state: &AppState, req: CampaignRequest) -> Result<CampaignConte
 /// `next_run_at` is computed.
 #[utoipa::path(post, path = "/api/v1/campaigns", tag = "campaigns", request_body = CampaignRequest,
     security(("bearer" = [])),
-    responses((status = 201, body = Data<CampaignView>), AdminAccess, BadJson,
-        (status = 422, body = ErrorBody, description = "`invalid_cron` (field `cron`), `invalid_time_zone` (field `time_zone`), `unknown_template`, `unknown_list`, `validation_error` (with `field`), `invalid_body`, `invalid_text` (NUL in text)")))]
+    responses((status = 201, body = Data<CampaignView>), AdminAccess, BadJson, CampaignRefused))]
 pub async fn create(
     State(state): State<AppState>,
     AdminActor(actor): AdminActor,
@@ -233,15 +234,14 @@ pub async fn create(
     let mut tx = state.pool.begin().await?;
     let campaign = campaigns::insert(&mut *tx, &content).await?;
     actor
-        .record(
-            &mut *tx,
+        .commit(
+            tx,
             "campaign.create",
             "campaign",
             campaign.id,
             summary(&campaign),
         )
         .await?;
-    tx.commit().await?;
     Ok((StatusCode::CREATED, Data::new(campaign.into())))
 }
 
@@ -278,8 +278,7 @@ pub async fn get(
 /// Replaces a campaign's settings; `next_run_at` is computed afresh.
 #[utoipa::path(put, path = "/api/v1/campaigns/{id}", tag = "campaigns", request_body = CampaignRequest,
     security(("bearer" = [])), params(("id" = Uuid, Path)),
-    responses((status = 200, body = Data<CampaignView>), AdminAccess, BadPathOrJson, NotFound,
-        (status = 422, body = ErrorBody, description = "`invalid_cron` (field `cron`), `invalid_time_zone` (field `time_zone`), `unknown_template`, `unknown_list`, `validation_error` (with `field`), `invalid_body`, `invalid_text` (NUL in text)")))]
+    responses((status = 200, body = Data<CampaignView>), AdminAccess, BadPathOrJson, NotFound, CampaignRefused))]
 pub async fn replace(
     State(state): State<AppState>,
     AdminActor(actor): AdminActor,
@@ -292,15 +291,8 @@ pub async fn replace(
         .await?
         .ok_or(ApiError::NotFound("campaign"))?;
     actor
-        .record(
-            &mut *tx,
-            "campaign.update",
-            "campaign",
-            id,
-            summary(&campaign),
-        )
+        .commit(tx, "campaign.update", "campaign", id, summary(&campaign))
         .await?;
-    tx.commit().await?;
     Ok(Data::new(campaign.into()))
 }
 
@@ -318,9 +310,8 @@ pub async fn delete(
         return Err(ApiError::NotFound("campaign"));
     }
     actor
-        .record(&mut *tx, "campaign.delete", "campaign", id, json!({}))
+        .commit(tx, "campaign.delete", "campaign", id, json!({}))
         .await?;
-    tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -342,15 +333,14 @@ pub async fn run(
         .await?
         .ok_or_else(|| ApiError::conflict("run_exists", "a run for this instant exists"))?;
     actor
-        .record(
-            &mut *tx,
+        .commit(
+            tx,
             "campaign.run",
             "campaign",
             id,
             json!({"run_id": run.id}),
         )
         .await?;
-    tx.commit().await?;
     Ok((
         StatusCode::ACCEPTED,
         Data::new(run_view(run, &HashMap::new())),

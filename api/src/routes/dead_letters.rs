@@ -124,15 +124,14 @@ pub async fn requeue(
     }
     dead_letters::mark_requeued(&mut *tx, id).await?;
     actor
-        .record(
-            &mut *tx,
+        .commit(
+            tx,
             "dead_letter.requeue",
             "dead_letter",
             id,
             json!({"task_id": task_id, "task_name": dead.task_name, "message_id": dead.message_id}),
         )
         .await?;
-    tx.commit().await?;
     state.outbox.wake();
     tracing::info!(dead_letter = id, actor = %actor.principal.key_id, "dead letter requeued");
     let mut view = DeadLetterView::from(dead);

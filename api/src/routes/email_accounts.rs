@@ -16,7 +16,9 @@ use uuid::Uuid;
 use super::Data;
 use crate::audit::{Actor, AdminActor};
 use crate::auth::Admin;
-use crate::docs::responses::{AdminAccess, BadJson, BadPath, BadPathOrJson, NotFound};
+use crate::docs::responses::{
+    AccountExists, AdminAccess, BadJson, BadPath, BadPathOrJson, InvalidFields, NotFound,
+};
 use crate::error::{on_unique, ApiError, ErrorBody};
 use crate::extract::{self, JsonBody, PathParam};
 use crate::state::AppState;
@@ -285,7 +287,7 @@ fn summary(a: &EmailAccount) -> Value {
 #[utoipa::path(post, path = "/api/v1/admin/email-accounts", tag = "email-accounts",
     request_body = CreateEmailAccount, security(("bearer" = [])),
     responses((status = 201, body = Data<EmailAccountView>), AdminAccess, BadJson,
-        (status = 409, body = ErrorBody, description = "`account_exists`"),
+        AccountExists,
         (status = 422, body = ErrorBody, description = "`validation_error` (`field` names it), `invalid_body`, `invalid_text` (NUL in text)")))]
 pub async fn create(
     State(state): State<AppState>,
@@ -308,15 +310,14 @@ async fn insert_audited(
         .await
         .map_err(on_unique("email_accounts_email_key", duplicate))?;
     actor
-        .record(
-            &mut *tx,
+        .commit(
+            tx,
             "email_account.create",
             "email_account",
             account.id,
             summary(&account),
         )
         .await?;
-    tx.commit().await?;
     Ok(account)
 }
 
@@ -479,9 +480,7 @@ pub async fn get(
 /// rotation for every message claimed after the change.
 #[utoipa::path(patch, path = "/api/v1/admin/email-accounts/{id}", tag = "email-accounts", security(("bearer" = [])),
     params(("id" = Uuid, Path)), request_body = UpdateEmailAccount,
-    responses((status = 200, body = Data<EmailAccountView>), AdminAccess, BadPathOrJson, NotFound,
-        (status = 409, body = ErrorBody, description = "`account_exists`"),
-        (status = 422, body = ErrorBody, description = "`validation_error`, `invalid_body`, `invalid_text` (NUL in text)")))]
+    responses((status = 200, body = Data<EmailAccountView>), AdminAccess, BadPathOrJson, NotFound, AccountExists, InvalidFields))]
 pub async fn update(
     State(state): State<AppState>,
     AdminActor(actor): AdminActor,
@@ -554,15 +553,8 @@ pub async fn update(
     let mut details = summary(&account);
     details["changed"] = json!(changed);
     actor
-        .record(
-            &mut *tx,
-            "email_account.update",
-            "email_account",
-            id,
-            details,
-        )
+        .commit(tx, "email_account.update", "email_account", id, details)
         .await?;
-    tx.commit().await?;
     tracing::info!(account_id = %id, actor = %actor.principal.key_id, "email account updated");
     Ok(Data::new(account.into()))
 }
@@ -580,15 +572,8 @@ pub async fn delete(
         return Err(ApiError::NotFound("email account"));
     }
     actor
-        .record(
-            &mut *tx,
-            "email_account.delete",
-            "email_account",
-            id,
-            json!({}),
-        )
+        .commit(tx, "email_account.delete", "email_account", id, json!({}))
         .await?;
-    tx.commit().await?;
     tracing::info!(account_id = %id, actor = %actor.principal.key_id, "email account deleted");
     Ok(StatusCode::NO_CONTENT)
 }

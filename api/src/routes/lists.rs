@@ -145,15 +145,14 @@ pub async fn create(
         .await
         .map_err(on_unique("mailing_lists_name_key", duplicate))?;
     actor
-        .record(
-            &mut *tx,
+        .commit(
+            tx,
             "list.create",
             "list",
             list.id,
             json!({"name": list.name}),
         )
         .await?;
-    tx.commit().await?;
     Ok((StatusCode::CREATED, Data::new(list.into())))
 }
 
@@ -197,9 +196,8 @@ pub async fn delete(
         return Err(ApiError::NotFound("list"));
     }
     actor
-        .record(&mut *tx, "list.delete", "list", id, json!({}))
+        .commit(tx, "list.delete", "list", id, json!({}))
         .await?;
-    tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -263,15 +261,14 @@ pub async fn add_members(
     }
     let updated = addresses.len() as u64 - added;
     actor
-        .record(
-            &mut *tx,
+        .commit(
+            tx,
             "list.members.add",
             "list",
             id,
             json!({"added": added, "updated": updated, "rejected": rejected.len()}),
         )
         .await?;
-    tx.commit().await?;
     Ok(Data::new(ImportResult {
         added,
         updated,
@@ -319,14 +316,13 @@ pub async fn remove_member(
         return Err(ApiError::NotFound("member"));
     }
     actor
-        .record(
-            &mut *tx,
+        .commit(
+            tx,
             "list.members.remove",
             "list",
             id,
             json!({"address": address}),
         )
         .await?;
-    tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -16,8 +16,10 @@ use uuid::Uuid;
 use super::Data;
 use crate::audit::AdminActor;
 use crate::auth::Admin;
-use crate::docs::responses::{AdminAccess, BadJson, BadPath, BadPathOrJson, NotFound};
-use crate::error::{on_unique, ApiError, ErrorBody};
+use crate::docs::responses::{
+    AdminAccess, BadJson, BadPath, BadPathOrJson, NotFound, PeriodicTaskRefused,
+};
+use crate::error::{on_unique, ApiError};
 use crate::extract::{JsonBody, PathParam};
 use crate::state::AppState;
 use crate::validate;
@@ -177,9 +179,7 @@ fn summary(t: &PeriodicTask) -> Value {
 /// Creates a periodic task; `next_run_at` is computed.
 #[utoipa::path(post, path = "/api/v1/admin/periodic-tasks", tag = "periodic-tasks",
     request_body = PeriodicTaskRequest, security(("bearer" = [])),
-    responses((status = 201, body = Data<PeriodicTaskView>), AdminAccess, BadJson,
-        (status = 409, body = ErrorBody, description = "`periodic_task_exists`"),
-        (status = 422, body = ErrorBody, description = "`invalid_cron` (field `cron`), `invalid_time_zone` (field `time_zone`), `unknown_queue`, `validation_error` (with `field`), `invalid_body`, `invalid_text` (NUL in text)")))]
+    responses((status = 201, body = Data<PeriodicTaskView>), AdminAccess, BadJson, PeriodicTaskRefused))]
 pub async fn create(
     State(state): State<AppState>,
     AdminActor(actor): AdminActor,
@@ -191,15 +191,14 @@ pub async fn create(
         .await
         .map_err(on_unique("periodic_tasks_name_key", duplicate))?;
     actor
-        .record(
-            &mut *tx,
+        .commit(
+            tx,
             "periodic_task.create",
             "periodic_task",
             task.id,
             summary(&task),
         )
         .await?;
-    tx.commit().await?;
     Ok((StatusCode::CREATED, Data::new(task.into())))
 }
 
@@ -233,9 +232,7 @@ pub async fn get(
 /// Replaces a periodic task; `next_run_at` is computed afresh.
 #[utoipa::path(put, path = "/api/v1/admin/periodic-tasks/{id}", tag = "periodic-tasks",
     request_body = PeriodicTaskRequest, security(("bearer" = [])), params(("id" = Uuid, Path)),
-    responses((status = 200, body = Data<PeriodicTaskView>), AdminAccess, BadPathOrJson, NotFound,
-        (status = 409, body = ErrorBody, description = "`periodic_task_exists`"),
-        (status = 422, body = ErrorBody, description = "`invalid_cron` (field `cron`), `invalid_time_zone` (field `time_zone`), `unknown_queue`, `validation_error` (with `field`), `invalid_body`, `invalid_text` (NUL in text)")))]
+    responses((status = 200, body = Data<PeriodicTaskView>), AdminAccess, BadPathOrJson, NotFound, PeriodicTaskRefused))]
 pub async fn replace(
     State(state): State<AppState>,
     AdminActor(actor): AdminActor,
@@ -249,15 +246,14 @@ pub async fn replace(
         .map_err(on_unique("periodic_tasks_name_key", duplicate))?
         .ok_or(ApiError::NotFound("periodic task"))?;
     actor
-        .record(
-            &mut *tx,
+        .commit(
+            tx,
             "periodic_task.update",
             "periodic_task",
             id,
             summary(&task),
         )
         .await?;
-    tx.commit().await?;
     Ok(Data::new(task.into()))
 }
 
@@ -275,14 +271,7 @@ pub async fn delete(
         return Err(ApiError::NotFound("periodic task"));
     }
     actor
-        .record(
-            &mut *tx,
-            "periodic_task.delete",
-            "periodic_task",
-            id,
-            json!({}),
-        )
+        .commit(tx, "periodic_task.delete", "periodic_task", id, json!({}))
         .await?;
-    tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

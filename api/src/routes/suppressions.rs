@@ -20,7 +20,8 @@ use super::Data;
 use crate::audit::{AdminActor, SendActor};
 use crate::auth::{Principal, Scope};
 use crate::docs::responses::{
-    AdminAccess, BadJson, BadPage, BadPath, BadQuery, NotFound, ReadAccess, SendAccess,
+    AdminAccess, BadJson, BadPage, BadPath, BadQuery, InvalidFields, NotFound, ReadAccess,
+    SendAccess,
 };
 use crate::error::{on_unique, ApiError, ErrorBody};
 use crate::extract::{JsonBody, PathParam, QueryParams};
@@ -102,8 +103,7 @@ pub async fn list(
 #[utoipa::path(post, path = "/api/v1/suppressions", tag = "suppressions", security(("bearer" = [])),
     request_body = SuppressionRequest,
     responses((status = 201, body = Data<SuppressionView>), SendAccess, BadJson,
-        (status = 409, body = ErrorBody, description = "`already_suppressed`"),
-        (status = 422, body = ErrorBody, description = "`validation_error`, `invalid_body`, `invalid_text` (NUL in text)")))]
+        (status = 409, body = ErrorBody, description = "`already_suppressed`"), InvalidFields))]
 pub async fn create(
     State(state): State<AppState>,
     SendActor(actor): SendActor,
@@ -118,15 +118,14 @@ pub async fn create(
             ApiError::conflict("already_suppressed", "this address is already suppressed")
         }))?;
     actor
-        .record(
-            &mut *tx,
+        .commit(
+            tx,
             "suppression.create",
             "suppression",
             &row.address,
             json!({"reason": reason}),
         )
         .await?;
-    tx.commit().await?;
     Ok((StatusCode::CREATED, Data::new(row.into())))
 }
 
@@ -145,14 +144,13 @@ pub async fn delete(
         return Err(ApiError::NotFound("suppression"));
     }
     actor
-        .record(
-            &mut *tx,
+        .commit(
+            tx,
             "suppression.delete",
             "suppression",
             address.to_lowercase(),
             json!({}),
         )
         .await?;
-    tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

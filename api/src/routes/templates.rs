@@ -22,6 +22,7 @@ use crate::audit::SendActor;
 use crate::auth::{Principal, Scope};
 use crate::docs::responses::{
     BadJson, BadPage, BadPath, BadPathOrJson, BadQuery, NotFound, ReadAccess, SendAccess,
+    TemplateRefused,
 };
 use crate::error::{on_unique, ApiError, ErrorBody};
 use crate::extract::{JsonBody, PathParam, QueryParams};
@@ -247,9 +248,7 @@ fn summary(t: &Template) -> Value {
 /// variables it declares.
 #[utoipa::path(post, path = "/api/v1/templates", tag = "templates", request_body = TemplateRequest,
     security(("bearer" = [])),
-    responses((status = 201, body = Data<TemplateView>), SendAccess, BadJson,
-        (status = 409, body = ErrorBody, description = "`template_exists`"),
-        (status = 422, body = ErrorBody, description = "`validation_error`, `template_syntax_error`, `undeclared_variable`, `template_too_costly` or `template_output_too_large` (a rendering limit met with placeholder values), `invalid_body`, `invalid_text` (NUL in text)")))]
+    responses((status = 201, body = Data<TemplateView>), SendAccess, BadJson, TemplateRefused))]
 pub async fn create(
     State(state): State<AppState>,
     SendActor(actor): SendActor,
@@ -261,15 +260,14 @@ pub async fn create(
         .await
         .map_err(on_unique("templates_name_key", duplicate))?;
     actor
-        .record(
-            &mut *tx,
+        .commit(
+            tx,
             "template.create",
             "template",
             template.id,
             summary(&template),
         )
         .await?;
-    tx.commit().await?;
     Ok((StatusCode::CREATED, Data::new(template.into())))
 }
 
@@ -319,9 +317,7 @@ pub async fn get(
 /// Replaces a template (every field, as for create).
 #[utoipa::path(put, path = "/api/v1/templates/{id}", tag = "templates", security(("bearer" = [])),
     params(("id" = Uuid, Path)), request_body = TemplateRequest,
-    responses((status = 200, body = Data<TemplateView>), SendAccess, BadPathOrJson, NotFound,
-        (status = 409, body = ErrorBody, description = "`template_exists`"),
-        (status = 422, body = ErrorBody, description = "`validation_error`, `template_syntax_error`, `undeclared_variable`, `template_too_costly` or `template_output_too_large` (a rendering limit met with placeholder values), `invalid_body`, `invalid_text` (NUL in text)")))]
+    responses((status = 200, body = Data<TemplateView>), SendAccess, BadPathOrJson, NotFound, TemplateRefused))]
 pub async fn replace(
     State(state): State<AppState>,
     SendActor(actor): SendActor,
@@ -336,15 +332,8 @@ pub async fn replace(
         .map_err(on_unique("templates_name_key", duplicate))?
         .ok_or(ApiError::NotFound("template"))?;
     actor
-        .record(
-            &mut *tx,
-            "template.update",
-            "template",
-            id,
-            summary(&template),
-        )
+        .commit(tx, "template.update", "template", id, summary(&template))
         .await?;
-    tx.commit().await?;
     Ok(Data::new(template.into()))
 }
 
@@ -362,15 +351,8 @@ pub async fn delete(
         .await?
         .ok_or(ApiError::NotFound("template"))?;
     actor
-        .record(
-            &mut *tx,
-            "template.delete",
-            "template",
-            id,
-            summary(&template),
-        )
+        .commit(tx, "template.delete", "template", id, summary(&template))
         .await?;
-    tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -8,6 +8,7 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
+use sqlx::postgres::PgArguments;
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
@@ -46,29 +47,20 @@ pub struct CampaignContent {
     pub next_run_at: Option<DateTime<Utc>>,
 }
 
+type CampaignQuery<'q> = sqlx::query::QueryAs<'q, sqlx::Postgres, Campaign, PgArguments>;
+
 pub async fn insert(
     executor: impl PgExecutor<'_>,
     c: &CampaignContent,
 ) -> Result<Campaign, sqlx::Error> {
-    sqlx::query_as(
+    let query = sqlx::query_as(
         "INSERT INTO campaigns (id, name, template_id, list_ids, variables, cron, time_zone,
             starts_at, ends_at, is_active, missed_run_policy, next_run_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING *",
-    )
-    .bind(Uuid::now_v7())
-    .bind(&c.name)
-    .bind(c.template_id)
-    .bind(&c.list_ids)
-    .bind(sqlx::types::Json(&c.variables))
-    .bind(&c.cron)
-    .bind(&c.time_zone)
-    .bind(c.starts_at)
-    .bind(c.ends_at)
-    .bind(c.is_active)
-    .bind(&c.missed_run_policy)
-    .bind(c.next_run_at)
-    .fetch_one(executor)
-    .await
+    );
+    bind_content(query.bind(Uuid::now_v7()), c)
+        .fetch_one(executor)
+        .await
 }
 
 pub async fn replace(
@@ -76,26 +68,31 @@ pub async fn replace(
     id: Uuid,
     c: &CampaignContent,
 ) -> Result<Option<Campaign>, sqlx::Error> {
-    sqlx::query_as(
+    let query = sqlx::query_as(
         "UPDATE campaigns SET name = $2, template_id = $3, list_ids = $4, variables = $5,
             cron = $6, time_zone = $7, starts_at = $8, ends_at = $9, is_active = $10,
             missed_run_policy = $11, next_run_at = $12, updated_at = now()
          WHERE id = $1 RETURNING *",
-    )
-    .bind(id)
-    .bind(&c.name)
-    .bind(c.template_id)
-    .bind(&c.list_ids)
-    .bind(sqlx::types::Json(&c.variables))
-    .bind(&c.cron)
-    .bind(&c.time_zone)
-    .bind(c.starts_at)
-    .bind(c.ends_at)
-    .bind(c.is_active)
-    .bind(&c.missed_run_policy)
-    .bind(c.next_run_at)
-    .fetch_optional(executor)
-    .await
+    );
+    bind_content(query.bind(id), c)
+        .fetch_optional(executor)
+        .await
+}
+
+/// Binds a campaign's settings as `$2` to `$12`, after its id.
+fn bind_content<'q>(query: CampaignQuery<'q>, c: &'q CampaignContent) -> CampaignQuery<'q> {
+    query
+        .bind(&c.name)
+        .bind(c.template_id)
+        .bind(&c.list_ids)
+        .bind(sqlx::types::Json(&c.variables))
+        .bind(&c.cron)
+        .bind(&c.time_zone)
+        .bind(c.starts_at)
+        .bind(c.ends_at)
+        .bind(c.is_active)
+        .bind(&c.missed_run_policy)
+        .bind(c.next_run_at)
 }
 
 #[tracing::instrument(level = "debug", skip_all, fields(campaign = %id))]
@@ -113,11 +110,8 @@ pub async fn list(executor: impl PgExecutor<'_>) -> Result<Vec<Campaign>, sqlx::
 }
 
 pub async fn delete(executor: impl PgExecutor<'_>, id: Uuid) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query("DELETE FROM campaigns WHERE id = $1")
-        .bind(id)
-        .execute(executor)
-        .await?;
-    Ok(done.rows_affected() > 0)
+    let statement = sqlx::query("DELETE FROM campaigns WHERE id = $1").bind(id);
+    super::changed_any(statement, executor).await
 }
 
 /// Active campaigns whose `next_run_at` has come, locked (others skipped).

@@ -61,11 +61,8 @@ pub async fn list(executor: impl PgExecutor<'_>) -> Result<Vec<MailingList>, sql
 }
 
 pub async fn delete(executor: impl PgExecutor<'_>, id: Uuid) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query("DELETE FROM mailing_lists WHERE id = $1")
-        .bind(id)
-        .execute(executor)
-        .await?;
-    Ok(done.rows_affected() > 0)
+    let statement = sqlx::query("DELETE FROM mailing_lists WHERE id = $1").bind(id);
+    super::changed_any(statement, executor).await
 }
 
 /// Adds members (addresses already validated and lower-cased, distinct);
@@ -97,12 +94,11 @@ pub async fn remove_member(
     list_id: Uuid,
     address: &str,
 ) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query("DELETE FROM list_members WHERE list_id = $1 AND address = lower($2)")
-        .bind(list_id)
-        .bind(address)
-        .execute(executor)
-        .await?;
-    Ok(done.rows_affected() > 0)
+    let statement =
+        sqlx::query("DELETE FROM list_members WHERE list_id = $1 AND address = lower($2)")
+            .bind(list_id)
+            .bind(address);
+    super::changed_any(statement, executor).await
 }
 
 /// Members of one list in id order, after `after`.

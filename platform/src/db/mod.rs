@@ -23,6 +23,16 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 
 use crate::config::Settings;
 
+/// Runs a statement that changes at most the rows it names; whether it
+/// changed any (a delete that found its row, an insert not skipped by
+/// `ON CONFLICT DO NOTHING`).
+pub(crate) async fn changed_any(
+    statement: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    executor: impl sqlx::PgExecutor<'_>,
+) -> Result<bool, sqlx::Error> {
+    Ok(statement.execute(executor).await?.rows_affected() > 0)
+}
+
 mod embedded {
     refinery::embed_migrations!("../migrations");
 }

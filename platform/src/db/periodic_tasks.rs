@@ -5,6 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
+use sqlx::postgres::PgArguments;
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
@@ -40,28 +41,20 @@ pub struct PeriodicTaskContent {
     pub next_run_at: Option<DateTime<Utc>>,
 }
 
+type TaskQuery<'q> = sqlx::query::QueryAs<'q, sqlx::Postgres, PeriodicTask, PgArguments>;
+
 pub async fn insert(
     executor: impl PgExecutor<'_>,
     c: &PeriodicTaskContent,
 ) -> Result<PeriodicTask, sqlx::Error> {
-    sqlx::query_as(
+    let query = sqlx::query_as(
         "INSERT INTO periodic_tasks (id, name, task, args, kwargs, queue, cron, time_zone,
             interval_seconds, is_active, next_run_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING *",
-    )
-    .bind(Uuid::now_v7())
-    .bind(&c.name)
-    .bind(&c.task)
-    .bind(sqlx::types::Json(&c.args))
-    .bind(sqlx::types::Json(&c.kwargs))
-    .bind(&c.queue)
-    .bind(&c.cron)
-    .bind(&c.time_zone)
-    .bind(c.interval_seconds)
-    .bind(c.is_active)
-    .bind(c.next_run_at)
-    .fetch_one(executor)
-    .await
+    );
+    bind_content(query.bind(Uuid::now_v7()), c)
+        .fetch_one(executor)
+        .await
 }
 
 pub async fn replace(
@@ -69,25 +62,30 @@ pub async fn replace(
     id: Uuid,
     c: &PeriodicTaskContent,
 ) -> Result<Option<PeriodicTask>, sqlx::Error> {
-    sqlx::query_as(
+    let query = sqlx::query_as(
         "UPDATE periodic_tasks SET name = $2, task = $3, args = $4, kwargs = $5, queue = $6,
             cron = $7, time_zone = $8, interval_seconds = $9, is_active = $10,
             next_run_at = $11, updated_at = now()
          WHERE id = $1 RETURNING *",
-    )
-    .bind(id)
-    .bind(&c.name)
-    .bind(&c.task)
-    .bind(sqlx::types::Json(&c.args))
-    .bind(sqlx::types::Json(&c.kwargs))
-    .bind(&c.queue)
-    .bind(&c.cron)
-    .bind(&c.time_zone)
-    .bind(c.interval_seconds)
-    .bind(c.is_active)
-    .bind(c.next_run_at)
-    .fetch_optional(executor)
-    .await
+    );
+    bind_content(query.bind(id), c)
+        .fetch_optional(executor)
+        .await
+}
+
+/// Binds a task's settings as `$2` to `$11`, after its id.
+fn bind_content<'q>(query: TaskQuery<'q>, c: &'q PeriodicTaskContent) -> TaskQuery<'q> {
+    query
+        .bind(&c.name)
+        .bind(&c.task)
+        .bind(sqlx::types::Json(&c.args))
+        .bind(sqlx::types::Json(&c.kwargs))
+        .bind(&c.queue)
+        .bind(&c.cron)
+        .bind(&c.time_zone)
+        .bind(c.interval_seconds)
+        .bind(c.is_active)
+        .bind(c.next_run_at)
 }
 
 pub async fn get(
@@ -107,11 +105,8 @@ pub async fn list(executor: impl PgExecutor<'_>) -> Result<Vec<PeriodicTask>, sq
 }
 
 pub async fn delete(executor: impl PgExecutor<'_>, id: Uuid) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query("DELETE FROM periodic_tasks WHERE id = $1")
-        .bind(id)
-        .execute(executor)
-        .await?;
-    Ok(done.rows_affected() > 0)
+    let statement = sqlx::query("DELETE FROM periodic_tasks WHERE id = $1").bind(id);
+    super::changed_any(statement, executor).await
 }
 
 /// Active tasks whose `next_run_at` has come, locked (others skipped).
@@ -134,16 +129,14 @@ pub async fn insert_run(
     scheduled_for: DateTime<Utc>,
     task_id: &str,
 ) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
+    let statement = sqlx::query(
         "INSERT INTO periodic_task_runs (periodic_task_id, scheduled_for, task_id)
          VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
     )
     .bind(id)
     .bind(scheduled_for)
-    .bind(task_id)
-    .execute(executor)
-    .await?;
-    Ok(done.rows_affected() > 0)
+    .bind(task_id);
+    super::changed_any(statement, executor).await
 }
 
 #[tracing::instrument(level = "debug", skip_all)]

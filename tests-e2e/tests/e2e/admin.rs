@@ -47,14 +47,7 @@ async fn api_keys_are_minted_listed_and_revoked_with_immediate_effect() {
         data["api_key"].as_str().unwrap(),
         data["api_secret"].as_str().unwrap(),
     );
-    let res = api
-        .request(
-            Method::POST,
-            "/api/v1/auth/token",
-            None,
-            Some(&json!({"api_key": key, "api_secret": secret})),
-        )
-        .await;
+    let res = api.sign_in(key, secret).await;
     assert_eq!(res.status, StatusCode::OK);
     let token = res.body["data"]["access_token"]
         .as_str()
@@ -76,9 +69,7 @@ async fn api_keys_are_minted_listed_and_revoked_with_immediate_effect() {
 
     let path = format!("{KEYS}/{id}");
     assert_eq!(
-        api.request(Method::DELETE, &path, Some(&admin), None)
-            .await
-            .status,
+        api.delete(&path, &admin).await.status,
         StatusCode::NO_CONTENT
     );
     let res = api.get("/api/v1/messages", &token).await;
@@ -87,28 +78,16 @@ async fn api_keys_are_minted_listed_and_revoked_with_immediate_effect() {
         (StatusCode::UNAUTHORIZED, "key_revoked"),
         "outstanding tokens fail at once"
     );
-    let res = api.request(Method::DELETE, &path, Some(&admin), None).await;
+    let res = api.delete(&path, &admin).await;
     assert_eq!(
         (res.status, res.code()),
         (StatusCode::CONFLICT, "already_revoked")
     );
     let res = api
-        .request(
-            Method::DELETE,
-            &format!("{KEYS}/{}", uuid::Uuid::new_v4()),
-            Some(&admin),
-            None,
-        )
+        .delete(&format!("{KEYS}/{}", uuid::Uuid::new_v4()), &admin)
         .await;
     assert_eq!(res.status, StatusCode::NOT_FOUND);
-    let res = api
-        .request(
-            Method::DELETE,
-            &format!("{KEYS}/not-a-uuid"),
-            Some(&admin),
-            None,
-        )
-        .await;
+    let res = api.delete(&format!("{KEYS}/not-a-uuid"), &admin).await;
     assert_eq!(
         (res.status, res.code()),
         (StatusCode::BAD_REQUEST, "invalid_path")
@@ -349,8 +328,7 @@ async fn accounts_are_tested_imported_and_show_health() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queues_show_depth_and_consumers() {
     let mut env = TestEnv::new().await;
-    env.start_api().await;
-    let admin = env.api().admin_token(&env.pool).await;
+    let admin = env.start_api_as_admin().await;
     let (_, reader) = env.api().token(&env.pool, &["read"]).await;
     let res = env.api().get("/api/v1/admin/queues", &reader).await;
     assert_eq!(res.status, StatusCode::FORBIDDEN);

@@ -15,13 +15,7 @@ const SEND: &str = "/api/v1/messages/email/send";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attachments_arrive_as_mime_parts() {
-    let mut env = TestEnv::new().await;
-    env.start_api().await;
-    let token = env.api().admin_token(&env.pool).await;
-    env.api()
-        .add_account(&token, env.smtp.port(), "sender@example.com", 100, 0)
-        .await;
-    env.start_worker();
+    let (env, token) = TestEnv::sending(&[], 100).await;
     let pdf: Vec<u8> = (0..=255u8).cycle().take(3000).collect();
     let res = env
         .api()

@@ -93,14 +93,7 @@ async fn bad_tokens_are_refused_with_401() {
     let res = api.get("/api/v1/admin/email-accounts", "not-a-jwt").await;
     assert_eq!(res.status, StatusCode::UNAUTHORIZED);
 
-    let res = api
-        .request(
-            Method::POST,
-            "/api/v1/auth/token",
-            None,
-            Some(&json!({"api_key": "noti_nope", "api_secret": "x"})),
-        )
-        .await;
+    let res = api.sign_in("noti_nope", "x").await;
     assert_eq!(
         (res.status, res.code()),
         (StatusCode::UNAUTHORIZED, "invalid_credentials")
@@ -186,8 +179,7 @@ async fn raw_send(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_a_clear_4xx_and_records_nothing() {
     let mut env = TestEnv::with_vars(&[("EMAIL_MAX_SIZE", "10000")]).await;
-    env.start_api().await;
-    let token = env.api().admin_token(&env.pool).await;
+    let token = env.start_api_as_admin().await;
     let ok = json!({"to": "a@example.org", "subject": "Hi", "content": "<p>x</p>"});
 
     let (status, body) = raw_send(&env, &token, "application/json", b"{\"to\": ".to_vec()).await;
@@ -402,10 +394,7 @@ async fn bad_input_gets_a_clear_4xx_and_records_nothing() {
         .fetch_one(&env.pool)
         .await
         .unwrap();
-    let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
+    let outbox = env.outbox_len().await;
     assert_eq!(
         (records, outbox),
         (0, 0),

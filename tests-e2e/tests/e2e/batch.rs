@@ -12,13 +12,7 @@ const BATCH: &str = "/api/v1/messages/email/batch";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_accepts_valid_entries_and_reports_invalid_ones_by_index() {
-    let mut env = TestEnv::new().await;
-    env.start_api().await;
-    let token = env.api().admin_token(&env.pool).await;
-    env.api()
-        .add_account(&token, env.smtp.port(), "sender@example.com", 100, 0)
-        .await;
-    env.start_worker();
+    let (env, token) = TestEnv::sending(&[], 100).await;
     let api = env.api();
     let res = api
         .post(

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::support::api::Response;
 use crate::support::proxy::TcpProxy;
 use crate::support::{eventually, TestEnv};
 
@@ -15,19 +16,41 @@ async fn api_behind_proxy(env: &mut TestEnv) -> TcpProxy {
     proxy
 }
 
+/// Asserts that readiness answers 503 with `check` down and the database
+/// up; returns the answer.
+async fn assert_not_ready(env: &TestEnv, check: &str) -> Response {
+    let ready = env
+        .api()
+        .request(reqwest::Method::GET, "/health/ready", None, None)
+        .await;
+    assert_eq!(ready.status, reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        ready.body["checks"][check]
+            .as_str()
+            .unwrap()
+            .starts_with("down"),
+        "{}",
+        ready.body
+    );
+    assert_eq!(ready.body["checks"]["database"], "ok");
+    ready
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sends_accepted_during_a_broker_outage_are_delivered_after_it() {
     let mut env = TestEnv::new().await;
     let proxy = api_behind_proxy(&mut env).await;
     env.start_worker();
     let token = env.api().admin_token(&env.pool).await;
-    env.api()
-        .add_account(&token, env.smtp.port(), "sender@example.com", 100, 0)
-        .await;
+    env.add_sender(&token, 100).await;
 
-    let before = env.api().send_simple(&token, "before@example.org").await;
-    env.wait_status(before, "sent", Duration::from_secs(20))
-        .await;
+    env.send_until(
+        &token,
+        "before@example.org",
+        "sent",
+        Duration::from_secs(20),
+    )
+    .await;
 
     proxy.cut();
     let mut ids = Vec::new();
@@ -38,27 +61,11 @@ async fn sends_accepted_during_a_broker_outage_are_delivered_after_it() {
                 .await,
         );
     }
-    let ready = env
-        .api()
-        .request(reqwest::Method::GET, "/health/ready", None, None)
-        .await;
-    assert_eq!(ready.status, reqwest::StatusCode::SERVICE_UNAVAILABLE);
-    assert!(
-        ready.body["checks"]["rabbitmq"]
-            .as_str()
-            .unwrap()
-            .starts_with("down"),
-        "{}",
-        ready.body
-    );
-    assert_eq!(ready.body["checks"]["database"], "ok");
+    assert_not_ready(&env, "rabbitmq").await;
 
     // Nothing reaches the queue while the broker is cut off; the outbox holds it.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
+    let pending = env.outbox_len().await;
     assert_eq!(pending, 5);
     assert_eq!(env.smtp.received().len(), 1);
 
@@ -66,14 +73,8 @@ async fn sends_accepted_during_a_broker_outage_are_delivered_after_it() {
     for id in &ids {
         env.wait_status(*id, "sent", Duration::from_secs(30)).await;
     }
-    eventually("the outbox to drain", Duration::from_secs(5), || async {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
-            .fetch_one(&env.pool)
-            .await
-            .unwrap();
-        (n == 0).then_some(())
-    })
-    .await;
+    env.wait_outbox_drained("the outbox to drain", Duration::from_secs(5))
+        .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(env.smtp.received().len(), 6, "each message exactly once");
 }
@@ -83,20 +84,7 @@ async fn readiness_names_redis_when_the_result_backend_is_unreachable() {
     // Nothing listens on port 1: the API starts, and readiness says why it is not ready.
     let mut env = TestEnv::with_vars(&[("CELERY_RESULT_BACKEND", "redis://127.0.0.1:1/1")]).await;
     env.start_api().await;
-    let ready = env
-        .api()
-        .request(reqwest::Method::GET, "/health/ready", None, None)
-        .await;
-    assert_eq!(ready.status, reqwest::StatusCode::SERVICE_UNAVAILABLE);
-    assert!(
-        ready.body["checks"]["redis"]
-            .as_str()
-            .unwrap()
-            .starts_with("down"),
-        "{}",
-        ready.body
-    );
-    assert_eq!(ready.body["checks"]["database"], "ok");
+    let ready = assert_not_ready(&env, "redis").await;
     assert_eq!(ready.body["checks"]["rabbitmq"], "ok");
     // Liveness is unaffected.
     let live = env

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -15,8 +15,8 @@ use crate::support::{eventually, TestEnv};
 /// (template id, list id).
 async fn audience(env: &TestEnv, token: &str, members: Value) -> (String, String) {
     let api = env.api();
-    let res = api
-        .post(
+    let template = api
+        .create(
             "/api/v1/templates",
             token,
             &json!({"name": format!("t{}", Uuid::new_v4().simple()),
@@ -24,17 +24,13 @@ async fn audience(env: &TestEnv, token: &str, members: Value) -> (String, String
                     "variables": ["name"]}),
         )
         .await;
-    assert_eq!(res.status, StatusCode::CREATED, "{}", res.body);
-    let template = res.body["data"]["id"].as_str().expect("id").to_string();
-    let res = api
-        .post(
+    let list = api
+        .create(
             "/api/v1/lists",
             token,
             &json!({"name": format!("l{}", Uuid::new_v4().simple())}),
         )
         .await;
-    assert_eq!(res.status, StatusCode::CREATED, "{}", res.body);
-    let list = res.body["data"]["id"].as_str().expect("id").to_string();
     let res = api
         .post(&format!("/api/v1/lists/{list}/members"), token, &members)
         .await;
@@ -42,11 +38,49 @@ async fn audience(env: &TestEnv, token: &str, members: Value) -> (String, String
     (template, list)
 }
 
+/// An inactive campaign mailing `n` new members; returns its id.
+async fn inactive_campaign(env: &TestEnv, token: &str, name: &str, n: usize) -> String {
+    let members: Vec<Value> = (0..n)
+        .map(|i| json!({"address": format!("m{i}@example.org"), "variables": {"name": format!("M{i}")}}))
+        .collect();
+    let (template, list) = audience(env, token, Value::Array(members)).await;
+    env.api()
+        .create(
+            "/api/v1/campaigns",
+            token,
+            &json!({"name": name, "template_id": template, "list_ids": [list],
+                    "cron": "0 0 1 1 *", "is_active": false}),
+        )
+        .await
+}
+
+/// Fires a run of campaign `id` now; returns the run's id.
+async fn run_now(env: &TestEnv, token: &str, id: &str) -> Uuid {
+    let res = env
+        .api()
+        .post(&format!("/api/v1/campaigns/{id}/run"), token, &json!({}))
+        .await;
+    assert_eq!(res.status, StatusCode::ACCEPTED, "{}", res.body);
+    res.body["data"]["id"]
+        .as_str()
+        .expect("run id")
+        .parse()
+        .expect("uuid")
+}
+
+/// A run's status and how many recipients it has enqueued so far.
+async fn run_progress(pool: &sqlx::PgPool, run: Uuid) -> (String, i32) {
+    sqlx::query_as("SELECT status, recipients FROM campaign_runs WHERE id = $1")
+        .bind(run)
+        .fetch_one(pool)
+        .await
+        .expect("run")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lists_import_validates_and_campaigns_validate_cron_and_time_zone() {
     let mut env = TestEnv::new().await;
-    env.start_api().await;
-    let token = env.api().admin_token(&env.pool).await;
+    let token = env.start_api_as_admin().await;
     let api = env.api();
     let (template, list) = audience(
         &env,
@@ -82,11 +116,9 @@ async fn lists_import_validates_and_campaigns_validate_cron_and_time_zone() {
         ["a@example.org", "b@example.org", "c@example.org"]
     );
     let res = api
-        .request(
-            Method::DELETE,
+        .delete(
             &format!("/api/v1/lists/{list}/members/c@example.org"),
-            Some(&token),
-            None,
+            &token,
         )
         .await;
     assert_eq!(res.status, StatusCode::NO_CONTENT);
@@ -162,12 +194,7 @@ async fn lists_import_validates_and_campaigns_validate_cron_and_time_zone() {
     let mut off = base.clone();
     off["is_active"] = json!(false);
     let res = api
-        .request(
-            Method::PUT,
-            &format!("/api/v1/campaigns/{id}"),
-            Some(&token),
-            Some(&off),
-        )
+        .put(&format!("/api/v1/campaigns/{id}"), &token, &off)
         .await;
     assert_eq!(res.status, StatusCode::OK, "{}", res.body);
     assert!(res.body["data"]["next_run_at"].is_null());
@@ -176,11 +203,8 @@ async fn lists_import_validates_and_campaigns_validate_cron_and_time_zone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_campaign_every_five_seconds_runs_exactly_once_per_time_with_two_schedulers() {
     let mut env = TestEnv::new().await;
-    env.start_api().await;
-    let token = env.api().admin_token(&env.pool).await;
-    env.api()
-        .add_account(&token, env.smtp.port(), "sender@example.com", 100_000, 0)
-        .await;
+    let token = env.start_api_as_admin().await;
+    env.add_sender(&token, 100_000).await;
     let (template, list) = audience(
         &env,
         &token,
@@ -201,10 +225,8 @@ async fn a_campaign_every_five_seconds_runs_exactly_once_per_time_with_two_sched
     env.start_worker();
     env.start_scheduler();
     env.start_scheduler();
-    eventually("a scheduler leader", Duration::from_secs(30), || async {
-        env.scheduler_leader_pid().await
-    })
-    .await;
+    env.wait_scheduler_leader("a scheduler leader", Duration::from_secs(30))
+        .await;
     let campaign = json!({"name": "every 5 s", "template_id": template, "list_ids": [list],
                           "variables": {"name": "friend"},
                           "cron": "*/5 * * * * *", "time_zone": "UTC"});
@@ -223,12 +245,7 @@ async fn a_campaign_every_five_seconds_runs_exactly_once_per_time_with_two_sched
     off["is_active"] = json!(false);
     let res = env
         .api()
-        .request(
-            Method::PUT,
-            &format!("/api/v1/campaigns/{id}"),
-            Some(&token),
-            Some(&off),
-        )
+        .put(&format!("/api/v1/campaigns/{id}"), &token, &off)
         .await;
     assert_eq!(res.status, StatusCode::OK, "{}", res.body);
     let stopped = Utc::now();
@@ -305,74 +322,34 @@ async fn a_run_completes_once_when_the_leader_is_killed_mid_fan_out() {
         ("SCHEDULER_LEADER_RETRY_MS", "500"),
     ])
     .await;
-    env.start_api().await;
-    let token = env.api().admin_token(&env.pool).await;
+    let token = env.start_api_as_admin().await;
     const N: usize = 10_000;
-    let members: Vec<Value> = (0..N)
-        .map(|i| json!({"address": format!("m{i}@example.org"), "variables": {"name": format!("M{i}")}}))
-        .collect();
-    let (template, list) = audience(&env, &token, Value::Array(members)).await;
-    let res = env
-        .api()
-        .post(
-            "/api/v1/campaigns",
-            &token,
-            &json!({"name": "big", "template_id": template, "list_ids": [list],
-                    "cron": "0 0 1 1 *", "is_active": false}),
-        )
-        .await;
-    assert_eq!(res.status, StatusCode::CREATED, "{}", res.body);
-    let id = res.body["data"]["id"].as_str().expect("id").to_string();
+    let id = inactive_campaign(&env, &token, "big", N).await;
     let a = env.start_scheduler();
     let b = env.start_scheduler();
-    let leader = eventually("a leader", Duration::from_secs(20), || async {
-        env.scheduler_leader_pid().await
-    })
-    .await;
-    let res = env
-        .api()
-        .post(&format!("/api/v1/campaigns/{id}/run"), &token, &json!({}))
+    let leader = env
+        .wait_scheduler_leader("a leader", Duration::from_secs(20))
         .await;
-    assert_eq!(res.status, StatusCode::ACCEPTED, "{}", res.body);
-    let run: Uuid = res.body["data"]["id"]
-        .as_str()
-        .expect("run id")
-        .parse()
-        .expect("uuid");
+    let run = run_now(&env, &token, &id).await;
 
     // Mid fan-out: some members enqueued, not all.
-    let progress = |pool: sqlx::PgPool| async move {
-        sqlx::query_as::<_, (String, i32)>(
-            "SELECT status, recipients FROM campaign_runs WHERE id = $1",
-        )
-        .bind(run)
-        .fetch_one(&pool)
-        .await
-        .expect("run")
-    };
-    eventually("the fan-out to start", Duration::from_secs(20), || {
-        let pool = env.pool.clone();
-        async move {
-            let (_, recipients) = progress(pool).await;
-            (recipients > 0).then_some(())
-        }
+    eventually("the fan-out to start", Duration::from_secs(20), || async {
+        let (_, recipients) = run_progress(&env.pool, run).await;
+        (recipients > 0).then_some(())
     })
     .await;
     let dead = if env.scheduler_pid(a) == leader { a } else { b };
     env.signal_scheduler(dead, "KILL").await;
-    let (status, recipients) = progress(env.pool.clone()).await;
+    let (status, recipients) = run_progress(&env.pool, run).await;
     assert_eq!(status, "running", "killed mid-run ({recipients} enqueued)");
     assert!((recipients as usize) < N);
 
-    eventually("the run to complete", Duration::from_secs(60), || {
-        let pool = env.pool.clone();
-        async move {
-            let (status, _) = progress(pool).await;
-            (status == "completed").then_some(())
-        }
+    eventually("the run to complete", Duration::from_secs(60), || async {
+        let (status, _) = run_progress(&env.pool, run).await;
+        (status == "completed").then_some(())
     })
     .await;
-    let (_, recipients) = progress(env.pool.clone()).await;
+    let (_, recipients) = run_progress(&env.pool, run).await;
     assert_eq!(recipients as usize, N);
     let rows: Vec<Vec<String>> =
         sqlx::query_scalar("SELECT to_addrs FROM message_records WHERE campaign_run_id = $1")
@@ -396,52 +373,20 @@ async fn a_run_completes_once_when_the_leader_is_killed_mid_fan_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_100000_recipient_run_is_enqueued_within_60_seconds() {
     let mut env = TestEnv::new().await;
-    env.start_api().await;
-    let token = env.api().admin_token(&env.pool).await;
+    let token = env.start_api_as_admin().await;
     const N: usize = 100_000;
-    let members: Vec<Value> = (0..N)
-        .map(|i| json!({"address": format!("m{i}@example.org"), "variables": {"name": format!("M{i}")}}))
-        .collect();
-    let (template, list) = audience(&env, &token, Value::Array(members)).await;
-    let res = env
-        .api()
-        .post(
-            "/api/v1/campaigns",
-            &token,
-            &json!({"name": "huge", "template_id": template, "list_ids": [list],
-                    "cron": "0 0 1 1 *", "is_active": false}),
-        )
-        .await;
-    assert_eq!(res.status, StatusCode::CREATED, "{}", res.body);
-    let id = res.body["data"]["id"].as_str().expect("id").to_string();
+    let id = inactive_campaign(&env, &token, "huge", N).await;
     env.start_scheduler();
-    eventually("a leader", Duration::from_secs(20), || async {
-        env.scheduler_leader_pid().await
-    })
-    .await;
+    env.wait_scheduler_leader("a leader", Duration::from_secs(20))
+        .await;
 
     let started = std::time::Instant::now();
-    let res = env
-        .api()
-        .post(&format!("/api/v1/campaigns/{id}/run"), &token, &json!({}))
-        .await;
-    assert_eq!(res.status, StatusCode::ACCEPTED, "{}", res.body);
-    let run: Uuid = res.body["data"]["id"]
-        .as_str()
-        .expect("run id")
-        .parse()
-        .expect("uuid");
+    let run = run_now(&env, &token, &id).await;
     let recipients = eventually(
         "the fan-out to complete",
         Duration::from_secs(90),
         || async {
-            let (status, recipients) = sqlx::query_as::<_, (String, i32)>(
-                "SELECT status, recipients FROM campaign_runs WHERE id = $1",
-            )
-            .bind(run)
-            .fetch_one(&env.pool)
-            .await
-            .expect("run");
+            let (status, recipients) = run_progress(&env.pool, run).await;
             (status == "completed").then_some(recipients)
         },
     )

@@ -78,13 +78,7 @@ pub(crate) async fn ask_all(kind: &str, command: &str, nodes: &[&str]) -> serde_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn celery_inspect_and_control_reach_our_workers() {
-    let mut env = TestEnv::new().await;
-    env.start_api().await;
-    let token = env.api().admin_token(&env.pool).await;
-    env.api()
-        .add_account(&token, env.smtp.port(), "sender@example.com", 100, 0)
-        .await;
-    env.start_worker();
+    let (mut env, token) = TestEnv::sending(&[], 100).await;
     env.start_worker();
     let w0 = format!("worker0@{}", env.queue);
     let w1 = format!("worker1@{}", env.queue);

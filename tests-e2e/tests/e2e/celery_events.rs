@@ -40,11 +40,8 @@ async fn get_json(client: &reqwest::Client, url: &str) -> Option<Value> {
 async fn flower_shows_our_worker_and_task_states_from_events() {
     let python = python().await;
     let mut env = TestEnv::new().await;
-    env.start_api().await;
-    let token = env.api().admin_token(&env.pool).await;
-    env.api()
-        .add_account(&token, env.smtp.port(), "sender@example.com", 100, 0)
-        .await;
+    let token = env.start_api_as_admin().await;
+    env.add_sender(&token, 100).await;
     env.smtp.set_recipient_fault(
         "refused@example.org",
         Fault::Reply(550, "no such user".into()),

@@ -6,7 +6,6 @@
 //! Prints what each node loss cost: the longest gap in deliveries and the
 //! longest time from acceptance to delivery around it.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -216,11 +215,9 @@ async fn losing_the_workers_node_then_the_publishers_node_loses_and_duplicates_n
     env.start_api().await;
     env.start_worker();
     let token = env.api().admin_token(&env.pool).await;
-    env.api()
-        .add_account(&token, env.smtp.port(), "sender@example.com", 1_000_000, 0)
-        .await;
-    let first = env.api().send_simple(&token, "first@example.org").await;
-    env.wait_status(first, "sent", Duration::from_secs(60))
+    env.add_sender(&token, 1_000_000).await;
+    let first = env
+        .send_until(&token, "first@example.org", "sent", Duration::from_secs(60))
         .await;
 
     let worker_connection = format!("worker0@{}", env.queue);
@@ -347,15 +344,7 @@ async fn losing_the_workers_node_then_the_publishers_node_loses_and_duplicates_n
         refused.is_empty(),
         "the API accepts sends whatever the broker does: {refused:?}"
     );
-    let mut received: HashMap<String, usize> = HashMap::new();
-    for mail in env.smtp.received() {
-        let parsed = mail_parser::MessageParser::default()
-            .parse(&mail.data)
-            .expect("email");
-        *received
-            .entry(parsed.message_id().unwrap_or_default().to_string())
-            .or_default() += 1;
-    }
+    let received = env.received_per_message_id();
     let missing: Vec<&Uuid> = accepted
         .iter()
         .filter(|id| !received.contains_key(&format!("{}@example.com", id.simple())))

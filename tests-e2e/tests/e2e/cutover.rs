@@ -150,15 +150,7 @@ async fn snapshot(pool: &PgPool) -> String {
 }
 
 async fn token_status(env: &TestEnv, key: &str, secret: &str) -> (StatusCode, Value) {
-    let res = env
-        .api()
-        .request(
-            reqwest::Method::POST,
-            "/api/v1/auth/token",
-            None,
-            Some(&json!({"api_key": key, "api_secret": secret})),
-        )
-        .await;
+    let res = env.api().sign_in(key, secret).await;
     (res.status, res.body)
 }
 
@@ -383,8 +375,13 @@ async fn python_accounts_keys_and_counts_are_imported_and_keep_working() {
     // A send through the imported account reaches the SMTP server with the
     // Python platform's username and password.
     env.start_worker();
-    let id = env.api().send_simple(&sender, "reader@example.com").await;
-    env.wait_status(id, "sent", Duration::from_secs(30)).await;
+    env.send_until(
+        &sender,
+        "reader@example.com",
+        "sent",
+        Duration::from_secs(30),
+    )
+    .await;
     let mails = env.smtp.received();
     assert_eq!(mails.len(), 1);
     assert_eq!(mails[0].auth_user.as_deref(), Some("legacy-a"));
@@ -683,8 +680,7 @@ async fn python_and_our_workers_share_the_queue_and_the_daily_limits_during_the_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_the_python_database_is_unreachable_sends_wait_and_none_is_lost() {
     let mut env = TestEnv::new().await;
-    env.start_api().await;
-    let token = env.api().admin_token(&env.pool).await;
+    let token = env.start_api_as_admin().await;
     env.api()
         .add_account(&token, env.smtp.port(), "a@legacy.example", 100, 0)
         .await;

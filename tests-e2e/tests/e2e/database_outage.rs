@@ -27,9 +27,7 @@ async fn sends_during_a_database_outage_get_503_and_acknowledged_ones_are_delive
     env.start_api_with(settings).await;
     env.start_worker();
     let token = env.api().admin_token(&env.pool).await;
-    env.api()
-        .add_account(&token, env.smtp.port(), "sender@example.com", 10_000, 0)
-        .await;
+    env.add_sender(&token, 10_000).await;
 
     // Sends in flight while the connections are cut under them: the cut
     // comes once some have been answered, with the rest still in flight.

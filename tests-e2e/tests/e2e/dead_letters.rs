@@ -4,30 +4,20 @@
 use std::time::Duration;
 
 use lapin::options::{BasicGetOptions, BasicPublishOptions};
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::BasicProperties;
 use platform::celery::TaskMessage;
 use serde_json::Map;
 
-use crate::support::{TestEnv, RABBITMQ};
+use crate::support::{rabbitmq_channel, TestEnv};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_tasks_and_undecodable_messages_go_to_the_dead_letter_queue() {
-    let mut env = TestEnv::new().await;
-    env.start_api().await;
-    let token = env.api().admin_token(&env.pool).await;
-    env.api()
-        .add_account(&token, env.smtp.port(), "sender@example.com", 100, 0)
-        .await;
-    env.start_worker();
+    let (env, token) = TestEnv::sending(&[], 100).await;
     // Let the worker declare its queues.
-    let first = env.api().send_simple(&token, "first@example.org").await;
-    env.wait_status(first, "sent", Duration::from_secs(20))
+    env.send_until(&token, "first@example.org", "sent", Duration::from_secs(20))
         .await;
 
-    let conn = Connection::connect(RABBITMQ, ConnectionProperties::default())
-        .await
-        .unwrap();
-    let channel = conn.create_channel().await.unwrap();
+    let (conn, channel) = rabbitmq_channel().await;
     let unknown = TaskMessage::new("app.tasks.not_ours", "unknown-1", vec![], Map::new());
     let publish = |body: Vec<u8>, props: BasicProperties| {
         let channel = channel.clone();
@@ -92,8 +82,7 @@ async fn unknown_tasks_and_undecodable_messages_go_to_the_dead_letter_queue() {
     assert!(reasons.iter().any(|r| r.contains("JSON")), "{reasons:?}");
 
     // The worker is still serving.
-    let after = env.api().send_simple(&token, "after@example.org").await;
-    env.wait_status(after, "sent", Duration::from_secs(20))
+    env.send_until(&token, "after@example.org", "sent", Duration::from_secs(20))
         .await;
     let _ = conn.close(200, "done").await;
 }

@@ -9,30 +9,25 @@ use uuid::Uuid;
 
 use crate::support::{eventually, TestEnv};
 
-async fn env_with_account(vars: &[(&str, &str)]) -> (TestEnv, String) {
-    let mut env = TestEnv::with_vars(vars).await;
-    env.start_api().await;
-    let token = env.api().admin_token(&env.pool).await;
-    env.api()
-        .add_account(&token, env.smtp.port(), "sender@example.com", 1000, 0)
-        .await;
-    env.start_worker();
-    (env, token)
-}
-
 async fn record(env: &TestEnv, id: Uuid) -> messages::MessageRecord {
     messages::get(&env.pool, id).await.unwrap().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permanent_rejection_fails_the_message_with_the_servers_reply() {
-    let (env, token) = env_with_account(&[]).await;
+    let (env, token) = TestEnv::sending(&[], 1000).await;
     env.smtp.set_recipient_fault(
         "nobody@example.org",
         Fault::Reply(550, "5.1.1 No such user".into()),
     );
-    let id = env.api().send_simple(&token, "nobody@example.org").await;
-    env.wait_status(id, "failed", Duration::from_secs(20)).await;
+    let id = env
+        .send_until(
+            &token,
+            "nobody@example.org",
+            "failed",
+            Duration::from_secs(20),
+        )
+        .await;
     let rec = record(&env, id).await;
     assert!(
         rec.error.as_deref().unwrap().contains("550"),
@@ -61,7 +56,7 @@ async fn permanent_rejection_fails_the_message_with_the_servers_reply() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn temporary_rejection_is_retried_until_delivered() {
-    let (env, token) = env_with_account(&[]).await;
+    let (env, token) = TestEnv::sending(&[], 1000).await;
     env.smtp.set_fault(
         Stage::RcptTo,
         Fault::Reply(451, "4.3.0 Try again later".into()),
@@ -85,10 +80,16 @@ async fn temporary_rejection_is_retried_until_delivered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_connection_is_retried_and_exhausted_retries_fail() {
-    let (env, token) = env_with_account(&[("SEND_MAX_RETRIES", "1")]).await;
+    let (env, token) = TestEnv::sending(&[("SEND_MAX_RETRIES", "1")], 1000).await;
     env.smtp.set_fault(Stage::DataEnd, Fault::Drop);
-    let id = env.api().send_simple(&token, "dropped@example.org").await;
-    env.wait_status(id, "failed", Duration::from_secs(30)).await;
+    let id = env
+        .send_until(
+            &token,
+            "dropped@example.org",
+            "failed",
+            Duration::from_secs(30),
+        )
+        .await;
     let rec = record(&env, id).await;
     assert_eq!(rec.attempts, 2);
     assert!(
@@ -103,13 +104,13 @@ async fn dropped_connection_is_retried_and_exhausted_retries_fail() {
 
     // Once the server behaves, new mail flows again through the same worker.
     env.smtp.clear_faults();
-    let id = env.api().send_simple(&token, "fine@example.org").await;
-    env.wait_status(id, "sent", Duration::from_secs(20)).await;
+    env.send_until(&token, "fine@example.org", "sent", Duration::from_secs(20))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_published_twice_sends_one_email() {
-    let (env, _token) = env_with_account(&[]).await;
+    let (env, _token) = TestEnv::sending(&[], 1000).await;
     let new = messages::NewMessage {
         id: Uuid::now_v7(),
         task_id: Uuid::new_v4().to_string(),
@@ -139,14 +140,8 @@ async fn a_task_published_twice_sends_one_email() {
     tx.commit().await.unwrap();
     env.wait_status(new.id, "sent", Duration::from_secs(20))
         .await;
-    eventually("the outbox to drain", Duration::from_secs(10), || async {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
-            .fetch_one(&env.pool)
-            .await
-            .unwrap();
-        (n == 0).then_some(())
-    })
-    .await;
+    env.wait_outbox_drained("the outbox to drain", Duration::from_secs(10))
+        .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(env.smtp.received().len(), 1);
     assert_eq!(record(&env, new.id).await.attempts, 1);
@@ -154,7 +149,7 @@ async fn a_task_published_twice_sends_one_email() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quorum_queues_carry_sends_and_delayed_retries() {
-    let (env, token) = env_with_account(&[("CELERY_QUEUE_TYPE", "quorum")]).await;
+    let (env, token) = TestEnv::sending(&[("CELERY_QUEUE_TYPE", "quorum")], 1000).await;
     env.smtp.set_fault(
         Stage::RcptTo,
         Fault::Reply(451, "4.3.0 Try again later".into()),
@@ -187,10 +182,13 @@ async fn quorum_queues_carry_sends_and_delayed_retries() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_server_costs_at_most_the_soft_time_limit_then_the_send_is_retried() {
-    let (env, token) = env_with_account(&[
-        ("CELERY_TASK_SOFT_TIME_LIMIT", "2"),
-        ("CELERY_TASK_TIME_LIMIT", "3"),
-    ])
+    let (env, token) = TestEnv::sending(
+        &[
+            ("CELERY_TASK_SOFT_TIME_LIMIT", "2"),
+            ("CELERY_TASK_TIME_LIMIT", "3"),
+        ],
+        1000,
+    )
     .await;
     // The server accepts the data, then says nothing for far longer than the limit.
     env.smtp

@@ -15,14 +15,8 @@ use sqlx::PgPool;
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
+use crate::python_interop::repo_root;
 use crate::support::{binary, eventually, TestEnv, POSTGRES};
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
 
 /// A tool on PATH, or a clear failure: nothing is skipped silently.
 fn tool(name: &str) -> PathBuf {
@@ -757,8 +751,7 @@ async fn prometheus_files_pass_promtool_and_alerts_name_only_exported_metrics() 
     // and failed another.
     let metrics_port = free_port();
     let mut env = TestEnv::new().await;
-    env.start_api().await;
-    let token = env.api().admin_token(&env.pool).await;
+    let token = env.start_api_as_admin().await;
     env.api()
         .add_account(&token, env.smtp.port(), "metrics@example.com", 100, 0)
         .await;
@@ -985,15 +978,7 @@ async fn create_api_key_script_prints_a_key_that_gets_a_token() {
     };
     let (key, secret) = (field("API Key:"), field("API Secret:"));
     assert!(key.starts_with("noti_"), "{key}");
-    let res = env
-        .api()
-        .request(
-            reqwest::Method::POST,
-            "/api/v1/auth/token",
-            None,
-            Some(&json!({"api_key": key, "api_secret": secret})),
-        )
-        .await;
+    let res = env.api().sign_in(key, secret).await;
     assert_eq!(res.status, reqwest::StatusCode::OK, "{}", res.body);
     let missing = run(&mut script("create_api_key.sh", &vars)).await;
     assert!(!missing.ok, "no arguments must fail: {missing}");
@@ -1023,8 +1008,7 @@ async fn backup_then_drop_then_restore_keeps_the_data() {
     tool("pg_dump");
     tool("pg_restore");
     let mut env = TestEnv::new().await;
-    env.start_api().await;
-    let token = env.api().admin_token(&env.pool).await;
+    let token = env.start_api_as_admin().await;
     for n in 0..3 {
         env.api()
             .add_account(
@@ -1116,8 +1100,7 @@ async fn key_ids(pool: &PgPool) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_rotation_reencrypts_and_every_account_sends_with_only_the_new_key() {
     let mut env = TestEnv::with_vars(&[("ENCRYPTION_KEY", K1), ("ENCRYPTION_KEY_ID", "k1")]).await;
-    env.start_api().await;
-    let token = env.api().admin_token(&env.pool).await;
+    let token = env.start_api_as_admin().await;
     // A limit of one each: three sends must go through all three accounts.
     for n in 0..3 {
         env.api()
@@ -1283,15 +1266,14 @@ async fn health_check_subcommands_and_script_report_every_service() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_management_api_shows_durable_platform_queues_with_consumers() {
     let mut env = TestEnv::new().await;
-    env.start_api().await;
-    let token = env.api().admin_token(&env.pool).await;
+    let token = env.start_api_as_admin().await;
     env.api()
         .add_account(&token, env.smtp.port(), "mq@example.com", 10, 0)
         .await;
     env.start_worker();
     // The worker is up and consuming once a message goes through.
-    let id = env.api().send_simple(&token, "mq@example.org").await;
-    env.wait_status(id, "sent", Duration::from_secs(30)).await;
+    env.send_until(&token, "mq@example.org", "sent", Duration::from_secs(30))
+        .await;
 
     let client = reqwest::Client::new();
     let dead_letter = format!("{}.dead_letter", env.queue);

@@ -5,46 +5,25 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::process::Command;
 
-use crate::python_interop::{python, repo_root};
-use crate::support::{
-    eventually, queue_depth, rabbitmq_management, TestEnv, RABBITMQ, REDIS_RESULTS,
-};
+use crate::python_interop::{python, run_script};
+use crate::support::{eventually, queue_depth, rabbitmq_management, TestEnv};
 
 const COUNT: usize = 1000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_60_day_eta_and_a_thousand_distinct_countdowns_share_one_bounded_ladder() {
     let python = python().await;
-    let mut env = TestEnv::with_vars(&[("CELERY_WORKER_CONCURRENCY", "32")]).await;
-    env.start_api().await;
-    let token = env.api().admin_token(&env.pool).await;
-    env.api()
-        .add_account(&token, env.smtp.port(), "sender@example.com", 100_000, 0)
-        .await;
-    env.start_worker();
+    let (env, _token) = TestEnv::sending(&[("CELERY_WORKER_CONCURRENCY", "32")], 100_000).await;
 
-    let out = tokio::time::timeout(
+    let report = run_script(
+        &python,
+        &env,
+        "etas.py",
+        &[("COUNT", &COUNT.to_string())],
         Duration::from_secs(120),
-        Command::new(&python)
-            .arg(repo_root().join("tests/python/etas.py"))
-            .env("BROKER_URL", RABBITMQ.replace("%2f", ""))
-            .env("RESULT_BACKEND", REDIS_RESULTS)
-            .env("QUEUE", &env.queue)
-            .env("COUNT", COUNT.to_string())
-            .output(),
     )
-    .await
-    .expect("python finished in time")
-    .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "stdout: {stdout}\nstderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("json report");
+    .await;
     let etas: HashMap<String, DateTime<Utc>> = report["tasks"]
         .as_array()
         .unwrap()

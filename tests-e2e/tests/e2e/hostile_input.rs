@@ -69,8 +69,7 @@ async fn fuzzing_every_route_finds_no_server_error_and_no_undocumented_answer() 
     let (_, send) = api.token(&env.pool, &["send"]).await;
     // Something to find: an account, a template and a list, so that reads
     // and sends by name get past "not found" now and then.
-    api.add_account(&admin, env.smtp.port(), "sender@example.com", 100, 0)
-        .await;
+    env.add_sender(&admin, 100).await;
     let res = api
         .post(
             "/api/v1/templates",
@@ -204,14 +203,7 @@ async fn deep_json_header_injection_and_misused_tokens_get_a_4xx() {
             .expect("insert api key");
         (credentials.key, credentials.secret)
     };
-    let res = api
-        .request(
-            Method::POST,
-            "/api/v1/auth/token",
-            None,
-            Some(&json!({"api_key": key, "api_secret": secret})),
-        )
-        .await;
+    let res = api.sign_in(key, secret).await;
     let access = res.body["data"]["access_token"]
         .as_str()
         .expect("access token");

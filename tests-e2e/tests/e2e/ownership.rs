@@ -15,16 +15,13 @@ const TEMPLATES: &str = "/api/v1/templates";
 const SEND: &str = "/api/v1/messages/email/send";
 
 async fn create_template(api: &RunningApi, token: &str, name: &str) -> String {
-    let res = api
-        .post(
-            TEMPLATES,
-            token,
-            &json!({"name": name, "subject": "Hi {{ who }}", "html_body": "<p>{{ who }}</p>",
-                    "variables": ["who"]}),
-        )
-        .await;
-    assert_eq!(res.status, StatusCode::CREATED, "{}", res.body);
-    res.body["data"]["id"].as_str().unwrap().to_string()
+    api.create(
+        TEMPLATES,
+        token,
+        &json!({"name": name, "subject": "Hi {{ who }}", "html_body": "<p>{{ who }}</p>",
+                "variables": ["who"]}),
+    )
+    .await
 }
 
 fn replacement(name: &str) -> Value {
@@ -139,21 +136,14 @@ async fn only_an_admin_changes_a_template_that_a_campaign_mails() {
     api.admin_campaign(&admin, &id).await;
 
     let path = format!("{TEMPLATES}/{id}");
-    let res = api
-        .request(
-            Method::PUT,
-            &path,
-            Some(&owner),
-            Some(&replacement("digest")),
-        )
-        .await;
+    let res = api.put(&path, &owner, &replacement("digest")).await;
     assert_eq!(
         (res.status, res.code()),
         (StatusCode::FORBIDDEN, "template_used_by_campaign"),
         "{}",
         res.body
     );
-    let res = api.request(Method::DELETE, &path, Some(&owner), None).await;
+    let res = api.delete(&path, &owner).await;
     assert_eq!(
         (res.status, res.code()),
         (StatusCode::FORBIDDEN, "template_used_by_campaign")
@@ -163,14 +153,7 @@ async fn only_an_admin_changes_a_template_that_a_campaign_mails() {
         Some("Hi {{ who }}")
     );
 
-    let res = api
-        .request(
-            Method::PUT,
-            &path,
-            Some(&admin),
-            Some(&replacement("digest")),
-        )
-        .await;
+    let res = api.put(&path, &admin, &replacement("digest")).await;
     assert_eq!(res.status, StatusCode::OK, "{}", res.body);
     assert_eq!(stored_subject(&env, &id).await.as_deref(), Some("Changed"));
 }
@@ -196,12 +179,7 @@ async fn suppressions_are_listed_per_key_and_removed_only_by_an_admin() {
     assert_eq!(res.body["data"]["items"], json!([]), "{}", res.body);
     for key in [&alice, &bob] {
         let res = api
-            .request(
-                Method::DELETE,
-                "/api/v1/suppressions/gone@example.org",
-                Some(key),
-                None,
-            )
+            .delete("/api/v1/suppressions/gone@example.org", key)
             .await;
         assert_eq!(
             (res.status, res.code()),
@@ -221,12 +199,7 @@ async fn suppressions_are_listed_per_key_and_removed_only_by_an_admin() {
     let res = api.get("/api/v1/suppressions", &admin).await;
     assert_eq!(res.body["data"]["items"][0]["address"], "gone@example.org");
     let res = api
-        .request(
-            Method::DELETE,
-            "/api/v1/suppressions/gone@example.org",
-            Some(&admin),
-            None,
-        )
+        .delete("/api/v1/suppressions/gone@example.org", &admin)
         .await;
     assert_eq!(res.status, StatusCode::NO_CONTENT);
     let audited: i64 =

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -15,11 +15,8 @@ const PATH: &str = "/api/v1/admin/periodic-tasks";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_periodic_task_is_published_once_per_due_time_with_two_schedulers() {
     let mut env = TestEnv::new().await;
-    env.start_api().await;
-    let token = env.api().admin_token(&env.pool).await;
-    env.api()
-        .add_account(&token, env.smtp.port(), "sender@example.com", 100_000, 0)
-        .await;
+    let token = env.start_api_as_admin().await;
+    env.add_sender(&token, 100_000).await;
     let api = env.api();
     let task = json!({"name": "tick", "task": "notifications.send_email",
         "kwargs": {"to": "p@example.org", "subject": "Tick", "content": "<p>tick</p>"},
@@ -50,10 +47,8 @@ async fn a_periodic_task_is_published_once_per_due_time_with_two_schedulers() {
     env.start_worker();
     env.start_scheduler();
     env.start_scheduler();
-    eventually("a scheduler leader", Duration::from_secs(30), || async {
-        env.scheduler_leader_pid().await
-    })
-    .await;
+    env.wait_scheduler_leader("a scheduler leader", Duration::from_secs(30))
+        .await;
     let res = env.api().post(PATH, &token, &task).await;
     assert_eq!(res.status, StatusCode::CREATED, "{}", res.body);
     let id: Uuid = res.body["data"]["id"]
@@ -69,15 +64,7 @@ async fn a_periodic_task_is_published_once_per_due_time_with_two_schedulers() {
     tokio::time::sleep(Duration::from_secs(9)).await;
     let mut off = task.clone();
     off["is_active"] = json!(false);
-    let res = env
-        .api()
-        .request(
-            Method::PUT,
-            &format!("{PATH}/{id}"),
-            Some(&token),
-            Some(&off),
-        )
-        .await;
+    let res = env.api().put(&format!("{PATH}/{id}"), &token, &off).await;
     assert_eq!(res.status, StatusCode::OK, "{}", res.body);
     let stopped = Utc::now();
     let times: Vec<DateTime<Utc>> = sqlx::query_scalar(

@@ -18,8 +18,7 @@ use crate::support::{eventually, publish_tasks, TestEnv};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nul_characters_are_refused_without_failing_other_clients_sends() {
     let mut env = TestEnv::new().await;
-    env.start_api().await;
-    let token = env.api().admin_token(&env.pool).await;
+    let token = env.start_api_as_admin().await;
     let api = env.api();
     // 300 valid sends from 60 concurrent clients, 15 with NUL among them.
     let sends = (0..315).map(|i| {
@@ -129,15 +128,8 @@ async fn a_group_commit_the_database_refuses_fails_only_the_bad_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_the_database_refuses_is_dead_lettered_and_the_rest_go_on() {
-    let mut env = TestEnv::new().await;
-    env.start_api().await;
-    let token = env.api().admin_token(&env.pool).await;
-    env.api()
-        .add_account(&token, env.smtp.port(), "sender@example.com", 100, 0)
-        .await;
-    env.start_worker();
-    let first = env.api().send_simple(&token, "first@example.org").await;
-    env.wait_status(first, "sent", Duration::from_secs(20))
+    let (env, token) = TestEnv::sending(&[], 100).await;
+    env.send_until(&token, "first@example.org", "sent", Duration::from_secs(20))
         .await;
 
     // What a Python producer can send: NUL in the email, and in the task name.

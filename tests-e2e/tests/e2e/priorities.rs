@@ -3,22 +3,18 @@
 use std::time::{Duration, Instant};
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{Connection, ConnectionProperties};
 use platform::celery::TaskMessage;
 use uuid::Uuid;
 
-use crate::support::{eventually, TestEnv, RABBITMQ};
+use crate::support::{eventually, rabbitmq_channel, TestEnv};
 
 const BACKLOG: usize = 20_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transactional_send_overtakes_a_20000_message_bulk_backlog() {
     let mut env = TestEnv::new().await;
-    env.start_api().await;
-    let token = env.api().admin_token(&env.pool).await;
-    env.api()
-        .add_account(&token, env.smtp.port(), "sender@example.com", 1_000_000, 0)
-        .await;
+    let token = env.start_api_as_admin().await;
+    env.add_sender(&token, 1_000_000).await;
 
     // 20,000 campaign messages: recorded, and queued on the bulk queue.
     let ids: Vec<Uuid> = (0..BACKLOG).map(|_| Uuid::now_v7()).collect();
@@ -34,10 +30,7 @@ async fn a_transactional_send_overtakes_a_20000_message_bulk_backlog() {
     .await
     .unwrap();
     let bulk = format!("{}.bulk", env.queue);
-    let conn = Connection::connect(RABBITMQ, ConnectionProperties::default())
-        .await
-        .unwrap();
-    let channel = conn.create_channel().await.unwrap();
+    let (conn, channel) = rabbitmq_channel().await;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await
@@ -79,8 +72,7 @@ async fn a_transactional_send_overtakes_a_20000_message_bulk_backlog() {
     .await;
 
     let started = Instant::now();
-    let urgent = env.api().send_simple(&token, "urgent@example.org").await;
-    env.wait_status(urgent, "sent", Duration::from_secs(5))
+    env.send_until(&token, "urgent@example.org", "sent", Duration::from_secs(5))
         .await;
     let took = started.elapsed();
     let bulk_sent = env.count_status("sent").await - 1;

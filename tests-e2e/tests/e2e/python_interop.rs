@@ -1,6 +1,6 @@
 //! A Python program using the `celery` library drives our worker.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::process::Command;
@@ -29,25 +29,24 @@ pub(crate) async fn python() -> PathBuf {
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn celery_send_task_from_python_is_delivered_and_its_result_readable() {
-    let python = python().await;
-    let mut env = TestEnv::new().await;
-    env.start_api().await;
-    let token = env.api().admin_token(&env.pool).await;
-    env.api()
-        .add_account(&token, env.smtp.port(), "sender@example.com", 100, 0)
-        .await;
-    env.start_worker();
-
+/// Runs `script` (in tests/python) with the test virtualenv's `python`,
+/// pointed at this test's broker, result backend and queue, with `vars`
+/// on top; asserts that it succeeded and returns its JSON report.
+pub(crate) async fn run_script(
+    python: &Path,
+    env: &TestEnv,
+    script: &str,
+    vars: &[(&str, &str)],
+    timeout: Duration,
+) -> serde_json::Value {
     let out = tokio::time::timeout(
-        Duration::from_secs(90),
-        Command::new(&python)
-            .arg(repo_root().join("tests/python/send_task.py"))
+        timeout,
+        Command::new(python)
+            .arg(repo_root().join("tests/python").join(script))
             .env("BROKER_URL", RABBITMQ.replace("%2f", ""))
             .env("RESULT_BACKEND", REDIS_RESULTS)
             .env("QUEUE", &env.queue)
-            .env("TO", "py@example.org")
+            .envs(vars.iter().copied())
             .output(),
     )
     .await
@@ -59,8 +58,22 @@ async fn celery_send_task_from_python_is_delivered_and_its_result_readable() {
         "stdout: {stdout}\nstderr: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    serde_json::from_str(stdout.trim()).expect("json report")
+}
 
-    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("json report");
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn celery_send_task_from_python_is_delivered_and_its_result_readable() {
+    let python = python().await;
+    let (env, _token) = TestEnv::sending(&[], 100).await;
+
+    let report = run_script(
+        &python,
+        &env,
+        "send_task.py",
+        &[("TO", "py@example.org")],
+        Duration::from_secs(90),
+    )
+    .await;
     assert_eq!(report["state"], "SUCCESS");
     assert_eq!(report["result"]["status"], "sent");
     assert_eq!(report["result"]["account"], "sender@example.com");
@@ -87,37 +100,15 @@ async fn producer(
     extra: &[(&str, &str)],
 ) -> serde_json::Value {
     let python = python().await;
-    let out = tokio::time::timeout(
-        Duration::from_secs(90),
-        Command::new(&python)
-            .arg(repo_root().join("tests/python/producer.py"))
-            .env("BROKER_URL", RABBITMQ.replace("%2f", ""))
-            .env("RESULT_BACKEND", REDIS_RESULTS)
-            .env("QUEUE", &env.queue)
-            .env("TO", to)
-            .env("MODE", mode)
-            .envs(extra.iter().copied())
-            .output(),
-    )
-    .await
-    .expect("python finished in time")
-    .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "stdout: {stdout}\nstderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(stdout.trim()).expect("json report")
+    let mut vars = vec![("TO", to), ("MODE", mode)];
+    vars.extend_from_slice(extra);
+    run_script(&python, env, "producer.py", &vars, Duration::from_secs(90)).await
 }
 
 async fn env_with_worker(worker_vars: &[(&str, &str)]) -> TestEnv {
     let mut env = TestEnv::new().await;
-    env.start_api().await;
-    let token = env.api().admin_token(&env.pool).await;
-    env.api()
-        .add_account(&token, env.smtp.port(), "sender@example.com", 100, 0)
-        .await;
+    let token = env.start_api_as_admin().await;
+    env.add_sender(&token, 100).await;
     env.start_worker_with(worker_vars);
     env
 }

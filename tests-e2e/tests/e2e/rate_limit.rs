@@ -75,14 +75,7 @@ async fn a_key_may_carry_its_own_limit() {
         res.body["data"]["api_key"].clone(),
         res.body["data"]["api_secret"].clone(),
     );
-    let res = api
-        .request(
-            reqwest::Method::POST,
-            "/api/v1/auth/token",
-            None,
-            Some(&json!({"api_key": key, "api_secret": secret})),
-        )
-        .await;
+    let res = api.sign_in(key, secret).await;
     let token = res.body["data"]["access_token"]
         .as_str()
         .unwrap()

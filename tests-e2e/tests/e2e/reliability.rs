@@ -6,22 +6,13 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use lapin::options::QueueDeleteOptions;
-use lapin::{Channel, Connection, ConnectionProperties};
 use serde_json::json;
 use smtp_sink::{Fault, Stage};
 use uuid::Uuid;
 
 use crate::support::{
-    eventually, publish_tasks, queue_depth, rabbitmq_management, TestEnv, RABBITMQ,
+    eventually, publish_tasks, queue_depth, rabbitmq_channel, rabbitmq_management, TestEnv,
 };
-
-async fn channel() -> (Connection, Channel) {
-    let conn = Connection::connect(RABBITMQ, ConnectionProperties::default())
-        .await
-        .expect("connect to RabbitMQ");
-    let channel = conn.create_channel().await.expect("channel");
-    (conn, channel)
-}
 
 async fn sent_recipients(env: &TestEnv) -> Vec<String> {
     env.smtp
@@ -50,12 +41,8 @@ async fn messages_waiting_in_a_deleted_delay_queue_are_delivered_once() {
         ("RECONCILE_INTERVAL_SECONDS", "1"),
     ])
     .await;
-    env.start_api().await;
-    let token = env.api().admin_token(&env.pool).await;
-    let account = env
-        .api()
-        .add_account(&token, env.smtp.port(), "sender@example.com", 1, 0)
-        .await;
+    let token = env.start_api_as_admin().await;
+    let account = env.add_sender(&token, 1).await;
     env.start_worker();
 
     // The ladder is declared whole at start, and no rung expires.
@@ -108,7 +95,7 @@ async fn messages_waiting_in_a_deleted_delay_queue_are_delivered_once() {
     .await;
 
     // What an expiring delay queue did: the rungs vanish with their messages.
-    let (conn, channel) = channel().await;
+    let (conn, channel) = rabbitmq_channel().await;
     for (_, rung) in &ladder {
         channel
             .queue_delete(rung, QueueDeleteOptions::default())
@@ -152,11 +139,8 @@ async fn a_purged_task_queue_is_delivered_once_and_queued_messages_are_not_doubl
         ("RECONCILE_INTERVAL_SECONDS", "1"),
     ])
     .await;
-    env.start_api().await;
-    let token = env.api().admin_token(&env.pool).await;
-    env.api()
-        .add_account(&token, env.smtp.port(), "sender@example.com", 10_000, 0)
-        .await;
+    let token = env.start_api_as_admin().await;
+    env.add_sender(&token, 10_000).await;
     // The worker declares the queues, then stops: the messages wait.
     env.start_worker();
     eventually("the task queue", Duration::from_secs(20), || async {
@@ -187,16 +171,10 @@ async fn a_purged_task_queue_is_delivered_once_and_queued_messages_are_not_doubl
     for chunk in 0..4 {
         accept(chunk * 500, 500).await;
     }
-    let outbox_empty = || async {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
-            .fetch_one(&env.pool)
-            .await
-            .unwrap();
-        (n == 0).then_some(())
-    };
-    eventually("the outbox relayed", Duration::from_secs(30), outbox_empty).await;
+    env.wait_outbox_drained("the outbox relayed", Duration::from_secs(30))
+        .await;
     // An operator purges the task queue with 2,000 accepted emails in it.
-    let (conn, channel) = channel().await;
+    let (conn, channel) = rabbitmq_channel().await;
     channel
         .queue_purge(&env.queue, Default::default())
         .await
@@ -210,7 +188,8 @@ async fn a_purged_task_queue_is_delivered_once_and_queued_messages_are_not_doubl
     // they wait there, the queue is draining a backlog, and nothing is
     // published again.
     accept(2000, 500).await;
-    eventually("the outbox relayed", Duration::from_secs(30), outbox_empty).await;
+    env.wait_outbox_drained("the outbox relayed", Duration::from_secs(30))
+        .await;
     env.start_scheduler();
     tokio::time::sleep(Duration::from_secs(8)).await;
     let pool = env.pool.clone();
@@ -258,27 +237,29 @@ async fn claimant(env: &TestEnv, id: Uuid) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_whose_worker_died_is_resent_within_seconds_and_a_live_claim_is_left_alone() {
-    let mut env = TestEnv::with_vars(&[
-        // The old rule waited for the hard time limit: five minutes.
-        ("CELERY_TASK_SOFT_TIME_LIMIT", "270"),
-        ("CELERY_TASK_TIME_LIMIT", "300"),
-        ("EMAIL_TIMEOUT", "120"),
-        ("WORKER_LEASE_SECONDS", "3"),
-        ("WORKER_LEASE_RENEW_SECONDS", "1"),
-    ])
+    let (mut env, token) = TestEnv::sending(
+        &[
+            // The old rule waited for the hard time limit: five minutes.
+            ("CELERY_TASK_SOFT_TIME_LIMIT", "270"),
+            ("CELERY_TASK_TIME_LIMIT", "300"),
+            ("EMAIL_TIMEOUT", "120"),
+            ("WORKER_LEASE_SECONDS", "3"),
+            ("WORKER_LEASE_RENEW_SECONDS", "1"),
+        ],
+        100,
+    )
     .await;
-    env.start_api().await;
-    let token = env.api().admin_token(&env.pool).await;
-    env.api()
-        .add_account(&token, env.smtp.port(), "sender@example.com", 100, 0)
-        .await;
-    env.start_worker();
 
     // The server hangs before DATA: the worker is mid-send when it dies.
     env.smtp
         .set_fault(Stage::RcptTo, Fault::Stall(Duration::from_secs(120)));
-    let id = env.api().send_simple(&token, "dead@example.org").await;
-    env.wait_status(id, "sending", Duration::from_secs(20))
+    let id = env
+        .send_until(
+            &token,
+            "dead@example.org",
+            "sending",
+            Duration::from_secs(20),
+        )
         .await;
     let first = claimant(&env, id).await.expect("claimant recorded");
     env.signal_worker(0, "KILL").await;
@@ -297,8 +278,13 @@ async fn a_send_whose_worker_died_is_resent_within_seconds_and_a_live_claim_is_l
     // copy of the same task reaches the workers. It waits; one email.
     env.smtp
         .set_fault(Stage::DataEnd, Fault::Stall(Duration::from_secs(8)));
-    let id = env.api().send_simple(&token, "live@example.org").await;
-    env.wait_status(id, "sending", Duration::from_secs(20))
+    let id = env
+        .send_until(
+            &token,
+            "live@example.org",
+            "sending",
+            Duration::from_secs(20),
+        )
         .await;
     let task_id: String = sqlx::query_scalar("SELECT task_id FROM message_records WHERE id = $1")
         .bind(id)
@@ -318,11 +304,8 @@ async fn a_send_whose_worker_died_is_resent_within_seconds_and_a_live_claim_is_l
 async fn an_email_sent_while_the_database_is_away_is_recorded_once_it_is_back() {
     let pg = crate::support::proxy::TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
     let mut env = TestEnv::with_vars(&[("DB_POOL_SIZE", "2")]).await;
-    env.start_api().await;
-    let token = env.api().admin_token(&env.pool).await;
-    env.api()
-        .add_account(&token, env.smtp.port(), "sender@example.com", 100, 0)
-        .await;
+    let token = env.start_api_as_admin().await;
+    env.add_sender(&token, 100).await;
     // Only the worker reaches PostgreSQL through the proxy.
     let direct = env.vars["DATABASE_URL"].clone();
     env.vars.insert(
@@ -335,8 +318,13 @@ async fn an_email_sent_while_the_database_is_away_is_recorded_once_it_is_back() 
     // meanwhile, for longer than the worker used to retry the outcome.
     env.smtp
         .set_fault(Stage::DataEnd, Fault::Stall(Duration::from_secs(3)));
-    let id = env.api().send_simple(&token, "away@example.org").await;
-    env.wait_status(id, "sending", Duration::from_secs(20))
+    let id = env
+        .send_until(
+            &token,
+            "away@example.org",
+            "sending",
+            Duration::from_secs(20),
+        )
         .await;
     pg.cut();
     env.smtp.wait_for(1, Duration::from_secs(10)).await;

@@ -1,7 +1,6 @@
 //! The worker under faults: refused accounts, exhausted retries, SIGTERM
 //! and kill -9 in the middle of a run.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
@@ -84,8 +83,7 @@ async fn exhausted_retries_are_dead_lettered_and_an_operator_can_requeue_them() 
     env.start_worker();
     let api = env.api();
     let token = api.admin_token(&env.pool).await;
-    api.add_account(&token, env.smtp.port(), "sender@example.com", 100, 0)
-        .await;
+    env.add_sender(&token, 100).await;
     env.smtp
         .set_fault(Stage::RcptTo, Fault::Reply(451, "4.7.1 Greylisted".into()));
 
@@ -152,26 +150,17 @@ async fn send_many(env: &TestEnv, token: &str, count: usize) -> Vec<Uuid> {
 
 /// Message-IDs received more than once.
 fn duplicates(env: &TestEnv) -> usize {
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    for mail in env.smtp.received() {
-        let parsed = mail_parser::MessageParser::default()
-            .parse(&mail.data)
-            .expect("email");
-        *seen
-            .entry(parsed.message_id().unwrap_or_default().to_string())
-            .or_default() += 1;
-    }
-    seen.values().filter(|n| **n > 1).count()
+    env.received_per_message_id()
+        .values()
+        .filter(|n| **n > 1)
+        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_sends_and_exits_cleanly_without_loss() {
     let mut env = TestEnv::new().await;
-    env.start_api().await;
-    let token = env.api().admin_token(&env.pool).await;
-    env.api()
-        .add_account(&token, env.smtp.port(), "sender@example.com", 100_000, 0)
-        .await;
+    let token = env.start_api_as_admin().await;
+    env.add_sender(&token, 100_000).await;
     // A slow server, so sends are in flight when the signal lands.
     env.smtp
         .set_fault(Stage::DataEnd, Fault::Stall(Duration::from_millis(200)));
@@ -209,11 +198,8 @@ async fn kill_9_mid_run_loses_nothing() {
         ("CELERY_TASK_TIME_LIMIT", "3"),
     ])
     .await;
-    env.start_api().await;
-    let token = env.api().admin_token(&env.pool).await;
-    env.api()
-        .add_account(&token, env.smtp.port(), "sender@example.com", 100_000, 0)
-        .await;
+    let token = env.start_api_as_admin().await;
+    env.add_sender(&token, 100_000).await;
     let ids = send_many(&env, &token, 2000).await;
     env.start_worker();
     eventually("a third of the run", Duration::from_secs(60), || async {

@@ -13,21 +13,13 @@ use crate::support::{eventually, TestEnv};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delayed_sends_are_released_once_on_time_with_two_schedulers() {
-    let mut env = TestEnv::new().await;
-    env.start_api().await;
-    let token = env.api().admin_token(&env.pool).await;
-    env.api()
-        .add_account(&token, env.smtp.port(), "sender@example.com", 100_000, 0)
-        .await;
-    env.start_worker();
+    let (mut env, token) = TestEnv::sending(&[], 100_000).await;
     env.start_scheduler();
     env.start_scheduler();
     // Schedulers up (one has taken the lead), so start-up time under load
     // does not count against the one-second bound.
-    eventually("a scheduler leader", Duration::from_secs(30), || async {
-        env.scheduler_leader_pid().await
-    })
-    .await;
+    env.wait_scheduler_leader("a scheduler leader", Duration::from_secs(30))
+        .await;
 
     // 200 messages due across ten seconds, starting four seconds from now
     // (time to record them), in one batch.
@@ -129,10 +121,9 @@ async fn one_scheduler_leads_and_a_follower_takes_over_when_it_is_killed() {
     let a = env.start_scheduler();
     let b = env.start_scheduler();
     let pids = [env.scheduler_pid(a), env.scheduler_pid(b)];
-    let leader = eventually("a leader", Duration::from_secs(20), || async {
-        env.scheduler_leader_pid().await
-    })
-    .await;
+    let leader = env
+        .wait_scheduler_leader("a leader", Duration::from_secs(20))
+        .await;
     assert!(pids.contains(&leader), "leader {leader} is one of {pids:?}");
     // Still exactly one leader a moment later.
     tokio::time::sleep(Duration::from_secs(1)).await;

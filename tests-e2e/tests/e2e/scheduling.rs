@@ -30,10 +30,7 @@ async fn send_at_schedules_without_enqueueing_and_can_be_cancelled() {
         .unwrap()
         .parse()
         .unwrap();
-    let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
+    let outbox = env.outbox_len().await;
     assert_eq!(outbox, 0, "a scheduled message has no task yet");
     let res = api.get(&format!("/api/v1/messages/{id}"), &token).await;
     assert_eq!(res.body["data"]["status"], "scheduled");
@@ -87,13 +84,7 @@ async fn send_at_schedules_without_enqueueing_and_can_be_cancelled() {
 /// never both, and the SMTP server received exactly the sent ones.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cancel_racing_the_workers_never_sends_a_cancelled_message() {
-    let mut env = TestEnv::new().await;
-    env.start_api().await;
-    let token = env.api().admin_token(&env.pool).await;
-    env.api()
-        .add_account(&token, env.smtp.port(), "sender@example.com", 1000, 0)
-        .await;
-    env.start_worker();
+    let (mut env, token) = TestEnv::sending(&[], 1000).await;
     env.start_worker();
     const N: usize = 40;
     let mut ids = Vec::new();

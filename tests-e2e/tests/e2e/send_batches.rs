@@ -8,24 +8,20 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use lapin::options::{BasicGetOptions, BasicNackOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties};
 use platform::celery::TaskMessage;
 use platform::db::messages;
 use smtp_sink::Fault;
 use uuid::Uuid;
 
-use crate::support::{eventually, TestEnv, RABBITMQ};
+use crate::support::{eventually, rabbitmq_channel, TestEnv};
 
 const EMAILS: usize = 40;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_sends_share_batch_tasks_and_a_failing_member_is_retried_alone() {
     let mut env = TestEnv::with_vars(&[("SEND_RETRY_BACKOFF", "1")]).await;
-    env.start_api().await;
-    let token = env.api().admin_token(&env.pool).await;
-    env.api()
-        .add_account(&token, env.smtp.port(), "sender@example.com", 1000, 0)
-        .await;
+    let token = env.start_api_as_admin().await;
+    env.add_sender(&token, 1000).await;
     env.smtp.set_recipient_fault(
         "flaky@example.org",
         Fault::Reply(451, "4.3.0 Try again later".into()),
@@ -44,21 +40,12 @@ async fn concurrent_sends_share_batch_tasks_and_a_failing_member_is_retried_alon
     }))
     .await;
     let flaky = ids[7];
-    eventually("the outbox to drain", Duration::from_secs(10), || async {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
-            .fetch_one(&env.pool)
-            .await
-            .unwrap();
-        (n == 0).then_some(())
-    })
-    .await;
+    env.wait_outbox_drained("the outbox to drain", Duration::from_secs(10))
+        .await;
 
     // Fewer broker messages than emails, each a Celery message naming its
     // emails with their own task ids.
-    let conn = Connection::connect(RABBITMQ, ConnectionProperties::default())
-        .await
-        .unwrap();
-    let channel = conn.create_channel().await.unwrap();
+    let (conn, channel) = rabbitmq_channel().await;
     let queue = channel
         .queue_declare(
             &env.queue,
@@ -166,21 +153,11 @@ async fn concurrent_sends_share_batch_tasks_and_a_failing_member_is_retried_alon
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_batch_task_is_dead_lettered_with_its_reason() {
-    let mut env = TestEnv::new().await;
-    env.start_api().await;
-    let token = env.api().admin_token(&env.pool).await;
-    env.api()
-        .add_account(&token, env.smtp.port(), "sender@example.com", 100, 0)
-        .await;
-    env.start_worker();
-    let first = env.api().send_simple(&token, "first@example.org").await;
-    env.wait_status(first, "sent", Duration::from_secs(20))
+    let (env, token) = TestEnv::sending(&[], 100).await;
+    env.send_until(&token, "first@example.org", "sent", Duration::from_secs(20))
         .await;
 
-    let conn = Connection::connect(RABBITMQ, ConnectionProperties::default())
-        .await
-        .unwrap();
-    let channel = conn.create_channel().await.unwrap();
+    let (conn, channel) = rabbitmq_channel().await;
     let empty = serde_json::json!({"messages": []});
     let task = TaskMessage::new(
         platform::tasks::SEND_EMAIL_BATCH,
@@ -210,8 +187,7 @@ async fn a_malformed_batch_task_is_dead_lettered_with_its_reason() {
     assert!(reason.contains("1 to 50 are allowed"), "{reason}");
 
     // The worker is still serving.
-    let after = env.api().send_simple(&token, "after@example.org").await;
-    env.wait_status(after, "sent", Duration::from_secs(20))
+    env.send_until(&token, "after@example.org", "sent", Duration::from_secs(20))
         .await;
     let _ = conn.close(200, "done").await;
 }

@@ -32,16 +32,6 @@ async fn new_key(env: &TestEnv, scopes: &[&str]) -> Key {
     }
 }
 
-async fn sign_in(api: &RunningApi, key: &str, secret: &str) -> Response {
-    api.request(
-        Method::POST,
-        TOKEN,
-        None,
-        Some(&json!({"api_key": key, "api_secret": secret})),
-    )
-    .await
-}
-
 async fn refresh(api: &RunningApi, token: &str) -> Response {
     api.request(
         Method::POST,
@@ -91,7 +81,7 @@ async fn a_refresh_token_works_once_and_its_replay_revokes_the_sign_in() {
     env.start_api().await;
     let api = env.api();
     let key = new_key(&env, &["send", "read"]).await;
-    let first = sign_in(api, &key.key, &key.secret).await;
+    let first = api.sign_in(&key.key, &key.secret).await;
     assert_eq!(first.status, StatusCode::OK, "{}", first.body);
     let r1 = token(&first, "refresh_token");
 
@@ -125,7 +115,7 @@ async fn a_refresh_token_works_once_and_its_replay_revokes_the_sign_in() {
     assert_eq!(audited, 1);
 
     // A new sign-in is a new family, unaffected.
-    let again = sign_in(api, &key.key, &key.secret).await;
+    let again = api.sign_in(&key.key, &key.secret).await;
     let res = refresh(api, &token(&again, "refresh_token")).await;
     assert_eq!(res.status, StatusCode::OK, "{}", res.body);
 
@@ -140,7 +130,7 @@ async fn a_refresh_takes_scopes_from_the_key_and_never_extends_the_session() {
     env.start_api().await;
     let api = env.api();
     let key = new_key(&env, &["send", "read"]).await;
-    let first = sign_in(api, &key.key, &key.secret).await;
+    let first = api.sign_in(&key.key, &key.secret).await;
     let r1 = token(&first, "refresh_token");
     let session_ends = claims(&r1)["exp"].as_i64().unwrap();
     assert_eq!(
@@ -206,11 +196,11 @@ async fn failed_sign_ins_are_throttled_per_key_and_per_address() {
     let bob = new_key(&env, &["send"]).await;
 
     for _ in 0..3 {
-        let res = sign_in(api, &alice.key, "wrong-secret").await;
+        let res = api.sign_in(&alice.key, "wrong-secret").await;
         assert_eq!(res.code(), "invalid_credentials");
     }
     // Alice's key is spent: even the right secret is refused, with a delay.
-    let res = sign_in(api, &alice.key, &alice.secret).await;
+    let res = api.sign_in(&alice.key, &alice.secret).await;
     assert_eq!(
         (res.status, res.code()),
         (StatusCode::TOO_MANY_REQUESTS, "too_many_attempts"),
@@ -224,16 +214,16 @@ async fn failed_sign_ins_are_throttled_per_key_and_per_address() {
         .unwrap();
     assert!((1..=600).contains(&retry), "{retry}");
     // Bob is unaffected until the address is spent (5 failures from it).
-    let res = sign_in(api, &bob.key, &bob.secret).await;
+    let res = api.sign_in(&bob.key, &bob.secret).await;
     assert_eq!(res.status, StatusCode::OK, "{}", res.body);
     for _ in 0..2 {
-        let res = sign_in(api, &bob.key, "wrong-secret").await;
+        let res = api.sign_in(&bob.key, "wrong-secret").await;
         assert_eq!(res.code(), "invalid_credentials");
     }
-    let res = sign_in(api, &bob.key, &bob.secret).await;
+    let res = api.sign_in(&bob.key, &bob.secret).await;
     assert_eq!(res.code(), "too_many_attempts", "{}", res.body);
     // Any key is refused from this address now, known or not.
-    let res = sign_in(api, "noti_unknown", "x").await;
+    let res = api.sign_in("noti_unknown", "x").await;
     assert_eq!(res.code(), "too_many_attempts");
 
     let rows: Vec<(String, Option<uuid::Uuid>)> = sqlx::query_as(

@@ -15,7 +15,6 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lapin::{Connection, ConnectionProperties};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use smtp_sink::{Fault, Stage};
@@ -24,7 +23,7 @@ use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use crate::support::proxy::TcpProxy;
-use crate::support::{binary, eventually, TestEnv, RABBITMQ};
+use crate::support::{binary, eventually, rabbitmq_channel, TestEnv};
 
 const WORKER_CONCURRENCY: usize = 16;
 /// kill -9 faults in the schedule: each may leave the sends it had in
@@ -329,10 +328,7 @@ async fn soak_with_faults_loses_nothing_and_duplicates_only_in_the_documented_wi
                     env.signal_worker(w, "STOP").await;
                 }
                 tokio::time::sleep(outage).await;
-                let conn = Connection::connect(RABBITMQ, ConnectionProperties::default())
-                    .await
-                    .expect("connect to RabbitMQ");
-                let channel = conn.create_channel().await.expect("channel");
+                let (conn, channel) = rabbitmq_channel().await;
                 let purged = channel
                     .queue_purge(&env.queue, Default::default())
                     .await

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -70,20 +70,12 @@ async fn suppressed_addresses_are_recorded_but_not_sent() {
         .parse()
         .unwrap();
     assert_eq!(env.status(id).await, "suppressed");
-    let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
+    let outbox = env.outbox_len().await;
     assert_eq!(outbox, 0, "a suppressed message is not enqueued");
 
     // Removing a suppression mails the address again: admin keys only.
     let res = api
-        .request(
-            Method::DELETE,
-            "/api/v1/suppressions/OPTED.OUT@example.org",
-            Some(&token),
-            None,
-        )
+        .delete("/api/v1/suppressions/OPTED.OUT@example.org", &token)
         .await;
     assert_eq!(
         (res.status, res.code()),
@@ -91,21 +83,11 @@ async fn suppressed_addresses_are_recorded_but_not_sent() {
     );
     let admin = api.admin_token(&env.pool).await;
     let res = api
-        .request(
-            Method::DELETE,
-            "/api/v1/suppressions/OPTED.OUT@example.org",
-            Some(&admin),
-            None,
-        )
+        .delete("/api/v1/suppressions/OPTED.OUT@example.org", &admin)
         .await;
     assert_eq!(res.status, StatusCode::NO_CONTENT);
     let res = api
-        .request(
-            Method::DELETE,
-            "/api/v1/suppressions/opted.out@example.org",
-            Some(&admin),
-            None,
-        )
+        .delete("/api/v1/suppressions/opted.out@example.org", &admin)
         .await;
     assert_eq!(
         (res.status, res.code()),
@@ -116,11 +98,8 @@ async fn suppressed_addresses_are_recorded_but_not_sent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn suppression_added_after_enqueueing_still_holds() {
     let mut env = TestEnv::new().await;
-    env.start_api().await;
-    let token = env.api().admin_token(&env.pool).await;
-    env.api()
-        .add_account(&token, env.smtp.port(), "sender@example.com", 100, 0)
-        .await;
+    let token = env.start_api_as_admin().await;
+    env.add_sender(&token, 100).await;
     let late = env.api().send_simple(&token, "late@example.org").await;
     let fine = env.api().send_simple(&token, "fine@example.org").await;
     // The task is published to RabbitMQ before the suppression exists.

@@ -15,17 +15,14 @@ use crate::support::TestEnv;
 /// A template whose loops run as far as its variable `n` says: harmless
 /// with a placeholder value, so it saves.
 async fn driven_template(api: &RunningApi, token: &str) -> String {
-    let res = api
-        .post(
-            "/api/v1/templates",
-            token,
-            &json!({"name": "driven", "subject": "Hi",
-                    "html_body": "{% for i in range(n|int) %}{% for j in range(n|int) %}x{% endfor %}{% endfor %}",
-                    "variables": ["n"]}),
-        )
-        .await;
-    assert_eq!(res.status, StatusCode::CREATED, "{}", res.body);
-    res.body["data"]["id"].as_str().unwrap().to_string()
+    api.create(
+        "/api/v1/templates",
+        token,
+        &json!({"name": "driven", "subject": "Hi",
+                "html_body": "{% for i in range(n|int) %}{% for j in range(n|int) %}x{% endfor %}{% endfor %}",
+                "variables": ["n"]}),
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,8 +128,7 @@ async fn runaway_templates_are_refused_with_the_limit_named_and_the_api_keeps_an
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_campaign_whose_template_runs_away_for_its_members_fails_its_run_with_the_reason() {
     let mut env = TestEnv::new().await;
-    env.start_api().await;
-    let token = env.api().admin_token(&env.pool).await;
+    let token = env.start_api_as_admin().await;
     let api = env.api();
     let template = driven_template(api, &token).await;
     let res = api
@@ -145,16 +141,14 @@ async fn a_campaign_whose_template_runs_away_for_its_members_fails_its_run_with_
         .post(&format!("/api/v1/lists/{list}/members"), &token, &members)
         .await;
     assert_eq!(res.status, StatusCode::OK, "{}", res.body);
-    let res = api
-        .post(
+    let id = api
+        .create(
             "/api/v1/campaigns",
             &token,
             &json!({"name": "runaway", "template_id": template, "list_ids": [list],
                     "cron": "0 0 1 1 *", "is_active": false}),
         )
         .await;
-    assert_eq!(res.status, StatusCode::CREATED, "{}", res.body);
-    let id = res.body["data"]["id"].as_str().unwrap().to_string();
     env.start_scheduler();
     let res = env
         .api()

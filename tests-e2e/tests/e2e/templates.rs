@@ -19,9 +19,7 @@ async fn templates_are_managed_previewed_and_checked() {
 
     let body = json!({"name": "welcome", "subject": "Welcome, {{ name }}!",
         "html_body": "<p>Hello {{ name }}</p>", "text_body": "Hello {{ name }}", "variables": ["name"]});
-    let res = api.post("/api/v1/templates", &token, &body).await;
-    assert_eq!(res.status, StatusCode::CREATED, "{}", res.body);
-    let id = res.body["data"]["id"].as_str().unwrap().to_string();
+    let id = api.create("/api/v1/templates", &token, &body).await;
 
     let res = api.post("/api/v1/templates", &token, &body).await;
     assert_eq!(
@@ -117,14 +115,7 @@ async fn templates_are_managed_previewed_and_checked() {
     // Templates belong to the key that made them (see ownership.rs).
     let res = api.get(&format!("/api/v1/templates/{id}"), &reader).await;
     assert_eq!(res.status, StatusCode::NOT_FOUND);
-    let res = api
-        .request(
-            Method::DELETE,
-            &format!("/api/v1/templates/{id}"),
-            Some(&token),
-            None,
-        )
-        .await;
+    let res = api.delete(&format!("/api/v1/templates/{id}"), &token).await;
     assert_eq!(res.status, StatusCode::NO_CONTENT);
     let res = api.get(&format!("/api/v1/templates/{id}"), &token).await;
     assert_eq!(
@@ -135,24 +126,16 @@ async fn templates_are_managed_previewed_and_checked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn templated_send_is_rendered_at_request_time_and_delivered() {
-    let mut env = TestEnv::new().await;
-    env.start_api().await;
-    let token = env.api().admin_token(&env.pool).await;
-    env.api()
-        .add_account(&token, env.smtp.port(), "sender@example.com", 100, 0)
-        .await;
-    env.start_worker();
+    let (env, token) = TestEnv::sending(&[], 100).await;
     let api = env.api();
-    let res = api
-        .post(
+    let template_id = api
+        .create(
             "/api/v1/templates",
             &token,
             &json!({"name": "receipt", "subject": "Receipt {{ number }}",
             "html_body": "<p>Total: {{ total }}</p>", "variables": ["number", "total"]}),
         )
         .await;
-    assert_eq!(res.status, StatusCode::CREATED, "{}", res.body);
-    let template_id = res.body["data"]["id"].as_str().unwrap().to_string();
 
     // Refused at request time, naming the variable; nothing recorded.
     let res = api

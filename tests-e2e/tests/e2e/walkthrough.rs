@@ -68,14 +68,7 @@ async fn walkthrough_from_cli_key_to_delivered_email() {
 
     // 2. Token and refresh.
     let api = env.api();
-    let res = api
-        .request(
-            Method::POST,
-            "/api/v1/auth/token",
-            None,
-            Some(&json!({"api_key": key, "api_secret": secret})),
-        )
-        .await;
+    let res = api.sign_in(key, secret).await;
     assert_eq!(res.status, StatusCode::OK, "{}", res.body);
     let data = &res.body["data"];
     assert_eq!(data["token_type"], "bearer");
@@ -161,9 +154,7 @@ async fn walkthrough_from_cli_key_to_delivered_email() {
         )
         .await;
     assert_eq!(res.body["data"]["is_active"], false);
-    let res = api
-        .request(Method::DELETE, &spare_path, Some(&token), None)
-        .await;
+    let res = api.delete(&spare_path, &token).await;
     assert_eq!(res.status, StatusCode::NO_CONTENT);
     assert_eq!(
         api.get(&spare_path, &token).await.status,

@@ -85,6 +85,38 @@ impl RunningApi {
             .await
     }
 
+    /// Creates a resource (`POST`, answered 201); returns its id.
+    pub async fn create(&self, path: &str, token: &str, body: &Value) -> String {
+        let res = self.post(path, token, body).await;
+        assert_eq!(res.status, StatusCode::CREATED, "{}", res.body);
+        res.body["data"]["id"].as_str().expect("id").to_string()
+    }
+
+    pub async fn put(&self, path: &str, token: &str, body: &Value) -> Response {
+        self.request(reqwest::Method::PUT, path, Some(token), Some(body))
+            .await
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> Response {
+        self.request(reqwest::Method::DELETE, path, Some(token), None)
+            .await
+    }
+
+    /// Exchanges an API key and secret for tokens (`POST /api/v1/auth/token`).
+    pub async fn sign_in(
+        &self,
+        key: impl serde::Serialize,
+        secret: impl serde::Serialize,
+    ) -> Response {
+        self.request(
+            reqwest::Method::POST,
+            "/api/v1/auth/token",
+            None,
+            Some(&json!({"api_key": key, "api_secret": secret})),
+        )
+        .await
+    }
+
     /// Creates an API key directly in the database and exchanges it for an
     /// access token. Returns the key id and the token.
     pub async fn token(&self, pool: &PgPool, scopes: &[&str]) -> (Uuid, String) {
@@ -93,14 +125,7 @@ impl RunningApi {
         let key = platform::db::api_keys::insert(pool, "test", "", &scopes, &credentials)
             .await
             .expect("insert api key");
-        let res = self
-            .request(
-                reqwest::Method::POST,
-                "/api/v1/auth/token",
-                None,
-                Some(&json!({"api_key": credentials.key, "api_secret": credentials.secret})),
-            )
-            .await;
+        let res = self.sign_in(&credentials.key, &credentials.secret).await;
         assert_eq!(res.status, StatusCode::OK, "{}", res.body);
         (
             key.id,

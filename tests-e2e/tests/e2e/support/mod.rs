@@ -38,13 +38,19 @@ where
     }
 }
 
-/// Publishes task messages to `queue` through its exchange, as a Celery
-/// producer does, each confirmed by the broker.
-pub async fn publish_tasks(queue: &str, tasks: &[platform::celery::TaskMessage]) {
+/// A connection to this machine's RabbitMQ and a channel on it.
+pub async fn rabbitmq_channel() -> (lapin::Connection, lapin::Channel) {
     let conn = lapin::Connection::connect(RABBITMQ, lapin::ConnectionProperties::default())
         .await
         .expect("connect to RabbitMQ");
     let channel = conn.create_channel().await.expect("channel");
+    (conn, channel)
+}
+
+/// Publishes task messages to `queue` through its exchange, as a Celery
+/// producer does, each confirmed by the broker.
+pub async fn publish_tasks(queue: &str, tasks: &[platform::celery::TaskMessage]) {
+    let (conn, channel) = rabbitmq_channel().await;
     for task in tasks {
         channel
             .basic_publish(
@@ -65,10 +71,7 @@ pub async fn publish_tasks(queue: &str, tasks: &[platform::celery::TaskMessage])
 /// Messages in a queue, or `None` when it does not exist (a passive
 /// declaration, which creates nothing).
 pub async fn queue_depth(queue: &str) -> Option<u32> {
-    let conn = lapin::Connection::connect(RABBITMQ, lapin::ConnectionProperties::default())
-        .await
-        .expect("connect to RabbitMQ");
-    let channel = conn.create_channel().await.expect("channel");
+    let (conn, channel) = rabbitmq_channel().await;
     let options = lapin::options::QueueDeclareOptions {
         passive: true,
         ..Default::default()
@@ -231,6 +234,37 @@ impl TestEnv {
         self.api.as_ref().expect("start_api first")
     }
 
+    /// Starts the API and returns an admin key's access token.
+    pub async fn start_api_as_admin(&mut self) -> String {
+        self.start_api().await;
+        self.api().admin_token(&self.pool).await
+    }
+
+    /// A fresh environment (with `overrides`) whose API and one worker
+    /// run and which sends through `sender@example.com` (with
+    /// `daily_limit`); returns it with an admin key's access token.
+    pub async fn sending(overrides: &[(&str, &str)], daily_limit: i64) -> (TestEnv, String) {
+        let mut env = TestEnv::with_vars(overrides).await;
+        let token = env.start_api_as_admin().await;
+        env.add_sender(&token, daily_limit).await;
+        env.start_worker();
+        (env, token)
+    }
+
+    /// Adds `sender@example.com`, sending through this test's SMTP server
+    /// with `daily_limit` and priority 0.
+    pub async fn add_sender(&self, token: &str, daily_limit: i64) -> serde_json::Value {
+        self.api()
+            .add_account(
+                token,
+                self.smtp.port(),
+                "sender@example.com",
+                daily_limit,
+                0,
+            )
+            .await
+    }
+
     /// Starts a worker process with this environment's settings.
     pub fn start_worker(&mut self) {
         self.start_worker_with(&[]);
@@ -238,10 +272,19 @@ impl TestEnv {
 
     pub fn start_worker_with(&mut self, extra: &[(&str, &str)]) {
         let n = self.workers.len();
-        let mut cmd = Command::new(binary("notify-worker"));
+        let worker_name = format!("worker{n}@{}", self.queue);
+        let mut vars = vec![("CELERY_WORKER_NAME", worker_name.as_str())];
+        vars.extend_from_slice(extra);
+        let worker = self.spawn_service("notify-worker", &vars);
+        self.workers.push(worker);
+    }
+
+    /// Spawns one of the workspace's service binaries with this
+    /// environment's settings and `extra` on top.
+    fn spawn_service(&self, name: &str, extra: &[(&str, &str)]) -> Child {
+        let mut cmd = Command::new(binary(name));
         cmd.env_clear()
             .envs(&self.vars)
-            .env("CELERY_WORKER_NAME", format!("worker{n}@{}", self.queue))
             .envs(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             // Away from the repository, so a developer's .env is not read.
@@ -255,27 +298,14 @@ impl TestEnv {
         if std::env::var("E2E_QUIET").is_ok() {
             cmd.stdout(Stdio::null()).stderr(Stdio::null());
         }
-        self.workers.push(cmd.spawn().expect("spawn notify-worker"));
+        cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"))
     }
 
     /// Starts a scheduler process (`notify-scheduler`) with this
     /// environment's settings; returns its index.
     pub fn start_scheduler(&mut self) -> usize {
-        let mut cmd = Command::new(binary("notify-scheduler"));
-        cmd.env_clear()
-            .envs(&self.vars)
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .current_dir(std::env::temp_dir())
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        if let Ok(level) = std::env::var("E2E_WORKER_LOG") {
-            cmd.env("LOG_LEVEL", level);
-        }
-        if std::env::var("E2E_QUIET").is_ok() {
-            cmd.stdout(Stdio::null()).stderr(Stdio::null());
-        }
-        self.schedulers
-            .push(cmd.spawn().expect("spawn notify-scheduler"));
+        let scheduler = self.spawn_service("notify-scheduler", &[]);
+        self.schedulers.push(scheduler);
         self.schedulers.len() - 1
     }
 
@@ -315,6 +345,14 @@ impl TestEnv {
         .await
         .expect("query leader");
         name.and_then(|n| n.rsplit(':').next().and_then(|p| p.parse().ok()))
+    }
+
+    /// Waits for a scheduler to take the leader lock; returns its pid.
+    pub async fn wait_scheduler_leader(&self, what: &str, timeout: Duration) -> u32 {
+        eventually(what, timeout, || async {
+            self.scheduler_leader_pid().await
+        })
+        .await
     }
 
     /// Sends a signal (`TERM`, `KILL`) to worker `index`.
@@ -367,6 +405,44 @@ impl TestEnv {
     pub async fn wait_status(&self, id: Uuid, want: &str, timeout: Duration) {
         eventually(&format!("message {id} to be {want}"), timeout, || async {
             (self.status(id).await == want).then_some(())
+        })
+        .await
+    }
+
+    /// Sends a simple email to `to` and waits until its status is `want`;
+    /// returns the message id.
+    pub async fn send_until(&self, token: &str, to: &str, want: &str, timeout: Duration) -> Uuid {
+        let id = self.api().send_simple(token, to).await;
+        self.wait_status(id, want, timeout).await;
+        id
+    }
+
+    /// How many copies of each Message-ID the SMTP server has received.
+    pub fn received_per_message_id(&self) -> HashMap<String, usize> {
+        let mut copies: HashMap<String, usize> = HashMap::new();
+        for mail in self.smtp.received() {
+            let parsed = mail_parser::MessageParser::default()
+                .parse(&mail.data)
+                .expect("email");
+            *copies
+                .entry(parsed.message_id().unwrap_or_default().to_string())
+                .or_default() += 1;
+        }
+        copies
+    }
+
+    /// Messages accepted and not yet published to the broker.
+    pub async fn outbox_len(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(&self.pool)
+            .await
+            .expect("count the outbox")
+    }
+
+    /// Waits until the relay has published everything in the outbox.
+    pub async fn wait_outbox_drained(&self, what: &str, timeout: Duration) {
+        eventually(what, timeout, || async {
+            (self.outbox_len().await == 0).then_some(())
         })
         .await
     }
