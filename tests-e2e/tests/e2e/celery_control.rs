@@ -61,7 +61,11 @@ async fn ask(kind: &str, command: &str, nodes: &[&str]) -> Option<serde_json::Ma
 
 /// Every listed node's reply, retried until all answered (workers need a
 /// moment to connect and declare their pidbox queue).
-pub(crate) async fn ask_all(kind: &str, command: &str, nodes: &[&str]) -> serde_json::Map<String, Value> {
+pub(crate) async fn ask_all(
+    kind: &str,
+    command: &str,
+    nodes: &[&str],
+) -> serde_json::Map<String, Value> {
     eventually(
         &format!("{kind} {command} answered by {nodes:?}"),
         Duration::from_secs(60),
