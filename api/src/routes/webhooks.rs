@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use platform::db::webhooks::{self, Delivery, Endpoint, EndpointPatch, NewEndpoint};
 use platform::webhooks::address::host_is_private;
 use platform::webhooks::signature::{SigningKey, SECRET_PURPOSE};
+use platform::webhooks::EVENT_TYPES;
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -34,7 +35,7 @@ use crate::pagination::{self, Page};
 use crate::state::AppState;
 use crate::validate;
 
-/// Longest endpoint URL, in bytes.
+/// Longest endpoint URL, in characters.
 const MAX_URL: usize = 2048;
 /// Longest description, in characters.
 const MAX_DESCRIPTION: usize = 500;
@@ -80,11 +81,11 @@ impl EventType {
 #[schema(example = json!({"url": "https://hooks.example.com/notify", "event_types": ["email.sent", "email.failed"],
     "description": "delivery status for the shop"}))]
 pub struct CreateWebhook {
-    /// `http` or `https`; at most 2048 bytes. Its host may not be a
+    /// `http` or `https`; at most 2048 characters. Its host may not be a
     /// loopback, private or link-local address (422 `private_address`).
     #[schema(max_length = 2048, pattern = r"^https?://[^\s/?#]+[^\s]*$")]
     pub url: String,
-    /// At least one, each once.
+    /// At least one; a type named twice counts once.
     #[schema(min_items = 1, max_items = 6)]
     pub event_types: Vec<EventType>,
     /// At most 500 characters, no control characters.
@@ -234,10 +235,10 @@ fn require_read(principal: &Principal) -> Result<(), ApiError> {
 /// internal address unless `WEBHOOK_ALLOW_PRIVATE`.
 fn endpoint_url(raw: &str, allow_private: bool) -> Result<String, ApiError> {
     let raw = raw.trim();
-    if raw.len() > MAX_URL {
+    if raw.chars().count() > MAX_URL {
         return Err(ApiError::validation(
             "url",
-            format!("url must be at most {MAX_URL} bytes"),
+            format!("url must be at most {MAX_URL} characters"),
         ));
     }
     let url = url::Url::parse(raw)
@@ -263,21 +264,17 @@ fn endpoint_url(raw: &str, allow_private: bool) -> Result<String, ApiError> {
 }
 
 fn event_types(types: &[EventType]) -> Result<Vec<String>, ApiError> {
-    if types.is_empty() {
+    if types.is_empty() || types.len() > EVENT_TYPES.len() {
         return Err(ApiError::validation(
             "event_types",
-            "name at least one event type",
+            format!("name 1 to {} event types", EVENT_TYPES.len()),
         ));
     }
     let mut names: Vec<String> = Vec::with_capacity(types.len());
-    for (i, t) in types.iter().enumerate() {
-        if names.iter().any(|n| n == t.as_str()) {
-            return Err(ApiError::validation(
-                format!("event_types[{i}]"),
-                format!("{} is listed twice", t.as_str()),
-            ));
+    for t in types {
+        if !names.iter().any(|n| n == t.as_str()) {
+            names.push(t.as_str().to_string());
         }
-        names.push(t.as_str().to_string());
     }
     Ok(names)
 }

@@ -451,10 +451,6 @@ async fn private_addresses_are_refused_without_the_override() {
             json!({"url": "https://hooks.example.com/x", "event_types": []}),
             "validation_error",
         ),
-        (
-            json!({"url": "https://hooks.example.com/x", "event_types": ["email.sent", "email.sent"]}),
-            "validation_error",
-        ),
     ] {
         let res = env.api().post("/api/v1/webhooks", &token, &body).await;
         assert_eq!(res.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", res.body);
