@@ -16,7 +16,7 @@ pub mod schemas;
         data is `{\"data\": ...}`. Authenticated responses carry `X-RateLimit-Limit`, `X-RateLimit-Remaining` \
         and `X-RateLimit-Reset`; every response carries `x-request-id`.\n\n\
         **Ownership.** Scopes say what a key may do (`send`, `read`, `admin`); ownership says to what. \
-        Messages, templates and suppressions belong to the key that created them: a key without `admin` \
+        Messages, templates, suppressions and webhook endpoints belong to the key that created them: a key without `admin` \
         sees and changes only its own (another key's is answered 404, or `unknown_template` in a send), \
         and admin keys see and change all. Suppressions hold for every key, whoever added them; removing \
         one takes `admin`. A template that a campaign mails can be changed or deleted only by an admin \
@@ -48,6 +48,9 @@ pub mod schemas;
         routes::campaigns::runs,
         routes::periodic_tasks::create, routes::periodic_tasks::list, routes::periodic_tasks::get,
         routes::periodic_tasks::replace, routes::periodic_tasks::delete,
+        routes::webhooks::create, routes::webhooks::list, routes::webhooks::get,
+        routes::webhooks::update, routes::webhooks::delete, routes::webhooks::rotate_secret,
+        routes::webhooks::deliveries, routes::webhooks::redeliver, routes::webhooks::test,
     ),
     components(schemas(ErrorBody)),
     modifiers(&BearerAuth),
@@ -55,6 +58,7 @@ pub mod schemas;
         (name = "auth", description = "API keys for JWTs"),
         (name = "messages", description = "Sending email (single, batch, templated, scheduled, with attachments) and following its delivery"),
         (name = "templates", description = "Email templates (minijinja, HTML auto-escaped)"),
+        (name = "webhooks", description = "Signed event webhooks (Standard Webhooks): endpoints, secrets, deliveries"),
         (name = "suppressions", description = "Addresses that never receive mail (removal: admin)"),
         (name = "email-accounts", description = "The SMTP account pool (admin)"),
         (name = "dead-letters", description = "Tasks the worker gave up on (admin)"),

@@ -31,7 +31,7 @@ use crate::ratelimit::{self, RateLimiter};
 use crate::readiness::Readiness;
 use crate::routes::{
     api_keys, audit_log, auth, campaigns, dead_letters, email_accounts, health, lists, messages,
-    periodic_tasks, queues, suppressions, templates,
+    periodic_tasks, queues, suppressions, templates, webhooks,
 };
 use crate::state::{ApiSettings, AppState, Shared};
 
@@ -149,6 +149,39 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
             Method::POST,
             "/api/v1/templates/{id}/render",
             post(templates::render),
+        ),
+        (Method::POST, "/api/v1/webhooks", post(webhooks::create)),
+        (Method::GET, "/api/v1/webhooks", get(webhooks::list)),
+        (Method::GET, "/api/v1/webhooks/{id}", get(webhooks::get)),
+        (
+            Method::PATCH,
+            "/api/v1/webhooks/{id}",
+            patch(webhooks::update),
+        ),
+        (
+            Method::DELETE,
+            "/api/v1/webhooks/{id}",
+            delete(webhooks::delete),
+        ),
+        (
+            Method::POST,
+            "/api/v1/webhooks/{id}/rotate-secret",
+            post(webhooks::rotate_secret),
+        ),
+        (
+            Method::GET,
+            "/api/v1/webhooks/{id}/deliveries",
+            get(webhooks::deliveries),
+        ),
+        (
+            Method::POST,
+            "/api/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver",
+            post(webhooks::redeliver),
+        ),
+        (
+            Method::POST,
+            "/api/v1/webhooks/{id}/test",
+            post(webhooks::test),
         ),
         (Method::POST, "/api/v1/lists", post(lists::create)),
         (Method::GET, "/api/v1/lists", get(lists::list)),

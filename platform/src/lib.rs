@@ -15,6 +15,7 @@ pub mod startup;
 pub mod tasks;
 pub mod telemetry;
 pub mod templating;
+pub mod webhooks;
 
 pub use config::Settings;
 

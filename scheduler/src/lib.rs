@@ -1,5 +1,6 @@
-//! The scheduler ("beat"). Every instance runs an outbox relay and releases
-//! due delayed sends (`release`); one elected leader (`leader`) runs the
+//! The scheduler ("beat"). Every instance runs an outbox relay, releases
+//! due delayed sends (`release`) and dispatches webhook deliveries
+//! (`webhooks`); one elected leader (`leader`) runs the
 //! periodic duties (`duties`): campaigns, periodic tasks, retention and the
 //! reconciler. Several instances may run at once: exactly once comes from
 //! row locks and unique run rows, not from there being one.
@@ -7,6 +8,7 @@
 pub mod duties;
 pub mod leader;
 pub mod release;
+pub mod webhooks;
 
 use anyhow::Context;
 use platform::outbox::{OutboxRelay, OutboxWaker};
@@ -38,9 +40,18 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         database_url: settings.database_url.clone(),
         retry: timing.leader_retry,
     };
+    let dispatcher = webhooks::Dispatcher::new(
+        pool.clone(),
+        settings.keyring()?.clone(),
+        settings
+            .webhooks
+            .clone()
+            .context("the webhook settings are not loaded")?,
+    )?;
     let duties = duties::Duties::new(pool.clone(), settings.clone(), timing, waker.clone());
     let tasks = [
         tokio::spawn(releaser.run(shutdown.clone())),
+        tokio::spawn(dispatcher.run(shutdown.clone())),
         tokio::spawn(election.run(shutdown.clone(), move |token| duties.clone().run(token))),
         tokio::spawn(OutboxRelay::new(pool, settings, waker).run(shutdown.clone())),
     ];

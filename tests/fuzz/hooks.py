@@ -54,6 +54,15 @@ SCHEDULE = {
     "invalid_time_zone",
 }
 
+WEBHOOK_URL = {
+    # The URL must parse as a WHATWG URL with a host (its grammar is not a
+    # JSON Schema pattern), and its host may not be a loopback, private or
+    # link-local address unless WEBHOOK_ALLOW_PRIVATE (configuration; hosts
+    # such as `0000` are IPv4 literals).
+    "invalid_url",
+    "private_address",
+}
+
 BUSINESS_RULES = {
     "POST /api/v1/messages/email/send": TEMPLATED_SEND
     | {
@@ -75,6 +84,9 @@ BUSINESS_RULES = {
     "PUT /api/v1/campaigns/{id}": SCHEDULE | {"unknown_template", "unknown_list"},
     "POST /api/v1/admin/periodic-tasks": SCHEDULE | {"unknown_queue"},
     "PUT /api/v1/admin/periodic-tasks/{id}": SCHEDULE | {"unknown_queue"},
+    # At most WEBHOOK_MAX_ENDPOINTS_PER_KEY endpoints per key (stored data).
+    "POST /api/v1/webhooks": WEBHOOK_URL | {"webhook_limit_reached"},
+    "PATCH /api/v1/webhooks/{id}": WEBHOOK_URL,
 }
 
 # Rules on several fields at once: (code, field, what the message says).

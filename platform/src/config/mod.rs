@@ -4,8 +4,9 @@
 //! module its concern belongs to.
 //!
 //! Each binary reads only the sections it uses ([`Role`]), so the worker
-//! and the scheduler, which sign no tokens, start without `JWT_SECRET_KEY`,
-//! and the scheduler, which opens no SMTP password, without `ENCRYPTION_KEY`.
+//! and the scheduler, which sign no tokens, start without `JWT_SECRET_KEY`.
+//! All three need `ENCRYPTION_KEY`: the scheduler opens webhook signing
+//! secrets to sign the events it delivers.
 
 mod api;
 mod broker;
@@ -17,6 +18,7 @@ mod redis;
 mod scheduler;
 mod security;
 mod vars;
+mod webhooks;
 mod worker;
 
 use std::time::Duration;
@@ -29,6 +31,7 @@ pub use broker::{ladder_rungs, QueueNames, LADDER_LIMIT_SECONDS};
 pub use process::Environment;
 pub use scheduler::SchedulerSettings;
 pub use security::JwtSettings;
+pub use webhooks::WebhookSettings;
 pub use worker::{Liveness, Revokes, WorkerSettings};
 
 use crate::crypto::Keyring;
@@ -67,6 +70,8 @@ enum Section {
     Api,
     Worker,
     Scheduler,
+    /// Event webhooks: the API checks endpoints, the scheduler delivers.
+    Webhooks,
 }
 
 impl Role {
@@ -84,9 +89,9 @@ impl Role {
     fn reads(self, section: Section) -> bool {
         use Section::*;
         match self {
-            Role::Api => matches!(section, Redis | Python | Jwt | Keyring | Api),
+            Role::Api => matches!(section, Redis | Python | Jwt | Keyring | Api | Webhooks),
             Role::Worker => matches!(section, Metrics | Redis | Python | Keyring | Worker),
-            Role::Scheduler => matches!(section, Metrics | Scheduler),
+            Role::Scheduler => matches!(section, Metrics | Keyring | Scheduler | Webhooks),
         }
     }
 
@@ -157,8 +162,8 @@ pub struct Settings {
     // security
     /// The API's token signing key.
     pub jwt: Option<JwtSettings>,
-    /// The keys SMTP passwords are sealed with: the API and the worker
-    /// load it (and refuse to start without it); see [`Settings::keyring`].
+    /// The keys SMTP passwords and webhook secrets are sealed with: every
+    /// binary loads it (and refuses to start without it); see [`Settings::keyring`].
     pub keyring: Option<Keyring>,
     // delivery
     pub email_timeout: Duration,
@@ -189,6 +194,8 @@ pub struct Settings {
     pub auth_throttle: AuthThrottle,
     // scheduler
     pub scheduler: Option<SchedulerSettings>,
+    // webhooks (the API and the scheduler)
+    pub webhooks: Option<WebhookSettings>,
 }
 
 impl Settings {
@@ -198,7 +205,7 @@ impl Settings {
         self.broker_urls.first().map_or("", String::as_str)
     }
 
-    /// The keyring, for a binary that loaded it (the API, the worker).
+    /// The keyring, for a binary that loaded it.
     pub fn keyring(&self) -> Result<&Keyring, ConfigError> {
         self.keyring
             .as_ref()
@@ -289,6 +296,9 @@ fn load(roles: &[Role], lookup: &dyn Fn(&str) -> Option<String>) -> Result<Setti
         auth_throttle: api::auth_throttle(&for_api)?,
         scheduler: reads(Section::Scheduler)
             .then(|| scheduler::settings(&vars))
+            .transpose()?,
+        webhooks: reads(Section::Webhooks)
+            .then(|| webhooks::settings(&vars))
             .transpose()?,
     })
 }

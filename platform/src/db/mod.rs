@@ -15,6 +15,7 @@ pub mod periodic_tasks;
 pub mod refresh_tokens;
 pub mod suppressions;
 pub mod templates;
+pub mod webhooks;
 pub mod worker_leases;
 
 use std::time::Duration;

@@ -756,6 +756,10 @@ async fn prometheus_files_pass_promtool_and_alerts_name_only_exported_metrics() 
         .add_account(&token, env.smtp.port(), "metrics@example.com", 100, 0)
         .await;
     env.start_worker_with(&[("METRICS_PORT", &metrics_port.to_string())]);
+    let scheduler_port = free_port();
+    env.vars
+        .insert("METRICS_PORT".into(), scheduler_port.to_string());
+    env.start_scheduler();
     env.smtp.set_recipient_fault(
         "nobody@example.org",
         Fault::Reply(550, "5.1.1 No such user".into()),
@@ -807,8 +811,27 @@ async fn prometheus_files_pass_promtool_and_alerts_name_only_exported_metrics() 
     assert!(api_metrics.contains("email_account_circuit_open{account=\"metrics@example.com\"} 0"));
     assert!(api_metrics.contains("email_account_active{account=\"metrics@example.com\"} 1"));
     assert!(api_metrics.contains("email_account_daily_limit{account=\"metrics@example.com\"} 100"));
+    let scheduler_url = format!("http://127.0.0.1:{scheduler_port}/metrics");
+    let scheduler_metrics = eventually(
+        "scheduler metrics with the webhook backlog",
+        Duration::from_secs(10),
+        || async {
+            let text = client
+                .get(&scheduler_url)
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            text.contains("webhook_delivery_backlog_age_seconds")
+                .then_some(text)
+        },
+    )
+    .await;
     let mut exported = exposition_names(&api_metrics);
     exported.extend(exposition_names(&worker_metrics));
+    exported.extend(exposition_names(&scheduler_metrics));
     exported.extend(exposition_names(&rabbit_metrics));
     // Made by Prometheus itself for every scrape target.
     exported.insert("up".into());
@@ -830,6 +853,7 @@ async fn prometheus_files_pass_promtool_and_alerts_name_only_exported_metrics() 
         "email_account_circuit_open",
         "email_account_quota_remaining",
         "outbox_pending_messages",
+        "webhook_delivery_backlog_age_seconds",
     ] {
         assert!(named.contains(required), "no alert uses {required}");
     }

@@ -41,3 +41,4 @@ mod template_limits;
 mod templates;
 mod throttle;
 mod walkthrough;
+mod webhooks;

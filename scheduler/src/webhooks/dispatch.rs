@@ -1,0 +1,315 @@
+//! Claims due deliveries and sends each on its own task, settling it in
+//! the database when the endpoint answers (or does not).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use platform::config::WebhookSettings;
+use platform::crypto::Keyring;
+use platform::db::webhooks::{self, Attempt, Claimed};
+use platform::webhooks::address::host_is_private;
+use platform::webhooks::signature::{signature_header, SigningKey, SECRET_PURPOSE};
+use rand::Rng;
+use reqwest_rustls as reqwest;
+use sqlx::PgPool;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::client;
+
+/// How much of a response body is kept for the deliveries view.
+const SNIPPET: usize = 512;
+/// How often the backlog gauge is refreshed.
+const GAUGE_EVERY: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
+pub struct Dispatcher {
+    pool: PgPool,
+    keyring: Keyring,
+    settings: WebhookSettings,
+    client: reqwest::Client,
+    /// Requests in flight per endpoint: an endpoint with any is not
+    /// claimed for, so a slow one holds at most `endpoint_concurrency`.
+    in_flight: Arc<Mutex<HashMap<Uuid, usize>>>,
+}
+
+/// What one attempt came to.
+enum Outcome {
+    Delivered(Attempt),
+    Failed(Attempt),
+}
+
+impl Dispatcher {
+    pub fn new(
+        pool: PgPool,
+        keyring: Keyring,
+        settings: WebhookSettings,
+    ) -> anyhow::Result<Dispatcher> {
+        let client = client::build(&settings)?;
+        Ok(Dispatcher {
+            pool,
+            keyring,
+            settings,
+            client,
+            in_flight: Arc::default(),
+        })
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        metrics::gauge!("webhook_delivery_backlog_age_seconds").set(0.0);
+        metrics::counter!("webhook_deliveries_total", "outcome" => "delivered").absolute(0);
+        metrics::counter!("webhook_deliveries_total", "outcome" => "failed").absolute(0);
+        let mut tasks = JoinSet::new();
+        let mut gauge_at = Instant::now();
+        loop {
+            while tasks.try_join_next().is_some() {}
+            if gauge_at.elapsed() >= GAUGE_EVERY {
+                gauge_at = Instant::now();
+                match webhooks::oldest_due_age(&self.pool).await {
+                    Ok(age) => metrics::gauge!("webhook_delivery_backlog_age_seconds").set(age),
+                    Err(e) => tracing::warn!(error = %e, "webhook backlog age"),
+                }
+            }
+            let claimed = self.claim_round(&mut tasks).await;
+            // A full round means more are due: claim again at once.
+            if claimed < self.settings.batch as usize {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(self.settings.poll) => {}
+                }
+            } else if shutdown.is_cancelled() {
+                break;
+            }
+        }
+        // Requests in flight are abandoned; their leases bring them back.
+        tasks.shutdown().await;
+    }
+
+    async fn claim_round(&self, tasks: &mut JoinSet<()>) -> usize {
+        let busy: Vec<Uuid> = self.lock_in_flight().keys().copied().collect();
+        let rows = match webhooks::claim(
+            &self.pool,
+            &busy,
+            self.settings.endpoint_concurrency,
+            self.settings.batch,
+            self.settings.lease(),
+        )
+        .await
+        {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, "claiming webhook deliveries");
+                metrics::counter!("scheduler_errors_total", "job" => "webhooks").increment(1);
+                return 0;
+            }
+        };
+        let count = rows.len();
+        for row in rows {
+            *self.lock_in_flight().entry(row.endpoint_id).or_default() += 1;
+            let this = self.clone();
+            tasks.spawn(async move {
+                let endpoint = row.endpoint_id;
+                this.deliver(row).await;
+                let mut in_flight = this.lock_in_flight();
+                if let Some(n) = in_flight.get_mut(&endpoint) {
+                    *n -= 1;
+                    if *n == 0 {
+                        in_flight.remove(&endpoint);
+                    }
+                }
+            });
+        }
+        count
+    }
+
+    fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, usize>> {
+        // A panic while holding it leaves a consistent map: keep using it.
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    #[tracing::instrument(level = "debug", skip_all,
+        fields(delivery = %row.id, event = %row.event_id, endpoint = %row.endpoint_id, attempt = row.attempts))]
+    async fn deliver(&self, row: Claimed) {
+        let outcome = self.attempt(&row).await;
+        let result = match &outcome {
+            Outcome::Delivered(attempt) => {
+                metrics::counter!("webhook_deliveries_total", "outcome" => "delivered")
+                    .increment(1);
+                webhooks::record_delivered(&self.pool, &row, attempt)
+                    .await
+                    .map(|_| ())
+            }
+            Outcome::Failed(attempt) => {
+                let retry_in = self.backoff(row.attempts);
+                tracing::debug!(error = ?attempt.error, retry_in = ?retry_in, "webhook attempt failed");
+                match webhooks::record_failed(
+                    &self.pool,
+                    &row,
+                    attempt,
+                    retry_in,
+                    self.settings.retry_window,
+                )
+                .await
+                {
+                    Ok(outcome) => {
+                        metrics::counter!("webhook_attempts_failed_total").increment(1);
+                        if outcome.gave_up {
+                            metrics::counter!("webhook_deliveries_total", "outcome" => "failed")
+                                .increment(1);
+                            tracing::warn!("webhook delivery given up after its retry window");
+                        }
+                        if outcome.endpoint_disabled {
+                            metrics::counter!("webhook_endpoints_disabled_total").increment(1);
+                            tracing::warn!(
+                                "webhook endpoint disabled: failing for the whole retry window"
+                            );
+                        }
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        if let Err(e) = result {
+            // The lease brings the delivery back: at worst it is sent again,
+            // with the same webhook-id.
+            tracing::warn!(error = %e, "settling a webhook delivery");
+        }
+    }
+
+    /// Exponential from `backoff_base`, capped at `backoff_max`, with
+    /// "equal jitter" (half fixed, half random) so endpoints that recover
+    /// are not hit by every retry at once.
+    fn backoff(&self, attempts: i32) -> Duration {
+        let exp = attempts.clamp(1, 32) as u32 - 1;
+        let full = self
+            .settings
+            .backoff_base
+            .saturating_mul(2u32.saturating_pow(exp))
+            .min(self.settings.backoff_max);
+        let half = full / 2;
+        half + half.mul_f64(rand::thread_rng().gen_range(0.0..=1.0))
+    }
+
+    async fn attempt(&self, row: &Claimed) -> Outcome {
+        let failed = |error: String| {
+            Outcome::Failed(Attempt {
+                status: None,
+                latency_ms: 0,
+                response: None,
+                error: Some(error),
+            })
+        };
+        let keys = match self.signing_keys(row) {
+            Ok(keys) => keys,
+            Err(e) => return failed(e),
+        };
+        let url = match url::Url::parse(&row.url) {
+            Ok(url) => url,
+            Err(e) => return failed(format!("invalid URL: {e}")),
+        };
+        // IP literals are not resolved, so the resolver cannot check them.
+        if !self.settings.allow_private && url.host().is_none_or(|h| host_is_private(&h)) {
+            return failed("the URL's host is not a public address".into());
+        }
+        let timestamp = chrono::Utc::now().timestamp();
+        let id = row.event_id.to_string();
+        let signature = signature_header(&keys, &id, timestamp, row.body.as_bytes());
+        let started = Instant::now();
+        let sent = self
+            .client
+            .post(url)
+            .header("content-type", "application/json")
+            .header("webhook-id", &id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(row.body.clone())
+            .send()
+            .await;
+        let mut response = match sent {
+            Ok(response) => response,
+            Err(e) => {
+                let mut attempt = Attempt {
+                    status: None,
+                    latency_ms: elapsed_ms(started),
+                    response: None,
+                    error: Some(describe(&e)),
+                };
+                attempt.latency_ms = elapsed_ms(started);
+                return Outcome::Failed(attempt);
+            }
+        };
+        let status = response.status();
+        let snippet = read_snippet(&mut response).await;
+        metrics::histogram!("webhook_request_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        let attempt = Attempt {
+            status: Some(i32::from(status.as_u16())),
+            latency_ms: elapsed_ms(started),
+            response: snippet,
+            error: (!status.is_success()).then(|| format!("HTTP {status}")),
+        };
+        if status.is_success() {
+            Outcome::Delivered(attempt)
+        } else {
+            Outcome::Failed(attempt)
+        }
+    }
+
+    /// The current secret's key, and the previous one's during its grace
+    /// period. Secrets are opened here and never logged.
+    fn signing_keys(&self, row: &Claimed) -> Result<Vec<SigningKey>, String> {
+        let mut sealed = vec![row.secret()];
+        sealed.extend(row.previous_secret());
+        sealed
+            .iter()
+            .map(|s| {
+                let secret = self
+                    .keyring
+                    .open(s, SECRET_PURPOSE)
+                    .map_err(|e| format!("signing secret: {e}"))?;
+                SigningKey::parse(&secret).map_err(|e| format!("signing secret: {e}"))
+            })
+            .collect()
+    }
+}
+
+fn elapsed_ms(started: Instant) -> i32 {
+    i32::try_from(started.elapsed().as_millis()).unwrap_or(i32::MAX)
+}
+
+/// An error and its causes, which say what actually went wrong
+/// (refused, timed out, a private address).
+fn describe(e: &reqwest::Error) -> String {
+    let mut text = if e.is_timeout() {
+        "timed out".to_string()
+    } else if e.is_connect() {
+        "connection failed".to_string()
+    } else {
+        "request failed".to_string()
+    };
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text.chars().take(SNIPPET).collect()
+}
+
+/// The first bytes of the body (a receiver's explanation), without
+/// reading a large one to the end.
+async fn read_snippet(response: &mut reqwest::Response) -> Option<String> {
+    let mut bytes = Vec::new();
+    while bytes.len() < SNIPPET {
+        match response.chunk().await {
+            Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    bytes.truncate(SNIPPET);
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    (!text.is_empty()).then_some(text)
+}

@@ -1,0 +1,545 @@
+//! Event webhooks: signed (Standard Webhooks) events of a key's messages
+//! reach its endpoints, checked by a real receiver on loopback that
+//! verifies with the `standardwebhooks` package from PyPI
+//! (tests/python/webhook_receiver.py).
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use smtp_sink::Fault;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use uuid::Uuid;
+
+use crate::python_interop::{python, repo_root};
+use crate::support::{eventually, TestEnv};
+
+const ALL_EVENTS: [&str; 6] = [
+    "email.accepted",
+    "email.sent",
+    "email.failed",
+    "email.retrying",
+    "email.suppressed",
+    "email.cancelled",
+];
+
+/// The Python receiver: its process, port and what it recorded.
+struct Receiver {
+    _child: Child,
+    port: u16,
+    http: reqwest::Client,
+}
+
+impl Receiver {
+    async fn start() -> Receiver {
+        let python = python().await;
+        let mut child = Command::new(python)
+            .arg(repo_root().join("tests/python/webhook_receiver.py"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start webhook_receiver.py");
+        let stdout = child.stdout.take().expect("receiver stdout");
+        let mut line = String::new();
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            BufReader::new(stdout).read_line(&mut line),
+        )
+        .await
+        .expect("receiver printed its port in time")
+        .expect("read receiver port");
+        Receiver {
+            _child: child,
+            port: line.trim().parse().expect("receiver port"),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hook", self.port)
+    }
+
+    async fn control(&self, state: Value) {
+        let res = self
+            .http
+            .post(format!("http://127.0.0.1:{}/_control", self.port))
+            .json(&state)
+            .send()
+            .await
+            .expect("control receiver");
+        assert!(res.status().is_success());
+    }
+
+    /// Every request received, in order.
+    async fn log(&self) -> Vec<Value> {
+        self.http
+            .get(format!("http://127.0.0.1:{}/_control/log", self.port))
+            .send()
+            .await
+            .expect("receiver log")
+            .json()
+            .await
+            .expect("receiver log JSON")
+    }
+
+    /// The requests answered 200, by event id.
+    async fn accepted(&self) -> HashMap<String, Vec<Value>> {
+        let mut by_id: HashMap<String, Vec<Value>> = HashMap::new();
+        for entry in self.log().await {
+            if entry["answered"] == 200 {
+                by_id
+                    .entry(entry["id"].as_str().unwrap_or_default().to_string())
+                    .or_default()
+                    .push(entry);
+            }
+        }
+        by_id
+    }
+
+    /// Waits until the receiver has accepted `types` for `message`, and
+    /// returns those events' entries by type.
+    async fn wait_events(&self, message: Uuid, types: &[&str]) -> HashMap<String, Value> {
+        eventually(
+            &format!("{types:?} for {message}"),
+            Duration::from_secs(30),
+            || async {
+                let found: HashMap<String, Value> = self
+                    .accepted()
+                    .await
+                    .into_values()
+                    .flatten()
+                    .filter(|e| e["event"]["data"]["message_id"] == message.to_string())
+                    .map(|e| (e["event"]["type"].as_str().unwrap_or("").to_string(), e))
+                    .collect();
+                types
+                    .iter()
+                    .all(|t| found.contains_key(*t))
+                    .then_some(found)
+            },
+        )
+        .await
+    }
+}
+
+/// An environment whose processes may call loopback endpoints, with short
+/// retry delays; an account on the test SMTP server, a worker, a scheduler
+/// (the dispatcher) and a non-admin key with `send` and `read`.
+async fn webhook_env(extra: &[(&str, &str)]) -> (TestEnv, String) {
+    let mut vars = vec![
+        ("WEBHOOK_ALLOW_PRIVATE", "true"),
+        ("WEBHOOK_POLL_MS", "100"),
+        ("WEBHOOK_BACKOFF_BASE_MS", "200"),
+        ("WEBHOOK_BACKOFF_MAX_SECONDS", "1"),
+        ("WEBHOOK_CONNECT_TIMEOUT_SECONDS", "1"),
+        ("WEBHOOK_TIMEOUT_SECONDS", "2"),
+    ];
+    vars.extend_from_slice(extra);
+    let mut env = TestEnv::with_vars(&vars).await;
+    env.start_api().await;
+    let admin = env.api().admin_token(&env.pool).await;
+    env.api()
+        .add_account(&admin, env.smtp.port(), "sender@example.com", 10_000, 0)
+        .await;
+    env.start_worker();
+    env.start_scheduler();
+    let (_, token) = env.api().token(&env.pool, &["send", "read"]).await;
+    (env, token)
+}
+
+/// Registers an endpoint; returns its id and secret.
+async fn register(env: &TestEnv, token: &str, url: &str, types: &[&str]) -> (String, String) {
+    let res = env
+        .api()
+        .post(
+            "/api/v1/webhooks",
+            token,
+            &json!({"url": url, "event_types": types, "description": "test receiver"}),
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::CREATED, "{}", res.body);
+    let secret = res.body["data"]["secret"].as_str().expect("secret");
+    assert!(secret.starts_with("whsec_"), "{secret}");
+    (
+        res.body["data"]["id"].as_str().expect("id").to_string(),
+        secret.to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_events_of_a_send_and_a_failure_reach_a_verifying_receiver() {
+    let receiver = Receiver::start().await;
+    let (env, token) = webhook_env(&[]).await;
+    let (id, secret) = register(&env, &token, &receiver.url(), &ALL_EVENTS).await;
+    receiver.control(json!({"secrets": [secret]})).await;
+    env.smtp.set_recipient_fault(
+        "nobody@example.org",
+        Fault::Reply(550, "5.1.1 No such user".into()),
+    );
+
+    let sent = env.api().send_simple(&token, "ann@example.com").await;
+    let failed = env.api().send_simple(&token, "nobody@example.org").await;
+
+    let events = receiver
+        .wait_events(sent, &["email.accepted", "email.sent"])
+        .await;
+    let accepted = &events["email.accepted"]["event"];
+    let delivered = &events["email.sent"]["event"];
+    assert_eq!(accepted["data"]["sequence"], 1, "{accepted}");
+    assert_eq!(delivered["data"]["sequence"], 2, "{delivered}");
+    assert_eq!(delivered["data"]["to"], json!(["ann@example.com"]));
+    assert_eq!(delivered["data"]["account"], "sender@example.com");
+    assert!(delivered["data"]["task_id"].is_string());
+    assert!(delivered["data"]["smtp_response"]
+        .as_str()
+        .is_some_and(|r| r.starts_with("250")));
+    for entry in events.values() {
+        assert_eq!(entry["verified"], json!([true]), "{entry}");
+        assert_eq!(entry["id"], entry["event"]["data"]["event_id"]);
+    }
+    let events = receiver
+        .wait_events(failed, &["email.accepted", "email.failed"])
+        .await;
+    let failure = &events["email.failed"]["event"]["data"];
+    assert!(
+        failure["error"].as_str().is_some_and(|e| e.contains("550")),
+        "{failure}"
+    );
+    assert_eq!(events["email.failed"]["verified"], json!([true]));
+
+    // The deliveries view shows each attempt; the secret is never shown again.
+    let res = env
+        .api()
+        .get(&format!("/api/v1/webhooks/{id}/deliveries"), &token)
+        .await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.body);
+    let items = res.body["data"]["items"].as_array().unwrap();
+    assert_eq!(items.len(), 4, "{}", res.body);
+    assert!(items
+        .iter()
+        .all(|d| d["status"] == "delivered" && d["last_status"] == 200));
+    let shown = env
+        .api()
+        .get(&format!("/api/v1/webhooks/{id}"), &token)
+        .await;
+    assert_eq!(shown.status, StatusCode::OK);
+    assert!(!shown.body.to_string().contains(&secret[6..]));
+    assert!(shown.body["data"].get("secret").is_none());
+    let stored: Vec<u8> =
+        sqlx::query_scalar("SELECT secret_ciphertext FROM webhook_endpoints WHERE id = $1::uuid")
+            .bind(&id)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert!(!String::from_utf8_lossy(&stored).contains(&secret[6..]));
+
+    // A test event reaches the endpoint whatever it subscribes to.
+    let res = env
+        .api()
+        .post(&format!("/api/v1/webhooks/{id}/test"), &token, &json!({}))
+        .await;
+    assert_eq!(res.status, StatusCode::ACCEPTED, "{}", res.body);
+    let test_id = res.body["data"]["event_id"].as_str().unwrap().to_string();
+    eventually("the test event", Duration::from_secs(20), || async {
+        receiver.accepted().await.get(&test_id).cloned()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_receiver_gets_every_event_exactly_once_after_it_recovers() {
+    let receiver = Receiver::start().await;
+    let (env, token) = webhook_env(&[]).await;
+    let (id, secret) = register(
+        &env,
+        &token,
+        &receiver.url(),
+        &["email.accepted", "email.sent"],
+    )
+    .await;
+    receiver
+        .control(json!({"secrets": [secret], "fail_next": 5}))
+        .await;
+
+    let mut messages = Vec::new();
+    for i in 0..3 {
+        messages.push(
+            env.api()
+                .send_simple(&token, &format!("r{i}@example.com"))
+                .await,
+        );
+    }
+    for m in &messages {
+        receiver
+            .wait_events(*m, &["email.accepted", "email.sent"])
+            .await;
+    }
+    // Nothing more arrives: every event was acknowledged exactly once.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let accepted = receiver.accepted().await;
+    assert_eq!(accepted.len(), 6, "{accepted:?}");
+    assert!(
+        accepted.values().all(|hits| hits.len() == 1),
+        "{accepted:?}"
+    );
+    let log = receiver.log().await;
+    assert_eq!(log.iter().filter(|e| e["answered"] == 500).count(), 5);
+    // A retried event carries the same id each time.
+    let failed_ids: Vec<&Value> = log
+        .iter()
+        .filter(|e| e["answered"] == 500)
+        .map(|e| &e["id"])
+        .collect();
+    assert!(failed_ids
+        .iter()
+        .all(|id| accepted.contains_key(id.as_str().unwrap())));
+    let res = env
+        .api()
+        .get(&format!("/api/v1/webhooks/{id}/deliveries"), &token)
+        .await;
+    let items = res.body["data"]["items"].as_array().unwrap();
+    assert_eq!(
+        items
+            .iter()
+            .map(|d| d["attempts"].as_i64().unwrap())
+            .sum::<i64>(),
+        11,
+        "{}",
+        res.body
+    );
+    let endpoint = env
+        .api()
+        .get(&format!("/api/v1/webhooks/{id}"), &token)
+        .await;
+    assert_eq!(endpoint.body["data"]["failing_since"], Value::Null);
+}
+
+/// Sends `count` emails and returns how long until all were sent.
+async fn send_and_time(env: &TestEnv, token: &str, tag: &str, count: usize) -> Duration {
+    let started = Instant::now();
+    let mut ids = Vec::new();
+    for i in 0..count {
+        ids.push(
+            env.api()
+                .send_simple(token, &format!("{tag}{i}@example.com"))
+                .await,
+        );
+    }
+    for id in ids {
+        env.wait_status(id, "sent", Duration::from_secs(30)).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_receiver_delays_neither_mail_nor_other_endpoints() {
+    let hanging = Receiver::start().await;
+    let healthy = Receiver::start().await;
+    let (env, token) = webhook_env(&[("WEBHOOK_TIMEOUT_SECONDS", "20")]).await;
+    let without = send_and_time(&env, &token, "before", 20).await;
+
+    hanging.control(json!({"hang": true})).await;
+    register(
+        &env,
+        &token,
+        &hanging.url(),
+        &["email.accepted", "email.sent"],
+    )
+    .await;
+    let (_, secret) = register(
+        &env,
+        &token,
+        &healthy.url(),
+        &["email.accepted", "email.sent"],
+    )
+    .await;
+    healthy.control(json!({"secrets": [secret]})).await;
+    let with = send_and_time(&env, &token, "after", 20).await;
+
+    // Mail goes out as fast (within noise) while one endpoint hangs...
+    assert!(
+        with <= without * 3 + Duration::from_secs(2),
+        "20 sends took {with:?} with a hanging endpoint, {without:?} without"
+    );
+    // ...and the healthy endpoint gets all 40 events while it still hangs.
+    let started = Instant::now();
+    eventually(
+        "every event at the healthy endpoint",
+        Duration::from_secs(15),
+        || async { (healthy.accepted().await.len() >= 40).then_some(()) },
+    )
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert_eq!(healthy.accepted().await.len(), 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_secret_signs_beside_the_old_one_during_the_grace_period() {
+    let receiver = Receiver::start().await;
+    let (env, token) = webhook_env(&[]).await;
+    let (id, old) = register(&env, &token, &receiver.url(), &["email.sent"]).await;
+    receiver.control(json!({"secrets": [old]})).await;
+    let first = env.api().send_simple(&token, "one@example.com").await;
+    let before = receiver.wait_events(first, &["email.sent"]).await;
+    assert_eq!(before["email.sent"]["signatures"], 1);
+
+    let res = env
+        .api()
+        .post(
+            &format!("/api/v1/webhooks/{id}/rotate-secret"),
+            &token,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.body);
+    let new = res.body["data"]["secret"].as_str().unwrap().to_string();
+    assert_ne!(new, old);
+    assert!(res.body["data"]["previous_secret_expires_at"].is_string());
+    receiver.control(json!({"secrets": [old, new]})).await;
+
+    let second = env.api().send_simple(&token, "two@example.com").await;
+    let after = &receiver.wait_events(second, &["email.sent"]).await["email.sent"];
+    assert_eq!(after["signatures"], 2, "{after}");
+    // The verifier accepts with either secret, and rejects a forged body
+    // and a replay with an old timestamp.
+    assert_eq!(after["verified"], json!([true, true]), "{after}");
+    assert_eq!(after["forged_rejected"], true);
+    assert_eq!(after["replay_rejected"], true);
+    assert_eq!(before["email.sent"]["forged_rejected"], true);
+    assert_eq!(before["email.sent"]["replay_rejected"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_addresses_are_refused_without_the_override() {
+    let mut env = TestEnv::with_vars(&[("WEBHOOK_MAX_ENDPOINTS_PER_KEY", "2")]).await;
+    env.start_api().await;
+    let (_, token) = env.api().token(&env.pool, &["send", "read"]).await;
+    for url in [
+        "http://127.0.0.1:9000/hook",
+        "http://localhost/hook",
+        "http://10.1.2.3/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::1]/hook",
+        "http://[::ffff:192.168.0.1]/hook",
+    ] {
+        let res = env
+            .api()
+            .post(
+                "/api/v1/webhooks",
+                &token,
+                &json!({"url": url, "event_types": ["email.sent"]}),
+            )
+            .await;
+        assert_eq!(
+            res.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{url}: {}",
+            res.body
+        );
+        assert_eq!(res.code(), "private_address", "{url}");
+        assert_eq!(res.body["error"]["field"], "url");
+    }
+    for (body, code) in [
+        (
+            json!({"url": "ftp://hooks.example.com/x", "event_types": ["email.sent"]}),
+            "invalid_url",
+        ),
+        (
+            json!({"url": "https://hooks.example.com/x", "event_types": []}),
+            "validation_error",
+        ),
+    ] {
+        let res = env.api().post("/api/v1/webhooks", &token, &body).await;
+        assert_eq!(res.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", res.body);
+        assert_eq!(res.code(), code, "{}", res.body);
+    }
+    let res = env
+        .api()
+        .post(
+            "/api/v1/webhooks",
+            &token,
+            &json!({"url": "https://hooks.example.com/x", "event_types": ["email.bounced"]}),
+        )
+        .await;
+    assert!(res.status.is_client_error(), "{}", res.body);
+
+    // Public URLs are accepted, up to the per-key limit; another key does
+    // not see them, an admin does.
+    let public = json!({"url": "https://hooks.example.com/notify", "event_types": ["email.sent"]});
+    let res = env.api().post("/api/v1/webhooks", &token, &public).await;
+    assert_eq!(res.status, StatusCode::CREATED, "{}", res.body);
+    let id = res.body["data"]["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        env.api()
+            .post("/api/v1/webhooks", &token, &public)
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    let res = env.api().post("/api/v1/webhooks", &token, &public).await;
+    assert_eq!(res.status, StatusCode::CONFLICT, "{}", res.body);
+    assert_eq!(res.code(), "webhook_limit_reached");
+    let (_, other) = env.api().token(&env.pool, &["send", "read"]).await;
+    let path = format!("/api/v1/webhooks/{id}");
+    assert_eq!(
+        env.api().get(&path, &other).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let admin = env.api().admin_token(&env.pool).await;
+    assert_eq!(env.api().get(&path, &admin).await.status, StatusCode::OK);
+    let listed = env.api().get("/api/v1/webhooks", &other).await;
+    assert_eq!(listed.body["data"]["items"], json!([]));
+    // Changing the URL to a private address is refused too.
+    let res = env
+        .api()
+        .request(
+            reqwest::Method::PATCH,
+            &path,
+            Some(&token),
+            Some(&json!({"url": "http://192.168.1.1/x"})),
+        )
+        .await;
+    assert_eq!(res.code(), "private_address", "{}", res.body);
+    // Every change is audited, without the secret.
+    let audit: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_log WHERE action = 'webhook.create' AND details::text NOT LIKE '%whsec_%'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(audit, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dispatcher_refuses_private_addresses_without_the_override() {
+    // The API allows the loopback endpoint; the scheduler does not.
+    let receiver = Receiver::start().await;
+    let mut env = TestEnv::with_vars(&[("WEBHOOK_POLL_MS", "100")]).await;
+    let mut settings = env.settings();
+    settings.webhooks.as_mut().unwrap().allow_private = true;
+    env.start_api_with(settings).await;
+    env.start_scheduler();
+    let (_, token) = env.api().token(&env.pool, &["send", "read"]).await;
+    let (id, secret) = register(&env, &token, &receiver.url(), &["email.accepted"]).await;
+    receiver.control(json!({"secrets": [secret]})).await;
+    let res = env
+        .api()
+        .post(&format!("/api/v1/webhooks/{id}/test"), &token, &json!({}))
+        .await;
+    assert_eq!(res.status, StatusCode::ACCEPTED);
+    let error = eventually("a refused attempt", Duration::from_secs(20), || async {
+        let res = env
+            .api()
+            .get(&format!("/api/v1/webhooks/{id}/deliveries"), &token)
+            .await;
+        res.body["data"]["items"][0]["last_error"]
+            .as_str()
+            .map(str::to_string)
+    })
+    .await;
+    assert!(error.contains("not a public address"), "{error}");
+    assert!(receiver.log().await.is_empty());
+}
