@@ -1,12 +1,16 @@
-//! `notify-api rotate-encryption-key`: re-encrypts every stored SMTP
-//! password under the current key (ENCRYPTION_KEY / ENCRYPTION_KEY_ID),
-//! opening each with the keyring (current key plus ENCRYPTION_PREVIOUS_KEYS).
+//! `notify-api rotate-encryption-key`: re-encrypts every stored secret (SMTP
+//! passwords, webhook signing secrets with their previous ones) under the
+//! current key (ENCRYPTION_KEY / ENCRYPTION_KEY_ID), opening each with the
+//! keyring (current key plus ENCRYPTION_PREVIOUS_KEYS).
 //!
 //! Safe while the platform runs: each row is one conditional UPDATE, and
 //! readers accept both keys until the old one is removed. Rows already on
 //! the current key are skipped, so the command can be re-run after a failure.
 
+use platform::crypto::{Keyring, Sealed};
 use platform::db::email_accounts::{self, PASSWORD_PURPOSE};
+use platform::db::webhooks;
+use platform::webhooks::signature::SECRET_PURPOSE;
 use platform::{db, Settings};
 use secrecy::ExposeSecret;
 
@@ -17,8 +21,46 @@ pub struct RotationReport {
     pub already_current: usize,
     /// Changed by someone else between read and write (so already re-sealed).
     pub changed_concurrently: usize,
-    /// Accounts whose password could not be opened (unknown or wrong key).
+    /// Secrets that could not be opened (unknown or wrong key), by owner.
     pub failed: Vec<String>,
+}
+
+impl RotationReport {
+    /// Counts a re-sealed secret written (`true`) or found changed by
+    /// someone else meanwhile (so already re-sealed).
+    fn count(&mut self, written: bool) {
+        if written {
+            self.rotated += 1;
+        } else {
+            self.changed_concurrently += 1;
+        }
+    }
+}
+
+/// `sealed` re-sealed under the current key, or `None` when it needs no
+/// writing (already current, counted) or cannot be opened (reported).
+/// Every secret is opened, those already on the current key id too: if
+/// ENCRYPTION_KEY changed but kept its id, they no longer open, and the
+/// rotation must say so rather than report success.
+fn reseal(
+    keyring: &Keyring,
+    sealed: &Sealed,
+    purpose: &str,
+    owner: &str,
+    report: &mut RotationReport,
+) -> Option<Sealed> {
+    let plaintext = match keyring.open(sealed, purpose) {
+        Ok(p) => p,
+        Err(e) => {
+            report.failed.push(format!("{owner}: {e}"));
+            return None;
+        }
+    };
+    if sealed.key_id == keyring.current_key_id() {
+        report.already_current += 1;
+        return None;
+    }
+    Some(keyring.seal(plaintext.expose_secret(), purpose))
 }
 
 impl std::fmt::Display for RotationReport {
@@ -44,7 +86,7 @@ pub enum RotationError {
     #[error(transparent)]
     Config(#[from] platform::config::ConfigError),
     #[error(
-        "{} account(s) could not be decrypted with the configured keys (add their key to \
+        "{} secret(s) could not be decrypted with the configured keys (add their key to \
          ENCRYPTION_PREVIOUS_KEYS and run again): {}", .0.len(), .0.join("; ")
     )]
     Undecryptable(Vec<String>),
@@ -58,27 +100,29 @@ pub async fn rotate_encryption_key(settings: &Settings) -> Result<RotationReport
         ..Default::default()
     };
     for row in email_accounts::stored_passwords(&pool).await? {
-        // Every row is opened, those already on the current key id too: if
-        // ENCRYPTION_KEY changed but kept its id, they no longer open, and
-        // the rotation must say so rather than report success.
-        let plaintext = match keyring.open(&row.sealed, PASSWORD_PURPOSE) {
-            Ok(p) => p,
-            Err(e) => {
-                report
-                    .failed
-                    .push(format!("{} ({}): {e}", row.email, row.id));
-                continue;
-            }
-        };
-        if row.sealed.key_id == keyring.current_key_id() {
-            report.already_current += 1;
-            continue;
+        let owner = format!("{} ({})", row.email, row.id);
+        if let Some(resealed) = reseal(&keyring, &row.sealed, PASSWORD_PURPOSE, &owner, &mut report)
+        {
+            let changed =
+                email_accounts::reseal_password(&pool, row.id, &row.sealed, &resealed).await?;
+            report.count(changed);
         }
-        let resealed = keyring.seal(plaintext.expose_secret(), PASSWORD_PURPOSE);
-        if email_accounts::reseal_password(&pool, row.id, &row.sealed, &resealed).await? {
-            report.rotated += 1;
+    }
+    for stored in webhooks::stored_secrets(&pool).await? {
+        let which = if stored.previous {
+            "previous secret"
         } else {
-            report.changed_concurrently += 1;
+            "secret"
+        };
+        let owner = format!("webhook endpoint {} ({which})", stored.endpoint);
+        if let Some(resealed) = reseal(
+            &keyring,
+            &stored.sealed,
+            SECRET_PURPOSE,
+            &owner,
+            &mut report,
+        ) {
+            report.count(webhooks::reseal_secret(&pool, &stored, &resealed).await?);
         }
     }
     pool.close().await;

@@ -495,3 +495,69 @@ pub async fn oldest_due_age(pool: &PgPool) -> Result<f64, sqlx::Error> {
     .fetch_one(pool)
     .await
 }
+
+/// A sealed endpoint secret as stored, for key rotation: the signing one,
+/// or the previous one while its grace period lasts.
+pub struct StoredSecret {
+    pub endpoint: Uuid,
+    pub previous: bool,
+    pub sealed: Sealed,
+}
+
+/// Every sealed secret, previous ones included.
+pub async fn stored_secrets(pool: &PgPool) -> Result<Vec<StoredSecret>, sqlx::Error> {
+    let rows: Vec<(Uuid, bool, String, Vec<u8>, Vec<u8>)> = sqlx::query_as(
+        "SELECT id, false, secret_key_id, secret_nonce, secret_ciphertext FROM webhook_endpoints
+         UNION ALL
+         SELECT id, true, previous_secret_key_id, previous_secret_nonce, previous_secret_ciphertext
+           FROM webhook_endpoints WHERE previous_secret_ciphertext IS NOT NULL
+         ORDER BY 1, 2",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(endpoint, previous, key_id, nonce, ciphertext)| StoredSecret {
+                endpoint,
+                previous,
+                sealed: Sealed {
+                    key_id,
+                    nonce,
+                    ciphertext,
+                },
+            },
+        )
+        .collect())
+}
+
+/// Replaces a sealed secret with its re-encryption, only if the row still
+/// holds exactly the old one (a rotation through the API meanwhile is
+/// already under the current key). Returns whether it changed.
+pub async fn reseal_secret(
+    pool: &PgPool,
+    stored: &StoredSecret,
+    new: &Sealed,
+) -> Result<bool, sqlx::Error> {
+    let column = if stored.previous {
+        "previous_secret"
+    } else {
+        "secret"
+    };
+    let done = sqlx::query(&format!(
+        "UPDATE webhook_endpoints SET
+            {column}_ciphertext = $5, {column}_nonce = $6, {column}_key_id = $7
+         WHERE id = $1 AND {column}_key_id = $2 AND {column}_nonce = $3
+           AND {column}_ciphertext = $4"
+    ))
+    .bind(stored.endpoint)
+    .bind(&stored.sealed.key_id)
+    .bind(&stored.sealed.nonce)
+    .bind(&stored.sealed.ciphertext)
+    .bind(&new.ciphertext)
+    .bind(&new.nonce)
+    .bind(&new.key_id)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}

@@ -1132,6 +1132,33 @@ async fn key_rotation_reencrypts_and_every_account_sends_with_only_the_new_key()
             .await;
     }
     assert_eq!(key_ids(&env.pool).await, ["k1", "k1", "k1"]);
+    // A webhook endpoint whose secret was rotated: two sealed secrets.
+    let hook = env
+        .api()
+        .create(
+            "/api/v1/webhooks",
+            &token,
+            &json!({"url": "https://hooks.example.com/in", "event_types": ["email.sent"]}),
+        )
+        .await;
+    let rotated = env
+        .api()
+        .post(
+            &format!("/api/v1/webhooks/{hook}/rotate-secret"),
+            &token,
+            &json!({}),
+        )
+        .await;
+    assert!(rotated.status.is_success(), "{}", rotated.body);
+    let secret_key_ids = || async {
+        sqlx::query_as::<_, (String, Option<String>)>(
+            "SELECT secret_key_id, previous_secret_key_id FROM webhook_endpoints",
+        )
+        .fetch_one(&env.pool)
+        .await
+        .unwrap()
+    };
+    assert_eq!(secret_key_ids().await, ("k1".into(), Some("k1".into())));
 
     let mut rotated_vars = env.vars.clone();
     rotated_vars.insert("ENCRYPTION_KEY".into(), K2.into());
@@ -1143,14 +1170,15 @@ async fn key_rotation_reencrypts_and_every_account_sends_with_only_the_new_key()
     );
     let rotation = run(&mut script("rotate_encryption_key.sh", &rotated_vars)).await;
     assert!(rotation.ok, "rotation: {rotation}");
-    assert!(rotation.stdout.contains("3 re-encrypted"), "{rotation}");
+    assert!(rotation.stdout.contains("5 re-encrypted"), "{rotation}");
     assert_eq!(key_ids(&env.pool).await, ["k2", "k2", "k2"]);
+    assert_eq!(secret_key_ids().await, ("k2".into(), Some("k2".into())));
 
     // Re-running is harmless.
     let again = run(&mut script("rotate_encryption_key.sh", &rotated_vars)).await;
     assert!(again.ok, "{again}");
     assert!(
-        again.stdout.contains("0 re-encrypted, 3 already current"),
+        again.stdout.contains("0 re-encrypted, 5 already current"),
         "{again}"
     );
 
