@@ -101,7 +101,7 @@ pub async fn rotate_encryption_key(settings: &Settings) -> Result<RotationReport
     };
     for row in email_accounts::stored_passwords(&pool).await? {
         let owner = format!("{} ({})", row.email, row.id);
-        if let Some(resealed) = reseal(&keyring, &row.sealed, PASSWORD_PURPOSE, &owner, &mut report)
+        if let Some(resealed) = reseal(keyring, &row.sealed, PASSWORD_PURPOSE, &owner, &mut report)
         {
             let changed =
                 email_accounts::reseal_password(&pool, row.id, &row.sealed, &resealed).await?;
@@ -115,13 +115,8 @@ pub async fn rotate_encryption_key(settings: &Settings) -> Result<RotationReport
             "secret"
         };
         let owner = format!("webhook endpoint {} ({which})", stored.endpoint);
-        if let Some(resealed) = reseal(
-            &keyring,
-            &stored.sealed,
-            SECRET_PURPOSE,
-            &owner,
-            &mut report,
-        ) {
+        if let Some(resealed) = reseal(keyring, &stored.sealed, SECRET_PURPOSE, &owner, &mut report)
+        {
             report.count(webhooks::reseal_secret(&pool, &stored, &resealed).await?);
         }
     }

@@ -506,8 +506,18 @@ pub struct StoredSecret {
 
 /// Every sealed secret, previous ones included.
 pub async fn stored_secrets(pool: &PgPool) -> Result<Vec<StoredSecret>, sqlx::Error> {
-    let rows: Vec<(Uuid, bool, String, Vec<u8>, Vec<u8>)> = sqlx::query_as(
-        "SELECT id, false, secret_key_id, secret_nonce, secret_ciphertext FROM webhook_endpoints
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        id: Uuid,
+        previous: bool,
+        key_id: String,
+        nonce: Vec<u8>,
+        ciphertext: Vec<u8>,
+    }
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT id, false AS previous, secret_key_id AS key_id, secret_nonce AS nonce,
+                secret_ciphertext AS ciphertext
+           FROM webhook_endpoints
          UNION ALL
          SELECT id, true, previous_secret_key_id, previous_secret_nonce, previous_secret_ciphertext
            FROM webhook_endpoints WHERE previous_secret_ciphertext IS NOT NULL
@@ -517,17 +527,15 @@ pub async fn stored_secrets(pool: &PgPool) -> Result<Vec<StoredSecret>, sqlx::Er
     .await?;
     Ok(rows
         .into_iter()
-        .map(
-            |(endpoint, previous, key_id, nonce, ciphertext)| StoredSecret {
-                endpoint,
-                previous,
-                sealed: Sealed {
-                    key_id,
-                    nonce,
-                    ciphertext,
-                },
+        .map(|r| StoredSecret {
+            endpoint: r.id,
+            previous: r.previous,
+            sealed: Sealed {
+                key_id: r.key_id,
+                nonce: r.nonce,
+                ciphertext: r.ciphertext,
             },
-        )
+        })
         .collect())
 }
 
