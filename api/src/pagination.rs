@@ -89,6 +89,11 @@ pub fn encode_time_id(at: DateTime<Utc>, id: Uuid) -> String {
     encode(&format!("{}|{id}", at.timestamp_micros()))
 }
 
+/// The position an optional (created_at, id) cursor names.
+pub fn time_id_after(cursor: Option<&str>) -> Result<Option<(DateTime<Utc>, Uuid)>, ApiError> {
+    cursor.map(decode_time_id).transpose()
+}
+
 pub fn decode_time_id(cursor: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
     let raw = decode(cursor)?;
     let (micros, id) = raw.split_once('|').ok_or_else(invalid_cursor)?;

@@ -58,6 +58,12 @@ impl Principal {
         }
     }
 
+    /// Reading resources a key owns (templates, webhooks): `read`, or a
+    /// key that may change them (`send`) or everything (`admin`).
+    pub fn require_read(&self) -> Result<(), ApiError> {
+        self.require_or(Scope::Read, &[Scope::Send, Scope::Admin])
+    }
+
     /// The key whose messages this caller may see and change: its own,
     /// or `None` (every key's) with the admin scope.
     pub fn owner_filter(&self) -> Option<Uuid> {

@@ -488,11 +488,7 @@ pub async fn list(
         created_from: query.created_after,
         created_until: query.created_before,
         campaign_id: query.campaign_id,
-        before: query
-            .cursor
-            .as_deref()
-            .map(pagination::decode_time_id)
-            .transpose()?,
+        before: pagination::time_id_after(query.cursor.as_deref())?,
     };
     let rows = messages::list(&state.pool, &filter, limit + 1).await?;
     Ok(Data::new(Page::from_rows(rows, limit, |m| {

@@ -206,11 +206,6 @@ async fn content(req: TemplateRequest) -> Result<TemplateContent, ApiError> {
     })
 }
 
-/// Reading templates takes `read`, or `send` (sends name them), or `admin`.
-fn require_read(principal: &Principal) -> Result<(), ApiError> {
-    principal.require_or(Scope::Read, &[Scope::Send, Scope::Admin])
-}
-
 /// Checks that `principal` may change the template `id`: 404 when it cannot
 /// see it, 403 when a campaign mails it and the caller is not an admin.
 /// The row is locked until `tx` ends, so a campaign cannot start using it
@@ -280,7 +275,7 @@ pub async fn list(
     principal: Principal,
     QueryParams(query): QueryParams<ListTemplatesQuery>,
 ) -> Result<Json<Data<Page<TemplateView>>>, ApiError> {
-    require_read(&principal)?;
+    principal.require_read()?;
     let limit = pagination::limit(query.limit)?;
     let after = query
         .cursor
@@ -307,7 +302,7 @@ pub async fn get(
     principal: Principal,
     PathParam(id): PathParam<Uuid>,
 ) -> Result<Json<Data<TemplateView>>, ApiError> {
-    require_read(&principal)?;
+    principal.require_read()?;
     let template = templates::get(&state.pool, id, principal.owner_filter())
         .await?
         .ok_or(ApiError::NotFound("template"))?;
@@ -367,7 +362,7 @@ pub async fn render(
     PathParam(id): PathParam<Uuid>,
     JsonBody(req): JsonBody<RenderRequest>,
 ) -> Result<Json<Data<RenderedView>>, ApiError> {
-    require_read(&principal)?;
+    principal.require_read()?;
     let template = templates::get(&state.pool, id, principal.owner_filter())
         .await?
         .ok_or(ApiError::NotFound("template"))?;

@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use super::Data;
 use crate::audit::{Actor, SendActor};
-use crate::auth::{Principal, Scope};
+use crate::auth::Principal;
 use crate::docs::responses::{
     BadJson, BadPage, BadPath, BadPathOrJson, BadPathOrQuery, BadQuery, NotFound, ReadAccess,
     SendAccess,
@@ -226,11 +226,6 @@ pub struct PageQuery {
     pub cursor: Option<String>,
 }
 
-/// Reading takes `read`, or `send` (which manages endpoints), or `admin`.
-fn require_read(principal: &Principal) -> Result<(), ApiError> {
-    principal.require_or(Scope::Read, &[Scope::Send, Scope::Admin])
-}
-
 /// The URL as stored: trimmed, parsed, http(s), and not aimed at an
 /// internal address unless `WEBHOOK_ALLOW_PRIVATE`.
 fn endpoint_url(raw: &str, allow_private: bool) -> Result<String, ApiError> {
@@ -380,13 +375,9 @@ pub async fn list(
     principal: Principal,
     QueryParams(query): QueryParams<PageQuery>,
 ) -> Result<Json<Data<Page<WebhookView>>>, ApiError> {
-    require_read(&principal)?;
+    principal.require_read()?;
     let limit = pagination::limit(query.limit)?;
-    let after = query
-        .cursor
-        .as_deref()
-        .map(pagination::decode_time_id)
-        .transpose()?;
+    let after = pagination::time_id_after(query.cursor.as_deref())?;
     let rows = webhooks::list(&state.pool, principal.owner_filter(), after, limit + 1).await?;
     Ok(Data::new(Page::from_rows(rows, limit, |e| {
         pagination::encode_time_id(e.created_at, e.id)
@@ -401,7 +392,7 @@ pub async fn get(
     principal: Principal,
     PathParam(id): PathParam<Uuid>,
 ) -> Result<Json<Data<WebhookView>>, ApiError> {
-    require_read(&principal)?;
+    principal.require_read()?;
     let endpoint = webhooks::get(&state.pool, id, principal.owner_filter())
         .await?
         .ok_or(ApiError::NotFound("webhook"))?;
@@ -503,13 +494,9 @@ pub async fn deliveries(
     PathParam(id): PathParam<Uuid>,
     QueryParams(query): QueryParams<PageQuery>,
 ) -> Result<Json<Data<Page<DeliveryView>>>, ApiError> {
-    require_read(&principal)?;
+    principal.require_read()?;
     let limit = pagination::limit(query.limit)?;
-    let after = query
-        .cursor
-        .as_deref()
-        .map(pagination::decode_time_id)
-        .transpose()?;
+    let after = pagination::time_id_after(query.cursor.as_deref())?;
     webhooks::get(&state.pool, id, principal.owner_filter())
         .await?
         .ok_or(ApiError::NotFound("webhook"))?;
