@@ -6,6 +6,7 @@ use utoipa::{Modify, OpenApi};
 use crate::error::ErrorBody;
 use crate::routes;
 
+pub mod events;
 pub mod responses;
 pub mod schemas;
 
@@ -36,6 +37,7 @@ pub mod schemas;
         routes::email_accounts::import, routes::email_accounts::test,
         routes::messages::send, routes::messages::send_batch, routes::messages::get,
         routes::messages::cancel, routes::messages::list, routes::messages::stats,
+        routes::timelines::list,
         routes::templates::create, routes::templates::list, routes::templates::get,
         routes::templates::replace, routes::templates::delete, routes::templates::render,
         routes::suppressions::list, routes::suppressions::create, routes::suppressions::delete,
@@ -52,7 +54,8 @@ pub mod schemas;
         routes::webhooks::update, routes::webhooks::delete, routes::webhooks::rotate_secret,
         routes::webhooks::deliveries, routes::webhooks::redeliver, routes::webhooks::test,
     ),
-    components(schemas(ErrorBody)),
+    components(schemas(ErrorBody, events::EmailEvent, events::CampaignRunEvent,
+        events::AccountEvent, events::EndpointDisabledEvent, events::TestEvent)),
     modifiers(&BearerAuth),
     tags(
         (name = "auth", description = "API keys for JWTs"),
@@ -71,6 +74,16 @@ pub mod schemas;
     )
 )]
 pub struct ApiDoc;
+
+/// The document as served: [`ApiDoc`] and the `webhooks` section (the
+/// events the platform posts), which utoipa has no field for.
+pub fn document() -> serde_json::Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    if let Some(root) = doc.as_object_mut() {
+        root.insert("webhooks".into(), events::webhooks_section());
+    }
+    doc
+}
 
 /// Prometheus metrics in the text exposition format: HTTP requests by
 /// route and status, latencies, accepted messages by kind, outbox depth.

@@ -97,6 +97,8 @@ pub struct SendEmailRequest {
     pub send_at: Option<String>,
     /// Groups messages for queries and statistics.
     pub campaign_id: Option<Uuid>,
+    #[schema(value_type = Option<crate::docs::schemas::Metadata>)]
+    pub metadata: Option<platform::db::messages::Metadata>,
 }
 
 /// A template named by id or by name.
@@ -225,6 +227,7 @@ impl SendEmailRequest {
         let reply_to = rules::reply_to(self.reply_to.as_deref())?;
         let from_name = rules::from_name(self.from_name.as_deref())?;
         let send_at = self.send_at.as_deref().map(parse_send_at).transpose()?;
+        let metadata = rules::metadata(self.metadata.as_ref())?;
         Ok(AcceptedEmail {
             new: NewMessage {
                 id: Uuid::now_v7(),
@@ -238,6 +241,7 @@ impl SendEmailRequest {
                 subject,
                 html_body: content,
                 text_body: text,
+                metadata,
             },
             attachments,
             send_at,

@@ -19,18 +19,17 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
-use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::auth::{AuthThrottle, KeyCache, TokenIssuer};
-use crate::docs::ApiDoc;
+use crate::docs;
 use crate::error::ApiError;
 use crate::http_metrics;
 use crate::ingest::Ingest;
 use crate::ratelimit::{self, RateLimiter};
 use crate::readiness::Readiness;
 use crate::routes::{
-    api_keys, audit_log, auth, campaigns, dead_letters, email_accounts, health, lists, messages,
+    api_keys, audit_log, auth, campaigns, dead_letters, email_accounts, health, lists, messages, timelines,
     periodic_tasks, queues, suppressions, templates, webhooks,
 };
 use crate::state::{ApiSettings, AppState, Shared};
@@ -127,6 +126,11 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         (Method::GET, "/api/v1/messages", get(messages::list)),
         (Method::GET, "/api/v1/messages/stats", get(messages::stats)),
         (Method::GET, "/api/v1/messages/{id}", get(messages::get)),
+        (
+            Method::GET,
+            "/api/v1/messages/{id}/events",
+            get(timelines::list),
+        ),
         (
             Method::POST,
             "/api/v1/messages/{id}/cancel",
@@ -337,7 +341,7 @@ pub fn router(state: AppState) -> Router {
         // Routes on one path with different methods merge.
         app = app.route(path, handler);
     }
-    app.merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
+    app.merge(SwaggerUi::new("/docs").external_url_unchecked("/openapi.json", docs::document()))
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::middleware::from_fn(ratelimit::headers))

@@ -10,8 +10,14 @@
 //!      to last email received and recorded `sent`, and per-message latency
 //!      (created → sent) p50/p99; worker peak RSS.
 //!
+//! `notify-scheduler` runs throughout. With `--webhooks E`, E endpoints on
+//! an in-process receiver (answering 204) subscribe to `email.accepted`
+//! and `email.sent`, and the run ends with the dispatcher's figures: events
+//! delivered per second and the lag from event to delivery. Comparing a
+//! run with `--webhooks 0` shows what webhooks cost the sending rate.
+//!
 //! Usage: notify-bench [--messages N] [--concurrency C] [--workers W] [--rate R]
-//!                     [--worker-concurrency N] [--prefetch N]
+//!                     [--worker-concurrency N] [--prefetch N] [--webhooks E]
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -26,6 +32,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::Semaphore;
 
 mod cpu;
+mod receiver;
 use cpu::CpuSnapshot;
 
 struct Options {
@@ -40,6 +47,8 @@ struct Options {
     worker_concurrency: usize,
     /// Unacknowledged deliveries per queue (RABBITMQ_PREFETCH_COUNT).
     prefetch: usize,
+    /// Webhook endpoints receiving each message's events.
+    webhooks: usize,
 }
 
 fn options() -> anyhow::Result<Options> {
@@ -50,6 +59,7 @@ fn options() -> anyhow::Result<Options> {
         rate: 0,
         worker_concurrency: 128,
         prefetch: 64,
+        webhooks: 0,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -61,8 +71,9 @@ fn options() -> anyhow::Result<Options> {
             "--rate" => o.rate = value,
             "--worker-concurrency" => o.worker_concurrency = value,
             "--prefetch" => o.prefetch = value,
+            "--webhooks" => o.webhooks = value,
             other => bail!(
-                "unknown flag {other}; usage: notify-bench [--messages N] [--concurrency C] [--workers W] [--rate R] [--worker-concurrency N] [--prefetch N]"
+                "unknown flag {other}; usage: notify-bench [--messages N] [--concurrency C] [--workers W] [--rate R] [--worker-concurrency N] [--prefetch N] [--webhooks E]"
             ),
         }
     }
@@ -91,6 +102,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 struct Platform {
     vars: Vec<(String, String)>,
     api: Child,
+    scheduler: Option<Child>,
     workers: Vec<Child>,
 }
 
@@ -181,6 +193,45 @@ async fn wait_sent(
     }
 }
 
+/// Waits for the dispatcher to deliver all `expected` events (two per
+/// message and endpoint), then prints its rate and the delivery lag.
+async fn report_webhooks(
+    pool: &PgPool,
+    receiver: &receiver::Receiver,
+    expected: u64,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(900);
+    while receiver.received() < expected {
+        if Instant::now() > deadline {
+            bail!("only {} of {expected} webhook events arrived", receiver.received());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (span, delivered): (f64, i64) = sqlx::query_as(
+        "SELECT extract(epoch FROM max(d.delivered_at) - min(v.created_at))::float8, count(*)
+           FROM webhook_deliveries d JOIN webhook_events v ON v.id = d.event_id
+          WHERE d.status = 'delivered'",
+    )
+    .fetch_one(pool)
+    .await?;
+    let mut lag: Vec<f64> = sqlx::query_scalar(
+        "SELECT (extract(epoch FROM d.delivered_at - v.created_at) * 1000)::float8
+           FROM webhook_deliveries d JOIN webhook_events v ON v.id = d.event_id
+          WHERE d.status = 'delivered'",
+    )
+    .fetch_all(pool)
+    .await?;
+    lag.sort_by(f64::total_cmp);
+    println!(
+        "webhooks: {delivered} events delivered ({} requests received) in {span:.1} s from the first event: {:.0} events/s; lag event → delivered p50 {:.0} ms, p99 {:.0} ms",
+        receiver.received(),
+        delivered as f64 / span,
+        percentile(&lag, 0.5),
+        percentile(&lag, 0.99)
+    );
+    Ok(())
+}
+
 fn peak_rss_mb(pid: Option<u32>) -> f64 {
     let Some(pid) = pid else { return 0.0 };
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -238,6 +289,8 @@ async fn main() -> anyhow::Result<()> {
         ("PATH", "/usr/bin:/bin"),
         // One key drives the whole load; per-key rate limiting would refuse it.
         ("RATE_LIMIT_ENABLED", "false"),
+        // The receiver is on loopback.
+        ("WEBHOOK_ALLOW_PRIVATE", "true"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -245,6 +298,7 @@ async fn main() -> anyhow::Result<()> {
     let mut platform = Platform {
         vars,
         api: Command::new("true").spawn()?,
+        scheduler: None,
         workers: Vec::new(),
     };
     platform.api = platform.spawn("notify-api", &[("API_PORT", api_port.to_string())])?;
@@ -282,10 +336,22 @@ async fn main() -> anyhow::Result<()> {
         .send()
         .await?
         .error_for_status()?;
+    let receiver = receiver::Receiver::start().await?;
+    for _ in 0..o.webhooks {
+        client
+            .post(format!("{base}/api/v1/webhooks"))
+            .bearer_auth(&token)
+            .json(&json!({"url": format!("http://127.0.0.1:{}/hook", receiver.port),
+                "event_types": ["email.accepted", "email.sent"]}))
+            .send()
+            .await?
+            .error_for_status()?;
+    }
+    platform.scheduler = Some(platform.spawn("notify-scheduler", &[])?);
     let send_url = format!("{base}/api/v1/messages/email/send");
     println!(
-        "notify-bench: {} messages, {} concurrent clients, {} worker process(es) of concurrency {}, prefetch {}",
-        o.messages, o.concurrency, o.workers, o.worker_concurrency, o.prefetch
+        "notify-bench: {} messages, {} concurrent clients, {} worker process(es) of concurrency {}, prefetch {}, {} webhook endpoint(s)",
+        o.messages, o.concurrency, o.workers, o.worker_concurrency, o.prefetch, o.webhooks
     );
 
     // 1. Ingest with the workers stopped.
@@ -372,9 +438,18 @@ async fn main() -> anyhow::Result<()> {
         println!("worker {i} peak RSS: {:.0} MB", peak_rss_mb(w.id()));
     }
     println!("api peak RSS: {:.0} MB", peak_rss_mb(platform.api.id()));
+    if o.webhooks > 0 {
+        report_webhooks(&pool, &receiver, (4 * o.messages * o.webhooks) as u64).await?;
+    }
+    if let Some(scheduler) = &platform.scheduler {
+        println!("scheduler peak RSS: {:.0} MB", peak_rss_mb(scheduler.id()));
+    }
 
     for w in &mut platform.workers {
         let _ = w.kill().await;
+    }
+    if let Some(scheduler) = &mut platform.scheduler {
+        let _ = scheduler.kill().await;
     }
     let _ = platform.api.kill().await;
     pool.close().await;

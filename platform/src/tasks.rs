@@ -132,6 +132,9 @@ pub struct SendEmailKwargs {
     pub reply_to: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_name: Option<String>,
+    /// The sender's labels, echoed in the message and its webhook events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<crate::db::messages::Metadata>,
 }
 
 /// One address or a list, as callers of the Python platform wrote either:

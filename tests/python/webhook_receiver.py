@@ -3,7 +3,8 @@
 Verifies every request with the `standardwebhooks` package, as a customer
 would, and records what it saw. Prints its port on the first line of
 stdout. The test steers it with POST /_control (JSON merged into its state:
-`secrets`, `fail_next` requests to answer 500, `hang` to never answer) and
+`secrets`, `fail_next` requests to answer 500, `hang` to never answer,
+`delay_ms` to answer each request that much later) and
 reads GET /_control/log.
 
 For each request it records whether each known secret verifies it, and
@@ -19,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-state = {"secrets": [], "fail_next": 0, "hang": False, "log": []}
+state = {"secrets": [], "fail_next": 0, "hang": False, "delay_ms": 0, "log": []}
 lock = threading.Lock()
 
 
@@ -63,9 +64,11 @@ class Handler(BaseHTTPRequestHandler):
         with lock:
             secrets = list(state["secrets"])
             hang = state["hang"]
+            delay = state["delay_ms"] / 1000
         if hang:
             time.sleep(3600)
             return
+        time.sleep(delay)
         verified = [verifies(s, body, headers) for s in secrets]
         forged_rejected = not any(verifies(s, body + b" ", headers) for s in secrets)
         replayed = dict(headers)

@@ -177,3 +177,37 @@ impl ToSchema for MemberImport {
         schemas.push((MemberInput::name().into(), MemberInput::schema()));
     }
 }
+
+/// A send's `metadata`: at most 20 string entries, keys 1 to 40 of
+/// `A-Z a-z 0-9 _ - . :`, values at most 500 characters without control
+/// characters ([`platform::mail::rules::metadata`]).
+pub struct Metadata;
+
+impl PartialSchema for Metadata {
+    fn schema() -> RefOr<Schema> {
+        let value = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .max_length(Some(platform::mail::rules::MAX_METADATA_VALUE))
+            .pattern(Some(r"^[^\u0000-\u001F\u007F-\u009F]*$"));
+        let key = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(r"^[A-Za-z0-9_.:-]{1,40}$"));
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .property_names(Some(key))
+            .additional_properties(Some(value))
+            .max_properties(Some(platform::mail::rules::MAX_METADATA_ENTRIES))
+            .description(Some(
+                "Your own labels (an order id, a tenant), stored with the message and echoed in \
+                 it and in its webhook events.",
+            ))
+            .examples([json!({"order_id": "A-1042", "tenant": "shop-eu"})])
+            .into()
+    }
+}
+
+impl ToSchema for Metadata {
+    fn name() -> Cow<'static, str> {
+        "Metadata".into()
+    }
+}

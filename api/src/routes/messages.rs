@@ -347,6 +347,9 @@ pub struct MessageView {
     pub send_at: Option<DateTime<Utc>>,
     pub cancelled_at: Option<DateTime<Utc>>,
     pub campaign_id: Option<Uuid>,
+    /// The `metadata` the send carried (empty when none).
+    #[schema(value_type = Object)]
+    pub metadata: platform::db::messages::Metadata,
 }
 
 impl From<messages::MessageRecord> for MessageView {
@@ -374,6 +377,7 @@ impl From<messages::MessageRecord> for MessageView {
             send_at: m.send_at,
             cancelled_at: m.cancelled_at,
             campaign_id: m.campaign_id,
+            metadata: m.metadata.map(|j| j.0).unwrap_or_default(),
         }
     }
 }
@@ -394,7 +398,7 @@ pub async fn get(
 }
 
 /// The message `id`, if `owner` (see [`Principal::owner_filter`]) may see it.
-async fn find(
+pub(crate) async fn find(
     state: &AppState,
     id: Uuid,
     owner: Option<Uuid>,

@@ -13,6 +13,7 @@ pub mod periodic_tasks;
 pub mod queues;
 pub mod suppressions;
 pub mod templates;
+pub mod timelines;
 pub mod webhooks;
 
 use serde::Serialize;

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use platform::db::webhooks::{self, Delivery, Endpoint, EndpointPatch, NewEndpoint};
 use platform::webhooks::address::host_is_private;
 use platform::webhooks::signature::{SigningKey, SECRET_PURPOSE};
-use platform::webhooks::EVENT_TYPES;
+use platform::webhooks::{ADMIN_EVENT_TYPES, EVENT_TYPES};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use super::Data;
 use crate::audit::{Actor, SendActor};
-use crate::auth::Principal;
+use crate::auth::{Principal, Scope};
 use crate::docs::responses::{
     BadJson, BadPage, BadPath, BadPathOrJson, BadPathOrQuery, BadQuery, NotFound, ReadAccess,
     SendAccess,
@@ -61,6 +61,23 @@ pub enum EventType {
     /// The send was cancelled before a worker took it.
     #[serde(rename = "email.cancelled")]
     Cancelled,
+    /// A campaign run began (admin keys only).
+    #[serde(rename = "campaign.run.started")]
+    CampaignRunStarted,
+    /// A campaign run finished enqueueing, or failed (admin keys only).
+    #[serde(rename = "campaign.run.completed")]
+    CampaignRunCompleted,
+    /// An operator took an SMTP account out of rotation (admin keys only).
+    #[serde(rename = "account.paused")]
+    AccountPaused,
+    /// An SMTP account's circuit breaker opened after failures in a row
+    /// (admin keys only).
+    #[serde(rename = "account.circuit_open")]
+    AccountCircuitOpen,
+    /// The dispatcher disabled an endpoint that failed for the whole retry
+    /// window (admin keys only).
+    #[serde(rename = "endpoint.disabled")]
+    EndpointDisabled,
 }
 
 impl EventType {
@@ -72,7 +89,16 @@ impl EventType {
             EventType::Retrying => "email.retrying",
             EventType::Suppressed => "email.suppressed",
             EventType::Cancelled => "email.cancelled",
+            EventType::CampaignRunStarted => "campaign.run.started",
+            EventType::CampaignRunCompleted => "campaign.run.completed",
+            EventType::AccountPaused => "account.paused",
+            EventType::AccountCircuitOpen => "account.circuit_open",
+            EventType::EndpointDisabled => "endpoint.disabled",
         }
+    }
+
+    fn admin_only(self) -> bool {
+        ADMIN_EVENT_TYPES.contains(&self.as_str())
     }
 }
 
@@ -86,7 +112,7 @@ pub struct CreateWebhook {
     #[schema(max_length = 2048, pattern = r"^https?://[^\s/?#]+[^\s]*$")]
     pub url: String,
     /// At least one; a type named twice counts once.
-    #[schema(min_items = 1, max_items = 6)]
+    #[schema(min_items = 1, max_items = 11)]
     pub event_types: Vec<EventType>,
     /// At most 500 characters, no control characters.
     #[serde(default)]
@@ -106,7 +132,7 @@ fn yes() -> bool {
 pub struct UpdateWebhook {
     #[schema(max_length = 2048, pattern = r"^https?://[^\s/?#]+[^\s]*$")]
     pub url: Option<String>,
-    #[schema(min_items = 1, max_items = 6)]
+    #[schema(min_items = 1, max_items = 11)]
     pub event_types: Option<Vec<EventType>>,
     #[schema(max_length = 500, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub description: Option<String>,
@@ -258,12 +284,27 @@ fn endpoint_url(raw: &str, allow_private: bool) -> Result<String, ApiError> {
     Ok(url.to_string())
 }
 
-fn event_types(types: &[EventType]) -> Result<Vec<String>, ApiError> {
+/// The types as stored, each once. Platform events (campaign runs,
+/// accounts, endpoints) go only to endpoints of admin keys, so only an
+/// admin key may ask for them, for an endpoint of its own (`owner_is_admin`).
+fn event_types(types: &[EventType], owner_is_admin: bool) -> Result<Vec<String>, ApiError> {
     if types.is_empty() || types.len() > EVENT_TYPES.len() {
         return Err(ApiError::validation(
             "event_types",
             format!("name 1 to {} event types", EVENT_TYPES.len()),
         ));
+    }
+    if let Some(t) = types.iter().find(|t| t.admin_only()) {
+        if !owner_is_admin {
+            return Err(ApiError::invalid(
+                "admin_event_type",
+                "event_types",
+                format!(
+                    "{} is a platform event: only an admin key's own endpoints receive it",
+                    t.as_str()
+                ),
+            ));
+        }
     }
     let mut names: Vec<String> = Vec::with_capacity(types.len());
     for t in types {
@@ -317,7 +358,7 @@ async fn record(
     security(("bearer" = [])),
     responses((status = 201, body = Data<CreatedWebhook>), SendAccess, BadJson,
         (status = 409, body = ErrorBody, description = "`webhook_limit_reached`: the key has WEBHOOK_MAX_ENDPOINTS_PER_KEY endpoints"),
-        (status = 422, body = ErrorBody, description = "`validation_error`, `invalid_url`, `private_address`, `invalid_body`, `invalid_text` (NUL in text)")))]
+        (status = 422, body = ErrorBody, description = "`validation_error`, `invalid_url`, `private_address`, `admin_event_type` (a platform event for an endpoint that is not an admin key's own), `invalid_body`, `invalid_text` (NUL in text)")))]
 pub async fn create(
     State(state): State<AppState>,
     SendActor(actor): SendActor,
@@ -325,7 +366,7 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<Data<CreatedWebhook>>), ApiError> {
     let settings = webhook_settings(&state)?;
     let url = endpoint_url(&req.url, settings.allow_private)?;
-    let event_types = event_types(&req.event_types)?;
+    let event_types = event_types(&req.event_types, actor.principal.has(Scope::Admin))?;
     let description = description(&req.description)?;
     let (_, secret) = SigningKey::generate();
     let sealed = state
@@ -404,7 +445,7 @@ pub async fn get(
 #[utoipa::path(patch, path = "/api/v1/webhooks/{id}", tag = "webhooks", security(("bearer" = [])),
     params(("id" = Uuid, Path)), request_body = UpdateWebhook,
     responses((status = 200, body = Data<WebhookView>), SendAccess, BadPathOrJson, NotFound,
-        (status = 422, body = ErrorBody, description = "`validation_error`, `invalid_url`, `private_address`, `invalid_body`, `invalid_text` (NUL in text)")))]
+        (status = 422, body = ErrorBody, description = "`validation_error`, `invalid_url`, `private_address`, `admin_event_type` (a platform event for an endpoint that is not an admin key's own), `invalid_body`, `invalid_text` (NUL in text)")))]
 pub async fn update(
     State(state): State<AppState>,
     SendActor(actor): SendActor,
@@ -412,13 +453,23 @@ pub async fn update(
     JsonBody(req): JsonBody<UpdateWebhook>,
 ) -> Result<Json<Data<WebhookView>>, ApiError> {
     let settings = webhook_settings(&state)?;
+    // Platform events need the endpoint to be the admin caller's own (an
+    // admin changing another key's endpoint may not add them).
+    let owns_as_admin = actor.principal.has(Scope::Admin)
+        && webhooks::get(&state.pool, id, None)
+            .await?
+            .is_some_and(|e| e.owner_key_id == actor.principal.key_id);
     let patch = EndpointPatch {
         url: req
             .url
             .as_deref()
             .map(|u| endpoint_url(u, settings.allow_private))
             .transpose()?,
-        event_types: req.event_types.as_deref().map(event_types).transpose()?,
+        event_types: req
+            .event_types
+            .as_deref()
+            .map(|types| event_types(types, owns_as_admin))
+            .transpose()?,
         description: req.description.as_deref().map(description).transpose()?,
         is_active: req.is_active,
     };

@@ -12,6 +12,9 @@ pub enum Job {
     IdempotencyKeys { hours: u32 },
     /// Dead letters requeued more than `days` ago.
     RequeuedDeadLetters { days: u32 },
+    /// Webhook events created more than `days` ago that no delivery still
+    /// waits on (their deliveries, the attempt history, go with them).
+    WebhookEvents { days: u32 },
     /// Refresh tokens expired more than `hours` ago (their JWTs are refused
     /// as expired anyway, so a replay needs no record).
     ExpiredRefreshTokens { hours: u32 },
@@ -40,6 +43,15 @@ pub async fn delete_batch(pool: &PgPool, job: Job, limit: i64) -> Result<u64, sq
             "DELETE FROM dead_letters WHERE id IN (
                  SELECT id FROM dead_letters
                   WHERE requeued_at < now() - make_interval(days => $1)
+                  LIMIT $2)",
+            days,
+        ),
+        Job::WebhookEvents { days } => (
+            "DELETE FROM webhook_events WHERE id IN (
+                 SELECT v.id FROM webhook_events v
+                  WHERE v.created_at < now() - make_interval(days => $1)
+                    AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d
+                                     WHERE d.event_id = v.id AND d.status = 'pending')
                   LIMIT $2)",
             days,
         ),

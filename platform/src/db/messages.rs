@@ -5,10 +5,17 @@
 //! conditional UPDATE, so of two deliveries of the same task (a redelivery,
 //! or a message the outbox published twice) only one ever reaches SMTP.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
+
+/// The sender's own labels on a message (`metadata` on a send), echoed in
+/// the message and its webhook events; [`crate::mail::rules::metadata`]
+/// bounds them.
+pub type Metadata = BTreeMap<String, String>;
 
 /// The states of a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,6 +109,8 @@ pub struct MessageRecord {
     /// How often the reconciler has published it again.
     #[sqlx(default)]
     pub republished: i32,
+    #[sqlx(default)]
+    pub metadata: Option<sqlx::types::Json<Metadata>>,
 }
 
 impl MessageRecord {
@@ -124,6 +133,7 @@ pub struct NewMessage {
     pub subject: String,
     pub html_body: String,
     pub text_body: Option<String>,
+    pub metadata: Option<Metadata>,
 }
 
 /// A message record as first written: every column a writer may set.
@@ -172,6 +182,8 @@ pub struct NewRecord<'a> {
     pub failed_at: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub updated_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<&'a Metadata>,
 }
 
 impl<'a> NewRecord<'a> {
@@ -209,6 +221,7 @@ impl<'a> NewRecord<'a> {
             sent_at: None,
             failed_at: None,
             updated_at: None,
+            metadata: None,
         }
     }
 
@@ -221,6 +234,7 @@ impl<'a> NewRecord<'a> {
             reply_to: new.reply_to.as_deref(),
             from_name: new.from_name.as_deref(),
             text_body: new.text_body.as_deref(),
+            metadata: new.metadata.as_ref(),
             ..Self::new(
                 new.id,
                 &new.task_id,
@@ -238,18 +252,18 @@ macro_rules! insert_records_sql {
         "INSERT INTO message_records (id, task_id, api_key_id, status, error, to_addrs, cc_addrs,
             bcc_addrs, reply_to, from_name, subject, html_body, text_body, send_at, campaign_id,
             campaign_run_id, account_id, account_email, attempts, created_at, queued_at, sent_at,
-            failed_at, updated_at)
+            failed_at, updated_at, metadata)
          SELECT id, task_id, api_key_id, status, error, to_addrs, cc_addrs, bcc_addrs, reply_to,
             from_name, subject, html_body, text_body, send_at, campaign_id, campaign_run_id,
             account_id, account_email, COALESCE(attempts, 0), COALESCE(created_at, now()),
             COALESCE(queued_at, CASE WHEN status = 'queued' THEN now() END), sent_at, failed_at,
-            COALESCE(updated_at, now())
+            COALESCE(updated_at, now()), metadata
          FROM jsonb_to_recordset($1) AS x(id uuid, task_id text, api_key_id uuid, status text,
             error text, to_addrs text[], cc_addrs text[], bcc_addrs text[], reply_to text,
             from_name text, subject text, html_body text, text_body text, send_at timestamptz,
             campaign_id uuid, campaign_run_id uuid, account_id uuid, account_email text,
             attempts integer, created_at timestamptz, queued_at timestamptz, sent_at timestamptz,
-            failed_at timestamptz, updated_at timestamptz)"
+            failed_at timestamptz, updated_at timestamptz, metadata jsonb)"
     };
 }
 /// The one statement that writes message records: the rows ([`NewRecord`]s

@@ -9,6 +9,7 @@ pub mod email_accounts;
 pub mod idempotency;
 pub mod lists;
 pub mod maintenance;
+pub mod message_events;
 pub mod messages;
 pub mod outbox;
 pub mod periodic_tasks;

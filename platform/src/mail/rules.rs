@@ -12,6 +12,13 @@ pub const MAX_SUBJECT: usize = 998;
 /// Longest display name for From.
 pub const MAX_FROM_NAME: usize = 128;
 
+/// Most entries in a message's `metadata`.
+pub const MAX_METADATA_ENTRIES: usize = 20;
+/// Longest `metadata` key, in characters.
+pub const MAX_METADATA_KEY: usize = 40;
+/// Longest `metadata` value, in characters.
+pub const MAX_METADATA_VALUE: usize = 500;
+
 /// A broken rule.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Violation {
@@ -55,6 +62,47 @@ pub fn header_text(
         ));
     }
     Ok(value.to_string())
+}
+
+/// The sender's `metadata`: at most 20 entries, each key 1 to 40 of
+/// `A-Z a-z 0-9 _ - . :`, each value at most 500 characters without control
+/// characters (kept as given). An empty map is no metadata.
+pub fn metadata(
+    value: Option<&crate::db::messages::Metadata>,
+) -> Result<Option<crate::db::messages::Metadata>, Violation> {
+    let Some(map) = value.filter(|m| !m.is_empty()) else {
+        return Ok(None);
+    };
+    if map.len() > MAX_METADATA_ENTRIES {
+        return Err(invalid(
+            "metadata",
+            format!("metadata has at most {MAX_METADATA_ENTRIES} entries"),
+        ));
+    }
+    for (key, value) in map {
+        let key_ok = (1..=MAX_METADATA_KEY).contains(&key.chars().count())
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
+        if !key_ok {
+            return Err(invalid(
+                "metadata",
+                format!(
+                    "metadata keys are 1 to {MAX_METADATA_KEY} of A-Z a-z 0-9 _ - . : (not {:?})",
+                    key.chars().take(MAX_METADATA_KEY + 1).collect::<String>()
+                ),
+            ));
+        }
+        if value.chars().any(char::is_control) || value.chars().count() > MAX_METADATA_VALUE {
+            return Err(invalid(
+                "metadata",
+                format!(
+                    "metadata value of {key:?} must be at most {MAX_METADATA_VALUE} characters, without control characters"
+                ),
+            ));
+        }
+    }
+    Ok(Some(map.clone()))
 }
 
 /// One address, in its normal form.
@@ -230,5 +278,37 @@ mod tests {
             matches!(check(email, 12), Err(Violation::TooLarge(m)) if m.contains("EMAIL_MAX_SIZE"))
         );
         assert!(check(email, 19).is_ok());
+    }
+
+    #[test]
+    fn metadata_is_kept_within_its_bounds_and_refused_past_them() {
+        use crate::db::messages::Metadata;
+        let map = |pairs: &[(&str, &str)]| -> Metadata {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(metadata(None), Ok(None));
+        assert_eq!(metadata(Some(&Metadata::new())), Ok(None));
+        let good = map(&[("order_id", "A-1"), ("a.b:c-d_e", ""), ("k", &"é".repeat(500))]);
+        assert_eq!(metadata(Some(&good)), Ok(Some(good.clone())));
+        let many: Metadata = (0..21).map(|i| (format!("k{i}"), "v".into())).collect();
+        let long_key = "k".repeat(41);
+        let long_value = "v".repeat(501);
+        for bad in [
+            many,
+            map(&[("", "v")]),
+            map(&[("with space", "v")]),
+            map(&[("ключ", "v")]),
+            map(&[(long_key.as_str(), "v")]),
+            map(&[("k", long_value.as_str())]),
+            map(&[("k", "a\r\nBcc: x")]),
+        ] {
+            assert!(
+                matches!(metadata(Some(&bad)), Err(Violation::Invalid { ref field, .. }) if field == "metadata"),
+                "{bad:?}"
+            );
+        }
     }
 }

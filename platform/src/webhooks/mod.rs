@@ -5,15 +5,32 @@
 pub mod address;
 pub mod signature;
 
-/// The event types an endpoint may subscribe to, as the triggers on
-/// `message_records` (migration V9) name them.
-pub const EVENT_TYPES: [&str; 6] = [
+/// The event types an endpoint may subscribe to, as the triggers name
+/// them: message events (on `message_records`, migration V9) for the
+/// endpoints of the key that sent the message, then [`ADMIN_EVENT_TYPES`].
+pub const EVENT_TYPES: [&str; 11] = [
     "email.accepted",
     "email.sent",
     "email.failed",
     "email.retrying",
     "email.suppressed",
     "email.cancelled",
+    "campaign.run.started",
+    "campaign.run.completed",
+    "account.paused",
+    "account.circuit_open",
+    "endpoint.disabled",
+];
+
+/// The events about the platform rather than one key's messages (on
+/// `campaign_runs`, `email_accounts` and `webhook_endpoints`, migration
+/// V10): only endpoints of admin keys receive them.
+pub const ADMIN_EVENT_TYPES: [&str; 5] = [
+    "campaign.run.started",
+    "campaign.run.completed",
+    "account.paused",
+    "account.circuit_open",
+    "endpoint.disabled",
 ];
 
 /// The type of the event `POST /webhooks/{id}/test` sends; always

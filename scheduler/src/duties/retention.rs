@@ -1,5 +1,6 @@
-//! Retention: deletes finished message records and requeued dead letters
-//! older than `MESSAGE_RETENTION_DAYS`, idempotency keys older than
+//! Retention: deletes finished message records (with their timelines),
+//! requeued dead letters and settled webhook events (with their delivery
+//! history) older than `MESSAGE_RETENTION_DAYS`, idempotency keys older than
 //! `IDEMPOTENCY_RETENTION_HOURS`, refresh tokens a day after they expire,
 //! and lapsed worker leases.
 
@@ -14,7 +15,7 @@ impl Duties {
     #[tracing::instrument(level = "debug", skip_all)]
     pub async fn maintain(&self, token: &CancellationToken) -> Result<(), sqlx::Error> {
         let s = &self.scheduler;
-        let jobs: [(&str, maintenance::Job); 4] = [
+        let jobs: [(&str, maintenance::Job); 5] = [
             (
                 "message_records",
                 maintenance::Job::Messages {
@@ -30,6 +31,12 @@ impl Duties {
             (
                 "dead_letters",
                 maintenance::Job::RequeuedDeadLetters {
+                    days: s.message_retention_days,
+                },
+            ),
+            (
+                "webhook_events",
+                maintenance::Job::WebhookEvents {
                     days: s.message_retention_days,
                 },
             ),

@@ -123,6 +123,7 @@ async fn a_task_published_twice_sends_one_email() {
         subject: "Once".into(),
         html_body: "<p>once</p>".into(),
         text_body: None,
+        metadata: None,
     };
     let kwargs = serde_json::json!({"message_id": new.id})
         .as_object()

@@ -40,5 +40,6 @@ mod suppressions;
 mod template_limits;
 mod templates;
 mod throttle;
+mod timelines;
 mod walkthrough;
 mod webhooks;

@@ -3,14 +3,13 @@
 
 use std::collections::BTreeSet;
 
-use notify_api::docs::ApiDoc;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
 use crate::support::TestEnv;
 
 fn spec() -> Value {
-    serde_json::to_value(<ApiDoc as utoipa::OpenApi>::openapi()).expect("spec serializes")
+    notify_api::docs::document()
 }
 
 const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
@@ -37,6 +36,39 @@ fn every_route_is_in_the_spec_and_every_spec_path_is_routed() {
         "routes missing from the spec: {missing:?}"
     );
     assert!(phantom.is_empty(), "spec paths with no route: {phantom:?}");
+}
+
+#[test]
+fn every_webhook_event_type_is_documented_with_a_schema() {
+    let spec = spec();
+    let webhooks = spec["webhooks"].as_object().expect("a webhooks section");
+    let mut expected: Vec<&str> = platform::webhooks::EVENT_TYPES.to_vec();
+    expected.push(platform::webhooks::TEST_EVENT);
+    let documented: Vec<&str> = webhooks.keys().map(String::as_str).collect();
+    assert_eq!(
+        documented.iter().copied().collect::<BTreeSet<_>>(),
+        expected.iter().copied().collect::<BTreeSet<_>>()
+    );
+    for (event, item) in webhooks {
+        let op = &item["post"];
+        let reference = op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{event} names its body schema"));
+        let name = reference.trim_start_matches("#/components/schemas/");
+        let schema = &spec["components"]["schemas"][name];
+        assert!(schema.is_object(), "{event}: {reference} is a component");
+        assert!(schema["properties"]["data"].is_object(), "{event}: {name} has data");
+        let headers: Vec<&str> = op["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            headers,
+            ["webhook-id", "webhook-timestamp", "webhook-signature"]
+        );
+    }
 }
 
 #[test]

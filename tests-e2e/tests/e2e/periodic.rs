@@ -91,7 +91,7 @@ async fn a_periodic_task_is_published_once_per_due_time_with_two_schedulers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_leader_deletes_old_records_keys_and_requeued_dead_letters() {
+async fn the_leader_deletes_old_records_timelines_keys_dead_letters_and_settled_webhook_events() {
     let mut env = TestEnv::with_vars(&[
         ("MAINTENANCE_INTERVAL_SECONDS", "1"),
         ("MAINTENANCE_BATCH", "2"),
@@ -160,6 +160,57 @@ async fn the_leader_deletes_old_records_keys_and_requeued_dead_letters() {
         .await
         .expect("insert dead letter");
     }
+    // Webhook events: (age in days, its delivery's status, kept?). One
+    // still being retried is kept however old.
+    let endpoint = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO webhook_endpoints (id, owner_key_id, url, event_types, secret_ciphertext,
+            secret_nonce, secret_key_id)
+         VALUES ($1, $2, 'https://hooks.example.com/', '{email.sent}', '\\x00', '\\x00', 'k')",
+    )
+    .bind(endpoint)
+    .bind(key.id)
+    .execute(&pool)
+    .await
+    .expect("insert endpoint");
+    let events = [
+        (31, "delivered", false),
+        (40, "failed", false),
+        (40, "pending", true),
+        (29, "delivered", true),
+    ];
+    let mut event_ids = Vec::new();
+    for (days, status, _) in events {
+        let id = Uuid::now_v7();
+        sqlx::query(
+            "WITH e AS (INSERT INTO webhook_events (id, event_type, payload, created_at)
+                        VALUES ($1, 'email.sent', '{}', now() - make_interval(days => $2)))
+             INSERT INTO webhook_deliveries (id, event_id, endpoint_id, status)
+             VALUES (gen_random_uuid(), $1, $3, $4)",
+        )
+        .bind(id)
+        .bind(days)
+        .bind(endpoint)
+        .bind(status)
+        .execute(&pool)
+        .await
+        .expect("insert event");
+        event_ids.push(id);
+    }
+    let timeline_rows = |pool: sqlx::PgPool, ids: Vec<Uuid>| async move {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM message_events WHERE message_id = ANY($1)")
+            .bind(ids)
+            .fetch_one(&pool)
+            .await
+            .expect("count timeline")
+    };
+    let deleted: Vec<Uuid> = ids
+        .iter()
+        .zip(cases)
+        .filter(|(_, (_, _, kept))| !kept)
+        .map(|(id, _)| *id)
+        .collect();
+    assert_eq!(timeline_rows(pool.clone(), deleted.clone()).await, 3, "each record has its `accepted` event");
     env.start_scheduler();
     eventually("old rows deleted", Duration::from_secs(20), || async {
         let messages: i64 = sqlx::query_scalar("SELECT count(*) FROM message_records")
@@ -174,9 +225,22 @@ async fn the_leader_deletes_old_records_keys_and_requeued_dead_letters() {
             .fetch_one(&pool)
             .await
             .expect("count");
-        (messages == 3 && keys == 1 && dead == 1).then_some(())
+        let events: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_events")
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+        (messages == 3 && keys == 1 && dead == 1 && events == 2).then_some(())
     })
     .await;
+    assert_eq!(timeline_rows(pool.clone(), deleted).await, 0, "timelines go with their records");
+    for (id, (days, status, kept)) in event_ids.iter().zip(events) {
+        let found: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_events WHERE id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+        assert_eq!(found == 1, kept, "{days} days, {status}");
+    }
     for (id, (status, _, kept)) in ids.iter().zip(cases) {
         let found: i64 = sqlx::query_scalar("SELECT count(*) FROM message_records WHERE id = $1")
             .bind(id)

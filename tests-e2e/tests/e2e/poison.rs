@@ -92,6 +92,7 @@ fn new_message(html: &str) -> NewMessage {
         subject: "s".into(),
         html_body: html.into(),
         text_body: None,
+        metadata: None,
     }
 }
 

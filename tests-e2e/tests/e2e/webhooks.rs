@@ -180,7 +180,17 @@ async fn signed_events_of_a_send_and_a_failure_reach_a_verifying_receiver() {
         Fault::Reply(550, "5.1.1 No such user".into()),
     );
 
-    let sent = env.api().send_simple(&token, "ann@example.com").await;
+    let res = env
+        .api()
+        .post(
+            "/api/v1/messages/email/send",
+            &token,
+            &json!({"to": "ann@example.com", "subject": "Hello", "content": "<p>Hello</p>",
+                    "metadata": {"order_id": "A-1042", "tenant": "shop-eu"}}),
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::ACCEPTED, "{}", res.body);
+    let sent: Uuid = res.body["data"]["message_id"].as_str().unwrap().parse().unwrap();
     let failed = env.api().send_simple(&token, "nobody@example.org").await;
 
     let events = receiver
@@ -192,6 +202,14 @@ async fn signed_events_of_a_send_and_a_failure_reach_a_verifying_receiver() {
     assert_eq!(delivered["data"]["sequence"], 2, "{delivered}");
     assert_eq!(delivered["data"]["to"], json!(["ann@example.com"]));
     assert_eq!(delivered["data"]["account"], "sender@example.com");
+    // The sender's metadata comes back in every event of the message.
+    for event in [accepted, delivered] {
+        assert_eq!(
+            event["data"]["metadata"],
+            json!({"order_id": "A-1042", "tenant": "shop-eu"}),
+            "{event}"
+        );
+    }
     assert!(delivered["data"]["task_id"].is_string());
     assert!(delivered["data"]["smtp_response"]
         .as_str()
@@ -542,4 +560,187 @@ async fn the_dispatcher_refuses_private_addresses_without_the_override() {
     .await;
     assert!(error.contains("not a public address"), "{error}");
     assert!(receiver.log().await.is_empty());
+}
+
+const PLATFORM_EVENTS: [&str; 5] = [
+    "campaign.run.started",
+    "campaign.run.completed",
+    "account.paused",
+    "account.circuit_open",
+    "endpoint.disabled",
+];
+
+/// The events the receiver accepted, by type (the last of each type).
+async fn accepted_by_type(receiver: &Receiver) -> HashMap<String, Value> {
+    receiver
+        .accepted()
+        .await
+        .into_values()
+        .flatten()
+        .map(|e| (e["event"]["type"].as_str().unwrap_or("").to_string(), e))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn platform_events_reach_the_endpoints_of_admin_keys_only() {
+    let admin_receiver = Receiver::start().await;
+    let failing = Receiver::start().await;
+    let (env, token) = webhook_env(&[("WEBHOOK_RETRY_WINDOW_SECONDS", "3")]).await;
+    let admin = env.api().admin_token(&env.pool).await;
+
+    // A key without `admin` may not ask for platform events.
+    let res = env
+        .api()
+        .post(
+            "/api/v1/webhooks",
+            &token,
+            &json!({"url": failing.url(), "event_types": ["email.sent", "account.paused"]}),
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", res.body);
+    assert_eq!(res.code(), "admin_event_type", "{}", res.body);
+    let (_, secret) = register(&env, &admin, &admin_receiver.url(), &PLATFORM_EVENTS).await;
+    admin_receiver.control(json!({"secrets": [secret]})).await;
+
+    // A campaign run (on an empty list) starts and completes.
+    let template = env
+        .api()
+        .create(
+            "/api/v1/templates",
+            &admin,
+            &json!({"name": format!("t{}", Uuid::new_v4().simple()), "subject": "Hi {{ who }}",
+                    "html_body": "<p>{{ who }}</p>", "variables": ["who"]}),
+        )
+        .await;
+    let campaign = env.api().admin_campaign(&admin, &template).await;
+    let res = env
+        .api()
+        .post(&format!("/api/v1/campaigns/{campaign}/run"), &admin, &json!({}))
+        .await;
+    assert_eq!(res.status, StatusCode::ACCEPTED, "{}", res.body);
+    let run = res.body["data"]["id"].as_str().unwrap().to_string();
+
+    // An operator pauses an account.
+    let paused = env
+        .api()
+        .add_account(&admin, env.smtp.port(), "paused@example.com", 10, 0)
+        .await;
+    let res = env
+        .api()
+        .request(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/admin/email-accounts/{}", paused["id"].as_str().unwrap()),
+            Some(&admin),
+            Some(&json!({"is_active": false})),
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.body);
+
+    // An account whose server refuses its password has its circuit opened
+    // by the first send it takes (the highest priority).
+    let broken_server = smtp_sink::SmtpSink::start().await.expect("second SMTP server");
+    broken_server.require_auth("someone-else", "other-password");
+    env.api()
+        .add_account(&admin, broken_server.port(), "broken@example.com", 10, 100)
+        .await;
+    let message = env.api().send_simple(&token, "circuit@example.com").await;
+
+    // The send key's endpoint that always fails is disabled after the
+    // retry window (3 s here).
+    let (failing_id, _) = register(&env, &token, &format!("{}?token=s3cret", failing.url()), &["email.accepted", "email.sent"]).await;
+    env.api().send_simple(&token, "to-a-failing-endpoint@example.com").await;
+
+    let events = eventually("every platform event", Duration::from_secs(60), || async {
+        let found = accepted_by_type(&admin_receiver).await;
+        PLATFORM_EVENTS
+            .iter()
+            .all(|t| found.contains_key(*t))
+            .then_some(found)
+    })
+    .await;
+    let data = |t: &str| events[t]["event"]["data"].clone();
+    for t in PLATFORM_EVENTS {
+        assert_eq!(events[t]["verified"], json!([true]), "{t}: {}", events[t]);
+    }
+    assert_eq!(data("campaign.run.started")["run_id"], run);
+    assert_eq!(data("campaign.run.started")["sequence"], 1);
+    assert_eq!(data("campaign.run.completed")["run_id"], run);
+    assert_eq!(data("campaign.run.completed")["status"], "completed");
+    assert_eq!(data("campaign.run.completed")["sequence"], 2);
+    assert_eq!(data("campaign.run.completed")["campaign_id"], campaign);
+    assert_eq!(data("account.paused")["account"], "paused@example.com");
+    assert_eq!(data("account.paused")["is_active"], false);
+    assert_eq!(data("account.circuit_open")["account"], "broken@example.com");
+    assert!(data("account.circuit_open")["circuit_open_until"].is_string());
+    let disabled = data("endpoint.disabled");
+    assert_eq!(disabled["endpoint_id"], failing_id);
+    assert!(disabled["reason"].is_string(), "{disabled}");
+    assert_eq!(disabled["url"], failing.url(), "no query, no token: {disabled}");
+    // Nothing platform-wide reached the send key's endpoint, and the
+    // message that met the broken account went out through the other.
+    assert!(failing
+        .log()
+        .await
+        .iter()
+        .all(|e| e["event"]["type"].as_str().is_some_and(|t| t.starts_with("email."))));
+    env.wait_status(message, "sent", Duration::from_secs(30)).await;
+    let shown = env
+        .api()
+        .get(&format!("/api/v1/webhooks/{failing_id}"), &token)
+        .await;
+    assert_eq!(shown.body["data"]["is_active"], false, "{}", shown.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatcher_killed_mid_flight_loses_no_event() {
+    let receiver = Receiver::start().await;
+    let (mut env, token) = webhook_env(&[]).await;
+    let types = ["email.accepted", "email.sent"];
+    let (_, secret) = register(&env, &token, &receiver.url(), &types).await;
+    // Each answer takes a while, so requests are in flight at the kill.
+    receiver
+        .control(json!({"secrets": [secret], "delay_ms": 1500}))
+        .await;
+    let mut messages = Vec::new();
+    for i in 0..10 {
+        messages.push(env.api().send_simple(&token, &format!("k{i}@example.com")).await);
+    }
+    eventually("the first answers", Duration::from_secs(30), || async {
+        (!receiver.log().await.is_empty()).then_some(())
+    })
+    .await;
+    env.signal_scheduler(0, "KILL").await;
+    let pending: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert!(pending > 0, "the kill came after every delivery was done");
+
+    // A new dispatcher delivers the rest, and the ones in flight once
+    // their lease runs out.
+    env.start_scheduler();
+    for m in &messages {
+        receiver.wait_events(*m, &types).await;
+    }
+    eventually("no delivery pending", Duration::from_secs(90), || async {
+        let left: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM webhook_deliveries WHERE status <> 'delivered'",
+        )
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+        (left == 0).then_some(())
+    })
+    .await;
+    let accepted = receiver.accepted().await;
+    assert_eq!(accepted.len(), 20, "one id per event: {accepted:?}");
+    // A repeat is the same event: same id, same body.
+    for (id, hits) in &accepted {
+        assert!(hits.iter().all(|h| h["event"] == hits[0]["event"]), "{id}: {hits:?}");
+        assert_eq!(hits[0]["event"]["data"]["event_id"], id.as_str());
+    }
+    let repeats: usize = accepted.values().map(|h| h.len() - 1).sum();
+    eprintln!("{pending} deliveries pending at the kill; {repeats} repeated after it");
 }

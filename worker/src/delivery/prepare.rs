@@ -86,6 +86,7 @@ pub fn new_message_from_kwargs(
         },
         email_max_size,
     )?;
+    let metadata = rules::metadata(kwargs.metadata.as_ref())?;
     Ok(NewMessage {
         id: Uuid::now_v7(),
         task_id: task_id.to_string(),
@@ -98,6 +99,7 @@ pub fn new_message_from_kwargs(
         subject: checked.subject,
         html_body: content.to_string(),
         text_body: kwargs.text.clone(),
+        metadata,
     })
 }
 
@@ -122,5 +124,6 @@ fn refused_message(task_id: &str, kwargs: SendEmailKwargs) -> NewMessage {
             .collect(),
         html_body: String::new(),
         text_body: None,
+        metadata: None,
     }
 }
