@@ -55,7 +55,7 @@ pub mod schemas;
         routes::webhooks::deliveries, routes::webhooks::redeliver, routes::webhooks::test,
     ),
     components(schemas(ErrorBody, events::EmailEvent, events::CampaignRunEvent,
-        events::AccountEvent, events::EndpointDisabledEvent, events::TestEvent)),
+        events::AccountEvent, events::EndpointDisabledEvent, events::WebhookTestEvent)),
     modifiers(&BearerAuth),
     tags(
         (name = "auth", description = "API keys for JWTs"),

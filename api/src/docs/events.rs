@@ -134,15 +134,15 @@ pub struct EndpointDisabledEventData {
 
 /// `webhook.test`, sent by `POST /webhooks/{id}/test`.
 #[derive(ToSchema)]
-pub struct TestEvent {
+pub struct WebhookTestEvent {
     #[schema(example = "webhook.test")]
     r#type: String,
     timestamp: DateTime<Utc>,
-    data: TestEventData,
+    data: WebhookTestEventData,
 }
 
 #[derive(ToSchema)]
-pub struct TestEventData {
+pub struct WebhookTestEventData {
     event_id: Uuid,
     endpoint_id: Uuid,
 }
@@ -160,7 +160,7 @@ const EVENTS: [(&str, &str, &str); 12] = [
     ("account.paused", "AccountEvent", "An operator took an SMTP account out of rotation."),
     ("account.circuit_open", "AccountEvent", "An SMTP account's circuit breaker opened."),
     ("endpoint.disabled", "EndpointDisabledEvent", "The dispatcher disabled an endpoint."),
-    ("webhook.test", "TestEvent", "Sent by `POST /webhooks/{id}/test`, whatever the endpoint subscribes to."),
+    ("webhook.test", "WebhookTestEvent", "Sent by `POST /webhooks/{id}/test`, whatever the endpoint subscribes to."),
 ];
 
 /// The `webhooks` section: one POST per event type, as the dispatcher

@@ -72,7 +72,7 @@ async fn a_timeline_shows_the_claims_the_replies_and_the_retry_of_a_message() {
     assert!(first["detail"]["worker"].is_string(), "{first}");
     assert!(retry["detail"]["smtp_response"]
         .as_str()
-        .is_some_and(|r| r.starts_with("451")), "{retry}");
+        .is_some_and(|r| r.contains("451")), "{retry}");
     assert!(retry["detail"]["due_at"].is_string(), "{retry}");
     assert_eq!(second["detail"]["attempt"], 2);
     assert_eq!(sent["status"], "sent");
