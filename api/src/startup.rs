@@ -29,8 +29,8 @@ use crate::ingest::Ingest;
 use crate::ratelimit::{self, RateLimiter};
 use crate::readiness::Readiness;
 use crate::routes::{
-    api_keys, audit_log, auth, campaigns, dead_letters, email_accounts, health, lists, messages, timelines,
-    periodic_tasks, queues, suppressions, templates, webhooks,
+    api_keys, audit_log, auth, campaigns, dead_letters, email_accounts, health, lists, messages,
+    periodic_tasks, queues, suppressions, templates, timelines, webhooks,
 };
 use crate::state::{ApiSettings, AppState, Shared};
 

@@ -203,7 +203,10 @@ async fn report_webhooks(
     let deadline = Instant::now() + Duration::from_secs(900);
     while receiver.received() < expected {
         if Instant::now() > deadline {
-            bail!("only {} of {expected} webhook events arrived", receiver.received());
+            bail!(
+                "only {} of {expected} webhook events arrived",
+                receiver.received()
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -341,8 +344,10 @@ async fn main() -> anyhow::Result<()> {
         client
             .post(format!("{base}/api/v1/webhooks"))
             .bearer_auth(&token)
-            .json(&json!({"url": format!("http://127.0.0.1:{}/hook", receiver.port),
-                "event_types": ["email.accepted", "email.sent"]}))
+            .json(
+                &json!({"url": format!("http://127.0.0.1:{}/hook", receiver.port),
+                "event_types": ["email.accepted", "email.sent"]}),
+            )
             .send()
             .await?
             .error_for_status()?;

@@ -149,18 +149,62 @@ pub struct WebhookTestEventData {
 
 /// Each event type and the schema of its body.
 const EVENTS: [(&str, &str, &str); 12] = [
-    ("email.accepted", "EmailEvent", "A send was recorded (queued, scheduled, or, with `status`, suppressed or refused)."),
-    ("email.sent", "EmailEvent", "The SMTP server accepted the email."),
+    (
+        "email.accepted",
+        "EmailEvent",
+        "A send was recorded (queued, scheduled, or, with `status`, suppressed or refused).",
+    ),
+    (
+        "email.sent",
+        "EmailEvent",
+        "The SMTP server accepted the email.",
+    ),
     ("email.failed", "EmailEvent", "Delivery failed for good."),
-    ("email.retrying", "EmailEvent", "An attempt failed temporarily; the email is queued again."),
-    ("email.suppressed", "EmailEvent", "A recipient is suppressed; nothing was sent."),
-    ("email.cancelled", "EmailEvent", "The send was cancelled before a worker took it."),
-    ("campaign.run.started", "CampaignRunEvent", "A campaign run began."),
-    ("campaign.run.completed", "CampaignRunEvent", "A campaign run finished enqueueing (or failed: `status`)."),
-    ("account.paused", "AccountEvent", "An operator took an SMTP account out of rotation."),
-    ("account.circuit_open", "AccountEvent", "An SMTP account's circuit breaker opened."),
-    ("endpoint.disabled", "EndpointDisabledEvent", "The dispatcher disabled an endpoint."),
-    ("webhook.test", "WebhookTestEvent", "Sent by `POST /webhooks/{id}/test`, whatever the endpoint subscribes to."),
+    (
+        "email.retrying",
+        "EmailEvent",
+        "An attempt failed temporarily; the email is queued again.",
+    ),
+    (
+        "email.suppressed",
+        "EmailEvent",
+        "A recipient is suppressed; nothing was sent.",
+    ),
+    (
+        "email.cancelled",
+        "EmailEvent",
+        "The send was cancelled before a worker took it.",
+    ),
+    (
+        "campaign.run.started",
+        "CampaignRunEvent",
+        "A campaign run began.",
+    ),
+    (
+        "campaign.run.completed",
+        "CampaignRunEvent",
+        "A campaign run finished enqueueing (or failed: `status`).",
+    ),
+    (
+        "account.paused",
+        "AccountEvent",
+        "An operator took an SMTP account out of rotation.",
+    ),
+    (
+        "account.circuit_open",
+        "AccountEvent",
+        "An SMTP account's circuit breaker opened.",
+    ),
+    (
+        "endpoint.disabled",
+        "EndpointDisabledEvent",
+        "The dispatcher disabled an endpoint.",
+    ),
+    (
+        "webhook.test",
+        "WebhookTestEvent",
+        "Sent by `POST /webhooks/{id}/test`, whatever the endpoint subscribes to.",
+    ),
 ];
 
 /// The `webhooks` section: one POST per event type, as the dispatcher

@@ -291,7 +291,11 @@ mod tests {
         };
         assert_eq!(metadata(None), Ok(None));
         assert_eq!(metadata(Some(&Metadata::new())), Ok(None));
-        let good = map(&[("order_id", "A-1"), ("a.b:c-d_e", ""), ("k", &"é".repeat(500))]);
+        let good = map(&[
+            ("order_id", "A-1"),
+            ("a.b:c-d_e", ""),
+            ("k", &"é".repeat(500)),
+        ]);
         assert_eq!(metadata(Some(&good)), Ok(Some(good.clone())));
         let many: Metadata = (0..21).map(|i| (format!("k{i}"), "v".into())).collect();
         let long_key = "k".repeat(41);

@@ -57,7 +57,10 @@ fn every_webhook_event_type_is_documented_with_a_schema() {
         let name = reference.trim_start_matches("#/components/schemas/");
         let schema = &spec["components"]["schemas"][name];
         assert!(schema.is_object(), "{event}: {reference} is a component");
-        assert!(schema["properties"]["data"].is_object(), "{event}: {name} has data: {schema}");
+        assert!(
+            schema["properties"]["data"].is_object(),
+            "{event}: {name} has data: {schema}"
+        );
         let headers: Vec<&str> = op["parameters"]
             .as_array()
             .unwrap()

@@ -198,11 +198,13 @@ async fn the_leader_deletes_old_records_timelines_keys_dead_letters_and_settled_
         event_ids.push(id);
     }
     let timeline_rows = |pool: sqlx::PgPool, ids: Vec<Uuid>| async move {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM message_events WHERE message_id = ANY($1)")
-            .bind(ids)
-            .fetch_one(&pool)
-            .await
-            .expect("count timeline")
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM message_events WHERE message_id = ANY($1)",
+        )
+        .bind(ids)
+        .fetch_one(&pool)
+        .await
+        .expect("count timeline")
     };
     let deleted: Vec<Uuid> = ids
         .iter()
@@ -210,7 +212,11 @@ async fn the_leader_deletes_old_records_timelines_keys_dead_letters_and_settled_
         .filter(|(_, (_, _, kept))| !kept)
         .map(|(id, _)| *id)
         .collect();
-    assert_eq!(timeline_rows(pool.clone(), deleted.clone()).await, 3, "each record has its `accepted` event");
+    assert_eq!(
+        timeline_rows(pool.clone(), deleted.clone()).await,
+        3,
+        "each record has its `accepted` event"
+    );
     env.start_scheduler();
     eventually("old rows deleted", Duration::from_secs(20), || async {
         let messages: i64 = sqlx::query_scalar("SELECT count(*) FROM message_records")
@@ -232,7 +238,11 @@ async fn the_leader_deletes_old_records_timelines_keys_dead_letters_and_settled_
         (messages == 3 && keys == 1 && dead == 1 && events == 2).then_some(())
     })
     .await;
-    assert_eq!(timeline_rows(pool.clone(), deleted).await, 0, "timelines go with their records");
+    assert_eq!(
+        timeline_rows(pool.clone(), deleted).await,
+        0,
+        "timelines go with their records"
+    );
     for (id, (days, status, kept)) in event_ids.iter().zip(events) {
         let found: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_events WHERE id = $1")
             .bind(id)

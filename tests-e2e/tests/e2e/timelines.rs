@@ -23,7 +23,10 @@ async fn timeline(env: &TestEnv, token: &str, id: Uuid) -> Vec<Value> {
 }
 
 fn names(events: &[Value]) -> Vec<&str> {
-    events.iter().map(|e| e["event"].as_str().unwrap()).collect()
+    events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -44,7 +47,11 @@ async fn a_timeline_shows_the_claims_the_replies_and_the_retry_of_a_message() {
         )
         .await;
     assert_eq!(res.status, StatusCode::ACCEPTED, "{}", res.body);
-    let id: Uuid = res.body["data"]["message_id"].as_str().unwrap().parse().unwrap();
+    let id: Uuid = res.body["data"]["message_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
 
     // The first attempt meets a 451 and a retry is scheduled; once the
     // server takes it, the retry is sent.
@@ -70,15 +77,21 @@ async fn a_timeline_shows_the_claims_the_replies_and_the_retry_of_a_message() {
     assert_eq!(first["detail"]["attempt"], 1);
     assert_eq!(first["detail"]["reclaimed"], false);
     assert!(first["detail"]["worker"].is_string(), "{first}");
-    assert!(retry["detail"]["smtp_response"]
-        .as_str()
-        .is_some_and(|r| r.contains("451")), "{retry}");
+    assert!(
+        retry["detail"]["smtp_response"]
+            .as_str()
+            .is_some_and(|r| r.contains("451")),
+        "{retry}"
+    );
     assert!(retry["detail"]["due_at"].is_string(), "{retry}");
     assert_eq!(second["detail"]["attempt"], 2);
     assert_eq!(sent["status"], "sent");
-    assert!(sent["detail"]["smtp_response"]
-        .as_str()
-        .is_some_and(|r| r.starts_with("250")), "{sent}");
+    assert!(
+        sent["detail"]["smtp_response"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("250")),
+        "{sent}"
+    );
     assert!(sent["detail"]["smtp_message_id"].is_string());
     let times: Vec<&str> = events.iter().map(|e| e["at"].as_str().unwrap()).collect();
     let mut sorted = times.clone();
@@ -90,7 +103,10 @@ async fn a_timeline_shows_the_claims_the_replies_and_the_retry_of_a_message() {
         .api()
         .get(&format!("/api/v1/messages/{id}/events?limit=2"), &token)
         .await;
-    let cursor = res.body["data"]["next_cursor"].as_str().unwrap().to_string();
+    let cursor = res.body["data"]["next_cursor"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let res = env
         .api()
         .get(
@@ -109,14 +125,23 @@ async fn a_timeline_shows_the_claims_the_replies_and_the_retry_of_a_message() {
         .api()
         .get(&format!("/api/v1/messages/{id}"), &token)
         .await;
-    assert_eq!(message.body["data"]["metadata"], json!({"order_id": "A-1042"}));
+    assert_eq!(
+        message.body["data"]["metadata"],
+        json!({"order_id": "A-1042"})
+    );
     let (_, other) = env.api().token(&env.pool, &["send", "read"]).await;
     let path = format!("/api/v1/messages/{id}/events");
-    assert_eq!(env.api().get(&path, &other).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        env.api().get(&path, &other).await.status,
+        StatusCode::NOT_FOUND
+    );
     assert_eq!(env.api().get(&path, &admin).await.status, StatusCode::OK);
     let missing = env
         .api()
-        .get(&format!("/api/v1/messages/{}/events", Uuid::now_v7()), &token)
+        .get(
+            &format!("/api/v1/messages/{}/events", Uuid::now_v7()),
+            &token,
+        )
         .await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
 }
@@ -141,10 +166,17 @@ async fn a_cancelled_and_a_suppressed_send_say_so_in_their_timelines() {
     assert!(events[0]["detail"]["error"].is_string(), "{events:?}");
 
     // No worker runs, so the send waits queued until it is cancelled.
-    let queued = env.api().send_simple(&admin, "changed-my-mind@example.com").await;
+    let queued = env
+        .api()
+        .send_simple(&admin, "changed-my-mind@example.com")
+        .await;
     let res = env
         .api()
-        .post(&format!("/api/v1/messages/{queued}/cancel"), &admin, &json!({}))
+        .post(
+            &format!("/api/v1/messages/{queued}/cancel"),
+            &admin,
+            &json!({}),
+        )
         .await;
     assert_eq!(res.status, StatusCode::OK, "{}", res.body);
     let events = timeline(&env, &admin, queued).await;
@@ -163,10 +195,26 @@ async fn metadata_is_bounded_with_clear_errors() {
     for (metadata, why, code) in [
         (Value::Object(many), "21 entries", "validation_error"),
         (json!({"": "v"}), "an empty key", "validation_error"),
-        (json!({"has space": "v"}), "a key with a space", "validation_error"),
-        (json!({"k".repeat(41): "v"}), "a 41-character key", "validation_error"),
-        (json!({"k": "v".repeat(501)}), "a 501-character value", "validation_error"),
-        (json!({"k": "line\nbreak"}), "a control character", "validation_error"),
+        (
+            json!({"has space": "v"}),
+            "a key with a space",
+            "validation_error",
+        ),
+        (
+            json!({"k".repeat(41): "v"}),
+            "a 41-character key",
+            "validation_error",
+        ),
+        (
+            json!({"k": "v".repeat(501)}),
+            "a 501-character value",
+            "validation_error",
+        ),
+        (
+            json!({"k": "line\nbreak"}),
+            "a control character",
+            "validation_error",
+        ),
         (json!({"k": 1}), "a number", "invalid_body"),
         (json!(["k"]), "a list", "invalid_body"),
     ] {
@@ -178,7 +226,12 @@ async fn metadata_is_bounded_with_clear_errors() {
                 &json!({"to": "a@example.com", "subject": "s", "content": "c", "metadata": metadata}),
             )
             .await;
-        assert_eq!(res.status, StatusCode::UNPROCESSABLE_ENTITY, "{why}: {}", res.body);
+        assert_eq!(
+            res.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{why}: {}",
+            res.body
+        );
         assert_eq!(res.code(), code, "{why}: {}", res.body);
         if code == "validation_error" {
             assert_eq!(res.body["error"]["field"], "metadata", "{why}");
@@ -200,8 +253,13 @@ async fn metadata_is_bounded_with_clear_errors() {
         .await;
     assert_eq!(res.status, StatusCode::ACCEPTED, "{}", res.body);
     assert_eq!(res.body["data"]["accepted"], 1);
-    assert_eq!(res.body["data"]["results"][1]["error"]["code"], "invalid_body");
-    let id = res.body["data"]["results"][0]["message_id"].as_str().unwrap();
+    assert_eq!(
+        res.body["data"]["results"][1]["error"]["code"],
+        "invalid_body"
+    );
+    let id = res.body["data"]["results"][0]["message_id"]
+        .as_str()
+        .unwrap();
     let shown = env
         .api()
         .get(&format!("/api/v1/messages/{id}"), &token)

@@ -190,7 +190,11 @@ async fn signed_events_of_a_send_and_a_failure_reach_a_verifying_receiver() {
         )
         .await;
     assert_eq!(res.status, StatusCode::ACCEPTED, "{}", res.body);
-    let sent: Uuid = res.body["data"]["message_id"].as_str().unwrap().parse().unwrap();
+    let sent: Uuid = res.body["data"]["message_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let failed = env.api().send_simple(&token, "nobody@example.org").await;
 
     let events = receiver
@@ -615,7 +619,11 @@ async fn platform_events_reach_the_endpoints_of_admin_keys_only() {
     let campaign = env.api().admin_campaign(&admin, &template).await;
     let res = env
         .api()
-        .post(&format!("/api/v1/campaigns/{campaign}/run"), &admin, &json!({}))
+        .post(
+            &format!("/api/v1/campaigns/{campaign}/run"),
+            &admin,
+            &json!({}),
+        )
         .await;
     assert_eq!(res.status, StatusCode::ACCEPTED, "{}", res.body);
     let run = res.body["data"]["id"].as_str().unwrap().to_string();
@@ -629,7 +637,10 @@ async fn platform_events_reach_the_endpoints_of_admin_keys_only() {
         .api()
         .request(
             reqwest::Method::PATCH,
-            &format!("/api/v1/admin/email-accounts/{}", paused["id"].as_str().unwrap()),
+            &format!(
+                "/api/v1/admin/email-accounts/{}",
+                paused["id"].as_str().unwrap()
+            ),
             Some(&admin),
             Some(&json!({"is_active": false})),
         )
@@ -638,7 +649,9 @@ async fn platform_events_reach_the_endpoints_of_admin_keys_only() {
 
     // An account whose server refuses its password has its circuit opened
     // by the first send it takes (the highest priority).
-    let broken_server = smtp_sink::SmtpSink::start().await.expect("second SMTP server");
+    let broken_server = smtp_sink::SmtpSink::start()
+        .await
+        .expect("second SMTP server");
     broken_server.require_auth("someone-else", "other-password");
     env.api()
         .add_account(&admin, broken_server.port(), "broken@example.com", 10, 100)
@@ -647,8 +660,16 @@ async fn platform_events_reach_the_endpoints_of_admin_keys_only() {
 
     // The send key's endpoint that always fails is disabled after the
     // retry window (3 s here).
-    let (failing_id, _) = register(&env, &token, &format!("{}?token=s3cret", failing.url()), &["email.accepted", "email.sent"]).await;
-    env.api().send_simple(&token, "to-a-failing-endpoint@example.com").await;
+    let (failing_id, _) = register(
+        &env,
+        &token,
+        &format!("{}?token=s3cret", failing.url()),
+        &["email.accepted", "email.sent"],
+    )
+    .await;
+    env.api()
+        .send_simple(&token, "to-a-failing-endpoint@example.com")
+        .await;
 
     let events = eventually("every platform event", Duration::from_secs(60), || async {
         let found = accepted_by_type(&admin_receiver).await;
@@ -670,20 +691,26 @@ async fn platform_events_reach_the_endpoints_of_admin_keys_only() {
     assert_eq!(data("campaign.run.completed")["campaign_id"], campaign);
     assert_eq!(data("account.paused")["account"], "paused@example.com");
     assert_eq!(data("account.paused")["is_active"], false);
-    assert_eq!(data("account.circuit_open")["account"], "broken@example.com");
+    assert_eq!(
+        data("account.circuit_open")["account"],
+        "broken@example.com"
+    );
     assert!(data("account.circuit_open")["circuit_open_until"].is_string());
     let disabled = data("endpoint.disabled");
     assert_eq!(disabled["endpoint_id"], failing_id);
     assert!(disabled["reason"].is_string(), "{disabled}");
-    assert_eq!(disabled["url"], failing.url(), "no query, no token: {disabled}");
+    assert_eq!(
+        disabled["url"],
+        failing.url(),
+        "no query, no token: {disabled}"
+    );
     // Nothing platform-wide reached the send key's endpoint, and the
     // message that met the broken account went out through the other.
-    assert!(failing
-        .log()
-        .await
-        .iter()
-        .all(|e| e["event"]["type"].as_str().is_some_and(|t| t.starts_with("email."))));
-    env.wait_status(message, "sent", Duration::from_secs(30)).await;
+    assert!(failing.log().await.iter().all(|e| e["event"]["type"]
+        .as_str()
+        .is_some_and(|t| t.starts_with("email."))));
+    env.wait_status(message, "sent", Duration::from_secs(30))
+        .await;
     let shown = env
         .api()
         .get(&format!("/api/v1/webhooks/{failing_id}"), &token)
@@ -703,19 +730,22 @@ async fn a_dispatcher_killed_mid_flight_loses_no_event() {
         .await;
     let mut messages = Vec::new();
     for i in 0..10 {
-        messages.push(env.api().send_simple(&token, &format!("k{i}@example.com")).await);
+        messages.push(
+            env.api()
+                .send_simple(&token, &format!("k{i}@example.com"))
+                .await,
+        );
     }
     eventually("the first answers", Duration::from_secs(30), || async {
         (!receiver.log().await.is_empty()).then_some(())
     })
     .await;
     env.signal_scheduler(0, "KILL").await;
-    let pending: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'",
-    )
-    .fetch_one(&env.pool)
-    .await
-    .unwrap();
+    let pending: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
     assert!(pending > 0, "the kill came after every delivery was done");
 
     // A new dispatcher delivers the rest, and the ones in flight once
@@ -738,7 +768,10 @@ async fn a_dispatcher_killed_mid_flight_loses_no_event() {
     assert_eq!(accepted.len(), 20, "one id per event: {accepted:?}");
     // A repeat is the same event: same id, same body.
     for (id, hits) in &accepted {
-        assert!(hits.iter().all(|h| h["event"] == hits[0]["event"]), "{id}: {hits:?}");
+        assert!(
+            hits.iter().all(|h| h["event"] == hits[0]["event"]),
+            "{id}: {hits:?}"
+        );
         assert_eq!(hits[0]["event"]["data"]["event_id"], id.as_str());
     }
     let repeats: usize = accepted.values().map(|h| h.len() - 1).sum();
