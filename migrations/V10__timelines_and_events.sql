@@ -1,6 +1,7 @@
--- Message timelines, the sender's metadata on messages, and the webhook
+-- Message timelines, the sender's metadata on messages, the webhook
 -- events that are not about one message (campaign runs, accounts,
--- endpoints), for endpoints of admin keys.
+-- endpoints) for endpoints of admin keys, and the dispatcher's per-endpoint
+-- claim index.
 
 -- The sender's own small string map (`metadata` on a send), echoed in the
 -- message and in its webhook events. NULL when the send carried none.
@@ -113,6 +114,11 @@ RETURNS jsonb LANGUAGE sql STABLE AS $$
             'campaign_id', m.campaign_id,
             'metadata', COALESCE(m.metadata, '{}'::jsonb)))
 $$;
+
+-- The dispatcher claims each endpoint's oldest due deliveries through
+-- this, so a claim costs the same whatever the backlog.
+CREATE INDEX webhook_deliveries_endpoint_due_idx ON webhook_deliveries (endpoint_id, next_attempt_at)
+    WHERE status = 'pending';
 
 -- What an event that is not about a message is about (a campaign run,
 -- an account, an endpoint); its events are numbered like a message's.

@@ -58,7 +58,7 @@ pub(super) fn settings(vars: &Vars<'_>) -> Result<WebhookSettings, ConfigError> 
         rotation_grace: vars.seconds_or("WEBHOOK_ROTATION_GRACE_SECONDS", 86_400)?,
         poll: Duration::from_millis(vars.parse_positive_or("WEBHOOK_POLL_MS", 500)?),
         batch: vars.parse_positive_or("WEBHOOK_BATCH", 200)?,
-        endpoint_concurrency: vars.parse_positive_or("WEBHOOK_ENDPOINT_CONCURRENCY", 4)?,
+        endpoint_concurrency: vars.parse_positive_or("WEBHOOK_ENDPOINT_CONCURRENCY", 16)?,
         connect_timeout: vars.seconds_or("WEBHOOK_CONNECT_TIMEOUT_SECONDS", 5)?,
         timeout: vars.seconds_or("WEBHOOK_TIMEOUT_SECONDS", 15)?,
         backoff_base: Duration::from_millis(

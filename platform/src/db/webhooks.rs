@@ -331,37 +331,42 @@ impl Claimed {
     }
 }
 
-/// Claims up to `limit` due deliveries of active endpoints, at most
-/// `per_endpoint` of each and none of the endpoints in `busy` (those this
-/// dispatcher still has requests in flight to). A claim moves the
-/// delivery's due time forward by `lease`: rows of a dispatcher that dies
-/// come back then. Rows another dispatcher holds are skipped.
+/// Claims up to `limit` due deliveries of active endpoints, oldest due
+/// first within each endpoint, and for each endpoint at most `per_endpoint`
+/// minus what this dispatcher already has in flight to it (`busy`: endpoint
+/// ids with their counts). Each endpoint's rows come from the index on
+/// (endpoint, due time), so a claim costs the same with a backlog of
+/// millions. A claim moves the delivery's due time forward by `lease`:
+/// rows of a dispatcher that dies come back then. Rows another dispatcher
+/// holds are skipped.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn claim(
     pool: &PgPool,
-    busy: &[Uuid],
+    busy: &[(Uuid, i64)],
     per_endpoint: i64,
     limit: i64,
     lease: Duration,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
+    let (busy_ids, busy_counts): (Vec<Uuid>, Vec<i64>) = busy.iter().copied().unzip();
     sqlx::query_as(
-        "WITH candidates AS (
-             SELECT id FROM (
-                 SELECT d.id, d.next_attempt_at,
-                        row_number() OVER (PARTITION BY d.endpoint_id ORDER BY d.next_attempt_at, d.id) AS n
-                   FROM webhook_deliveries d
-                   JOIN webhook_endpoints e ON e.id = d.endpoint_id AND e.is_active
-                  WHERE d.status = 'pending' AND d.next_attempt_at <= now()
-                    AND NOT (d.endpoint_id = ANY ($1))) ranked
-              WHERE n <= $2 ORDER BY next_attempt_at LIMIT $3
+        "WITH slots AS (
+             SELECT e.id, $3 - COALESCE(b.n, 0) AS free
+               FROM webhook_endpoints e
+               LEFT JOIN UNNEST($1::uuid[], $2::bigint[]) AS b(id, n) ON b.id = e.id
+              WHERE e.is_active
          ), locked AS (
-             SELECT d.id FROM webhook_deliveries d
-              WHERE d.id IN (SELECT id FROM candidates)
-                AND d.status = 'pending' AND d.next_attempt_at <= now()
-                FOR UPDATE SKIP LOCKED
+             SELECT c.id FROM slots s
+              CROSS JOIN LATERAL (
+                  SELECT d.id FROM webhook_deliveries d
+                   WHERE d.endpoint_id = s.id AND d.status = 'pending'
+                     AND d.next_attempt_at <= now()
+                   ORDER BY d.next_attempt_at
+                   LIMIT GREATEST(s.free, 0)
+                   FOR UPDATE SKIP LOCKED) c
+              LIMIT $4
          )
          UPDATE webhook_deliveries d
-            SET next_attempt_at = now() + make_interval(secs => $4), attempts = d.attempts + 1,
+            SET next_attempt_at = now() + make_interval(secs => $5), attempts = d.attempts + 1,
                 last_attempt_at = now()
            FROM locked, webhook_events v, webhook_endpoints e
           WHERE d.id = locked.id AND v.id = d.event_id AND e.id = d.endpoint_id
@@ -375,7 +380,8 @@ pub async fn claim(
                    CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret_key_id END
                        AS previous_secret_key_id",
     )
-    .bind(busy)
+    .bind(busy_ids)
+    .bind(busy_counts)
     .bind(per_endpoint)
     .bind(limit)
     .bind(lease.as_secs_f64())

@@ -30,8 +30,8 @@ pub struct Dispatcher {
     keyring: Keyring,
     settings: WebhookSettings,
     client: reqwest::Client,
-    /// Requests in flight per endpoint: an endpoint with any is not
-    /// claimed for, so a slow one holds at most `endpoint_concurrency`.
+    /// Requests in flight per endpoint: an endpoint is claimed for only up
+    /// to `endpoint_concurrency` in flight, so a slow one holds no more.
     in_flight: Arc<Mutex<HashMap<Uuid, usize>>>,
 }
 
@@ -73,14 +73,18 @@ impl Dispatcher {
                 }
             }
             let claimed = self.claim_round(&mut tasks).await;
-            // A full round means more are due: claim again at once.
+            if shutdown.is_cancelled() {
+                break;
+            }
+            // A full round means more are due: claim again at once. Else
+            // claim again when a request ends (its endpoint has a free
+            // slot, and may have more due) or after the poll interval.
             if claimed < self.settings.batch as usize {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(self.settings.poll) => {}
+                    Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 }
-            } else if shutdown.is_cancelled() {
-                break;
             }
         }
         // Requests in flight are abandoned; their leases bring them back.
@@ -88,7 +92,11 @@ impl Dispatcher {
     }
 
     async fn claim_round(&self, tasks: &mut JoinSet<()>) -> usize {
-        let busy: Vec<Uuid> = self.lock_in_flight().keys().copied().collect();
+        let busy: Vec<(Uuid, i64)> = self
+            .lock_in_flight()
+            .iter()
+            .map(|(id, n)| (*id, *n as i64))
+            .collect();
         let rows = match webhooks::claim(
             &self.pool,
             &busy,
