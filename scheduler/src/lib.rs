@@ -40,8 +40,13 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         database_url: settings.database_url.clone(),
         retry: timing.leader_retry,
     };
+    // Its own pool: its commits need no disk flush, and a backlog of
+    // deliveries must not take the connections the other duties need.
+    let dispatcher_pool = platform::db::connect_async_commit(&settings, 4)
+        .await
+        .context("connecting the webhook dispatcher to PostgreSQL")?;
     let dispatcher = webhooks::Dispatcher::new(
-        pool.clone(),
+        dispatcher_pool,
         settings.keyring()?.clone(),
         settings
             .webhooks

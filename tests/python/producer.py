@@ -3,7 +3,8 @@ worker: countdown, expires, priority, results and failures.
 
 Environment: BROKER_URL, RESULT_BACKEND, QUEUE, TO, MODE, and TASK_NAME
 (default notifications.send_email). MODE:
-  countdown  send_task(countdown=2, expires=300, priority=5) and get()
+  countdown  send_task(countdown=2, expires=300, priority=5) and get(), with
+             `metadata` in the kwargs
   failure    get() on a send the SMTP server refuses: prints the raised type
   expired    countdown=4 with expires=1: the task ends REVOKED
   delay      args=[to, subject, content] positionally, like an existing
@@ -39,6 +40,7 @@ queue = os.environ["QUEUE"]
 started = time.monotonic()
 
 if mode == "countdown":
+    kwargs["metadata"] = {"origin": "python", "order_id": "P-7"}
     r = app.send_task(name, kwargs=kwargs, queue=queue, countdown=2, expires=300, priority=5)
 elif mode == "expired":
     r = app.send_task(name, kwargs=kwargs, queue=queue, countdown=4, expires=1)

@@ -70,6 +70,22 @@ pub async fn connect(settings: &Settings) -> Result<PgPool, sqlx::Error> {
         .await
 }
 
+/// A pool of `size` connections whose commits do not wait for the WAL to
+/// reach disk (`synchronous_commit = off`): a crash of PostgreSQL may lose
+/// the last fraction of a second of their writes, never corrupt anything.
+/// Only for bookkeeping that is safe to redo, such as the webhook
+/// dispatcher's claims and outcomes (a lost one means an event is sent
+/// again with the same `webhook-id`, as after a dispatcher crash), where a
+/// disk flush per event would cost more than the event.
+pub async fn connect_async_commit(settings: &Settings, size: u32) -> Result<PgPool, sqlx::Error> {
+    let options: sqlx::postgres::PgConnectOptions = settings.database_url.parse()?;
+    PgPoolOptions::new()
+        .max_connections(size)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options.options([("synchronous_commit", "off")]))
+        .await
+}
+
 /// Applies pending migrations. Several processes may start at once, so the
 /// run is serialized by an advisory lock.
 pub async fn migrate(database_url: &str) -> Result<Vec<String>, MigrateError> {

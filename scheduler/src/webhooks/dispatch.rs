@@ -23,6 +23,8 @@ use super::client;
 const SNIPPET: usize = 512;
 /// How often the backlog gauge is refreshed.
 const GAUGE_EVERY: Duration = Duration::from_secs(5);
+/// After a request ends, how long to wait for others before claiming again.
+const CLAIM_GATHER: Duration = Duration::from_millis(5);
 
 #[derive(Clone)]
 pub struct Dispatcher {
@@ -83,7 +85,11 @@ impl Dispatcher {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(self.settings.poll) => {}
-                    Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                    Some(_) = tasks.join_next(), if !tasks.is_empty() => {
+                        // Let the requests ending about now end too, so one
+                        // claim fills several slots.
+                        tokio::time::sleep(CLAIM_GATHER).await;
+                    }
                 }
             }
         }

@@ -123,6 +123,17 @@ async fn python_countdown_expires_and_priority_are_honoured() {
     assert!(report["elapsed"].as_f64().unwrap() >= 2.0, "{report}");
     let received = env.smtp.wait_for(1, Duration::from_secs(10)).await;
     assert_eq!(received[0].rcpt_to, ["later@example.org"]);
+    // The task's `metadata` kwarg is kept with the message, as on API sends.
+    let metadata: serde_json::Value =
+        sqlx::query_scalar("SELECT metadata FROM message_records WHERE task_id = $1")
+            .bind(report["task_id"].as_str().unwrap())
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        metadata,
+        serde_json::json!({"origin": "python", "order_id": "P-7"})
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
