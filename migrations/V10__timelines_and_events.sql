@@ -91,6 +91,40 @@ CREATE TRIGGER message_records_timeline_update
     AFTER UPDATE ON message_records REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION message_events_on_update();
 
+-- Each change's message row by primary key in a scalar subquery, not a
+-- join: message_records grows faster than its statistics, and a join
+-- planned for a small table is a full scan per statement once it is large.
+CREATE OR REPLACE FUNCTION webhook_record_events(changes jsonb) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    WITH x AS MATERIALIZED (
+        SELECT x.event_type, (SELECT m FROM message_records m WHERE m.id = x.id) AS msg
+          FROM jsonb_to_recordset(changes) AS x(id uuid, event_type text)
+    ), c AS MATERIALIZED (
+        SELECT gen_random_uuid() AS event_id, x.event_type, x.msg, (x.msg).id AS message_id,
+               (x.msg).api_key_id AS api_key_id
+          FROM x
+         WHERE (x.msg).id IS NOT NULL
+           AND EXISTS (SELECT 1 FROM webhook_endpoints e
+                        WHERE e.is_active AND e.owner_key_id = (x.msg).api_key_id
+                          AND x.event_type = ANY (e.event_types))
+    ), seq AS MATERIALIZED (
+        SELECT c.*, 1 + (SELECT count(*) FROM webhook_events v WHERE v.message_id = c.message_id)::int AS sequence
+          FROM c
+    ), ev AS (
+        INSERT INTO webhook_events (id, event_type, message_id, sequence, payload)
+        SELECT event_id, event_type, message_id, sequence,
+               webhook_event_payload(event_id, event_type, msg, sequence)
+          FROM seq
+        RETURNING id
+    )
+    INSERT INTO webhook_deliveries (id, event_id, endpoint_id)
+    SELECT gen_random_uuid(), c.event_id, e.id
+      FROM c JOIN webhook_endpoints e
+        ON e.is_active AND e.owner_key_id = c.api_key_id AND c.event_type = ANY (e.event_types)
+     WHERE c.event_id IN (SELECT id FROM ev);
+END
+$$;
+
 -- Message events now carry the sender's metadata.
 CREATE OR REPLACE FUNCTION webhook_event_payload(event_id uuid, event_type text, m message_records, seq integer)
 RETURNS jsonb LANGUAGE sql STABLE AS $$

@@ -15,7 +15,7 @@ db="trigger_cost_$$"
 psql_() { psql -h 127.0.0.1 -U postgres -v ON_ERROR_STOP=1 -qAt "$@"; }
 psql_ -d postgres -c "CREATE DATABASE $db"
 trap 'psql_ -d postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null' EXIT
-for f in $(ls migrations/V*.sql | sort -V); do psql_ -d "$db" -f "$f" >/dev/null; done
+for f in $(printf '%s\n' migrations/V*.sql | sort -V); do psql_ -d "$db" -f "$f" >/dev/null; done
 psql_ -d "$db" -c "INSERT INTO api_keys (id, name, key_prefix, key_hash, secret_hash, scopes)
                    VALUES ('00000000-0000-0000-0000-0000000000b1', 'bench', 'p', 'h', 's', '{send}')"
 

@@ -348,6 +348,11 @@ pub async fn claim(
     lease: Duration,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
     let (busy_ids, busy_counts): (Vec<Uuid>, Vec<i64>) = busy.iter().copied().unzip();
+    // Every lookup below is by primary key or ctid, never a join the
+    // planner could turn into a scan: these tables grow by thousands of
+    // rows a second, faster than statistics follow, and a plan made for
+    // the small tables they were is a full scan per claim for the large
+    // ones they become.
     sqlx::query_as(
         "WITH slots AS (
              SELECT e.id, $3 - COALESCE(b.n, 0) AS free
@@ -355,30 +360,33 @@ pub async fn claim(
                LEFT JOIN UNNEST($1::uuid[], $2::bigint[]) AS b(id, n) ON b.id = e.id
               WHERE e.is_active
          ), locked AS (
-             SELECT c.id FROM slots s
+             SELECT c.ctid FROM slots s
               CROSS JOIN LATERAL (
-                  SELECT d.id FROM webhook_deliveries d
+                  SELECT d.ctid FROM webhook_deliveries d
                    WHERE d.endpoint_id = s.id AND d.status = 'pending'
                      AND d.next_attempt_at <= now()
                    ORDER BY d.next_attempt_at
                    LIMIT GREATEST(s.free, 0)
                    FOR UPDATE SKIP LOCKED) c
               LIMIT $4
+         ), claimed AS (
+             UPDATE webhook_deliveries d
+                SET next_attempt_at = now() + make_interval(secs => $5),
+                    attempts = d.attempts + 1, last_attempt_at = now()
+              WHERE d.ctid = ANY (ARRAY(SELECT ctid FROM locked))
+             RETURNING d.id, d.event_id, d.endpoint_id, d.attempts, d.retry_from
          )
-         UPDATE webhook_deliveries d
-            SET next_attempt_at = now() + make_interval(secs => $5), attempts = d.attempts + 1,
-                last_attempt_at = now()
-           FROM locked, webhook_events v, webhook_endpoints e
-          WHERE d.id = locked.id AND v.id = d.event_id AND e.id = d.endpoint_id
-         RETURNING d.id, d.event_id, v.event_type, d.endpoint_id, d.attempts, d.retry_from,
-                   v.payload::text AS body, e.url,
-                   e.secret_ciphertext, e.secret_nonce, e.secret_key_id,
-                   CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret_ciphertext END
-                       AS previous_secret_ciphertext,
-                   CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret_nonce END
-                       AS previous_secret_nonce,
-                   CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret_key_id END
-                       AS previous_secret_key_id",
+         SELECT c.id, c.event_id, c.endpoint_id, c.attempts, c.retry_from,
+                (SELECT v.event_type FROM webhook_events v WHERE v.id = c.event_id) AS event_type,
+                (SELECT v.payload::text FROM webhook_events v WHERE v.id = c.event_id) AS body,
+                e.url, e.secret_ciphertext, e.secret_nonce, e.secret_key_id,
+                CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret_ciphertext END
+                    AS previous_secret_ciphertext,
+                CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret_nonce END
+                    AS previous_secret_nonce,
+                CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret_key_id END
+                    AS previous_secret_key_id
+           FROM claimed c JOIN webhook_endpoints e ON e.id = c.endpoint_id",
     )
     .bind(busy_ids)
     .bind(busy_counts)
