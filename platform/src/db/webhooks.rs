@@ -415,26 +415,23 @@ pub async fn record_delivered(
     delivery: &Claimed,
     attempt: &Attempt,
 ) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    // One statement, so one round trip and no transaction around it.
     sqlx::query(
-        "UPDATE webhook_deliveries SET status = 'delivered', delivered_at = now(),
-            last_status = $2, last_latency_ms = $3, last_response = $4, last_error = NULL
-         WHERE id = $1",
+        "WITH d AS (
+             UPDATE webhook_deliveries SET status = 'delivered', delivered_at = now(),
+                 last_status = $2, last_latency_ms = $3, last_response = $4, last_error = NULL
+              WHERE id = $1
+             RETURNING endpoint_id)
+         UPDATE webhook_endpoints e SET failing_since = NULL
+           FROM d WHERE e.id = d.endpoint_id AND e.failing_since IS NOT NULL",
     )
     .bind(delivery.id)
     .bind(attempt.status)
     .bind(attempt.latency_ms)
     .bind(&attempt.response)
-    .execute(&mut *tx)
+    .execute(pool)
     .await?;
-    sqlx::query(
-        "UPDATE webhook_endpoints SET failing_since = NULL
-         WHERE id = $1 AND failing_since IS NOT NULL",
-    )
-    .bind(delivery.endpoint_id)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await
+    Ok(())
 }
 
 /// What became of a failed attempt.
