@@ -148,7 +148,7 @@ pub(super) fn keyring(
     Ok(Keyring::new(current_id, current, previous))
 }
 
-fn check_production_secret(var: &'static str, value: &str) -> Result<(), ConfigError> {
+pub(super) fn check_production_secret(var: &'static str, value: &str) -> Result<(), ConfigError> {
     if value.len() < 32 {
         return Err(ConfigError::Insecure {
             var,
