@@ -102,6 +102,8 @@ CROSS_FIELD = {
         ("validation_error", "content", "come from the template"),
         ("validation_error", "variables", "only for templated sends"),
         ("validation_error", "to", "to, cc and bcc together"),
+        # An unsubscribe link names one address: one `to`, no cc or bcc.
+        ("validation_error", "list_unsubscribe", "exactly one recipient"),
     },
     # The batch's shared template by id or by name, not both.
     "POST /api/v1/messages/email/batch": {NOT_BOTH},
@@ -113,6 +115,12 @@ CROSS_FIELD = {
     # The window must be non-empty and at most 366 days (two parameters).
     "GET /api/v1/messages/stats": {("validation_error", "created_after", "window")},
 }
+
+
+# The unsubscribe link's token must be one the platform signed (an
+# HMAC-SHA256 under UNSUBSCRIBE_SECRET), which no generated string is; its
+# pages answer browsers in HTML, so the 400 carries no JSON code.
+UNSUBSCRIBE_LINK = {"GET /u/{token}", "POST /u/{token}"}
 
 
 def _error(response):
@@ -127,6 +135,8 @@ def is_business_rule(operation, response):
     """Whether a refusal is one of the documented rules above."""
     if not 400 <= response.status_code < 500:
         return False
+    if operation in UNSUBSCRIBE_LINK and response.status_code == 400:
+        return True
     code, field, message = _error(response)
     if code in EVERYWHERE or code in BUSINESS_RULES.get(operation, ()):
         return True

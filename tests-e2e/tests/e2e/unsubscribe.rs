@@ -453,6 +453,32 @@ async fn global_scope_suppresses_and_sends_carry_a_link_only_when_they_ask() {
         res.body
     );
     assert_eq!(res.body["error"]["field"], "list_unsubscribe");
+    // A batch entry asks the same way.
+    let res = api
+        .post(
+            "/api/v1/messages/email/batch",
+            &token,
+            &json!({"messages": [send("hal@example.org", true), send("ida@example.org", false)]}),
+        )
+        .await;
+    assert_eq!(res.body["data"]["accepted"], 2, "{}", res.body);
+    let scopes: Vec<(Vec<String>, Option<String>)> = sqlx::query_as(
+        "SELECT to_addrs, unsubscribe_scope FROM message_records
+          WHERE to_addrs && ARRAY['hal@example.org', 'ida@example.org'] ORDER BY to_addrs",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        scopes,
+        [
+            (
+                vec!["hal@example.org".to_string()],
+                Some("global".to_string())
+            ),
+            (vec!["ida@example.org".to_string()], None)
+        ]
+    );
     env.wait_status(dan, "sent", Duration::from_secs(20)).await;
     eventually("eve's mail", Duration::from_secs(20), || async {
         env.smtp
