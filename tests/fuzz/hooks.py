@@ -84,9 +84,10 @@ BUSINESS_RULES = {
     "PUT /api/v1/campaigns/{id}": SCHEDULE | {"unknown_template", "unknown_list"},
     "POST /api/v1/admin/periodic-tasks": SCHEDULE | {"unknown_queue"},
     "PUT /api/v1/admin/periodic-tasks/{id}": SCHEDULE | {"unknown_queue"},
-    # At most WEBHOOK_MAX_ENDPOINTS_PER_KEY endpoints per key (stored data).
-    "POST /api/v1/webhooks": WEBHOOK_URL | {"webhook_limit_reached"},
-    "PATCH /api/v1/webhooks/{id}": WEBHOOK_URL,
+    # At most WEBHOOK_MAX_ENDPOINTS_PER_KEY endpoints per key (stored data);
+    # platform event types only for admin keys (the caller's scopes).
+    "POST /api/v1/webhooks": WEBHOOK_URL | {"webhook_limit_reached", "admin_event_type"},
+    "PATCH /api/v1/webhooks/{id}": WEBHOOK_URL | {"admin_event_type"},
 }
 
 # Rules on several fields at once: (code, field, what the message says).

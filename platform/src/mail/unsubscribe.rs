@@ -28,7 +28,9 @@ const FIXED_LEN: usize = 1 + 1 + 16;
 /// What an unsubscribe leaves, as a campaign (`unsubscribe_scope`) or a
 /// message record stores it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+// `Scope` alone would take the name of the API keys' scopes in the
+// OpenAPI components.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = UnsubscribeScope))]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     /// The lists of the campaign that sent the message.

@@ -522,3 +522,17 @@ async fn global_scope_suppresses_and_sends_carry_a_link_only_when_they_ask() {
     env.wait_status(again, "suppressed", Duration::from_secs(10))
         .await;
 }
+
+#[test]
+fn the_unsubscribe_scope_schema_leaves_the_api_key_scopes_alone() {
+    let spec = notify_api::docs::document();
+    let schemas = &spec["components"]["schemas"];
+    assert_eq!(schemas["Scope"]["enum"], json!(["send", "read", "admin"]));
+    assert_eq!(
+        schemas["UnsubscribeScope"]["enum"],
+        json!(["list", "global"])
+    );
+    let post = &spec["paths"]["/u/{token}"]["post"];
+    assert!(post["security"].is_null(), "the token is the credential");
+    assert!(post["requestBody"]["content"]["application/x-www-form-urlencoded"].is_object());
+}
