@@ -53,6 +53,7 @@ pub mod schemas;
         routes::webhooks::create, routes::webhooks::list, routes::webhooks::get,
         routes::webhooks::update, routes::webhooks::delete, routes::webhooks::rotate_secret,
         routes::webhooks::deliveries, routes::webhooks::redeliver, routes::webhooks::test,
+        routes::unsubscribe::page, routes::unsubscribe::unsubscribe,
     ),
     components(schemas(ErrorBody, events::EmailEvent, events::CampaignRunEvent,
         events::AccountEvent, events::EndpointDisabledEvent, events::WebhookTestEvent)),
@@ -70,6 +71,7 @@ pub mod schemas;
         (name = "campaigns", description = "Mailing lists and scheduled campaigns (admin)"),
         (name = "periodic-tasks", description = "Celery tasks the scheduler publishes on a schedule (admin)"),
         (name = "queues", description = "RabbitMQ queue depths (admin)"),
+        (name = "unsubscribe", description = "One-click unsubscribe links (RFC 8058) in campaign mail: public, the signed token is the credential"),
         (name = "health", description = "Liveness, readiness, version, metrics"),
     )
 )]

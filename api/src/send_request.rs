@@ -7,6 +7,7 @@ use platform::db::attachments::Attachment;
 use platform::db::messages::NewMessage;
 use platform::db::templates::{self, Template};
 use platform::mail::rules;
+use platform::mail::unsubscribe::Scope;
 use platform::tasks::Recipients;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -99,6 +100,10 @@ pub struct SendEmailRequest {
     pub campaign_id: Option<Uuid>,
     #[schema(value_type = Option<crate::docs::schemas::Metadata>)]
     pub metadata: Option<platform::db::messages::Metadata>,
+    /// `true`: the email carries a one-click unsubscribe link
+    /// (`List-Unsubscribe`, RFC 8058) that suppresses the recipient for
+    /// all mail. Needs exactly one recipient (one `to`, no cc or bcc).
+    pub list_unsubscribe: Option<bool>,
 }
 
 /// A template named by id or by name.
@@ -228,6 +233,7 @@ impl SendEmailRequest {
         let from_name = rules::from_name(self.from_name.as_deref())?;
         let send_at = self.send_at.as_deref().map(parse_send_at).transpose()?;
         let metadata = rules::metadata(self.metadata.as_ref())?;
+        let unsubscribe_scope = self.unsubscribe_scope(&to, &cc, &bcc)?;
         Ok(AcceptedEmail {
             new: NewMessage {
                 id: Uuid::now_v7(),
@@ -242,11 +248,33 @@ impl SendEmailRequest {
                 html_body: content,
                 text_body: text,
                 metadata,
+                unsubscribe_scope,
             },
             attachments,
             send_at,
             campaign_id: self.campaign_id,
         })
+    }
+
+    /// The scope of the email's unsubscribe link, if it asked for one. The
+    /// link names one address, so an email with several recipients cannot
+    /// have one (each would hold a link that unsubscribes another).
+    fn unsubscribe_scope(
+        &self,
+        to: &[String],
+        cc: &[String],
+        bcc: &[String],
+    ) -> Result<Option<Scope>, ApiError> {
+        if self.list_unsubscribe != Some(true) {
+            return Ok(None);
+        }
+        if to.len() != 1 || !cc.is_empty() || !bcc.is_empty() {
+            return Err(ApiError::validation(
+                "list_unsubscribe",
+                "list_unsubscribe needs exactly one recipient (one to, no cc or bcc)",
+            ));
+        }
+        Ok(Some(Scope::Global))
     }
 
     fn attachments(&self, limits: Limits, body_size: usize) -> Result<Vec<Attachment>, ApiError> {

@@ -30,7 +30,7 @@ use crate::ratelimit::{self, RateLimiter};
 use crate::readiness::Readiness;
 use crate::routes::{
     api_keys, audit_log, auth, campaigns, dead_letters, email_accounts, health, lists, messages,
-    periodic_tasks, queues, suppressions, templates, timelines, webhooks,
+    periodic_tasks, queues, suppressions, templates, timelines, unsubscribe, webhooks,
 };
 use crate::state::{ApiSettings, AppState, Shared};
 
@@ -113,6 +113,8 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         (Method::POST, "/api/v1/auth/token", post(auth::issue_token)),
         (Method::POST, "/api/v1/auth/refresh", post(auth::refresh)),
         (Method::GET, "/api/v1/version", get(health::version)),
+        (Method::GET, "/u/{token}", get(unsubscribe::page)),
+        (Method::POST, "/u/{token}", post(unsubscribe::unsubscribe)),
         (
             Method::POST,
             "/api/v1/messages/email/send",

@@ -294,6 +294,9 @@ async fn main() -> anyhow::Result<()> {
         ("RATE_LIMIT_ENABLED", "false"),
         // The receiver is on loopback.
         ("WEBHOOK_ALLOW_PRIVATE", "true"),
+        // Production requires the unsubscribe links' key and https base.
+        ("UNSUBSCRIBE_SECRET", "Hk4tW9pZ2xQm7Lr5Nc8Vb1Jd6Fs3Ga0YeUo"),
+        ("PUBLIC_BASE_URL", "https://bench.invalid"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))

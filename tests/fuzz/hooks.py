@@ -84,9 +84,10 @@ BUSINESS_RULES = {
     "PUT /api/v1/campaigns/{id}": SCHEDULE | {"unknown_template", "unknown_list"},
     "POST /api/v1/admin/periodic-tasks": SCHEDULE | {"unknown_queue"},
     "PUT /api/v1/admin/periodic-tasks/{id}": SCHEDULE | {"unknown_queue"},
-    # At most WEBHOOK_MAX_ENDPOINTS_PER_KEY endpoints per key (stored data).
-    "POST /api/v1/webhooks": WEBHOOK_URL | {"webhook_limit_reached"},
-    "PATCH /api/v1/webhooks/{id}": WEBHOOK_URL,
+    # At most WEBHOOK_MAX_ENDPOINTS_PER_KEY endpoints per key (stored data);
+    # platform event types only for admin keys (the caller's scopes).
+    "POST /api/v1/webhooks": WEBHOOK_URL | {"webhook_limit_reached", "admin_event_type"},
+    "PATCH /api/v1/webhooks/{id}": WEBHOOK_URL | {"admin_event_type"},
 }
 
 # Rules on several fields at once: (code, field, what the message says).
@@ -102,6 +103,8 @@ CROSS_FIELD = {
         ("validation_error", "content", "come from the template"),
         ("validation_error", "variables", "only for templated sends"),
         ("validation_error", "to", "to, cc and bcc together"),
+        # An unsubscribe link names one address: one `to`, no cc or bcc.
+        ("validation_error", "list_unsubscribe", "exactly one recipient"),
     },
     # The batch's shared template by id or by name, not both.
     "POST /api/v1/messages/email/batch": {NOT_BOTH},
@@ -113,6 +116,12 @@ CROSS_FIELD = {
     # The window must be non-empty and at most 366 days (two parameters).
     "GET /api/v1/messages/stats": {("validation_error", "created_after", "window")},
 }
+
+
+# The unsubscribe link's token must be one the platform signed (an
+# HMAC-SHA256 under UNSUBSCRIBE_SECRET), which no generated string is; its
+# pages answer browsers in HTML, so the 400 carries no JSON code.
+UNSUBSCRIBE_LINK = {"GET /u/{token}", "POST /u/{token}"}
 
 
 def _error(response):
@@ -127,6 +136,8 @@ def is_business_rule(operation, response):
     """Whether a refusal is one of the documented rules above."""
     if not 400 <= response.status_code < 500:
         return False
+    if operation in UNSUBSCRIBE_LINK and response.status_code == 400:
+        return True
     code, field, message = _error(response)
     if code in EVERYWHERE or code in BUSINESS_RULES.get(operation, ()):
         return True

@@ -20,7 +20,7 @@ use uuid::Uuid;
         "metadata": {"order_id": "A-1042"}}}))]
 pub struct EmailEvent {
     /// `email.accepted`, `email.sent`, `email.failed`, `email.retrying`,
-    /// `email.suppressed` or `email.cancelled`.
+    /// `email.suppressed`, `email.cancelled` or `email.unsubscribed`.
     #[schema(example = "email.sent")]
     r#type: String,
     timestamp: DateTime<Utc>,
@@ -148,7 +148,7 @@ pub struct WebhookTestEventData {
 }
 
 /// Each event type and the schema of its body.
-const EVENTS: [(&str, &str, &str); 12] = [
+const EVENTS: [(&str, &str, &str); 13] = [
     (
         "email.accepted",
         "EmailEvent",
@@ -174,6 +174,11 @@ const EVENTS: [(&str, &str, &str); 12] = [
         "email.cancelled",
         "EmailEvent",
         "The send was cancelled before a worker took it.",
+    ),
+    (
+        "email.unsubscribed",
+        "EmailEvent",
+        "The recipient used the email's one-click unsubscribe link (RFC 8058).",
     ),
     (
         "campaign.run.started",

@@ -10,6 +10,7 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use platform::db::campaigns::{self, Campaign, CampaignContent, Run};
 use platform::db::{lists, templates};
+use platform::mail::unsubscribe::Scope;
 use platform::schedule::CronSchedule;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -58,6 +59,15 @@ pub struct CampaignRequest {
     #[serde(default = "skip")]
     #[schema(value_type = crate::docs::schemas::MissedRunPolicy)]
     pub missed_run_policy: String,
+    /// What the `List-Unsubscribe` link of its emails does: `list`
+    /// (default) ends the member's subscription to this campaign's lists;
+    /// `global` suppresses the address for all mail.
+    #[serde(default = "list_scope")]
+    pub unsubscribe_scope: Scope,
+}
+
+fn list_scope() -> Scope {
+    Scope::List
 }
 
 fn utc() -> String {
@@ -84,6 +94,7 @@ pub struct CampaignView {
     pub ends_at: Option<DateTime<Utc>>,
     pub is_active: bool,
     pub missed_run_policy: String,
+    pub unsubscribe_scope: Scope,
     /// When it fires next (none when inactive or past `ends_at`).
     pub next_run_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
@@ -93,6 +104,8 @@ pub struct CampaignView {
 impl From<Campaign> for CampaignView {
     fn from(c: Campaign) -> Self {
         CampaignView {
+            // Before `c`'s fields move out.
+            unsubscribe_scope: c.unsubscribe_scope(),
             id: c.id,
             name: c.name,
             template_id: c.template_id,
@@ -217,6 +230,7 @@ async fn content(state: &AppState, req: CampaignRequest) -> Result<CampaignConte
         is_active: req.is_active,
         missed_run_policy: req.missed_run_policy,
         next_run_at,
+        unsubscribe_scope: req.unsubscribe_scope,
     })
 }
 

@@ -100,6 +100,8 @@ pub struct MemberView {
     #[schema(value_type = Object)]
     pub variables: Map<String, Value>,
     pub created_at: DateTime<Utc>,
+    /// When the member left through an unsubscribe link (campaigns skip it).
+    pub unsubscribed_at: Option<DateTime<Utc>>,
 }
 
 impl From<Member> for MemberView {
@@ -109,6 +111,7 @@ impl From<Member> for MemberView {
             address: m.address,
             variables: m.variables.0,
             created_at: m.created_at,
+            unsubscribed_at: m.unsubscribed_at,
         }
     }
 }

@@ -350,6 +350,9 @@ pub struct MessageView {
     /// The `metadata` the send carried (empty when none).
     #[schema(value_type = Object)]
     pub metadata: platform::db::messages::Metadata,
+    /// The scope of the email's one-click unsubscribe link (`list` for a
+    /// campaign's lists, `global` for all mail); none without a link.
+    pub unsubscribe_scope: Option<platform::mail::unsubscribe::Scope>,
 }
 
 impl From<messages::MessageRecord> for MessageView {
@@ -378,6 +381,10 @@ impl From<messages::MessageRecord> for MessageView {
             cancelled_at: m.cancelled_at,
             campaign_id: m.campaign_id,
             metadata: m.metadata.map(|j| j.0).unwrap_or_default(),
+            unsubscribe_scope: m
+                .unsubscribe_scope
+                .as_deref()
+                .and_then(platform::mail::unsubscribe::Scope::parse),
         }
     }
 }

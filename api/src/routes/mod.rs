@@ -14,6 +14,7 @@ pub mod queues;
 pub mod suppressions;
 pub mod templates;
 pub mod timelines;
+pub mod unsubscribe;
 pub mod webhooks;
 
 use serde::Serialize;

@@ -61,6 +61,9 @@ pub enum EventType {
     /// The send was cancelled before a worker took it.
     #[serde(rename = "email.cancelled")]
     Cancelled,
+    /// The recipient used the email's one-click unsubscribe link.
+    #[serde(rename = "email.unsubscribed")]
+    Unsubscribed,
     /// A campaign run began (admin keys only).
     #[serde(rename = "campaign.run.started")]
     CampaignRunStarted,
@@ -89,6 +92,7 @@ impl EventType {
             EventType::Retrying => "email.retrying",
             EventType::Suppressed => "email.suppressed",
             EventType::Cancelled => "email.cancelled",
+            EventType::Unsubscribed => "email.unsubscribed",
             EventType::CampaignRunStarted => "campaign.run.started",
             EventType::CampaignRunCompleted => "campaign.run.completed",
             EventType::AccountPaused => "account.paused",
@@ -112,7 +116,7 @@ pub struct CreateWebhook {
     #[schema(max_length = 2048, pattern = r"^https?://[^\s/?#]+[^\s]*$")]
     pub url: String,
     /// At least one; a type named twice counts once.
-    #[schema(min_items = 1, max_items = 11)]
+    #[schema(min_items = 1, max_items = 12)]
     pub event_types: Vec<EventType>,
     /// At most 500 characters, no control characters.
     #[serde(default)]
@@ -132,7 +136,7 @@ fn yes() -> bool {
 pub struct UpdateWebhook {
     #[schema(max_length = 2048, pattern = r"^https?://[^\s/?#]+[^\s]*$")]
     pub url: Option<String>,
-    #[schema(min_items = 1, max_items = 11)]
+    #[schema(min_items = 1, max_items = 12)]
     pub event_types: Option<Vec<EventType>>,
     #[schema(max_length = 500, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub description: Option<String>,

@@ -17,6 +17,7 @@ mod python;
 mod redis;
 mod scheduler;
 mod security;
+mod unsubscribe;
 mod vars;
 mod webhooks;
 mod worker;
@@ -72,6 +73,8 @@ enum Section {
     Scheduler,
     /// Event webhooks: the API checks endpoints, the scheduler delivers.
     Webhooks,
+    /// Unsubscribe links: the worker signs them, the API checks them.
+    Unsubscribe,
 }
 
 impl Role {
@@ -89,8 +92,14 @@ impl Role {
     fn reads(self, section: Section) -> bool {
         use Section::*;
         match self {
-            Role::Api => matches!(section, Redis | Python | Jwt | Keyring | Api | Webhooks),
-            Role::Worker => matches!(section, Metrics | Redis | Python | Keyring | Worker),
+            Role::Api => matches!(
+                section,
+                Redis | Python | Jwt | Keyring | Api | Webhooks | Unsubscribe
+            ),
+            Role::Worker => matches!(
+                section,
+                Metrics | Redis | Python | Keyring | Worker | Unsubscribe
+            ),
             Role::Scheduler => matches!(section, Metrics | Keyring | Scheduler | Webhooks),
         }
     }
@@ -196,6 +205,9 @@ pub struct Settings {
     pub scheduler: Option<SchedulerSettings>,
     // webhooks (the API and the scheduler)
     pub webhooks: Option<WebhookSettings>,
+    // unsubscribe (the API and the worker)
+    /// One-click unsubscribe links: signed by the worker, checked by the API.
+    pub unsubscribe: Option<crate::mail::unsubscribe::UnsubscribeLinks>,
 }
 
 impl Settings {
@@ -299,6 +311,9 @@ fn load(roles: &[Role], lookup: &dyn Fn(&str) -> Option<String>) -> Result<Setti
             .transpose()?,
         webhooks: reads(Section::Webhooks)
             .then(|| webhooks::settings(&vars))
+            .transpose()?,
+        unsubscribe: reads(Section::Unsubscribe)
+            .then(|| unsubscribe::settings(&vars, env))
             .transpose()?,
     })
 }

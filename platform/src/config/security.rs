@@ -148,7 +148,7 @@ pub(super) fn keyring(
     Ok(Keyring::new(current_id, current, previous))
 }
 
-fn check_production_secret(var: &'static str, value: &str) -> Result<(), ConfigError> {
+pub(super) fn check_production_secret(var: &'static str, value: &str) -> Result<(), ConfigError> {
     if value.len() < 32 {
         return Err(ConfigError::Insecure {
             var,
@@ -242,7 +242,19 @@ mod tests {
         let key: [u8; 32] = std::array::from_fn(|i| (i as u8).wrapping_mul(37).wrapping_add(11));
         let key = STANDARD.encode(key);
         let placeholder = ("JWT_SECRET_KEY", "your-jwt-secret-change-me");
-        let vars = with(&[PRODUCTION, placeholder, ("ENCRYPTION_KEY", &key)]);
+        // The unsubscribe links' settings, which production requires of
+        // the API and the worker (config/unsubscribe.rs).
+        let links = [
+            ("UNSUBSCRIBE_SECRET", "m2Qv8ZpL4xKc9WnR1tYb6HsJ3fGd7AeU"),
+            ("PUBLIC_BASE_URL", "https://mail.example.com"),
+        ];
+        let vars = with(&[
+            PRODUCTION,
+            placeholder,
+            ("ENCRYPTION_KEY", &key),
+            links[0],
+            links[1],
+        ]);
         let err = load_for(Role::Api, &vars).unwrap_err().to_string();
         assert!(err.contains("JWT_SECRET_KEY"), "{err}");
         // The worker and the scheduler sign no tokens.

@@ -12,6 +12,8 @@ use sqlx::postgres::PgArguments;
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
+use crate::mail::unsubscribe::Scope;
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Campaign {
     pub id: Uuid,
@@ -28,6 +30,15 @@ pub struct Campaign {
     pub next_run_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// What its messages' unsubscribe links leave: `list` (its lists) or
+    /// `global` (all mail).
+    pub unsubscribe_scope: String,
+}
+
+impl Campaign {
+    pub fn unsubscribe_scope(&self) -> Scope {
+        Scope::parse(&self.unsubscribe_scope).unwrap_or(Scope::List)
+    }
 }
 
 /// A campaign's settings, as created or replaced (`next_run_at` computed
@@ -45,6 +56,7 @@ pub struct CampaignContent {
     pub is_active: bool,
     pub missed_run_policy: String,
     pub next_run_at: Option<DateTime<Utc>>,
+    pub unsubscribe_scope: Scope,
 }
 
 type CampaignQuery<'q> = sqlx::query::QueryAs<'q, sqlx::Postgres, Campaign, PgArguments>;
@@ -55,8 +67,8 @@ pub async fn insert(
 ) -> Result<Campaign, sqlx::Error> {
     let query = sqlx::query_as(
         "INSERT INTO campaigns (id, name, template_id, list_ids, variables, cron, time_zone,
-            starts_at, ends_at, is_active, missed_run_policy, next_run_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING *",
+            starts_at, ends_at, is_active, missed_run_policy, next_run_at, unsubscribe_scope)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING *",
     );
     bind_content(query.bind(Uuid::now_v7()), c)
         .fetch_one(executor)
@@ -71,7 +83,8 @@ pub async fn replace(
     let query = sqlx::query_as(
         "UPDATE campaigns SET name = $2, template_id = $3, list_ids = $4, variables = $5,
             cron = $6, time_zone = $7, starts_at = $8, ends_at = $9, is_active = $10,
-            missed_run_policy = $11, next_run_at = $12, updated_at = now()
+            missed_run_policy = $11, next_run_at = $12, unsubscribe_scope = $13,
+            updated_at = now()
          WHERE id = $1 RETURNING *",
     );
     bind_content(query.bind(id), c)
@@ -79,7 +92,7 @@ pub async fn replace(
         .await
 }
 
-/// Binds a campaign's settings as `$2` to `$12`, after its id.
+/// Binds a campaign's settings as `$2` to `$13`, after its id.
 fn bind_content<'q>(query: CampaignQuery<'q>, c: &'q CampaignContent) -> CampaignQuery<'q> {
     query
         .bind(&c.name)
@@ -93,6 +106,7 @@ fn bind_content<'q>(query: CampaignQuery<'q>, c: &'q CampaignContent) -> Campaig
         .bind(c.is_active)
         .bind(&c.missed_run_policy)
         .bind(c.next_run_at)
+        .bind(c.unsubscribe_scope.as_str())
 }
 
 #[tracing::instrument(level = "debug", skip_all, fields(campaign = %id))]

@@ -21,6 +21,9 @@ pub struct Member {
     pub address: String,
     pub variables: sqlx::types::Json<Map<String, Value>>,
     pub created_at: DateTime<Utc>,
+    /// When the member left the list through an unsubscribe link.
+    #[sqlx(default)]
+    pub unsubscribed_at: Option<DateTime<Utc>>,
 }
 
 const SELECT_LIST: &str = "SELECT l.id, l.name, l.description, l.created_at, l.updated_at,
@@ -109,7 +112,7 @@ pub async fn members(
     limit: i64,
 ) -> Result<Vec<Member>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT id, address, variables, created_at FROM list_members
+        "SELECT id, address, variables, created_at, unsubscribed_at FROM list_members
           WHERE list_id = $1 AND id > $2 ORDER BY id LIMIT $3",
     )
     .bind(list_id)
@@ -120,8 +123,9 @@ pub async fn members(
 }
 
 /// The audience of `lists` after member id `after`, in id order: each
-/// address once (as its lowest member id across the lists), so a
-/// recipient on two lists is mailed once.
+/// subscribed address once (as its lowest subscribed member id across the
+/// lists), so a recipient on two lists is mailed once and one who left
+/// (an unsubscribe link marks every list of the campaign) not at all.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn audience_after(
     executor: impl PgExecutor<'_>,
@@ -131,9 +135,10 @@ pub async fn audience_after(
 ) -> Result<Vec<Member>, sqlx::Error> {
     sqlx::query_as(
         "SELECT m.id, m.address, m.variables, m.created_at FROM list_members m
-          WHERE m.list_id = ANY($1) AND m.id > $2
+          WHERE m.list_id = ANY($1) AND m.id > $2 AND m.unsubscribed_at IS NULL
             AND NOT EXISTS (SELECT 1 FROM list_members o
-                             WHERE o.list_id = ANY($1) AND o.address = m.address AND o.id < m.id)
+                             WHERE o.list_id = ANY($1) AND o.address = m.address AND o.id < m.id
+                               AND o.unsubscribed_at IS NULL)
           ORDER BY m.id LIMIT $3",
     )
     .bind(lists)
@@ -152,4 +157,39 @@ pub async fn existing(
         .bind(ids)
         .fetch_all(executor)
         .await
+}
+
+/// Marks `address` unsubscribed on each of `lists` where it is a member
+/// and still subscribed; returns how many memberships that ended.
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn unsubscribe(
+    executor: impl PgExecutor<'_>,
+    lists: &[Uuid],
+    address: &str,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE list_members SET unsubscribed_at = now()
+          WHERE list_id = ANY($1) AND address = lower($2) AND unsubscribed_at IS NULL",
+    )
+    .bind(lists)
+    .bind(address)
+    .execute(executor)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Whether `address` is a subscribed member of any of `lists`.
+pub async fn is_subscribed(
+    executor: impl PgExecutor<'_>,
+    lists: &[Uuid],
+    address: &str,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM list_members
+                         WHERE list_id = ANY($1) AND address = lower($2) AND unsubscribed_at IS NULL)",
+    )
+    .bind(lists)
+    .bind(address)
+    .fetch_one(executor)
+    .await
 }

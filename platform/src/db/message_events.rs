@@ -1,16 +1,17 @@
 //! `message_events`: a message's timeline. Triggers on `message_records`
-//! (migration V10) write a row for every change, whatever made it; this
-//! module only reads them.
+//! (migration V10) write a row for every change of the record, whatever
+//! made it; this module reads them, and adds the events that change no
+//! record (an unsubscribe).
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct MessageEvent {
     pub id: i64,
     /// accepted, released, claimed, waiting, republished, retry_scheduled,
-    /// requeued, sent, failed, suppressed or cancelled.
+    /// requeued, sent, failed, suppressed, cancelled or unsubscribed.
     pub event: String,
     /// The message's status after the change.
     pub status: String,
@@ -35,4 +36,26 @@ pub async fn list(
     .bind(limit)
     .fetch_all(pool)
     .await
+}
+
+/// Adds `event` to the timeline of `message_id`, with the message's
+/// current status and `detail`.
+#[tracing::instrument(level = "debug", skip(executor, detail))]
+pub async fn insert(
+    executor: impl PgExecutor<'_>,
+    message_id: Uuid,
+    event: &str,
+    status: &str,
+    detail: &serde_json::Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO message_events (message_id, event, status, detail) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(message_id)
+    .bind(event)
+    .bind(status)
+    .bind(sqlx::types::Json(detail))
+    .execute(executor)
+    .await?;
+    Ok(())
 }

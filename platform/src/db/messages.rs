@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
+use crate::mail::unsubscribe::Scope;
+
 /// The sender's own labels on a message (`metadata` on a send), echoed in
 /// the message and its webhook events; [`crate::mail::rules::metadata`]
 /// bounds them.
@@ -111,6 +113,10 @@ pub struct MessageRecord {
     pub republished: i32,
     #[sqlx(default)]
     pub metadata: Option<sqlx::types::Json<Metadata>>,
+    /// `list` or `global`: the message carries a one-click unsubscribe
+    /// link of that scope (NULL: none).
+    #[sqlx(default)]
+    pub unsubscribe_scope: Option<String>,
 }
 
 impl MessageRecord {
@@ -134,6 +140,8 @@ pub struct NewMessage {
     pub html_body: String,
     pub text_body: Option<String>,
     pub metadata: Option<Metadata>,
+    /// A one-click unsubscribe link of this scope goes with it.
+    pub unsubscribe_scope: Option<Scope>,
 }
 
 /// A message record as first written: every column a writer may set.
@@ -184,6 +192,8 @@ pub struct NewRecord<'a> {
     pub updated_at: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<&'a Metadata>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unsubscribe_scope: Option<Scope>,
 }
 
 impl<'a> NewRecord<'a> {
@@ -222,6 +232,7 @@ impl<'a> NewRecord<'a> {
             failed_at: None,
             updated_at: None,
             metadata: None,
+            unsubscribe_scope: None,
         }
     }
 
@@ -235,6 +246,7 @@ impl<'a> NewRecord<'a> {
             from_name: new.from_name.as_deref(),
             text_body: new.text_body.as_deref(),
             metadata: new.metadata.as_ref(),
+            unsubscribe_scope: new.unsubscribe_scope,
             ..Self::new(
                 new.id,
                 &new.task_id,
@@ -252,18 +264,19 @@ macro_rules! insert_records_sql {
         "INSERT INTO message_records (id, task_id, api_key_id, status, error, to_addrs, cc_addrs,
             bcc_addrs, reply_to, from_name, subject, html_body, text_body, send_at, campaign_id,
             campaign_run_id, account_id, account_email, attempts, created_at, queued_at, sent_at,
-            failed_at, updated_at, metadata)
+            failed_at, updated_at, metadata, unsubscribe_scope)
          SELECT id, task_id, api_key_id, status, error, to_addrs, cc_addrs, bcc_addrs, reply_to,
             from_name, subject, html_body, text_body, send_at, campaign_id, campaign_run_id,
             account_id, account_email, COALESCE(attempts, 0), COALESCE(created_at, now()),
             COALESCE(queued_at, CASE WHEN status = 'queued' THEN now() END), sent_at, failed_at,
-            COALESCE(updated_at, now()), metadata
+            COALESCE(updated_at, now()), metadata, unsubscribe_scope
          FROM jsonb_to_recordset($1) AS x(id uuid, task_id text, api_key_id uuid, status text,
             error text, to_addrs text[], cc_addrs text[], bcc_addrs text[], reply_to text,
             from_name text, subject text, html_body text, text_body text, send_at timestamptz,
             campaign_id uuid, campaign_run_id uuid, account_id uuid, account_email text,
             attempts integer, created_at timestamptz, queued_at timestamptz, sent_at timestamptz,
-            failed_at timestamptz, updated_at timestamptz, metadata jsonb)"
+            failed_at timestamptz, updated_at timestamptz, metadata jsonb,
+            unsubscribe_scope text)"
     };
 }
 /// The one statement that writes message records: the rows ([`NewRecord`]s
@@ -468,6 +481,20 @@ pub struct Claimed {
     /// It was `sending` under a claim that lapsed: its first attempt's
     /// outcome is unknown.
     pub reclaimed: bool,
+}
+
+/// The record `id`, locked against other changes until the end of the
+/// transaction (but not against rows that reference it, such as its
+/// timeline's), so an event recorded beside it sees its current status.
+#[tracing::instrument(level = "debug", skip_all, fields(message_id = %id))]
+pub async fn get_locked(
+    executor: impl PgExecutor<'_>,
+    id: Uuid,
+) -> Result<Option<MessageRecord>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM message_records WHERE id = $1 FOR NO KEY UPDATE")
+        .bind(id)
+        .fetch_optional(executor)
+        .await
 }
 
 /// Claims messages for sending, each through its account, on behalf of the
@@ -785,12 +812,14 @@ pub struct CampaignMessage {
 }
 
 /// Records a batch of a campaign run's messages `queued`, in one statement
-/// (their outbox rows are written by the caller in the same transaction).
+/// (their outbox rows are written by the caller in the same transaction),
+/// each with an unsubscribe link of the campaign's `unsubscribe`.
 #[tracing::instrument(level = "debug", skip_all, fields(campaign = %campaign_id, run = %run_id, count = batch.len()))]
 pub async fn insert_campaign_messages(
     executor: impl PgExecutor<'_>,
     campaign_id: Uuid,
     run_id: Uuid,
+    unsubscribe: Scope,
     batch: &[CampaignMessage],
 ) -> Result<(), sqlx::Error> {
     let rows: Vec<NewRecord<'_>> = batch
@@ -799,6 +828,7 @@ pub async fn insert_campaign_messages(
             text_body: m.text_body.as_deref(),
             campaign_id: Some(campaign_id),
             campaign_run_id: Some(run_id),
+            unsubscribe_scope: Some(unsubscribe),
             ..NewRecord::new(
                 m.id,
                 &m.task_id,

@@ -30,6 +30,26 @@ pub async fn insert(
     .await
 }
 
+/// Suppresses `address` unless it already is (whatever the reason);
+/// returns whether it was added.
+pub async fn insert_if_absent(
+    executor: impl PgExecutor<'_>,
+    address: &str,
+    reason: &str,
+    created_by: Option<Uuid>,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "INSERT INTO suppressions (address, reason, created_by) VALUES (lower($1), $2, $3)
+         ON CONFLICT (address) DO NOTHING",
+    )
+    .bind(address)
+    .bind(reason)
+    .bind(created_by)
+    .execute(executor)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 pub async fn delete(executor: impl PgExecutor<'_>, address: &str) -> Result<bool, sqlx::Error> {
     let done = sqlx::query("DELETE FROM suppressions WHERE address = lower($1)")
         .bind(address)

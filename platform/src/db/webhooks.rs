@@ -580,3 +580,20 @@ pub async fn reseal_secret(
     .await?;
     Ok(done.rows_affected() == 1)
 }
+
+/// Records the webhook event `event_type` of message `message_id` for the
+/// active endpoints of its key that want it (`webhook_record_events`,
+/// migration V9; nothing when none does), for events no trigger writes.
+#[tracing::instrument(level = "debug", skip(executor))]
+pub async fn record_message_event(
+    executor: impl PgExecutor<'_>,
+    message_id: Uuid,
+    event_type: &str,
+) -> Result<(), sqlx::Error> {
+    let changes = serde_json::json!([{"id": message_id, "event_type": event_type}]);
+    sqlx::query("SELECT webhook_record_events($1)")
+        .bind(sqlx::types::Json(changes))
+        .execute(executor)
+        .await?;
+    Ok(())
+}

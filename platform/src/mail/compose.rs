@@ -1,8 +1,10 @@
 //! Builds the MIME message for a recorded email: From is the sending
 //! account (with its display name), and every message carries a
-//! Message-ID, a Date, the HTML body and a plain-text alternative.
+//! Message-ID, a Date, the HTML body and a plain-text alternative; a
+//! message the recipient may unsubscribe from carries `List-Unsubscribe`
+//! and `List-Unsubscribe-Post` (RFC 8058).
 
-use lettre::message::header::ContentType;
+use lettre::message::header::{ContentType, HeaderName, HeaderValue};
 use lettre::message::{Attachment as AttachmentPart, Mailbox, MultiPart, SinglePart};
 use lettre::Message;
 use uuid::Uuid;
@@ -30,6 +32,9 @@ pub struct Envelope<'a> {
     pub cc: &'a [String],
     pub bcc: &'a [String],
     pub reply_to: Option<&'a str>,
+    /// The `List-Unsubscribe` value (see [`super::unsubscribe`]); with it
+    /// the message also says it accepts one-click POSTs.
+    pub list_unsubscribe: Option<&'a str>,
 }
 
 pub struct ComposedEmail {
@@ -82,6 +87,17 @@ pub fn compose(
     }
     if let Some(reply_to) = envelope.reply_to {
         builder = builder.reply_to(mailbox(None, reply_to)?);
+    }
+    if let Some(value) = envelope.list_unsubscribe {
+        builder = builder
+            .raw_header(HeaderValue::new(
+                HeaderName::new_from_ascii_str("List-Unsubscribe"),
+                value.to_string(),
+            ))
+            .raw_header(HeaderValue::new(
+                HeaderName::new_from_ascii_str("List-Unsubscribe-Post"),
+                super::unsubscribe::ONE_CLICK.to_string(),
+            ));
     }
     let text = match text {
         Some(t) => t.to_string(),
@@ -138,6 +154,7 @@ mod tests {
             cc: &[],
             bcc: &[],
             reply_to: Some("help@example.com"),
+            list_unsubscribe: None,
         };
         let email = compose(&envelope, "Hi", "<h1>Hello</h1><p>World</p>", None, &[]).unwrap();
         let raw = String::from_utf8(email.message.formatted()).unwrap();
@@ -150,6 +167,33 @@ mod tests {
         assert!(raw.contains("Date: "));
         assert!(raw.contains("text/plain") && raw.contains("text/html"));
         assert!(raw.contains("Reply-To: help@example.com"));
+        assert!(!raw.contains("List-Unsubscribe"), "{raw}");
+    }
+
+    #[test]
+    fn an_unsubscribable_message_carries_both_rfc_8058_headers() {
+        let to = vec!["rcpt@example.org".to_string()];
+        let link = format!("<https://mail.example.com/u/{}>", "a".repeat(120));
+        let envelope = Envelope {
+            record_id: Uuid::new_v4(),
+            from_email: "noreply@example.com",
+            from_name: "",
+            to: &to,
+            cc: &[],
+            bcc: &[],
+            reply_to: None,
+            list_unsubscribe: Some(&link),
+        };
+        let email = compose(&envelope, "Hi", "<p>Hi</p>", None, &[]).unwrap();
+        let raw = String::from_utf8(email.message.formatted()).unwrap();
+        assert!(
+            raw.contains(&format!("List-Unsubscribe: {link}\r\n")),
+            "{raw}"
+        );
+        assert!(
+            raw.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"),
+            "{raw}"
+        );
     }
 }
 
@@ -168,6 +212,7 @@ mod attachment_tests {
             cc: &[],
             bcc: &[],
             reply_to: None,
+            list_unsubscribe: None,
         };
         let files = [Attachment {
             filename: "report.pdf".into(),

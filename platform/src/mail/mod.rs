@@ -1,10 +1,11 @@
-//! Email addresses, the rules every email keeps to, and the composition of
-//! outgoing messages.
+//! Email addresses, the rules every email keeps to, the composition of
+//! outgoing messages, and their one-click unsubscribe links.
 
 mod address;
 mod compose;
 pub mod rules;
 mod transport;
+pub mod unsubscribe;
 
 pub use address::{AddressError, EmailAddress};
 pub use compose::{compose, ComposeError, ComposedEmail, Envelope};

@@ -8,13 +8,15 @@ pub mod signature;
 /// The event types an endpoint may subscribe to, as the triggers name
 /// them: message events (on `message_records`, migration V9) for the
 /// endpoints of the key that sent the message, then [`ADMIN_EVENT_TYPES`].
-pub const EVENT_TYPES: [&str; 11] = [
+pub const EVENT_TYPES: [&str; 12] = [
     "email.accepted",
     "email.sent",
     "email.failed",
     "email.retrying",
     "email.suppressed",
     "email.cancelled",
+    // Recorded by the API's unsubscribe route, not by a trigger.
+    "email.unsubscribed",
     "campaign.run.started",
     "campaign.run.completed",
     "account.paused",

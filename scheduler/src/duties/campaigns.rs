@@ -138,7 +138,14 @@ impl Duties {
             batch_messages.push(message);
         }
         let recipients = i32::try_from(batch_messages.len()).unwrap_or(i32::MAX);
-        messages::insert_campaign_messages(&mut *tx, campaign.id, run.id, &batch_messages).await?;
+        messages::insert_campaign_messages(
+            &mut *tx,
+            campaign.id,
+            run.id,
+            campaign.unsubscribe_scope(),
+            &batch_messages,
+        )
+        .await?;
         let emails = batch_messages.iter().map(|m| (m.id, m.task_id.as_str()));
         enqueue_sends(&mut tx, &bulk, emails).await?;
         let done = (members.len() as i64) < batch;
@@ -244,6 +251,7 @@ mod tests {
             next_run_at: Some(due),
             created_at: due,
             updated_at: due,
+            unsubscribe_scope: "list".into(),
         }
     }
 

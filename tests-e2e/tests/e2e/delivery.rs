@@ -124,6 +124,7 @@ async fn a_task_published_twice_sends_one_email() {
         html_body: "<p>once</p>".into(),
         text_body: None,
         metadata: None,
+        unsubscribe_scope: None,
     };
     let kwargs = serde_json::json!({"message_id": new.id})
         .as_object()

@@ -41,5 +41,6 @@ mod template_limits;
 mod templates;
 mod throttle;
 mod timelines;
+mod unsubscribe;
 mod walkthrough;
 mod webhooks;

@@ -93,6 +93,7 @@ fn new_message(html: &str) -> NewMessage {
         html_body: html.into(),
         text_body: None,
         metadata: None,
+        unsubscribe_scope: None,
     }
 }
 

@@ -9,6 +9,7 @@ use platform::db::attachments::Attachment;
 use platform::db::email_accounts::EmailAccount;
 use platform::db::messages::MessageRecord;
 use platform::db::suppressions;
+use platform::mail::unsubscribe::{Claims, Scope, Target};
 use platform::mail::{compose, Envelope};
 
 use super::policy::{classify, Failure};
@@ -46,6 +47,7 @@ pub async fn attempt(
     if let Some(address) = extras.suppressed {
         return Attempt::Suppressed(suppressions::reason(&address));
     }
+    let list_unsubscribe = list_unsubscribe(ctx, record);
     let envelope = Envelope {
         record_id: record.id,
         from_email: &account.email,
@@ -54,6 +56,7 @@ pub async fn attempt(
         cc: &record.cc_addrs,
         bcc: &record.bcc_addrs,
         reply_to: record.reply_to.as_deref(),
+        list_unsubscribe: list_unsubscribe.as_deref(),
     };
     let composed = match compose(
         &envelope,
@@ -84,6 +87,20 @@ pub async fn attempt(
         },
         Err(failure) => Attempt::Failed(failure),
     }
+}
+
+/// The `List-Unsubscribe` value of a message recorded with an unsubscribe
+/// scope (a campaign's, or a send that asked), naming its one recipient;
+/// `None` for the rest.
+fn list_unsubscribe(ctx: &Context, record: &MessageRecord) -> Option<String> {
+    let scope = Scope::parse(record.unsubscribe_scope.as_deref()?)?;
+    let links = ctx.settings.unsubscribe.as_ref()?;
+    let address = record.to_addrs.first()?;
+    let target = match scope {
+        Scope::Global => Target::Everything,
+        Scope::List => Target::CampaignLists(record.campaign_id?),
+    };
+    Some(links.header_value(&Claims::new(record.id, address, target)))
 }
 
 #[tracing::instrument(name = "smtp", level = "debug", skip_all)]

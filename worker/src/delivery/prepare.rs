@@ -100,6 +100,7 @@ pub fn new_message_from_kwargs(
         html_body: content.to_string(),
         text_body: kwargs.text.clone(),
         metadata,
+        unsubscribe_scope: None,
     })
 }
 
@@ -125,5 +126,6 @@ fn refused_message(task_id: &str, kwargs: SendEmailKwargs) -> NewMessage {
         html_body: String::new(),
         text_body: None,
         metadata: None,
+        unsubscribe_scope: None,
     }
 }
