@@ -100,10 +100,6 @@ impl EventType {
             EventType::EndpointDisabled => "endpoint.disabled",
         }
     }
-
-    fn admin_only(self) -> bool {
-        ADMIN_EVENT_TYPES.contains(&self.as_str())
-    }
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -288,27 +284,13 @@ fn endpoint_url(raw: &str, allow_private: bool) -> Result<String, ApiError> {
     Ok(url.to_string())
 }
 
-/// The types as stored, each once. Platform events (campaign runs,
-/// accounts, endpoints) go only to endpoints of admin keys, so only an
-/// admin key may ask for them, for an endpoint of its own (`owner_is_admin`).
-fn event_types(types: &[EventType], owner_is_admin: bool) -> Result<Vec<String>, ApiError> {
+/// The types as stored, each once.
+fn event_types(types: &[EventType]) -> Result<Vec<String>, ApiError> {
     if types.is_empty() || types.len() > EVENT_TYPES.len() {
         return Err(ApiError::validation(
             "event_types",
             format!("name 1 to {} event types", EVENT_TYPES.len()),
         ));
-    }
-    if let Some(t) = types.iter().find(|t| t.admin_only()) {
-        if !owner_is_admin {
-            return Err(ApiError::invalid(
-                "admin_event_type",
-                "event_types",
-                format!(
-                    "{} is a platform event: only an admin key's own endpoints receive it",
-                    t.as_str()
-                ),
-            ));
-        }
     }
     let mut names: Vec<String> = Vec::with_capacity(types.len());
     for t in types {
@@ -317,6 +299,23 @@ fn event_types(types: &[EventType], owner_is_admin: bool) -> Result<Vec<String>,
         }
     }
     Ok(names)
+}
+
+/// Platform events (campaign runs, accounts, endpoints) go only to
+/// endpoints of admin keys, so only an admin key may ask for them, for an
+/// endpoint of its own (`owner_is_admin`).
+fn platform_events_allowed(names: &[String], owner_is_admin: bool) -> Result<(), ApiError> {
+    match names
+        .iter()
+        .find(|n| ADMIN_EVENT_TYPES.contains(&n.as_str()))
+    {
+        Some(name) if !owner_is_admin => Err(ApiError::invalid(
+            "admin_event_type",
+            "event_types",
+            format!("{name} is a platform event: only an admin key's own endpoints receive it"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn description(value: &str) -> Result<String, ApiError> {
@@ -370,7 +369,8 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<Data<CreatedWebhook>>), ApiError> {
     let settings = webhook_settings(&state)?;
     let url = endpoint_url(&req.url, settings.allow_private)?;
-    let event_types = event_types(&req.event_types, actor.principal.has(Scope::Admin))?;
+    let event_types = event_types(&req.event_types)?;
+    platform_events_allowed(&event_types, actor.principal.has(Scope::Admin))?;
     let description = description(&req.description)?;
     let (_, secret) = SigningKey::generate();
     let sealed = state
@@ -457,23 +457,13 @@ pub async fn update(
     JsonBody(req): JsonBody<UpdateWebhook>,
 ) -> Result<Json<Data<WebhookView>>, ApiError> {
     let settings = webhook_settings(&state)?;
-    // Platform events need the endpoint to be the admin caller's own (an
-    // admin changing another key's endpoint may not add them).
-    let owns_as_admin = actor.principal.has(Scope::Admin)
-        && webhooks::get(&state.pool, id, None)
-            .await?
-            .is_some_and(|e| e.owner_key_id == actor.principal.key_id);
     let patch = EndpointPatch {
         url: req
             .url
             .as_deref()
             .map(|u| endpoint_url(u, settings.allow_private))
             .transpose()?,
-        event_types: req
-            .event_types
-            .as_deref()
-            .map(|types| event_types(types, owns_as_admin))
-            .transpose()?,
+        event_types: req.event_types.as_deref().map(event_types).transpose()?,
         description: req.description.as_deref().map(description).transpose()?,
         is_active: req.is_active,
     };
@@ -481,6 +471,14 @@ pub async fn update(
     let endpoint = webhooks::update(&mut *tx, id, actor.principal.owner_filter(), &patch)
         .await?
         .ok_or(ApiError::NotFound("webhook"))?;
+    // Platform events need the endpoint to be the admin caller's own (an
+    // admin changing another key's endpoint may not add them); refused
+    // here, the update is rolled back with the transaction.
+    if let Some(names) = &patch.event_types {
+        let owns_as_admin =
+            actor.principal.has(Scope::Admin) && endpoint.owner_key_id == actor.principal.key_id;
+        platform_events_allowed(names, owns_as_admin)?;
+    }
     record(&actor, &mut tx, "webhook.update", &endpoint).await?;
     tx.commit().await?;
     Ok(Data::new(endpoint.into()))

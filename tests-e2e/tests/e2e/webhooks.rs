@@ -667,6 +667,29 @@ async fn platform_events_reach_the_endpoints_of_admin_keys_only() {
         &["email.accepted", "email.sent"],
     )
     .await;
+    // Nor may a PATCH add one: not by the send key, nor by an admin to
+    // another key's endpoint; the refused change is not applied.
+    for who in [&token, &admin] {
+        let res = env
+            .api()
+            .request(
+                reqwest::Method::PATCH,
+                &format!("/api/v1/webhooks/{failing_id}"),
+                Some(who),
+                Some(&json!({"event_types": ["email.sent", "account.paused"]})),
+            )
+            .await;
+        assert_eq!(res.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", res.body);
+        assert_eq!(res.code(), "admin_event_type", "{}", res.body);
+    }
+    let unchanged = env
+        .api()
+        .get(&format!("/api/v1/webhooks/{failing_id}"), &token)
+        .await;
+    assert_eq!(
+        unchanged.body["data"]["event_types"],
+        json!(["email.accepted", "email.sent"])
+    );
     env.api()
         .send_simple(&token, "to-a-failing-endpoint@example.com")
         .await;
