@@ -29,7 +29,7 @@ use crate::ingest::Ingest;
 use crate::ratelimit::{self, RateLimiter};
 use crate::readiness::Readiness;
 use crate::routes::{
-    api_keys, audit_log, auth, campaigns, dead_letters, email_accounts, health, lists, messages,
+    api_keys, audit_log, auth, bounces, campaigns, dead_letters, email_accounts, health, lists, messages,
     periodic_tasks, queues, suppressions, templates, timelines, unsubscribe, webhooks,
 };
 use crate::state::{ApiSettings, AppState, Shared};
@@ -314,6 +314,22 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
             delete(api_keys::revoke),
         ),
         (Method::GET, "/api/v1/admin/audit-log", get(audit_log::list)),
+        (Method::GET, "/api/v1/admin/bounces", get(bounces::list)),
+        (
+            Method::GET,
+            "/api/v1/admin/email-accounts/{id}/mailbox",
+            get(bounces::get_mailbox),
+        ),
+        (
+            Method::PUT,
+            "/api/v1/admin/email-accounts/{id}/mailbox",
+            put(bounces::put_mailbox),
+        ),
+        (
+            Method::DELETE,
+            "/api/v1/admin/email-accounts/{id}/mailbox",
+            delete(bounces::delete_mailbox),
+        ),
         (Method::GET, "/api/v1/admin/queues", get(queues::list)),
         (
             Method::GET,

@@ -1,6 +1,7 @@
 //! Shared library of the notification platform: everything the api, worker
 //! and scheduler binaries have in common.
 
+pub mod bounces;
 pub mod broker;
 pub mod celery;
 pub mod config;

@@ -1,10 +1,12 @@
 //! The scheduler ("beat"). Every instance runs an outbox relay, releases
-//! due delayed sends (`release`) and dispatches webhook deliveries
-//! (`webhooks`); one elected leader (`leader`) runs the
+//! due delayed sends (`release`), dispatches webhook deliveries
+//! (`webhooks`) and reads the accounts' mailboxes for bounces
+//! (`bounces`); one elected leader (`leader`) runs the
 //! periodic duties (`duties`): campaigns, periodic tasks, retention and the
 //! reconciler. Several instances may run at once: exactly once comes from
 //! row locks and unique run rows, not from there being one.
 
+pub mod bounces;
 pub mod duties;
 pub mod leader;
 pub mod release;
@@ -53,10 +55,20 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             .clone()
             .context("the webhook settings are not loaded")?,
     )?;
+    let bounce_processor = bounces::BounceProcessor::new(
+        pool.clone(),
+        settings.keyring()?.clone(),
+        settings.clone(),
+        settings
+            .bounces
+            .clone()
+            .context("the bounce settings are not loaded")?,
+    );
     let duties = duties::Duties::new(pool.clone(), settings.clone(), timing, waker.clone());
     let tasks = [
         tokio::spawn(releaser.run(shutdown.clone())),
         tokio::spawn(dispatcher.run(shutdown.clone())),
+        tokio::spawn(bounce_processor.run(shutdown.clone())),
         tokio::spawn(election.run(shutdown.clone(), move |token| duties.clone().run(token))),
         tokio::spawn(OutboxRelay::new(pool, settings, waker).run(shutdown.clone())),
     ];

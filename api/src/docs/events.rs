@@ -20,7 +20,8 @@ use uuid::Uuid;
         "metadata": {"order_id": "A-1042"}}}))]
 pub struct EmailEvent {
     /// `email.accepted`, `email.sent`, `email.failed`, `email.retrying`,
-    /// `email.suppressed`, `email.cancelled` or `email.unsubscribed`.
+    /// `email.suppressed`, `email.cancelled`, `email.unsubscribed`,
+    /// `email.bounced` or `email.complained`.
     #[schema(example = "email.sent")]
     r#type: String,
     timestamp: DateTime<Utc>,
@@ -86,7 +87,8 @@ pub struct CampaignRunEventData {
     finished_at: Option<DateTime<Utc>>,
 }
 
-/// `account.paused` (an operator set `is_active: false`) and
+/// `account.paused` (an operator set `is_active: false`, or the platform
+/// paused it for its bounce or complaint rate: `paused_reason`) and
 /// `account.circuit_open` (failures in a row took it out of rotation until
 /// `circuit_open_until`), for admin keys' endpoints.
 #[derive(ToSchema)]
@@ -105,6 +107,8 @@ pub struct AccountEventData {
     /// The account's address.
     account: String,
     is_active: bool,
+    /// Why the platform paused it; absent when an operator did.
+    paused_reason: Option<String>,
     circuit_open_until: Option<DateTime<Utc>>,
     consecutive_failures: i32,
     last_error: Option<String>,
@@ -181,6 +185,16 @@ const EVENTS: [(&str, &str, &str); 13] = [
         "The recipient used the email's one-click unsubscribe link (RFC 8058).",
     ),
     (
+        "email.bounced",
+        "EmailEvent",
+        "The receiving side reported the sent email undeliverable (a hard bounce); `error` holds the status and diagnostic.",
+    ),
+    (
+        "email.complained",
+        "EmailEvent",
+        "The recipient reported the sent email as unwanted (an abuse report).",
+    ),
+    (
         "campaign.run.started",
         "CampaignRunEvent",
         "A campaign run began.",
@@ -193,7 +207,7 @@ const EVENTS: [(&str, &str, &str); 13] = [
     (
         "account.paused",
         "AccountEvent",
-        "An operator took an SMTP account out of rotation.",
+        "An operator, or the platform for its bounce or complaint rate (`paused_reason`), took an SMTP account out of rotation.",
     ),
     (
         "account.circuit_open",

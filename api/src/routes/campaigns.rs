@@ -143,6 +143,9 @@ pub struct RunView {
     pub queued: i64,
     pub sent: i64,
     pub failed: i64,
+    /// Sent, then bounced back (hard bounce) or reported as unwanted.
+    pub bounced: i64,
+    pub complained: i64,
     pub error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -154,6 +157,8 @@ fn run_view(run: Run, counts: &HashMap<(Uuid, String), i64>) -> RunView {
         queued: count("queued") + count("sending"),
         sent: count("sent"),
         failed: count("failed") + count("suppressed"),
+        bounced: count("bounced"),
+        complained: count("complained"),
         id: run.id,
         campaign_id: run.campaign_id,
         scheduled_for: run.scheduled_for,

@@ -144,6 +144,67 @@ pub struct EmailAccountView {
     /// Account-level failures in a row.
     pub consecutive_failures: i32,
     pub circuit_open_until: Option<DateTime<Utc>>,
+    /// Why the platform paused the account (its bounce or complaint rate
+    /// crossed a threshold); cleared when it is resumed.
+    pub paused_reason: Option<String>,
+    /// Its sends, bounces and complaints over the last
+    /// `BOUNCE_RATE_WINDOW_DAYS` days.
+    pub deliverability: DeliverabilityView,
+}
+
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub struct DeliverabilityView {
+    pub window_days: i32,
+    /// Sends counted in the window (the daily counters).
+    pub sent: i64,
+    pub hard_bounces: i64,
+    pub soft_bounces: i64,
+    pub complaints: i64,
+    /// Hard bounces per send (0 to 1).
+    pub bounce_rate: f64,
+    /// Complaints per send (0 to 1).
+    pub complaint_rate: f64,
+}
+
+/// Fills in each view's deliverability figures.
+async fn with_rates(
+    state: &AppState,
+    mut views: Vec<EmailAccountView>,
+) -> Result<Vec<EmailAccountView>, ApiError> {
+    let window_days = state
+        .settings
+        .bounces
+        .as_ref()
+        .map_or(7, |b| b.pause.window_days);
+    let only = match views.as_slice() {
+        [one] => Some(one.id),
+        _ => None,
+    };
+    let rates = platform::db::bounces::account_rates(
+        &state.pool,
+        platform::today(&state.settings),
+        window_days,
+        only,
+    )
+    .await?;
+    for view in &mut views {
+        let r = rates.get(&view.id).copied().unwrap_or_default();
+        view.deliverability = DeliverabilityView {
+            window_days,
+            sent: r.sent,
+            hard_bounces: r.hard_bounces,
+            soft_bounces: r.soft_bounces,
+            complaints: r.complaints,
+            bounce_rate: r.bounce_rate(),
+            complaint_rate: r.complaint_rate(),
+        };
+    }
+    Ok(views)
+}
+
+async fn view_with_rates(state: &AppState, account: EmailAccount) -> Result<EmailAccountView, ApiError> {
+    let mut views = with_rates(state, vec![account.into()]).await?;
+    views.pop().ok_or(ApiError::NotFound("email account"))
 }
 
 impl From<EmailAccount> for EmailAccountView {
@@ -178,6 +239,8 @@ impl From<EmailAccount> for EmailAccountView {
             last_used_at: a.last_used_at,
             last_error: a.last_error,
             last_error_at: a.last_error_at,
+            paused_reason: a.paused_reason,
+            deliverability: DeliverabilityView::default(),
             created_at: a.created_at,
             updated_at: a.updated_at,
         }
@@ -462,7 +525,8 @@ pub async fn list(
     Admin(_principal): Admin,
 ) -> Result<Json<Data<Vec<EmailAccountView>>>, ApiError> {
     let accounts = email_accounts::list(&state.pool, platform::today(&state.settings)).await?;
-    Ok(Data::new(accounts.into_iter().map(Into::into).collect()))
+    let views = with_rates(&state, accounts.into_iter().map(Into::into).collect()).await?;
+    Ok(Data::new(views))
 }
 
 #[utoipa::path(get, path = "/api/v1/admin/email-accounts/{id}", tag = "email-accounts", security(("bearer" = [])),
@@ -473,7 +537,8 @@ pub async fn get(
     Admin(_principal): Admin,
     PathParam(id): PathParam<Uuid>,
 ) -> Result<Json<Data<EmailAccountView>>, ApiError> {
-    Ok(Data::new(find(&state, id).await?.into()))
+    let account = find(&state, id).await?;
+    Ok(Data::new(view_with_rates(&state, account).await?))
 }
 
 /// Changes an account; disabling it (`is_active: false`) takes it out of

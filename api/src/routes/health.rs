@@ -74,7 +74,23 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     // scrape time, so every API replica reports the same values.
     let today = platform::today(&state.settings);
     if let Ok(accounts) = platform::db::email_accounts::gauges(&state.pool, today).await {
+        let rates = match &state.settings.bounces {
+            Some(b) => platform::db::bounces::account_rates(
+                &state.pool,
+                today,
+                b.pause.window_days,
+                None,
+            )
+            .await
+            .unwrap_or_default(),
+            None => Default::default(),
+        };
         for a in accounts {
+            if let Some(r) = rates.get(&a.id) {
+                let account = [("account", a.email.clone())];
+                metrics::gauge!("email_account_bounce_rate", &account).set(r.bounce_rate());
+                metrics::gauge!("email_account_complaint_rate", &account).set(r.complaint_rate());
+            }
             let account = [("account", a.email)];
             metrics::gauge!("email_account_quota_remaining", &account)
                 .set(f64::from(a.quota_remaining));

@@ -2,6 +2,7 @@
 
 pub mod api_keys;
 pub mod audit_log;
+pub mod bounces;
 pub mod auth;
 pub mod campaigns;
 pub mod dead_letters;

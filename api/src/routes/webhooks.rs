@@ -64,13 +64,20 @@ pub enum EventType {
     /// The recipient used the email's one-click unsubscribe link.
     #[serde(rename = "email.unsubscribed")]
     Unsubscribed,
+    /// The receiving side reported the sent email undeliverable (a hard bounce).
+    #[serde(rename = "email.bounced")]
+    Bounced,
+    /// The recipient reported the sent email as unwanted (an abuse report).
+    #[serde(rename = "email.complained")]
+    Complained,
     /// A campaign run began (admin keys only).
     #[serde(rename = "campaign.run.started")]
     CampaignRunStarted,
     /// A campaign run finished enqueueing, or failed (admin keys only).
     #[serde(rename = "campaign.run.completed")]
     CampaignRunCompleted,
-    /// An operator took an SMTP account out of rotation (admin keys only).
+    /// An operator, or the platform for its bounce or complaint rate, took
+    /// an SMTP account out of rotation (admin keys only).
     #[serde(rename = "account.paused")]
     AccountPaused,
     /// An SMTP account's circuit breaker opened after failures in a row
@@ -93,6 +100,8 @@ impl EventType {
             EventType::Suppressed => "email.suppressed",
             EventType::Cancelled => "email.cancelled",
             EventType::Unsubscribed => "email.unsubscribed",
+            EventType::Bounced => "email.bounced",
+            EventType::Complained => "email.complained",
             EventType::CampaignRunStarted => "campaign.run.started",
             EventType::CampaignRunCompleted => "campaign.run.completed",
             EventType::AccountPaused => "account.paused",

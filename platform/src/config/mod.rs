@@ -19,6 +19,7 @@ mod scheduler;
 mod security;
 mod unsubscribe;
 mod vars;
+mod bounces;
 mod webhooks;
 mod worker;
 
@@ -32,6 +33,7 @@ pub use broker::{ladder_rungs, QueueNames, LADDER_LIMIT_SECONDS};
 pub use process::Environment;
 pub use scheduler::SchedulerSettings;
 pub use security::JwtSettings;
+pub use bounces::BounceSettings;
 pub use webhooks::WebhookSettings;
 pub use worker::{Liveness, Revokes, WorkerSettings};
 
@@ -75,6 +77,9 @@ enum Section {
     Webhooks,
     /// Unsubscribe links: the worker signs them, the API checks them.
     Unsubscribe,
+    /// Bounces and complaints: the scheduler reads mailboxes, the API
+    /// takes provider webhooks; both apply reports.
+    Bounces,
 }
 
 impl Role {
@@ -94,13 +99,16 @@ impl Role {
         match self {
             Role::Api => matches!(
                 section,
-                Redis | Python | Jwt | Keyring | Api | Webhooks | Unsubscribe
+                Redis | Python | Jwt | Keyring | Api | Webhooks | Unsubscribe | Bounces
             ),
             Role::Worker => matches!(
                 section,
                 Metrics | Redis | Python | Keyring | Worker | Unsubscribe
             ),
-            Role::Scheduler => matches!(section, Metrics | Keyring | Scheduler | Webhooks),
+            Role::Scheduler => matches!(
+                section,
+                Metrics | Keyring | Scheduler | Webhooks | Bounces
+            ),
         }
     }
 
@@ -208,6 +216,8 @@ pub struct Settings {
     // unsubscribe (the API and the worker)
     /// One-click unsubscribe links: signed by the worker, checked by the API.
     pub unsubscribe: Option<crate::mail::unsubscribe::UnsubscribeLinks>,
+    // bounces (the API and the scheduler)
+    pub bounces: Option<BounceSettings>,
 }
 
 impl Settings {
@@ -314,6 +324,9 @@ fn load(roles: &[Role], lookup: &dyn Fn(&str) -> Option<String>) -> Result<Setti
             .transpose()?,
         unsubscribe: reads(Section::Unsubscribe)
             .then(|| unsubscribe::settings(&vars, env))
+            .transpose()?,
+        bounces: reads(Section::Bounces)
+            .then(|| bounces::settings(&vars))
             .transpose()?,
     })
 }

@@ -75,6 +75,9 @@ pub struct EmailAccount {
     pub last_used_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
     pub last_error_at: Option<DateTime<Utc>>,
+    /// Why the platform paused it (its bounce or complaint rate); cleared
+    /// when it is resumed.
+    pub paused_reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -101,7 +104,7 @@ const COLUMNS: &str = "id, email, display_name, smtp_host, smtp_port, smtp_usern
     smtp_password_ciphertext, smtp_password_nonce, smtp_password_key_id, tls_mode, daily_limit, \
     (CASE WHEN quota_day = $1 THEN daily_sent_count ELSE 0 END) AS sent_today, \
     priority, is_active, rate_limit_per_minute, max_connections, consecutive_failures, circuit_open_until, \
-    last_used_at, last_error, last_error_at, created_at, updated_at";
+    last_used_at, last_error, last_error_at, paused_reason, created_at, updated_at";
 
 /// An account can take a send: active, and its circuit not open.
 const USABLE: &str = "is_active AND (circuit_open_until IS NULL OR circuit_open_until <= now())";
@@ -218,6 +221,8 @@ pub async fn update(
             daily_limit = COALESCE($12, daily_limit),
             priority = COALESCE($13, priority),
             is_active = COALESCE($14, is_active),
+            -- Resuming an account clears why the platform paused it.
+            paused_reason = CASE WHEN $14 THEN NULL ELSE paused_reason END,
             rate_limit_per_minute = CASE WHEN $15 IS NULL THEN rate_limit_per_minute ELSE NULLIF($15, 0) END,
             max_connections = CASE WHEN $16 IS NULL THEN max_connections ELSE NULLIF($16, 0) END,
             updated_at = now()
@@ -406,6 +411,7 @@ pub async fn release(
 /// Per-account state for the scrape-time gauges of `/metrics`.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct AccountGauges {
+    pub id: Uuid,
     pub email: String,
     pub daily_limit: i32,
     /// `daily_limit` minus today's sends (in TZ), never below zero.
@@ -417,7 +423,7 @@ pub struct AccountGauges {
 /// `$1` is today's date in TZ, as for the quota counters.
 pub async fn gauges(pool: &PgPool, today: NaiveDate) -> Result<Vec<AccountGauges>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT email, daily_limit,
+        "SELECT id, email, daily_limit,
                 GREATEST(daily_limit - (CASE WHEN quota_day = $1 THEN daily_sent_count ELSE 0 END), 0)
                     AS quota_remaining,
                 COALESCE(circuit_open_until > now(), false) AS circuit_open,

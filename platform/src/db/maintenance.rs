@@ -18,6 +18,10 @@ pub enum Job {
     /// Refresh tokens expired more than `hours` ago (their JWTs are refused
     /// as expired anyway, so a replay needs no record).
     ExpiredRefreshTokens { hours: u32 },
+    /// Bounce and complaint reports received more than `days` ago.
+    Bounces { days: u32 },
+    /// Accounts' daily send counts older than `days`.
+    AccountSendDays { days: u32 },
 }
 
 /// Deletes up to `limit` rows of `job`; returns how many.
@@ -27,7 +31,7 @@ pub async fn delete_batch(pool: &PgPool, job: Job, limit: i64) -> Result<u64, sq
         Job::Messages { days } => (
             "DELETE FROM message_records WHERE id IN (
                  SELECT id FROM message_records
-                  WHERE status IN ('sent', 'failed', 'suppressed', 'cancelled')
+                  WHERE status IN ('sent', 'failed', 'suppressed', 'cancelled', 'bounced', 'complained')
                     AND created_at < now() - make_interval(days => $1)
                   LIMIT $2)",
             days,
@@ -52,6 +56,20 @@ pub async fn delete_batch(pool: &PgPool, job: Job, limit: i64) -> Result<u64, sq
                   WHERE v.created_at < now() - make_interval(days => $1)
                     AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d
                                      WHERE d.event_id = v.id AND d.status = 'pending')
+                  LIMIT $2)",
+            days,
+        ),
+        Job::Bounces { days } => (
+            "DELETE FROM bounces WHERE id IN (
+                 SELECT id FROM bounces
+                  WHERE created_at < now() - make_interval(days => $1)
+                  LIMIT $2)",
+            days,
+        ),
+        Job::AccountSendDays { days } => (
+            "DELETE FROM account_send_days WHERE (account_id, day) IN (
+                 SELECT account_id, day FROM account_send_days
+                  WHERE day < (now() - make_interval(days => $1))::date
                   LIMIT $2)",
             days,
         ),

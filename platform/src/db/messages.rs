@@ -31,6 +31,10 @@ pub enum MessageStatus {
     Failed,
     Suppressed,
     Cancelled,
+    /// Sent, then reported undeliverable by the receiving side (a hard bounce).
+    Bounced,
+    /// Sent, then reported as unwanted by its recipient (an abuse report).
+    Complained,
 }
 
 impl MessageStatus {
@@ -43,6 +47,8 @@ impl MessageStatus {
             MessageStatus::Failed => "failed",
             MessageStatus::Suppressed => "suppressed",
             MessageStatus::Cancelled => "cancelled",
+            MessageStatus::Bounced => "bounced",
+            MessageStatus::Complained => "complained",
         }
     }
 
@@ -55,6 +61,8 @@ impl MessageStatus {
             MessageStatus::Failed,
             MessageStatus::Suppressed,
             MessageStatus::Cancelled,
+            MessageStatus::Bounced,
+            MessageStatus::Complained,
         ]
         .into_iter()
         .find(|s| s.as_str() == raw)
@@ -67,6 +75,8 @@ impl MessageStatus {
                 | MessageStatus::Failed
                 | MessageStatus::Suppressed
                 | MessageStatus::Cancelled
+                | MessageStatus::Bounced
+                | MessageStatus::Complained
         )
     }
 }

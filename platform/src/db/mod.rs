@@ -1,8 +1,10 @@
 //! Schema access: the connection pool, migrations, and one module per table.
 
+pub mod account_mailboxes;
 pub mod api_keys;
 pub mod attachments;
 pub mod audit_log;
+pub mod bounces;
 pub mod campaigns;
 pub mod dead_letters;
 pub mod email_accounts;

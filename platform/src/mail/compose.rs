@@ -75,6 +75,12 @@ pub fn compose(
         .from(from)
         .subject(subject)
         .message_id(Some(format!("<{message_id}>")))
+        // Bounces quote the original's headers; this one matches them to
+        // the record even where a relay rewrote the Message-ID.
+        .raw_header(HeaderValue::new(
+            HeaderName::new_from_ascii_str(crate::bounces::NOTIFY_ID_HEADER),
+            envelope.record_id.to_string(),
+        ))
         .date_now();
     for to in envelope.to {
         builder = builder.to(mailbox(None, to)?);
@@ -163,6 +169,7 @@ mod tests {
             "{raw}"
         );
         assert!(raw.contains(&format!("Message-ID: <{}>", email.message_id)));
+        assert!(raw.contains(&format!("X-Notify-Message-Id: {}", envelope.record_id)));
         assert!(email.message_id.ends_with("@example.com"));
         assert!(raw.contains("Date: "));
         assert!(raw.contains("text/plain") && raw.contains("text/html"));

@@ -8,7 +8,7 @@ pub mod signature;
 /// The event types an endpoint may subscribe to, as the triggers name
 /// them: message events (on `message_records`, migration V9) for the
 /// endpoints of the key that sent the message, then [`ADMIN_EVENT_TYPES`].
-pub const EVENT_TYPES: [&str; 12] = [
+pub const EVENT_TYPES: [&str; 14] = [
     "email.accepted",
     "email.sent",
     "email.failed",
@@ -17,6 +17,9 @@ pub const EVENT_TYPES: [&str; 12] = [
     "email.cancelled",
     // Recorded by the API's unsubscribe route, not by a trigger.
     "email.unsubscribed",
+    // From bounce and complaint reports (the message's status).
+    "email.bounced",
+    "email.complained",
     "campaign.run.started",
     "campaign.run.completed",
     "account.paused",

@@ -1,6 +1,7 @@
 //! Retention: deletes finished message records (with their timelines),
-//! requeued dead letters and settled webhook events (with their delivery
-//! history) older than `MESSAGE_RETENTION_DAYS`, idempotency keys older than
+//! requeued dead letters, settled webhook events (with their delivery
+//! history), bounce reports and accounts' daily send counts older than
+//! `MESSAGE_RETENTION_DAYS`, idempotency keys older than
 //! `IDEMPOTENCY_RETENTION_HOURS`, refresh tokens a day after they expire,
 //! and lapsed worker leases.
 
@@ -15,7 +16,7 @@ impl Duties {
     #[tracing::instrument(level = "debug", skip_all)]
     pub async fn maintain(&self, token: &CancellationToken) -> Result<(), sqlx::Error> {
         let s = &self.scheduler;
-        let jobs: [(&str, maintenance::Job); 5] = [
+        let jobs: [(&str, maintenance::Job); 7] = [
             (
                 "message_records",
                 maintenance::Job::Messages {
@@ -37,6 +38,18 @@ impl Duties {
             (
                 "webhook_events",
                 maintenance::Job::WebhookEvents {
+                    days: s.message_retention_days,
+                },
+            ),
+            (
+                "bounces",
+                maintenance::Job::Bounces {
+                    days: s.message_retention_days,
+                },
+            ),
+            (
+                "account_send_days",
+                maintenance::Job::AccountSendDays {
                     days: s.message_retention_days,
                 },
             ),

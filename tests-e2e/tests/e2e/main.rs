@@ -7,6 +7,7 @@ mod admin;
 mod attachments;
 mod auth_and_input;
 mod batch;
+mod bounces;
 mod broker_outage;
 mod campaigns;
 mod celery_control;
