@@ -3,6 +3,7 @@
 
 mod address;
 mod compose;
+pub mod dkim;
 pub mod rules;
 mod transport;
 pub mod unsubscribe;

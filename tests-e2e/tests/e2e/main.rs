@@ -16,6 +16,7 @@ mod cutover;
 mod database_outage;
 mod dead_letters;
 mod delivery;
+mod dkim;
 mod deployment;
 mod error_codes;
 mod etas;
