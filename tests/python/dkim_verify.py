@@ -4,7 +4,8 @@ mail server would, for the end-to-end tests (tests-e2e/tests/e2e/dkim.rs).
 Usage: dkim_verify.py RECORDS_JSON < message
 RECORDS_JSON maps DNS names (`selector._domainkey.domain`) to TXT values:
 the records an operator publishes; DNS lookups are answered from it.
-Prints JSON: for each signature (in header order) its algorithm, whether
+Prints JSON: for each signature (in header order) its algorithm, domain
+and selector, whether
 it verifies, and whether it still verifies once one letter of the body
 is changed.
 """
@@ -47,6 +48,7 @@ def main():
             {
                 "algorithm": tags.get(b"a", b"").decode(),
                 "domain": tags.get(b"d", b"").decode(),
+                "selector": tags.get(b"s", b"").decode(),
                 "verified": verifies(message, idx),
                 "tampered_verified": verifies(tampered, idx),
             }

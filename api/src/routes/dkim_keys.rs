@@ -63,14 +63,26 @@ pub struct CreateDkimKey {
     /// seed. Stored AES-256-GCM encrypted; never returned.
     #[schema(max_length = 8192)]
     pub private_key: Option<String>,
+    /// `false` creates the key without signing with it yet: publish its
+    /// record, then turn it on (which turns off the domain's current key
+    /// of the algorithm). Default `true`.
+    #[serde(default = "default_true")]
+    #[schema(default = true)]
+    pub is_active: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateDkimKey {
-    /// `false` stops signing with it (publish the record before turning a
-    /// new key on, and keep the old record until mail signed with the old
-    /// key has been delivered).
+    /// `true` signs with it from the workers' next refresh (within 30 s)
+    /// and, in the same change, turns off the domain's other active key of
+    /// this algorithm; `false` stops signing with it. Publish a key's
+    /// record before turning it on, and keep a replaced key's record for a
+    /// few days: mail it signed may still be in transit.
     pub is_active: bool,
 }
 
@@ -178,7 +190,7 @@ fn taken(e: sqlx::Error) -> ApiError {
         {
             ApiError::conflict(
                 "dkim_key_exists",
-                "the domain already has this selector, or an active key of this algorithm (turn that one off first)",
+                "the domain already has this selector, or an active key of this algorithm (create the new one with is_active false, then turn it on)",
             )
         }
         _ => ApiError::from(e),
@@ -223,12 +235,13 @@ pub async fn create(
             algorithm: algorithm.as_str(),
             public_key: &pair.public_key,
             private_key: &sealed,
+            is_active: req.is_active,
         },
     )
     .await
     .map_err(taken)?;
     let details = json!({"domain": key.domain, "selector": key.selector,
-        "algorithm": key.algorithm, "imported": imported.is_some()});
+        "algorithm": key.algorithm, "imported": imported.is_some(), "is_active": key.is_active});
     actor
         .commit(tx, "dkim_key.create", "dkim_key", key.id, details)
         .await?;
@@ -258,11 +271,12 @@ pub async fn get(
     Ok(Data::new(find(&state, id).await?.into()))
 }
 
-/// Turns signing with a key on or off.
+/// Turns signing with a key on (turning off the domain's other active key
+/// of its algorithm: a rotation in one call) or off.
 #[utoipa::path(patch, path = "/api/v1/admin/dkim-keys/{id}", tag = "dkim", security(("bearer" = [])),
     params(("id" = Uuid, Path)), request_body = UpdateDkimKey,
     responses((status = 200, body = Data<DkimKeyView>), AdminAccess, BadPathOrJson, NotFound,
-        (status = 409, body = ErrorBody, description = "`dkim_key_exists`: the domain has another active key of this algorithm"),
+        (status = 409, body = ErrorBody, description = "`dkim_key_exists`: another change turned a key of this algorithm on at the same moment"),
         (status = 422, body = ErrorBody, description = "`invalid_body`")))]
 pub async fn update(
     State(state): State<AppState>,
@@ -271,19 +285,15 @@ pub async fn update(
     JsonBody(req): JsonBody<UpdateDkimKey>,
 ) -> Result<Json<Data<DkimKeyView>>, ApiError> {
     let mut tx = state.pool.begin().await?;
-    let key = dkim_keys::set_active(&mut *tx, id, req.is_active)
+    let activation = dkim_keys::set_active(&mut *tx, id, req.is_active)
         .await
         .map_err(taken)?
         .ok_or(ApiError::NotFound("DKIM key"))?;
+    let details = json!({"is_active": activation.key.is_active, "replaced": activation.replaced});
     actor
-        .commit(
-            tx,
-            "dkim_key.update",
-            "dkim_key",
-            id,
-            json!({"is_active": key.is_active}),
-        )
+        .commit(tx, "dkim_key.update", "dkim_key", id, details)
         .await?;
+    let key = activation.key;
     Ok(Data::new(key.into()))
 }
 

@@ -2,7 +2,7 @@
 //! private key is stored sealed; only the worker opens it, to sign.
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgExecutor, PgPool};
+use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
 use crate::crypto::Sealed;
@@ -28,6 +28,7 @@ pub struct NewDkimKey<'a> {
     pub algorithm: &'a str,
     pub public_key: &'a str,
     pub private_key: &'a Sealed,
+    pub is_active: bool,
 }
 
 pub async fn insert(
@@ -36,8 +37,8 @@ pub async fn insert(
 ) -> Result<DkimKey, sqlx::Error> {
     sqlx::query_as(&format!(
         "INSERT INTO dkim_keys (id, domain, selector, algorithm, public_key,
-            private_key_ciphertext, private_key_nonce, private_key_key_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {KEY}"
+            private_key_ciphertext, private_key_nonce, private_key_key_id, is_active)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {KEY}"
     ))
     .bind(Uuid::now_v7())
     .bind(new.domain)
@@ -47,6 +48,7 @@ pub async fn insert(
     .bind(&new.private_key.ciphertext)
     .bind(&new.private_key.nonce)
     .bind(&new.private_key.key_id)
+    .bind(new.is_active)
     .fetch_one(executor)
     .await
 }
@@ -67,19 +69,44 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<DkimKey>, sqlx::Error
         .await
 }
 
-/// Turns a key on or off; `None` if there is none by that id.
+/// A key turned on or off, and the keys it replaced.
+pub struct Activation {
+    pub key: DkimKey,
+    /// Turning a key on turns off its domain's other active key of the
+    /// same algorithm (there is at most one), so a rotation is one change.
+    pub replaced: Vec<Uuid>,
+}
+
+/// Turns a key on or off; `None` if there is none by that id. Two
+/// statements in the caller's transaction: the replaced key first, so the
+/// one-active-key-per-algorithm index never sees two.
 pub async fn set_active(
-    executor: impl PgExecutor<'_>,
+    tx: &mut PgConnection,
     id: Uuid,
     active: bool,
-) -> Result<Option<DkimKey>, sqlx::Error> {
-    sqlx::query_as(&format!(
+) -> Result<Option<Activation>, sqlx::Error> {
+    let replaced: Vec<Uuid> = if active {
+        sqlx::query_scalar(
+            "UPDATE dkim_keys k SET is_active = false, updated_at = now()
+             FROM dkim_keys target
+             WHERE target.id = $1 AND k.domain = target.domain
+               AND k.algorithm = target.algorithm AND k.is_active AND k.id <> $1
+             RETURNING k.id",
+        )
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?
+    } else {
+        Vec::new()
+    };
+    let key: Option<DkimKey> = sqlx::query_as(&format!(
         "UPDATE dkim_keys SET is_active = $2, updated_at = now() WHERE id = $1 RETURNING {KEY}"
     ))
     .bind(id)
     .bind(active)
-    .fetch_optional(executor)
-    .await
+    .fetch_optional(&mut *tx)
+    .await?;
+    Ok(key.map(|key| Activation { key, replaced }))
 }
 
 pub async fn delete(executor: impl PgExecutor<'_>, id: Uuid) -> Result<bool, sqlx::Error> {

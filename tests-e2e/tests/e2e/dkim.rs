@@ -79,7 +79,7 @@ async fn mail_from_a_domain_with_keys_carries_signatures_a_real_verifier_accepts
         .iter()
         .all(|c| !String::from_utf8_lossy(c).contains("PRIVATE KEY")
             && !String::from_utf8_lossy(c).contains(&seed)));
-    let records: HashMap<String, String> = [&rsa, &ed]
+    let mut records: HashMap<String, String> = [&rsa, &ed]
         .iter()
         .map(|k| {
             (
@@ -90,7 +90,8 @@ async fn mail_from_a_domain_with_keys_carries_signatures_a_real_verifier_accepts
         .collect();
 
     // Mail from the domain is signed with both; mail from another is not.
-    env.api()
+    let signed_account = env
+        .api()
         .add_account(&admin, env.smtp.port(), "news@signed.example.com", 1000, 10)
         .await;
     env.start_worker();
@@ -109,27 +110,100 @@ async fn mail_from_a_domain_with_keys_carries_signatures_a_real_verifier_accepts
         assert_eq!(s["tampered_verified"], false, "a changed body must fail: {s}");
     }
 
-    // Turned off, a key stops signing (after the worker's refresh, so a
-    // fresh worker shows it at once); the other still signs.
-    let res = env
-        .api()
-        .request(
-            reqwest::Method::PATCH,
-            &format!("/api/v1/admin/dkim-keys/{}", rsa["id"].as_str().unwrap()),
-            Some(&admin),
-            Some(&json!({"is_active": false})),
-        )
-        .await;
+    // Rotation: a new RSA key created off (its record published first),
+    // then turned on, which turns the old one off in the same change. A
+    // fresh worker reads the keys at once (a running one within 30 s).
+    let res = create_key(
+        &env,
+        &admin,
+        json!({"domain": "signed.example.com", "selector": "s2027", "algorithm": "rsa",
+               "is_active": false}),
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::CREATED, "{}", res.body);
+    let next = res.body["data"].clone();
+    assert_eq!(next["is_active"], false);
+    records.insert(
+        next["dns_record"]["name"].as_str().unwrap().to_string(),
+        next["dns_record"]["value"].as_str().unwrap().to_string(),
+    );
+    let res = set_active(&env, &admin, &next, true).await;
     assert_eq!(res.status, StatusCode::OK, "{}", res.body);
+    assert_eq!(res.body["data"]["is_active"], true);
+    let old = env
+        .api()
+        .get(&format!("/api/v1/admin/dkim-keys/{}", rsa["id"].as_str().unwrap()), &admin)
+        .await;
+    assert_eq!(old.body["data"]["is_active"], false, "{}", old.body);
     env.signal_worker(0, "KILL").await;
     env.start_worker();
     env.api().send_simple(&admin, "second@example.org").await;
     let mail = env.smtp.wait_for(2, Duration::from_secs(30)).await;
     let second = mail.iter().find(|m| m.rcpt_to == ["second@example.org"]).unwrap();
     let signatures = verify(&second.data, &records).await;
+    let mut selectors: Vec<&str> = signatures
+        .iter()
+        .map(|s| s["selector"].as_str().unwrap())
+        .collect();
+    selectors.sort_unstable();
+    assert_eq!(selectors, ["ed2026", "s2027"], "{signatures:?}");
+    assert!(signatures.iter().all(|s| s["verified"] == true), "{signatures:?}");
+
+    // Turned off, a key stops signing; the other still signs.
+    let res = set_active(&env, &admin, &ed, false).await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.body);
+    env.signal_worker(1, "KILL").await;
+    env.start_worker();
+    env.api().send_simple(&admin, "third@example.org").await;
+    let mail = env.smtp.wait_for(3, Duration::from_secs(30)).await;
+    let third = mail.iter().find(|m| m.rcpt_to == ["third@example.org"]).unwrap();
+    let signatures = verify(&third.data, &records).await;
     assert_eq!(signatures.len(), 1, "{signatures:?}");
-    assert_eq!(signatures[0]["algorithm"], "ed25519-sha256");
+    assert_eq!(signatures[0]["algorithm"], "rsa-sha256");
+    assert_eq!(signatures[0]["selector"], "s2027");
     assert_eq!(signatures[0]["verified"], true);
+
+    // Mail from another domain goes out unsigned: the signed account
+    // paused, the next email leaves through the other one.
+    let signed_account = signed_account["id"].as_str().unwrap().to_string();
+    env.api()
+        .add_account(&admin, env.smtp.port(), "news@unsigned.example.net", 1000, 10)
+        .await;
+    let res = env
+        .api()
+        .request(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/admin/email-accounts/{signed_account}"),
+            Some(&admin),
+            Some(&json!({"is_active": false})),
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.body);
+    env.api().send_simple(&admin, "fourth@example.org").await;
+    let mail = env.smtp.wait_for(4, Duration::from_secs(30)).await;
+    let fourth = mail.iter().find(|m| m.rcpt_to == ["fourth@example.org"]).unwrap();
+    assert!(
+        String::from_utf8_lossy(&fourth.data).contains("<news@unsigned.example.net>"),
+        "{}",
+        String::from_utf8_lossy(&fourth.data)
+    );
+    assert_eq!(verify(&fourth.data, &records).await, Vec::<Value>::new());
+}
+
+async fn set_active(
+    env: &TestEnv,
+    admin: &str,
+    key: &Value,
+    active: bool,
+) -> crate::support::api::Response {
+    env.api()
+        .request(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/admin/dkim-keys/{}", key["id"].as_str().unwrap()),
+            Some(admin),
+            Some(&json!({"is_active": active})),
+        )
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
