@@ -65,6 +65,8 @@ impl DkimSigners {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, Signers)>> {
-        self.by_domain.lock().unwrap_or_else(PoisonError::into_inner)
+        self.by_domain
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }

@@ -123,10 +123,17 @@ pub async fn rotate_encryption_key(settings: &Settings) -> Result<RotationReport
         }
     }
     for key in dkim_keys::stored_keys(&pool).await? {
-        let owner = format!("DKIM key {}._domainkey.{} ({})", key.selector, key.domain, key.id);
-        if let Some(resealed) =
-            reseal(keyring, &key.sealed, PRIVATE_KEY_PURPOSE, &owner, &mut report)
-        {
+        let owner = format!(
+            "DKIM key {}._domainkey.{} ({})",
+            key.selector, key.domain, key.id
+        );
+        if let Some(resealed) = reseal(
+            keyring,
+            &key.sealed,
+            PRIVATE_KEY_PURPOSE,
+            &owner,
+            &mut report,
+        ) {
             report.count(dkim_keys::reseal(&pool, &key, &resealed).await?);
         }
     }

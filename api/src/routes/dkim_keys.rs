@@ -52,10 +52,16 @@ impl From<KeyAlgorithm> for Algorithm {
 #[schema(example = json!({"domain": "example.com", "selector": "notify2026", "algorithm": "rsa"}))]
 pub struct CreateDkimKey {
     /// The domain of the From addresses to sign (a DNS name, any case).
-    #[schema(max_length = 253, pattern = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")]
+    #[schema(
+        max_length = 253,
+        pattern = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
+    )]
     pub domain: String,
     /// The selector: the record is published at `{selector}._domainkey.{domain}`.
-    #[schema(max_length = 63, pattern = r"^[A-Za-z0-9]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?$")]
+    #[schema(
+        max_length = 63,
+        pattern = r"^[A-Za-z0-9]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?$"
+    )]
     pub selector: String,
     pub algorithm: KeyAlgorithm,
     /// An existing key to import instead of generating one: RSA as PKCS#1
@@ -285,7 +291,7 @@ pub async fn update(
     JsonBody(req): JsonBody<UpdateDkimKey>,
 ) -> Result<Json<Data<DkimKeyView>>, ApiError> {
     let mut tx = state.pool.begin().await?;
-    let activation = dkim_keys::set_active(&mut *tx, id, req.is_active)
+    let activation = dkim_keys::set_active(&mut tx, id, req.is_active)
         .await
         .map_err(taken)?
         .ok_or(ApiError::NotFound("DKIM key"))?;

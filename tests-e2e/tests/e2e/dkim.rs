@@ -34,7 +34,9 @@ async fn verify(message: &[u8], records: &HashMap<String, String>) -> Vec<Value>
 }
 
 async fn create_key(env: &TestEnv, admin: &str, body: Value) -> crate::support::api::Response {
-    env.api().post("/api/v1/admin/dkim-keys", admin, &body).await
+    env.api()
+        .post("/api/v1/admin/dkim-keys", admin, &body)
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -52,7 +54,10 @@ async fn mail_from_a_domain_with_keys_carries_signatures_a_real_verifier_accepts
     assert_eq!(res.status, StatusCode::CREATED, "{}", res.body);
     let rsa = res.body["data"].clone();
     assert_eq!(rsa["domain"], "signed.example.com");
-    assert_eq!(rsa["dns_record"]["name"], "s2026._domainkey.signed.example.com");
+    assert_eq!(
+        rsa["dns_record"]["name"],
+        "s2026._domainkey.signed.example.com"
+    );
     assert!(rsa["dns_record"]["value"]
         .as_str()
         .unwrap()
@@ -107,7 +112,10 @@ async fn mail_from_a_domain_with_keys_carries_signatures_a_real_verifier_accepts
     for s in &signatures {
         assert_eq!(s["domain"], "signed.example.com");
         assert_eq!(s["verified"], true, "{s}");
-        assert_eq!(s["tampered_verified"], false, "a changed body must fail: {s}");
+        assert_eq!(
+            s["tampered_verified"], false,
+            "a changed body must fail: {s}"
+        );
     }
 
     // Rotation: a new RSA key created off (its record published first),
@@ -132,14 +140,20 @@ async fn mail_from_a_domain_with_keys_carries_signatures_a_real_verifier_accepts
     assert_eq!(res.body["data"]["is_active"], true);
     let old = env
         .api()
-        .get(&format!("/api/v1/admin/dkim-keys/{}", rsa["id"].as_str().unwrap()), &admin)
+        .get(
+            &format!("/api/v1/admin/dkim-keys/{}", rsa["id"].as_str().unwrap()),
+            &admin,
+        )
         .await;
     assert_eq!(old.body["data"]["is_active"], false, "{}", old.body);
     env.signal_worker(0, "KILL").await;
     env.start_worker();
     env.api().send_simple(&admin, "second@example.org").await;
     let mail = env.smtp.wait_for(2, Duration::from_secs(30)).await;
-    let second = mail.iter().find(|m| m.rcpt_to == ["second@example.org"]).unwrap();
+    let second = mail
+        .iter()
+        .find(|m| m.rcpt_to == ["second@example.org"])
+        .unwrap();
     let signatures = verify(&second.data, &records).await;
     let mut selectors: Vec<&str> = signatures
         .iter()
@@ -147,7 +161,10 @@ async fn mail_from_a_domain_with_keys_carries_signatures_a_real_verifier_accepts
         .collect();
     selectors.sort_unstable();
     assert_eq!(selectors, ["ed2026", "s2027"], "{signatures:?}");
-    assert!(signatures.iter().all(|s| s["verified"] == true), "{signatures:?}");
+    assert!(
+        signatures.iter().all(|s| s["verified"] == true),
+        "{signatures:?}"
+    );
 
     // Turned off, a key stops signing; the other still signs.
     let res = set_active(&env, &admin, &ed, false).await;
@@ -156,7 +173,10 @@ async fn mail_from_a_domain_with_keys_carries_signatures_a_real_verifier_accepts
     env.start_worker();
     env.api().send_simple(&admin, "third@example.org").await;
     let mail = env.smtp.wait_for(3, Duration::from_secs(30)).await;
-    let third = mail.iter().find(|m| m.rcpt_to == ["third@example.org"]).unwrap();
+    let third = mail
+        .iter()
+        .find(|m| m.rcpt_to == ["third@example.org"])
+        .unwrap();
     let signatures = verify(&third.data, &records).await;
     assert_eq!(signatures.len(), 1, "{signatures:?}");
     assert_eq!(signatures[0]["algorithm"], "rsa-sha256");
@@ -167,7 +187,13 @@ async fn mail_from_a_domain_with_keys_carries_signatures_a_real_verifier_accepts
     // paused, the next email leaves through the other one.
     let signed_account = signed_account["id"].as_str().unwrap().to_string();
     env.api()
-        .add_account(&admin, env.smtp.port(), "news@unsigned.example.net", 1000, 10)
+        .add_account(
+            &admin,
+            env.smtp.port(),
+            "news@unsigned.example.net",
+            1000,
+            10,
+        )
         .await;
     let res = env
         .api()
@@ -181,7 +207,10 @@ async fn mail_from_a_domain_with_keys_carries_signatures_a_real_verifier_accepts
     assert_eq!(res.status, StatusCode::OK, "{}", res.body);
     env.api().send_simple(&admin, "fourth@example.org").await;
     let mail = env.smtp.wait_for(4, Duration::from_secs(30)).await;
-    let fourth = mail.iter().find(|m| m.rcpt_to == ["fourth@example.org"]).unwrap();
+    let fourth = mail
+        .iter()
+        .find(|m| m.rcpt_to == ["fourth@example.org"])
+        .unwrap();
     assert!(
         String::from_utf8_lossy(&fourth.data).contains("<news@unsigned.example.net>"),
         "{}",
@@ -211,23 +240,60 @@ async fn dkim_keys_refuse_bad_input_clearly() {
     let mut env = TestEnv::new().await;
     let admin = env.start_api_as_admin().await;
     for (body, code, field) in [
-        (json!({"domain": "localhost", "selector": "s1", "algorithm": "rsa"}), "validation_error", "domain"),
-        (json!({"domain": "bad_domain.com", "selector": "s1", "algorithm": "rsa"}), "validation_error", "domain"),
-        (json!({"domain": "example.com", "selector": "a.b", "algorithm": "rsa"}), "validation_error", "selector"),
-        (json!({"domain": "example.com", "selector": "s1", "algorithm": "rsa", "private_key": "-----BEGIN RSA PRIVATE KEY-----\nnope\n-----END RSA PRIVATE KEY-----"}), "invalid_private_key", "private_key"),
-        (json!({"domain": "example.com", "selector": "s1", "algorithm": "ed25519", "private_key": "c2hvcnQ="}), "invalid_private_key", "private_key"),
-        (json!({"domain": "example.com", "selector": "s1", "algorithm": "rsa", "private_key": WEAK_RSA}), "invalid_private_key", "private_key"),
+        (
+            json!({"domain": "localhost", "selector": "s1", "algorithm": "rsa"}),
+            "validation_error",
+            "domain",
+        ),
+        (
+            json!({"domain": "bad_domain.com", "selector": "s1", "algorithm": "rsa"}),
+            "validation_error",
+            "domain",
+        ),
+        (
+            json!({"domain": "example.com", "selector": "a.b", "algorithm": "rsa"}),
+            "validation_error",
+            "selector",
+        ),
+        (
+            json!({"domain": "example.com", "selector": "s1", "algorithm": "rsa", "private_key": "-----BEGIN RSA PRIVATE KEY-----\nnope\n-----END RSA PRIVATE KEY-----"}),
+            "invalid_private_key",
+            "private_key",
+        ),
+        (
+            json!({"domain": "example.com", "selector": "s1", "algorithm": "ed25519", "private_key": "c2hvcnQ="}),
+            "invalid_private_key",
+            "private_key",
+        ),
+        (
+            json!({"domain": "example.com", "selector": "s1", "algorithm": "rsa", "private_key": WEAK_RSA}),
+            "invalid_private_key",
+            "private_key",
+        ),
     ] {
         let res = create_key(&env, &admin, body.clone()).await;
-        assert_eq!(res.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {}", res.body);
+        assert_eq!(
+            res.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}: {}",
+            res.body
+        );
         assert_eq!(res.code(), code, "{body}");
         assert_eq!(res.body["error"]["field"], field, "{body}");
     }
-    let res = create_key(&env, &admin, json!({"domain": "example.com", "selector": "s1", "algorithm": "dsa"})).await;
+    let res = create_key(
+        &env,
+        &admin,
+        json!({"domain": "example.com", "selector": "s1", "algorithm": "dsa"}),
+    )
+    .await;
     assert_eq!(res.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", res.body);
 
     let first = json!({"domain": "example.com", "selector": "s1", "algorithm": "ed25519"});
-    assert_eq!(create_key(&env, &admin, first.clone()).await.status, StatusCode::CREATED);
+    assert_eq!(
+        create_key(&env, &admin, first.clone()).await.status,
+        StatusCode::CREATED
+    );
     // The same selector again, or a second active key of one algorithm: 409.
     for body in [
         json!({"domain": "example.com", "selector": "s1", "algorithm": "rsa"}),
@@ -244,7 +310,10 @@ async fn dkim_keys_refuse_bad_input_clearly() {
         StatusCode::FORBIDDEN
     );
     assert_eq!(
-        env.api().get("/api/v1/admin/dkim-keys", &sender).await.status,
+        env.api()
+            .get("/api/v1/admin/dkim-keys", &sender)
+            .await
+            .status,
         StatusCode::FORBIDDEN
     );
     let listed = env.api().get("/api/v1/admin/dkim-keys", &admin).await;

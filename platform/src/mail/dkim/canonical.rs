@@ -248,7 +248,10 @@ mod tests {
     #[test]
     fn relaxed_body_matches_the_rfc_example_and_its_edge_cases() {
         // RFC 6376 §3.4.6: " C \r\nD \t E\r\n\r\n\r\n" -> " C\r\nD E\r\n".
-        assert_eq!(text(&relaxed_body(b" C \r\nD \t E\r\n\r\n\r\n")), " C\r\nD E\r\n");
+        assert_eq!(
+            text(&relaxed_body(b" C \r\nD \t E\r\n\r\n\r\n")),
+            " C\r\nD E\r\n"
+        );
         assert_eq!(text(&relaxed_body(b"")), "");
         assert_eq!(text(&relaxed_body(b"\r\n\r\n")), "", "only empty lines");
         assert_eq!(text(&relaxed_body(b" \t\r\n  \r\n")), "", "only WSP lines");
@@ -269,9 +272,13 @@ mod tests {
 
     #[test]
     fn split_keeps_folded_values_whole() {
-        let message = b"From: a@example.com\r\nSubject: one\r\n\ttwo\r\nTo:b@example.org\r\n\r\nbody\r\n";
+        let message =
+            b"From: a@example.com\r\nSubject: one\r\n\ttwo\r\nTo:b@example.org\r\n\r\nbody\r\n";
         let (fields, body) = split(message).unwrap();
-        let got: Vec<(&str, &str)> = fields.iter().map(|f| (text(f.name), text(f.value))).collect();
+        let got: Vec<(&str, &str)> = fields
+            .iter()
+            .map(|f| (text(f.name), text(f.value)))
+            .collect();
         assert_eq!(
             got,
             [
@@ -287,7 +294,10 @@ mod tests {
             split(b"From: a\r\nnonsense\r\n\r\n").unwrap_err(),
             MessageError::NotAField(2)
         );
-        assert_eq!(split(b" x\r\n\r\n").unwrap_err(), MessageError::NotAField(1));
+        assert_eq!(
+            split(b" x\r\n\r\n").unwrap_err(),
+            MessageError::NotAField(1)
+        );
     }
 
     #[test]

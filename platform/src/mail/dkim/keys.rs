@@ -110,7 +110,12 @@ fn ed25519_pair(key: &ed25519_dalek::SigningKey) -> KeyPair {
 }
 
 /// The TXT record that publishes a key: its name and its value.
-pub fn dns_record(domain: &str, selector: &str, algorithm: Algorithm, public_key: &str) -> (String, String) {
+pub fn dns_record(
+    domain: &str,
+    selector: &str,
+    algorithm: Algorithm,
+    public_key: &str,
+) -> (String, String) {
     (
         format!("{selector}._domainkey.{domain}"),
         format!("v=DKIM1; k={}; p={public_key}", algorithm.as_str()),

@@ -217,7 +217,11 @@ fn signed_names(fields: &[Field<'_>]) -> Vec<&'static str> {
     for name in SIGNED_HEADERS {
         let present = fields
             .iter()
-            .filter(|f| f.name.trim_ascii_end().eq_ignore_ascii_case(name.as_bytes()))
+            .filter(|f| {
+                f.name
+                    .trim_ascii_end()
+                    .eq_ignore_ascii_case(name.as_bytes())
+            })
             .count();
         names.extend(std::iter::repeat_n(name, present + 1));
     }

@@ -193,7 +193,12 @@ fn rfc8463_example_signatures_are_reproduced_byte_for_byte() {
             "{:?}",
             signer.algorithm()
         );
-        verify(RFC8463_MESSAGE.as_bytes(), usize::from(signer.algorithm() == Algorithm::Rsa), &public(signer)).unwrap();
+        verify(
+            RFC8463_MESSAGE.as_bytes(),
+            usize::from(signer.algorithm() == Algorithm::Rsa),
+            &public(signer),
+        )
+        .unwrap();
     }
 }
 
@@ -253,14 +258,43 @@ fn both_signatures_verify_and_survive_what_relaxed_canonicalisation_forgives() {
         result.unwrap();
     }
     let forgiven: Vec<(&str, Vec<u8>)> = vec![
-        ("header names in another case", edit(&message, false, "SUBJECT:", "Subject:")),
-        ("refolded with other WSP", edit(&message, false, "\r\n\t  other", "\r\n other")),
-        ("a folded value unfolded", edit(&message, false, ">,\r\n <mailto", ">, <mailto")),
-        ("WSP around a colon", edit(&message, false, "MIME-Version: 1.0", "MIME-Version :  1.0")),
-        ("signature refolded", edit(&message, false, ";\r\n b=", "; b=")),
-        ("an unsigned header added", edit(&message, false, "MIME-Version", "X-Scanned: yes\r\nMIME-Version")),
-        ("body WSP changed", edit(&message, true, "Hello  \t there", "Hello there\t")),
-        ("more empty lines at the end", [message.clone(), b"\r\n \r\n".to_vec()].concat()),
+        (
+            "header names in another case",
+            edit(&message, false, "SUBJECT:", "Subject:"),
+        ),
+        (
+            "refolded with other WSP",
+            edit(&message, false, "\r\n\t  other", "\r\n other"),
+        ),
+        (
+            "a folded value unfolded",
+            edit(&message, false, ">,\r\n <mailto", ">, <mailto"),
+        ),
+        (
+            "WSP around a colon",
+            edit(&message, false, "MIME-Version: 1.0", "MIME-Version :  1.0"),
+        ),
+        (
+            "signature refolded",
+            edit(&message, false, ";\r\n b=", "; b="),
+        ),
+        (
+            "an unsigned header added",
+            edit(
+                &message,
+                false,
+                "MIME-Version",
+                "X-Scanned: yes\r\nMIME-Version",
+            ),
+        ),
+        (
+            "body WSP changed",
+            edit(&message, true, "Hello  \t there", "Hello there\t"),
+        ),
+        (
+            "more empty lines at the end",
+            [message.clone(), b"\r\n \r\n".to_vec()].concat(),
+        ),
     ];
     for (what, changed) in forgiven {
         for result in verifies(&changed, &keys) {
@@ -268,12 +302,37 @@ fn both_signatures_verify_and_survive_what_relaxed_canonicalisation_forgives() {
         }
     }
     let refused: Vec<(&str, Vec<u8>)> = vec![
-        ("a body word", edit(&message, true, "last line", "lost line")),
-        ("an empty line inside the body removed", edit(&message, true, "there \r\n\r\n", "there \r\n")),
+        (
+            "a body word",
+            edit(&message, true, "last line", "lost line"),
+        ),
+        (
+            "an empty line inside the body removed",
+            edit(&message, true, "there \r\n\r\n", "there \r\n"),
+        ),
         ("the subject", edit(&message, false, "Weekly", "Daily")),
-        ("a second From", edit(&message, false, "MIME-Version", "From: x@evil.example\r\nMIME-Version")),
-        ("a Reply-To where there was none", edit(&message, false, "MIME-Version", "Reply-To: x@evil.example\r\nMIME-Version")),
-        ("the unsubscribe link", edit(&message, false, "u/abc", "u/abd")),
+        (
+            "a second From",
+            edit(
+                &message,
+                false,
+                "MIME-Version",
+                "From: x@evil.example\r\nMIME-Version",
+            ),
+        ),
+        (
+            "a Reply-To where there was none",
+            edit(
+                &message,
+                false,
+                "MIME-Version",
+                "Reply-To: x@evil.example\r\nMIME-Version",
+            ),
+        ),
+        (
+            "the unsubscribe link",
+            edit(&message, false, "u/abc", "u/abd"),
+        ),
     ];
     for (what, changed) in refused {
         for result in verifies(&changed, &keys) {
@@ -289,7 +348,10 @@ fn the_signature_field_is_folded_and_lists_every_signed_header_once_more() {
     let (head, _) = text.split_once("\r\n\r\n").unwrap();
     assert!(head.lines().all(|l| l.len() <= 78), "{head}");
     let (fields, _) = canonical::split(text.as_bytes()).unwrap();
-    let signatures: Vec<&Field<'_>> = fields.iter().filter(|f| f.name == b"DKIM-Signature").collect();
+    let signatures: Vec<&Field<'_>> = fields
+        .iter()
+        .filter(|f| f.name == b"DKIM-Signature")
+        .collect();
     assert_eq!(signatures.len(), 2);
     let h = tag(signatures[0].value, "h");
     assert_eq!(
@@ -322,11 +384,18 @@ fn a_message_without_a_body_and_a_2048_bit_key_sign_too() {
         2048
     );
     let key = public(&signer);
-    let message = signed(b"From: a@example.com\r\nSubject: empty\r\n\r\n", &[Arc::new(signer)]).unwrap();
+    let message = signed(
+        b"From: a@example.com\r\nSubject: empty\r\n\r\n",
+        &[Arc::new(signer)],
+    )
+    .unwrap();
     verify(&message, 0, &key).unwrap();
     let text = String::from_utf8(message).unwrap();
     // The empty body's hash: SHA-256 of nothing.
-    assert!(text.contains("bh=47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=;"), "{text}");
+    assert!(
+        text.contains("bh=47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=;"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -336,14 +405,27 @@ fn signers_refuse_unreadable_keys_and_odd_names() {
         Err(DkimKeyError::Unreadable("Ed25519"))
     ));
     assert!(matches!(
-        Signer::new("example.com", "s", Algorithm::Rsa, &secret(RFC8463_ED25519_SEED)),
+        Signer::new(
+            "example.com",
+            "s",
+            Algorithm::Rsa,
+            &secret(RFC8463_ED25519_SEED)
+        ),
         Err(DkimKeyError::Unreadable("RSA"))
     ));
     assert!(matches!(
-        Signer::new("example.com; x=1", "s", Algorithm::Ed25519, &secret(RFC8463_ED25519_SEED)),
+        Signer::new(
+            "example.com; x=1",
+            "s",
+            Algorithm::Ed25519,
+            &secret(RFC8463_ED25519_SEED)
+        ),
         Err(DkimKeyError::Name)
     ));
     // Its Debug output names the key, never its private half.
     let debug = format!("{:?}", rsa_signer("example.com"));
-    assert!(debug.contains("example.com") && !debug.contains("MIIC"), "{debug}");
+    assert!(
+        debug.contains("example.com") && !debug.contains("MIIC"),
+        "{debug}"
+    );
 }
