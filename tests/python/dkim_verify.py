@@ -4,10 +4,9 @@ mail server would, for the end-to-end tests (tests-e2e/tests/e2e/dkim.rs).
 Usage: dkim_verify.py RECORDS_JSON < message
 RECORDS_JSON maps DNS names (`selector._domainkey.domain`) to TXT values:
 the records an operator publishes; DNS lookups are answered from it.
-Prints JSON: for each signature (in header order) its algorithm, domain
-and selector, whether
-it verifies, and whether it still verifies once one letter of the body
-is changed.
+Prints JSON: for each signature (in header order) its algorithm, domain,
+selector and signed header names, whether it verifies, and whether it
+still verifies once one letter of the body is changed.
 """
 
 import json
@@ -49,6 +48,11 @@ def main():
                 "algorithm": tags.get(b"a", b"").decode(),
                 "domain": tags.get(b"d", b"").decode(),
                 "selector": tags.get(b"s", b"").decode(),
+                "headers": [
+                    h.strip().decode()
+                    for h in tags.get(b"h", b"").split(b":")
+                    if h.strip()
+                ],
                 "verified": verifies(message, idx),
                 "tampered_verified": verifies(tampered, idx),
             }

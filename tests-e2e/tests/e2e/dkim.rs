@@ -100,8 +100,19 @@ async fn mail_from_a_domain_with_keys_carries_signatures_a_real_verifier_accepts
         .add_account(&admin, env.smtp.port(), "news@signed.example.com", 1000, 10)
         .await;
     env.start_worker();
-    env.api().send_simple(&admin, "reader@example.org").await;
+    // With a one-click unsubscribe link: RFC 8058 needs it signed.
+    let res = env
+        .api()
+        .post(
+            "/api/v1/messages/email/send",
+            &admin,
+            &json!({"to": "reader@example.org", "subject": "Hello", "content": "<p>Hello</p>",
+                    "list_unsubscribe": true}),
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::ACCEPTED, "{}", res.body);
     let mail = env.smtp.wait_for(1, Duration::from_secs(30)).await;
+    assert!(mail[0].data_str().contains("\r\nList-Unsubscribe-Post: "));
     let signatures = verify(&mail[0].data, &records).await;
     let algorithms: Vec<&str> = signatures
         .iter()
@@ -112,6 +123,20 @@ async fn mail_from_a_domain_with_keys_carries_signatures_a_real_verifier_accepts
     for s in &signatures {
         assert_eq!(s["domain"], "signed.example.com");
         assert_eq!(s["verified"], true, "{s}");
+        let signed: Vec<&str> = s["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h.as_str().unwrap())
+            .collect();
+        for header in [
+            "from",
+            "subject",
+            "list-unsubscribe",
+            "list-unsubscribe-post",
+        ] {
+            assert!(signed.contains(&header), "{header} unsigned: {s}");
+        }
         assert_eq!(
             s["tampered_verified"], false,
             "a changed body must fail: {s}"
