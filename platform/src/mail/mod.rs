@@ -1,5 +1,6 @@
 //! Email addresses, the rules every email keeps to, the composition of
-//! outgoing messages, and their one-click unsubscribe links.
+//! outgoing messages, their one-click unsubscribe links, and their DKIM
+//! signatures.
 
 mod address;
 mod compose;
