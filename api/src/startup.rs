@@ -29,8 +29,9 @@ use crate::ingest::Ingest;
 use crate::ratelimit::{self, RateLimiter};
 use crate::readiness::Readiness;
 use crate::routes::{
-    api_keys, audit_log, auth, bounces, campaigns, dead_letters, email_accounts, health, lists, messages,
-    periodic_tasks, queues, suppressions, templates, timelines, unsubscribe, webhooks,
+    api_keys, audit_log, auth, bounces, campaigns, dead_letters, dkim_keys, email_accounts, health,
+    lists, messages, periodic_tasks, queues, suppressions, templates, timelines, unsubscribe,
+    webhooks,
 };
 use crate::state::{ApiSettings, AppState, Shared};
 
@@ -301,6 +302,27 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
             Method::POST,
             "/api/v1/admin/email-accounts/{id}/test",
             post(email_accounts::test),
+        ),
+        (
+            Method::POST,
+            "/api/v1/admin/dkim-keys",
+            post(dkim_keys::create),
+        ),
+        (Method::GET, "/api/v1/admin/dkim-keys", get(dkim_keys::list)),
+        (
+            Method::GET,
+            "/api/v1/admin/dkim-keys/{id}",
+            get(dkim_keys::get),
+        ),
+        (
+            Method::PATCH,
+            "/api/v1/admin/dkim-keys/{id}",
+            patch(dkim_keys::update),
+        ),
+        (
+            Method::DELETE,
+            "/api/v1/admin/dkim-keys/{id}",
+            delete(dkim_keys::delete),
         ),
         (
             Method::POST,

@@ -25,4 +25,6 @@ pub struct Context {
     pub shared_quota: Option<crate::shared_quota::SharedQuota>,
     /// Task ids revoked over remote control, shared by the platform's workers.
     pub revoked: crate::revoked::Revocations,
+    /// DKIM signers by sending domain.
+    pub dkim: crate::dkim::DkimSigners,
 }

@@ -4,6 +4,7 @@
 pub mod consumer;
 pub mod context;
 pub mod delivery;
+pub mod dkim;
 pub mod lane;
 pub mod liveness;
 pub mod outcome;
@@ -36,6 +37,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         .await
         .context("connecting to PostgreSQL")?;
     let results = ResultBackend::new(&settings.result_backend_url, settings.result_expires)?;
+    let dkim = dkim::DkimSigners::new(settings.keyring()?.clone());
     let transports = TransportCache::new(
         settings.keyring()?.clone(),
         settings.email_timeout,
@@ -92,6 +94,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         liveness: liveness.clone(),
         shared_quota,
         revoked,
+        dkim,
     });
     Consumer::new(ctx.clone(), node_name).run(shutdown).await;
     // Renewed until every in-flight task has settled, then given up.

@@ -1,5 +1,6 @@
 //! `notify-api rotate-encryption-key`: re-encrypts every stored secret (SMTP
-//! passwords, webhook signing secrets with their previous ones) under the
+//! passwords, webhook signing secrets with their previous ones, DKIM
+//! private keys) under the
 //! current key (ENCRYPTION_KEY / ENCRYPTION_KEY_ID), opening each with the
 //! keyring (current key plus ENCRYPTION_PREVIOUS_KEYS).
 //!
@@ -9,7 +10,8 @@
 
 use platform::crypto::{Keyring, Sealed};
 use platform::db::email_accounts::{self, PASSWORD_PURPOSE};
-use platform::db::webhooks;
+use platform::db::{dkim_keys, webhooks};
+use platform::mail::dkim::PRIVATE_KEY_PURPOSE;
 use platform::webhooks::signature::SECRET_PURPOSE;
 use platform::{db, Settings};
 use secrecy::ExposeSecret;
@@ -118,6 +120,21 @@ pub async fn rotate_encryption_key(settings: &Settings) -> Result<RotationReport
         if let Some(resealed) = reseal(keyring, &stored.sealed, SECRET_PURPOSE, &owner, &mut report)
         {
             report.count(webhooks::reseal_secret(&pool, &stored, &resealed).await?);
+        }
+    }
+    for key in dkim_keys::stored_keys(&pool).await? {
+        let owner = format!(
+            "DKIM key {}._domainkey.{} ({})",
+            key.selector, key.domain, key.id
+        );
+        if let Some(resealed) = reseal(
+            keyring,
+            &key.sealed,
+            PRIVATE_KEY_PURPOSE,
+            &owner,
+            &mut report,
+        ) {
+            report.count(dkim_keys::reseal(&pool, &key, &resealed).await?);
         }
     }
     pool.close().await;

@@ -6,6 +6,7 @@ pub mod bounces;
 pub mod auth;
 pub mod campaigns;
 pub mod dead_letters;
+pub mod dkim_keys;
 pub mod email_accounts;
 pub mod health;
 pub mod lists;

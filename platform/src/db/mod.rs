@@ -7,6 +7,7 @@ pub mod audit_log;
 pub mod bounces;
 pub mod campaigns;
 pub mod dead_letters;
+pub mod dkim_keys;
 pub mod email_accounts;
 pub mod idempotency;
 pub mod lists;

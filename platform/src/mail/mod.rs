@@ -1,8 +1,10 @@
 //! Email addresses, the rules every email keeps to, the composition of
-//! outgoing messages, and their one-click unsubscribe links.
+//! outgoing messages, their one-click unsubscribe links, and their DKIM
+//! signatures.
 
 mod address;
 mod compose;
+pub mod dkim;
 pub mod rules;
 mod transport;
 pub mod unsubscribe;

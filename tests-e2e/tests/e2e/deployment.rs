@@ -1159,6 +1159,23 @@ async fn key_rotation_reencrypts_and_every_account_sends_with_only_the_new_key()
         .unwrap()
     };
     assert_eq!(secret_key_ids().await, ("k1".into(), Some("k1".into())));
+    // A DKIM key of the accounts' domain: its private half is sealed too.
+    let dkim = env
+        .api()
+        .post(
+            "/api/v1/admin/dkim-keys",
+            &token,
+            &json!({"domain": "example.com", "selector": "s1", "algorithm": "ed25519"}),
+        )
+        .await;
+    assert!(dkim.status.is_success(), "{}", dkim.body);
+    let dkim_key_id = || async {
+        sqlx::query_scalar::<_, String>("SELECT private_key_key_id FROM dkim_keys")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(dkim_key_id().await, "k1");
 
     let mut rotated_vars = env.vars.clone();
     rotated_vars.insert("ENCRYPTION_KEY".into(), K2.into());
@@ -1170,15 +1187,16 @@ async fn key_rotation_reencrypts_and_every_account_sends_with_only_the_new_key()
     );
     let rotation = run(&mut script("rotate_encryption_key.sh", &rotated_vars)).await;
     assert!(rotation.ok, "rotation: {rotation}");
-    assert!(rotation.stdout.contains("5 re-encrypted"), "{rotation}");
+    assert!(rotation.stdout.contains("6 re-encrypted"), "{rotation}");
     assert_eq!(key_ids(&env.pool).await, ["k2", "k2", "k2"]);
     assert_eq!(secret_key_ids().await, ("k2".into(), Some("k2".into())));
+    assert_eq!(dkim_key_id().await, "k2");
 
     // Re-running is harmless.
     let again = run(&mut script("rotate_encryption_key.sh", &rotated_vars)).await;
     assert!(again.ok, "{again}");
     assert!(
-        again.stdout.contains("0 re-encrypted, 5 already current"),
+        again.stdout.contains("0 re-encrypted, 6 already current"),
         "{again}"
     );
 
@@ -1219,7 +1237,16 @@ async fn key_rotation_reencrypts_and_every_account_sends_with_only_the_new_key()
             .await
             .unwrap();
     assert_eq!(used, [1, 1, 1]);
-    assert_eq!(env.smtp.received().len(), 3);
+    let received = env.smtp.received();
+    assert_eq!(received.len(), 3);
+    // The re-sealed DKIM key opens with k2 alone: every email is signed.
+    for mail in received {
+        let text = String::from_utf8_lossy(&mail.data);
+        assert!(
+            text.starts_with("DKIM-Signature: v=1; a=ed25519-sha256;"),
+            "{text}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------- health checks

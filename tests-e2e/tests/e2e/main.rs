@@ -18,6 +18,7 @@ mod database_outage;
 mod dead_letters;
 mod delivery;
 mod deployment;
+mod dkim;
 mod error_codes;
 mod etas;
 mod hostile_input;

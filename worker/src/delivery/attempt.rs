@@ -1,16 +1,18 @@
 //! One SMTP transaction for a claimed message: the suppression list
-//! checked again, the email composed (with its attachments), and handed to
-//! the account's pooled transport within the soft time limit.
+//! checked again, the email composed (with its attachments) and signed
+//! with its domain's DKIM keys, and handed to the account's pooled
+//! transport within the soft time limit.
 
 use std::time::{Duration, Instant};
 
+use lettre::address::Envelope as SmtpEnvelope;
 use lettre::Message;
 use platform::db::attachments::Attachment;
 use platform::db::email_accounts::EmailAccount;
 use platform::db::messages::MessageRecord;
 use platform::db::suppressions;
 use platform::mail::unsubscribe::{Claims, Scope, Target};
-use platform::mail::{compose, Envelope};
+use platform::mail::{compose, dkim, EmailAddress, Envelope};
 
 use super::policy::{classify, Failure};
 use crate::context::Context;
@@ -72,11 +74,13 @@ pub async fn attempt(
         Ok(t) => t,
         Err(e) => return Attempt::NoTransport(e.to_string()),
     };
+    let email = wire_bytes(ctx, account, &composed.message).await;
     match deliver(
         &ctx.transports,
         account,
         &transport,
-        composed.message,
+        composed.message.envelope(),
+        &email,
         ctx.settings.task_soft_time_limit,
     )
     .await
@@ -86,6 +90,28 @@ pub async fn attempt(
             reply,
         },
         Err(failure) => Attempt::Failed(failure),
+    }
+}
+
+/// The bytes sent: the formatted email, signed with the DKIM keys of its
+/// From domain when that has any. Should signing fail, the email goes out
+/// unsigned, as mail from a domain without keys does, and the log says so.
+async fn wire_bytes(ctx: &Context, account: &EmailAccount, message: &Message) -> Vec<u8> {
+    let formatted = message.formatted();
+    let Ok(from) = EmailAddress::parse(&account.email) else {
+        return formatted;
+    };
+    let domain = from.domain().to_ascii_lowercase();
+    let signers = ctx.dkim.for_domain(&ctx.pool, &domain).await;
+    if signers.is_empty() {
+        return formatted;
+    }
+    match dkim::signed(&formatted, &signers) {
+        Ok(signed) => signed,
+        Err(e) => {
+            tracing::error!(domain, error = %e, "DKIM signing failed; the email goes out unsigned");
+            formatted
+        }
     }
 }
 
@@ -108,12 +134,12 @@ pub async fn deliver(
     pool: &TransportCache,
     account: &EmailAccount,
     transport: &Transport,
-    message: Message,
+    envelope: &SmtpEnvelope,
+    email: &[u8],
     limit: Duration,
 ) -> Result<String, Failure> {
     let started = Instant::now();
-    let email = message.formatted();
-    let send = pool.send(account, transport, message.envelope(), &email);
+    let send = pool.send(account, transport, envelope, email);
     let result = tokio::time::timeout(limit, send).await;
     metrics::histogram!("smtp_send_duration_seconds").record(started.elapsed().as_secs_f64());
     match result {
