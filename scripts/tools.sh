@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the operations tools the deployment tests run for real (nginx,
 # promtool, shellcheck, docker-compose, and curl, redis-cli, pg_dump for the
-# operations scripts) from Debian's packages when absent,
+# operations scripts) and Dovecot (the bounce tests' IMAP server) from
+# Debian's packages when absent,
 # and enables RabbitMQ's management and Prometheus plugins. Idempotent and
 # quick when everything is already there. Services are not started by the
 # packages (the tests run nginx on their own loopback ports).
@@ -24,6 +25,8 @@ need openssl openssl
 need curl curl
 need redis-cli redis-tools
 need pg_dump postgresql-client
+# The bounce tests' IMAP server: each test starts a Dovecot of its own.
+[ -x /usr/sbin/dovecot ] || missing+=(dovecot-imapd)
 if ! command -v docker-compose >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1; then
   missing+=(docker-compose)
 fi
@@ -52,4 +55,4 @@ if ! port_open 15672 || ! port_open 15692; then
     sleep 0.5
   done
 fi
-log "nginx, promtool, shellcheck, docker-compose and RabbitMQ plugins ready"
+log "nginx, promtool, shellcheck, docker-compose, dovecot and RabbitMQ plugins ready"
