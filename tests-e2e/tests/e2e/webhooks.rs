@@ -483,7 +483,7 @@ async fn private_addresses_are_refused_without_the_override() {
         .post(
             "/api/v1/webhooks",
             &token,
-            &json!({"url": "https://hooks.example.com/x", "event_types": ["email.bounced"]}),
+            &json!({"url": "https://hooks.example.com/x", "event_types": ["email.opened"]}),
         )
         .await;
     assert!(res.status.is_client_error(), "{}", res.body);
