@@ -800,3 +800,56 @@ async fn a_dispatcher_killed_mid_flight_loses_no_event() {
     let repeats: usize = accepted.values().map(|h| h.len() - 1).sum();
     eprintln!("{pending} deliveries pending at the kill; {repeats} repeated after it");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bounce_read_from_the_mailbox_reaches_a_verifying_receiver_as_email_bounced() {
+    use crate::bounces::{report, PASSWORD, SENDER};
+    use crate::support::imap::Dovecot;
+
+    let receiver = Receiver::start().await;
+    let (env, token) = webhook_env(&[("BOUNCE_POLL_INTERVAL_MS", "200")]).await;
+    let imap = Dovecot::start(&[(SENDER, PASSWORD)]).await;
+    let admin = env.api().admin_token(&env.pool).await;
+    let accounts = env.api().get("/api/v1/admin/email-accounts", &admin).await;
+    let account = accounts.body["data"][0]["id"].as_str().unwrap().to_string();
+    let res = env
+        .api()
+        .put(
+            &format!("/api/v1/admin/email-accounts/{account}/mailbox"),
+            &admin,
+            &json!({"imap_host": "127.0.0.1", "imap_port": imap.port, "imap_tls_mode": "none"}),
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.body);
+    let (_, secret) = register(
+        &env,
+        &token,
+        &receiver.url(),
+        &["email.sent", "email.bounced"],
+    )
+    .await;
+    receiver.control(json!({"secrets": [secret]})).await;
+
+    let gone = "gone@example.org";
+    let id = env
+        .send_until(&token, gone, "sent", Duration::from_secs(30))
+        .await;
+    imap.deliver(SENDER, PASSWORD, &report("postfix_hard", id, gone))
+        .await;
+    let events = receiver
+        .wait_events(id, &["email.sent", "email.bounced"])
+        .await;
+    let bounced = &events["email.bounced"]["event"]["data"];
+    assert_eq!(bounced["status"], "bounced", "{bounced}");
+    assert!(
+        bounced["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("bounced: 5.1.1")),
+        "{bounced}"
+    );
+    // Ordered after the send.
+    assert!(
+        bounced["sequence"].as_i64() > events["email.sent"]["event"]["data"]["sequence"].as_i64(),
+        "{events:?}"
+    );
+}
