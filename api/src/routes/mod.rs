@@ -5,6 +5,7 @@ pub mod audit_log;
 pub mod auth;
 pub mod campaigns;
 pub mod dead_letters;
+pub mod domain_throttles;
 pub mod email_accounts;
 pub mod health;
 pub mod lists;

@@ -1,7 +1,8 @@
 //! What every process reads about itself: the environment it runs in
 //! (`ENV`, `DEBUG`), its logs (`LOG_LEVEL`), the time zone of daily quotas
-//! (`TZ`), and the worker's and scheduler's metrics listener
-//! (`METRICS_PORT`).
+//! (`TZ`) and, for tests only, a shifted calendar
+//! (`TEST_CLOCK_OFFSET_DAYS`), and the worker's and scheduler's metrics
+//! listener (`METRICS_PORT`).
 
 use std::str::FromStr;
 
@@ -68,6 +69,27 @@ pub(super) fn time_zone(vars: &Vars<'_>) -> Result<Tz, ConfigError> {
         var: "TZ",
         reason: format!("{name:?} is not an IANA time zone name"),
     })
+}
+
+/// `TEST_CLOCK_OFFSET_DAYS`: days added to the date that daily quotas
+/// and warm-up schedules go by (`platform::today`), so that a test can
+/// play the days of a warm-up without waiting for them. Nothing else
+/// (tokens, schedules, retention) sees it. Refused in production.
+pub(super) fn clock_offset_days(vars: &Vars<'_>, env: Environment) -> Result<i64, ConfigError> {
+    let days: i64 = vars.parse_or("TEST_CLOCK_OFFSET_DAYS", 0)?;
+    if days != 0 && env.is_production() {
+        return Err(ConfigError::Insecure {
+            var: "TEST_CLOCK_OFFSET_DAYS",
+            reason: "is for tests only; unset it in production".into(),
+        });
+    }
+    if days.abs() > 36_500 {
+        return Err(ConfigError::Invalid {
+            var: "TEST_CLOCK_OFFSET_DAYS",
+            reason: "must be within 36500 days".into(),
+        });
+    }
+    Ok(days)
 }
 
 /// `METRICS_PORT`: none when unset.

@@ -5,6 +5,7 @@ pub mod attachments;
 pub mod audit_log;
 pub mod campaigns;
 pub mod dead_letters;
+pub mod domain_throttles;
 pub mod email_accounts;
 pub mod idempotency;
 pub mod lists;

@@ -1,8 +1,9 @@
-//! Email addresses, the rules every email keeps to, the composition of
-//! outgoing messages, and their one-click unsubscribe links.
+//! Email addresses and their domains, the rules every email keeps to, the
+//! composition of outgoing messages, and their one-click unsubscribe links.
 
 mod address;
 mod compose;
+pub mod domain;
 pub mod rules;
 mod transport;
 pub mod unsubscribe;
