@@ -30,8 +30,8 @@ use crate::ratelimit::{self, RateLimiter};
 use crate::readiness::Readiness;
 use crate::routes::{
     api_keys, audit_log, auth, campaigns, dead_letters, domain_throttles, email_accounts, health,
-    lists, messages,
-    periodic_tasks, queues, suppressions, templates, timelines, unsubscribe, webhooks,
+    lists, messages, periodic_tasks, queues, suppressions, templates, timelines, unsubscribe,
+    webhooks,
 };
 use crate::state::{ApiSettings, AppState, Shared};
 

@@ -36,7 +36,10 @@ const MAX_CONNECTIONS: i64 = 1000;
 pub struct CreateDomainThrottle {
     /// The recipient domain, matched exactly and case-insensitively
     /// (internationalised names in their `xn--` form).
-    #[schema(max_length = 253, pattern = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")]
+    #[schema(
+        max_length = 253,
+        pattern = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
+    )]
     pub domain: String,
     /// Sends per minute to the domain, across all workers, spread evenly
     /// (at most a second's worth at once). Absent: no rate limit.

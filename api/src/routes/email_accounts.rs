@@ -342,11 +342,7 @@ fn new_account(state: &AppState, req: &CreateEmailAccount) -> Result<NewEmailAcc
             .max_connections
             .map(|c| validate::in_range("max_connections", c, 1, MAX_CONNECTIONS))
             .transpose()?,
-        warmup: req
-            .warmup
-            .as_ref()
-            .map(|w| warmup(state, w))
-            .transpose()?,
+        warmup: req.warmup.as_ref().map(|w| warmup(state, w)).transpose()?,
         email: email.to_string(),
     })
 }
@@ -368,12 +364,7 @@ fn warmup(state: &AppState, req: &WarmupRequest) -> Result<Warmup, ApiError> {
         started_on: req
             .start_date
             .unwrap_or_else(|| platform::today(&state.settings)),
-        start_limit: validate::in_range(
-            "warmup.start_limit",
-            req.start_limit,
-            1,
-            MAX_DAILY_LIMIT,
-        )?,
+        start_limit: validate::in_range("warmup.start_limit", req.start_limit, 1, MAX_DAILY_LIMIT)?,
         growth_factor,
     })
 }

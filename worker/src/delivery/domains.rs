@@ -94,7 +94,8 @@ pub async fn admit(
                         limit,
                     } => {
                         let (domain, settings) = &domains[domain];
-                        gate.held.push((i, held_back(domain, *settings, limit, delay)));
+                        gate.held
+                            .push((i, held_back(domain, *settings, limit, delay)));
                     }
                 }
             }

@@ -126,8 +126,7 @@ return 0
 
 /// The scripts, hashed once.
 static ADMIT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(ADMIT_SCRIPT));
-static GIVE_BACK: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(GIVE_BACK_SCRIPT));
+static GIVE_BACK: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(GIVE_BACK_SCRIPT));
 
 /// Which limit held a send back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
