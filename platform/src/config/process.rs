@@ -96,3 +96,30 @@ pub(super) fn clock_offset_days(vars: &Vars<'_>, env: Environment) -> Result<i64
 pub(super) fn metrics_port(vars: &Vars<'_>) -> Result<Option<u16>, ConfigError> {
     vars.parse("METRICS_PORT")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offset(env: Environment, value: &str) -> Result<i64, ConfigError> {
+        let lookup = |k: &str| (k == "TEST_CLOCK_OFFSET_DAYS").then(|| value.to_string());
+        clock_offset_days(&Vars::new(&lookup), env)
+    }
+
+    #[test]
+    fn the_test_clock_moves_by_whole_days_outside_production_only() {
+        assert_eq!(offset(Environment::Test, "3").unwrap(), 3);
+        assert_eq!(offset(Environment::Development, "-2").unwrap(), -2);
+        assert_eq!(offset(Environment::Production, "0").unwrap(), 0);
+        let err = offset(Environment::Production, "1").unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::Insecure {
+                var: "TEST_CLOCK_OFFSET_DAYS",
+                ..
+            }
+        ));
+        assert!(offset(Environment::Test, "1.5").is_err());
+        assert!(offset(Environment::Test, "40000").is_err());
+    }
+}

@@ -710,3 +710,42 @@ pub async fn ids_by_email(
         .fetch_all(executor)
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn day(d: u64) -> NaiveDate {
+        NaiveDate::from_ymd_opt(2026, 12, 1).unwrap() + chrono::Days::new(d)
+    }
+
+    #[test]
+    fn a_warm_up_ramps_to_the_daily_limit() {
+        let w = Warmup {
+            started_on: day(0),
+            start_limit: 50,
+            growth_factor: 2.0,
+        };
+        let limits: Vec<i32> = (0..6).map(|d| w.limit_on(day(d), 500)).collect();
+        assert_eq!(limits, [50, 100, 200, 400, 500, 500]);
+        assert_eq!(w.completes_on(500), day(4));
+        // Before its start, day 0's limit; a start above the limit is done at once.
+        let later = Warmup {
+            started_on: day(3),
+            ..w
+        };
+        assert_eq!(later.limit_on(day(0), 500), 50);
+        assert_eq!(later.day(day(0)), 0);
+        assert_eq!(w.completes_on(40), day(0));
+        // Slow growth over many days stays finite and reaches the limit.
+        let slow = Warmup {
+            started_on: day(0),
+            start_limit: 1,
+            growth_factor: 1.1,
+        };
+        let done = slow.completes_on(10_000_000);
+        assert_eq!(slow.limit_on(done, 10_000_000), 10_000_000);
+        assert!(slow.limit_on(done - chrono::Days::new(1), 10_000_000) < 10_000_000);
+        assert_eq!(slow.limit_on(day(100_000), 10_000_000), 10_000_000);
+    }
+}
