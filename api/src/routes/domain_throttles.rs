@@ -13,7 +13,7 @@ use platform::db::domain_throttles::{self, DomainThrottle, Limits, LimitsPatch, 
 use platform::mail::domain::Domain;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use super::Data;
 use crate::audit::{Actor, AdminActor};
@@ -95,6 +95,18 @@ impl From<DomainThrottle> for DomainThrottleView {
             updated_at: t.updated_at,
         }
     }
+}
+
+/// The domain a path names (any case).
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct DomainPath {
+    /// The recipient domain, in any case.
+    #[param(
+        max_length = 253,
+        pattern = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
+    )]
+    pub domain: String,
 }
 
 /// A domain in a request body: 422 `validation_error` naming `domain`.
@@ -184,12 +196,12 @@ pub async fn create(
 
 #[utoipa::path(get, path = "/api/v1/admin/domain-throttles/{domain}", tag = "domain-throttles",
     security(("bearer" = [])),
-    params(("domain" = String, Path, description = "The domain (any case)")),
+    params(DomainPath),
     responses((status = 200, body = Data<DomainThrottleView>), AdminAccess, BadPath, NotFound))]
 pub async fn get(
     State(state): State<AppState>,
     Admin(_principal): Admin,
-    PathParam(domain): PathParam<String>,
+    PathParam(DomainPath { domain }): PathParam<DomainPath>,
 ) -> Result<Json<Data<DomainThrottleView>>, ApiError> {
     let domain = path_domain(&domain)?;
     let throttle = domain_throttles::get(&state.pool, &domain)
@@ -202,14 +214,14 @@ pub async fn get(
 /// replacing both limits (200; an absent one is removed).
 #[utoipa::path(put, path = "/api/v1/admin/domain-throttles/{domain}", tag = "domain-throttles",
     security(("bearer" = [])), request_body = ReplaceDomainThrottle,
-    params(("domain" = String, Path, description = "The domain (any case)")),
+    params(DomainPath),
     responses((status = 200, body = Data<DomainThrottleView>, description = "Replaced"),
         (status = 201, body = Data<DomainThrottleView>, description = "Added"),
         AdminAccess, BadPathOrJson, InvalidFields))]
 pub async fn replace(
     State(state): State<AppState>,
     AdminActor(actor): AdminActor,
-    PathParam(domain): PathParam<String>,
+    PathParam(DomainPath { domain }): PathParam<DomainPath>,
     JsonBody(req): JsonBody<ReplaceDomainThrottle>,
 ) -> Result<(StatusCode, Json<Data<DomainThrottleView>>), ApiError> {
     let domain = path_domain(&domain)?;
@@ -234,13 +246,13 @@ pub async fn replace(
 /// Changes a throttle's limits; 0 removes one.
 #[utoipa::path(patch, path = "/api/v1/admin/domain-throttles/{domain}", tag = "domain-throttles",
     security(("bearer" = [])), request_body = UpdateDomainThrottle,
-    params(("domain" = String, Path, description = "The domain (any case)")),
+    params(DomainPath),
     responses((status = 200, body = Data<DomainThrottleView>), AdminAccess, BadPathOrJson,
         NotFound, InvalidFields))]
 pub async fn update(
     State(state): State<AppState>,
     AdminActor(actor): AdminActor,
-    PathParam(domain): PathParam<String>,
+    PathParam(DomainPath { domain }): PathParam<DomainPath>,
     JsonBody(req): JsonBody<UpdateDomainThrottle>,
 ) -> Result<Json<Data<DomainThrottleView>>, ApiError> {
     let domain = path_domain(&domain)?;
@@ -265,12 +277,12 @@ pub async fn update(
 /// workers' cache turns over.
 #[utoipa::path(delete, path = "/api/v1/admin/domain-throttles/{domain}", tag = "domain-throttles",
     security(("bearer" = [])),
-    params(("domain" = String, Path, description = "The domain (any case)")),
+    params(DomainPath),
     responses((status = 204, description = "Removed"), AdminAccess, BadPath, NotFound))]
 pub async fn delete(
     State(state): State<AppState>,
     AdminActor(actor): AdminActor,
-    PathParam(domain): PathParam<String>,
+    PathParam(DomainPath { domain }): PathParam<DomainPath>,
 ) -> Result<StatusCode, ApiError> {
     let domain = path_domain(&domain)?;
     let mut tx = state.pool.begin().await?;
