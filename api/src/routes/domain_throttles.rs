@@ -22,7 +22,7 @@ use crate::docs::responses::{
     AdminAccess, BadJson, BadPath, BadPathOrJson, InvalidFields, NotFound,
 };
 use crate::error::{on_unique, ApiError, ErrorBody};
-use crate::extract::{JsonBody, PathParam};
+use crate::extract::{self, JsonBody, PathParam};
 use crate::state::AppState;
 use crate::validate;
 
@@ -109,6 +109,14 @@ pub struct DomainPath {
     pub domain: String,
 }
 
+/// A body that must be a JSON object: serde would also read a struct from
+/// an array of its fields (`[null, null]`), which the schema refuses.
+type Object = serde_json::Map<String, serde_json::Value>;
+
+fn from_object<T: serde::de::DeserializeOwned>(body: Object) -> Result<T, ApiError> {
+    serde_json::from_value(serde_json::Value::Object(body)).map_err(extract::invalid_body)
+}
+
 /// A domain in a request body: 422 `validation_error` naming `domain`.
 fn body_domain(raw: &str) -> Result<Domain, ApiError> {
     Domain::parse(raw).map_err(|e| ApiError::validation("domain", e.to_string()))
@@ -176,8 +184,9 @@ pub async fn list(
 pub async fn create(
     State(state): State<AppState>,
     AdminActor(actor): AdminActor,
-    JsonBody(req): JsonBody<CreateDomainThrottle>,
+    JsonBody(body): JsonBody<Object>,
 ) -> Result<(StatusCode, Json<Data<DomainThrottleView>>), ApiError> {
+    let req: CreateDomainThrottle = from_object(body)?;
     let domain = body_domain(&req.domain)?;
     let limits = limits(req.rate_limit_per_minute, req.max_connections, 1)?;
     let mut tx = state.pool.begin().await?;
@@ -222,9 +231,10 @@ pub async fn replace(
     State(state): State<AppState>,
     AdminActor(actor): AdminActor,
     PathParam(DomainPath { domain }): PathParam<DomainPath>,
-    JsonBody(req): JsonBody<ReplaceDomainThrottle>,
+    JsonBody(body): JsonBody<Object>,
 ) -> Result<(StatusCode, Json<Data<DomainThrottleView>>), ApiError> {
     let domain = path_domain(&domain)?;
+    let req: ReplaceDomainThrottle = from_object(body)?;
     let limits = limits(req.rate_limit_per_minute, req.max_connections, 1)?;
     let mut tx = state.pool.begin().await?;
     let (throttle, created) = domain_throttles::upsert(&mut *tx, &domain, limits).await?;
@@ -253,9 +263,10 @@ pub async fn update(
     State(state): State<AppState>,
     AdminActor(actor): AdminActor,
     PathParam(DomainPath { domain }): PathParam<DomainPath>,
-    JsonBody(req): JsonBody<UpdateDomainThrottle>,
+    JsonBody(body): JsonBody<Object>,
 ) -> Result<Json<Data<DomainThrottleView>>, ApiError> {
     let domain = path_domain(&domain)?;
+    let req: UpdateDomainThrottle = from_object(body)?;
     let Limits {
         rate_limit_per_minute,
         max_connections,
