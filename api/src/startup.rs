@@ -29,7 +29,8 @@ use crate::ingest::Ingest;
 use crate::ratelimit::{self, RateLimiter};
 use crate::readiness::Readiness;
 use crate::routes::{
-    api_keys, audit_log, auth, bounces, campaigns, dead_letters, dkim_keys, email_accounts, health,
+    api_keys, audit_log, auth, bounces, campaigns, dead_letters, dkim_keys, domain_throttles,
+    email_accounts, health,
     lists, messages, periodic_tasks, queues, suppressions, templates, timelines, unsubscribe,
     webhooks,
 };
@@ -302,6 +303,36 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
             Method::POST,
             "/api/v1/admin/email-accounts/{id}/test",
             post(email_accounts::test),
+        ),
+        (
+            Method::GET,
+            "/api/v1/admin/domain-throttles",
+            get(domain_throttles::list),
+        ),
+        (
+            Method::POST,
+            "/api/v1/admin/domain-throttles",
+            post(domain_throttles::create),
+        ),
+        (
+            Method::GET,
+            "/api/v1/admin/domain-throttles/{domain}",
+            get(domain_throttles::get),
+        ),
+        (
+            Method::PUT,
+            "/api/v1/admin/domain-throttles/{domain}",
+            put(domain_throttles::replace),
+        ),
+        (
+            Method::PATCH,
+            "/api/v1/admin/domain-throttles/{domain}",
+            patch(domain_throttles::update),
+        ),
+        (
+            Method::DELETE,
+            "/api/v1/admin/domain-throttles/{domain}",
+            delete(domain_throttles::delete),
         ),
         (
             Method::POST,

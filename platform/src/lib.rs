@@ -21,7 +21,14 @@ pub mod webhooks;
 pub use config::Settings;
 
 /// Today's date in the configured time zone: daily quotas turn over at
-/// local midnight.
+/// local midnight. Tests may shift it by whole days
+/// (`TEST_CLOCK_OFFSET_DAYS`, refused in production).
 pub fn today(settings: &Settings) -> chrono::NaiveDate {
-    chrono::Utc::now().with_timezone(&settings.tz).date_naive()
+    let date = chrono::Utc::now().with_timezone(&settings.tz).date_naive();
+    match settings.clock_offset_days {
+        0 => date,
+        days => date
+            .checked_add_signed(chrono::Duration::days(days))
+            .unwrap_or(date),
+    }
 }

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -26,6 +26,10 @@ pub struct ReceivedMail {
     pub rcpt_to: Vec<String>,
     /// The message as transmitted, without the terminating dot.
     pub data: Vec<u8>,
+    /// When its transaction began (MAIL FROM) and when the data was taken
+    /// (before the final reply): what tests of rates and concurrency read.
+    pub started_at: SystemTime,
+    pub received_at: SystemTime,
 }
 
 impl ReceivedMail {
@@ -195,6 +199,7 @@ struct Session {
     mail_from: Option<String>,
     rcpt_to: Vec<String>,
     in_transaction: bool,
+    transaction_started: Option<SystemTime>,
 }
 
 enum Step {
@@ -212,6 +217,7 @@ impl Session {
             arrived,
             auth_user: None,
             in_transaction: false,
+            transaction_started: None,
             mail_from: None,
             rcpt_to: Vec::new(),
         }
@@ -220,6 +226,7 @@ impl Session {
     fn begin_transaction(&mut self) {
         if !self.in_transaction {
             self.in_transaction = true;
+            self.transaction_started = Some(SystemTime::now());
             let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
             state.transactions += 1;
             state.peak_transactions = state.peak_transactions.max(state.transactions);
@@ -453,6 +460,11 @@ impl Session {
                 mail_from: self.mail_from.take().unwrap_or_default(),
                 rcpt_to: std::mem::take(&mut self.rcpt_to),
                 data,
+                started_at: self
+                    .transaction_started
+                    .take()
+                    .unwrap_or_else(SystemTime::now),
+                received_at: SystemTime::now(),
             });
             state.received.len()
         };

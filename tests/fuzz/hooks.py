@@ -88,6 +88,8 @@ BUSINESS_RULES = {
     # platform event types only for admin keys (the caller's scopes).
     "POST /api/v1/webhooks": WEBHOOK_URL | {"webhook_limit_reached", "admin_event_type"},
     "PATCH /api/v1/webhooks/{id}": WEBHOOK_URL | {"admin_event_type"},
+    # One throttle per domain (stored data); PUT changes an existing one.
+    "POST /api/v1/admin/domain-throttles": {"domain_throttle_exists"},
 }
 
 # Rules on several fields at once: (code, field, what the message says).

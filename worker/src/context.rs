@@ -15,6 +15,10 @@ pub struct Context {
     pub results: ResultBackend,
     pub transports: TransportCache,
     pub throttle: Throttle,
+    /// Per-recipient-domain throttles: their settings, cached briefly...
+    pub domain_limits: crate::domain_throttle::LimitCache,
+    /// ...and their limits, held in Redis across all workers.
+    pub domain_gate: crate::domain_throttle::Gate,
     /// Tasks being executed, counters and events (remote control).
     pub worker: Arc<WorkerState>,
     /// Python task names mapped to ours (`CELERY_TASK_ALIASES`).

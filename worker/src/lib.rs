@@ -5,6 +5,7 @@ pub mod consumer;
 pub mod context;
 pub mod delivery;
 pub mod dkim;
+pub mod domain_throttle;
 pub mod lane;
 pub mod liveness;
 pub mod outcome;
@@ -55,6 +56,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         send_events,
         aliases,
         revokes,
+        domain_throttle_cache,
     } = settings
         .worker
         .clone()
@@ -68,6 +70,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         }
         None => None,
     };
+    let domain_limits =
+        crate::domain_throttle::LimitCache::new(pool.clone(), domain_throttle_cache);
+    let domain_gate = crate::domain_throttle::Gate::new(redis.clone(), &settings.queues.tasks);
     let revoked = Revocations::new(redis, &settings.queues.tasks, revokes);
     let worker = Arc::new(WorkerState::new(node_name.clone(), send_events));
     let liveness = Arc::new(Liveness::new(&node_name, settings.liveness));
@@ -89,6 +94,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         results,
         transports,
         throttle,
+        domain_limits,
+        domain_gate,
         worker,
         aliases,
         liveness: liveness.clone(),

@@ -4,9 +4,10 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use platform::db::email_accounts::{
-    self, AccountPatch, EmailAccount, NewEmailAccount, TlsMode, PASSWORD_PURPOSE,
+    self, AccountPatch, EmailAccount, NewEmailAccount, TlsMode, Warmup, PASSWORD_PURPOSE,
+    WARMUP_GROWTH,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -76,6 +77,52 @@ pub struct CreateEmailAccount {
     /// Concurrent SMTP transactions, held across all workers. Absent: no limit.
     #[schema(minimum = 1, maximum = 1000)]
     pub max_connections: Option<i64>,
+    /// A warm-up schedule ramping the daily limit up; absent: none.
+    pub warmup: Option<WarmupRequest>,
+}
+
+/// A warm-up schedule: on day `d` after `start_date` the account may send
+/// `floor(start_limit × growth_factor^d)`, never more than `daily_limit`
+/// (50 doubling: 50, 100, 200, 400, ... up to `daily_limit`).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"start_date": "2026-12-01", "start_limit": 50, "growth_factor": 2.0}))]
+pub struct WarmupRequest {
+    /// Day 0 of the schedule, in `TZ`; default today. Before it, day 0's
+    /// limit applies.
+    pub start_date: Option<NaiveDate>,
+    /// Sends allowed on day 0.
+    #[schema(minimum = 1, maximum = 10_000_000)]
+    pub start_limit: i64,
+    /// Each day's limit is the previous one's times this. Default 2.0.
+    #[schema(minimum = 1.1, maximum = 10.0)]
+    pub growth_factor: Option<f64>,
+}
+
+/// A warm-up schedule and where it stands today.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WarmupView {
+    pub start_date: NaiveDate,
+    pub start_limit: i32,
+    pub growth_factor: f64,
+    /// The schedule's day today (0 on `start_date` and before).
+    pub day: i64,
+    /// The schedule's limit today, at most `daily_limit`.
+    pub limit_today: i32,
+    /// The first day the schedule reaches `daily_limit`.
+    pub completes_on: NaiveDate,
+    /// Whether it has: the account sends up to `daily_limit`.
+    pub complete: bool,
+}
+
+/// `Some(value)` for a field that is present, `null` included, so that a
+/// PATCH tells "remove" (`null`) from "keep" (absent).
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 /// Every field is optional; absent fields keep their value. Not `Debug`:
@@ -114,6 +161,10 @@ pub struct UpdateEmailAccount {
     /// Concurrent SMTP transactions; 0 removes the limit.
     #[schema(minimum = 0, maximum = 1000)]
     pub max_connections: Option<i64>,
+    /// A new warm-up schedule (replacing any), or `null` to remove it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<WarmupRequest>)]
+    pub warmup: Option<Option<WarmupRequest>>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -126,13 +177,19 @@ pub struct EmailAccountView {
     pub smtp_username: String,
     pub tls_mode: String,
     pub daily_limit: i32,
+    /// What the account may send today: `daily_limit`, or the warm-up
+    /// schedule's limit while it is lower.
+    pub effective_daily_limit: i32,
     /// Sends counted today (in `TZ`).
     pub daily_sent_count: i32,
+    /// `effective_daily_limit` minus today's sends.
     pub remaining_today: i32,
     pub priority: i32,
     pub is_active: bool,
     pub rate_limit_per_minute: Option<i32>,
     pub max_connections: Option<i32>,
+    /// The warm-up schedule; `null` when the account has none.
+    pub warmup: Option<WarmupView>,
     pub last_used_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
     pub last_error_at: Option<DateTime<Utc>>,
@@ -206,12 +263,26 @@ async fn view_with_rates(
     state: &AppState,
     account: EmailAccount,
 ) -> Result<EmailAccountView, ApiError> {
-    let mut views = with_rates(state, vec![account.into()]).await?;
+    let view = EmailAccountView::new(account, platform::today(&state.settings));
+    let mut views = with_rates(state, vec![view]).await?;
     views.pop().ok_or(ApiError::NotFound("email account"))
 }
 
-impl From<EmailAccount> for EmailAccountView {
-    fn from(a: EmailAccount) -> Self {
+impl EmailAccountView {
+    /// The account as of `today` (in TZ): its count and warm-up day.
+    pub fn new(a: EmailAccount, today: NaiveDate) -> Self {
+        let warmup = a.warmup.schedule().map(|w| {
+            let completes_on = w.completes_on(a.daily_limit);
+            WarmupView {
+                start_date: w.started_on,
+                start_limit: w.start_limit,
+                growth_factor: w.growth_factor,
+                day: w.day(today),
+                limit_today: w.limit_on(today, a.daily_limit),
+                completes_on,
+                complete: today >= completes_on,
+            }
+        });
         let health = if !a.is_active {
             "disabled"
         } else if a.circuit_open_until.is_some_and(|t| t > Utc::now()) {
@@ -226,7 +297,9 @@ impl From<EmailAccount> for EmailAccountView {
             consecutive_failures: a.consecutive_failures,
             circuit_open_until: a.circuit_open_until,
             id: a.id,
-            remaining_today: (a.daily_limit - a.sent_today).max(0),
+            remaining_today: (a.effective_daily_limit - a.sent_today).max(0),
+            effective_daily_limit: a.effective_daily_limit,
+            warmup,
             email: a.email,
             display_name: a.display_name,
             smtp_host: a.smtp_host,
@@ -336,16 +409,43 @@ fn new_account(state: &AppState, req: &CreateEmailAccount) -> Result<NewEmailAcc
             .max_connections
             .map(|c| validate::in_range("max_connections", c, 1, MAX_CONNECTIONS))
             .transpose()?,
+        warmup: req.warmup.as_ref().map(|w| warmup(state, w)).transpose()?,
         email: email.to_string(),
+    })
+}
+
+/// A warm-up schedule as asked: 422 naming `warmup.start_limit` or
+/// `warmup.growth_factor` out of range.
+fn warmup(state: &AppState, req: &WarmupRequest) -> Result<Warmup, ApiError> {
+    let growth_factor = req.growth_factor.unwrap_or(2.0);
+    if !(WARMUP_GROWTH.0..=WARMUP_GROWTH.1).contains(&growth_factor) {
+        return Err(ApiError::validation(
+            "warmup.growth_factor",
+            format!(
+                "warmup.growth_factor must be between {} and {}",
+                WARMUP_GROWTH.0, WARMUP_GROWTH.1
+            ),
+        ));
+    }
+    Ok(Warmup {
+        started_on: req
+            .start_date
+            .unwrap_or_else(|| platform::today(&state.settings)),
+        start_limit: validate::in_range("warmup.start_limit", req.start_limit, 1, MAX_DAILY_LIMIT)?,
+        growth_factor,
     })
 }
 
 /// What the audit log keeps of an account: never the password.
 fn summary(a: &EmailAccount) -> Value {
+    let warmup = a.warmup.schedule().map(|w| {
+        json!({"start_date": w.started_on, "start_limit": w.start_limit,
+               "growth_factor": w.growth_factor})
+    });
     json!({
         "email": a.email, "smtp_host": a.smtp_host, "smtp_port": a.smtp_port,
         "smtp_username": a.smtp_username, "tls_mode": a.tls_mode, "daily_limit": a.daily_limit,
-        "priority": a.priority, "is_active": a.is_active,
+        "priority": a.priority, "is_active": a.is_active, "warmup": warmup,
     })
 }
 
@@ -363,7 +463,11 @@ pub async fn create(
     let new = new_account(&state, &req)?;
     let account = insert_audited(&state, &actor, &new).await?;
     tracing::info!(account_id = %account.id, actor = %actor.principal.key_id, "email account created");
-    Ok((StatusCode::CREATED, Data::new(account.into())))
+    let today = platform::today(&state.settings);
+    Ok((
+        StatusCode::CREATED,
+        Data::new(EmailAccountView::new(account, today)),
+    ))
 }
 
 async fn insert_audited(
@@ -527,9 +631,13 @@ pub async fn list(
     State(state): State<AppState>,
     Admin(_principal): Admin,
 ) -> Result<Json<Data<Vec<EmailAccountView>>>, ApiError> {
-    let accounts = email_accounts::list(&state.pool, platform::today(&state.settings)).await?;
-    let views = with_rates(&state, accounts.into_iter().map(Into::into).collect()).await?;
-    Ok(Data::new(views))
+    let today = platform::today(&state.settings);
+    let accounts = email_accounts::list(&state.pool, today).await?;
+    let views = accounts
+        .into_iter()
+        .map(|a| EmailAccountView::new(a, today))
+        .collect();
+    Ok(Data::new(with_rates(&state, views).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/admin/email-accounts/{id}", tag = "email-accounts", security(("bearer" = [])),
@@ -566,6 +674,9 @@ pub async fn update(
         ("daily_limit", req.daily_limit.is_some()),
         ("priority", req.priority.is_some()),
         ("is_active", req.is_active.is_some()),
+        ("rate_limit_per_minute", req.rate_limit_per_minute.is_some()),
+        ("max_connections", req.max_connections.is_some()),
+        ("warmup", req.warmup.is_some()),
     ]
     .into_iter()
     .filter_map(|(name, set)| set.then_some(name))
@@ -612,9 +723,15 @@ pub async fn update(
             .max_connections
             .map(|c| validate::in_range("max_connections", c, 0, MAX_CONNECTIONS))
             .transpose()?,
+        warmup: req
+            .warmup
+            .as_ref()
+            .map(|w| w.as_ref().map(|w| warmup(&state, w)).transpose())
+            .transpose()?,
     };
+    let today = platform::today(&state.settings);
     let mut tx = state.pool.begin().await?;
-    let account = email_accounts::update(&mut *tx, platform::today(&state.settings), id, &patch)
+    let account = email_accounts::update(&mut *tx, today, id, &patch)
         .await
         .map_err(on_unique("email_accounts_email_key", duplicate))?
         .ok_or(ApiError::NotFound("email account"))?;
@@ -624,7 +741,7 @@ pub async fn update(
         .commit(tx, "email_account.update", "email_account", id, details)
         .await?;
     tracing::info!(account_id = %id, actor = %actor.principal.key_id, "email account updated");
-    Ok(Data::new(account.into()))
+    Ok(Data::new(EmailAccountView::new(account, today)))
 }
 
 #[utoipa::path(delete, path = "/api/v1/admin/email-accounts/{id}", tag = "email-accounts", security(("bearer" = [])),

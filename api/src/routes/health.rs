@@ -92,6 +92,9 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             metrics::gauge!("email_account_quota_remaining", &account)
                 .set(f64::from(a.quota_remaining));
             metrics::gauge!("email_account_daily_limit", &account).set(f64::from(a.daily_limit));
+            // Below daily_limit while a warm-up schedule holds it back.
+            metrics::gauge!("email_account_effective_daily_limit", &account)
+                .set(f64::from(a.effective_daily_limit));
             metrics::gauge!("email_account_circuit_open", &account).set(if a.circuit_open {
                 1.0
             } else {

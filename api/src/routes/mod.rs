@@ -7,6 +7,7 @@ pub mod bounces;
 pub mod campaigns;
 pub mod dead_letters;
 pub mod dkim_keys;
+pub mod domain_throttles;
 pub mod email_accounts;
 pub mod health;
 pub mod lists;

@@ -149,6 +149,9 @@ pub struct Settings {
     pub debug: bool,
     pub log_level: String,
     pub tz: Tz,
+    /// Days added to today's date for quotas and warm-up
+    /// (`TEST_CLOCK_OFFSET_DAYS`, tests only; 0 otherwise).
+    pub clock_offset_days: i64,
     pub metrics_port: Option<u16>,
     // database
     pub database_url: String,
@@ -272,6 +275,7 @@ fn load(roles: &[Role], lookup: &dyn Fn(&str) -> Option<String>) -> Result<Setti
         debug: process::debug(&vars, env)?,
         log_level: process::log_level(&vars),
         tz: process::time_zone(&vars)?,
+        clock_offset_days: process::clock_offset_days(&vars, env)?,
         metrics_port: process::metrics_port(&section(Section::Metrics))?,
         database_url: database::url(&vars)?,
         db_pool_size: database::pool_size(&vars)?,

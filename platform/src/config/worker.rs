@@ -2,8 +2,10 @@
 //! liveness lease (`WORKER_LEASE_SECONDS`, `WORKER_LEASE_RENEW_SECONDS`),
 //! its name on the broker (`CELERY_WORKER_NAME`, else from `HOSTNAME`),
 //! Celery events (`CELERY_SEND_EVENTS`), Python task-name aliases
-//! (`CELERY_TASK_ALIASES`) and how long revokes are kept
-//! (`CELERY_WORKER_REVOKE_EXPIRES`, `CELERY_WORKER_REVOKES_MAX`).
+//! (`CELERY_TASK_ALIASES`), how long revokes are kept
+//! (`CELERY_WORKER_REVOKE_EXPIRES`, `CELERY_WORKER_REVOKES_MAX`) and how
+//! long it keeps the per-domain throttles it read
+//! (`DOMAIN_THROTTLE_CACHE_SECONDS`).
 
 use std::time::Duration;
 
@@ -36,6 +38,10 @@ pub struct WorkerSettings {
     /// Python task names mapped to ours (`CELERY_TASK_ALIASES`).
     pub aliases: TaskAliases,
     pub revokes: Revokes,
+    /// How long the per-domain throttles read from PostgreSQL are used
+    /// before they are read again (`DOMAIN_THROTTLE_CACHE_SECONDS`, 5): a
+    /// change through the API binds every worker within that time.
+    pub domain_throttle_cache: Duration,
 }
 
 /// How long revoked task ids are kept, as Celery's workers keep them (the
@@ -88,6 +94,7 @@ pub(super) fn settings(vars: &Vars<'_>) -> Result<WorkerSettings, ConfigError> {
             expires: vars.seconds_or("CELERY_WORKER_REVOKE_EXPIRES", 10_800)?,
             max: vars.parse_positive_or("CELERY_WORKER_REVOKES_MAX", 50_000)?,
         },
+        domain_throttle_cache: vars.seconds_or("DOMAIN_THROTTLE_CACHE_SECONDS", 5)?,
     })
 }
 

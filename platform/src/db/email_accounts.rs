@@ -70,6 +70,12 @@ pub struct EmailAccount {
     pub rate_limit_per_minute: Option<i32>,
     /// Concurrent SMTP transactions across all workers; `None`: no limit.
     pub max_connections: Option<i32>,
+    /// The warm-up schedule, when the account has one.
+    #[sqlx(flatten)]
+    pub warmup: WarmupColumns,
+    /// What the account may send today: `daily_limit`, or less on a
+    /// warm-up day (see [`Warmup`]).
+    pub effective_daily_limit: i32,
     pub consecutive_failures: i32,
     pub circuit_open_until: Option<DateTime<Utc>>,
     pub last_used_at: Option<DateTime<Utc>>,
@@ -96,15 +102,105 @@ impl EmailAccount {
     }
 }
 
+/// A warm-up schedule: on day `d` after `started_on` (in TZ; before it,
+/// day 0) the account may send `floor(start_limit * growth_factor^d)`,
+/// never more than its `daily_limit`. So 50 doubling reaches 400 on the
+/// fourth day (50, 100, 200, 400).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Warmup {
+    pub started_on: NaiveDate,
+    pub start_limit: i32,
+    pub growth_factor: f64,
+}
+
+/// Growth factors a schedule may have: below 1.1 a warm-up would take
+/// years; above 10 it is hardly one.
+pub const WARMUP_GROWTH: (f64, f64) = (1.1, 10.0);
+
+/// The exponent is capped so that `start_limit * growth_factor^d` stays a
+/// finite double: 10^300 times 10^7 is below f64::MAX, and 1.1^300 is far
+/// above any daily limit.
+const WARMUP_MAX_EXPONENT: i64 = 300;
+
+impl Warmup {
+    /// The day of the schedule `today` is (0 on `started_on` and before).
+    pub fn day(&self, today: NaiveDate) -> i64 {
+        (today - self.started_on).num_days().max(0)
+    }
+
+    /// The schedule's limit for `today`, capped at `daily_limit`: what the
+    /// quota reservation computes in SQL (`effective_limit!`).
+    pub fn limit_on(&self, today: NaiveDate, daily_limit: i32) -> i32 {
+        let exponent = self.day(today).min(WARMUP_MAX_EXPONENT) as f64;
+        let limit = (f64::from(self.start_limit) * self.growth_factor.powf(exponent)).floor();
+        limit.min(f64::from(daily_limit)) as i32
+    }
+
+    /// The first day on which the schedule reaches `daily_limit`.
+    pub fn completes_on(&self, daily_limit: i32) -> NaiveDate {
+        let start = f64::from(self.start_limit.max(1));
+        let days = if start >= f64::from(daily_limit) {
+            0
+        } else {
+            // Rounding aside, the first d with start × growth^d ≥ daily_limit;
+            // then checked with the schedule's own arithmetic.
+            let estimate = ((f64::from(daily_limit) / start).ln() / self.growth_factor.ln())
+                .ceil()
+                .clamp(0.0, WARMUP_MAX_EXPONENT as f64) as u64;
+            let at = |d: u64| self.started_on.checked_add_days(chrono::Days::new(d));
+            (estimate.saturating_sub(1)..=estimate + 1)
+                .find(|&d| at(d).is_some_and(|on| self.limit_on(on, daily_limit) >= daily_limit))
+                .unwrap_or(estimate)
+        };
+        self.started_on
+            .checked_add_days(chrono::Days::new(days))
+            .unwrap_or(NaiveDate::MAX)
+    }
+}
+
+/// The warm-up columns, all set or none (a table constraint says so).
+#[derive(Debug, Clone, Copy, Default, sqlx::FromRow)]
+pub struct WarmupColumns {
+    pub warmup_started_on: Option<NaiveDate>,
+    pub warmup_start_limit: Option<i32>,
+    pub warmup_growth_factor: Option<f64>,
+}
+
+impl WarmupColumns {
+    pub fn schedule(&self) -> Option<Warmup> {
+        Some(Warmup {
+            started_on: self.warmup_started_on?,
+            start_limit: self.warmup_start_limit?,
+            growth_factor: self.warmup_growth_factor?,
+        })
+    }
+}
+
 /// Associated data bound into every sealed SMTP password.
 pub const PASSWORD_PURPOSE: &str = "email_accounts.smtp_password";
 
+/// What an account may send on `$1` (today in TZ): its `daily_limit`, or
+/// on a warm-up day the schedule's limit when lower ([`Warmup::limit_on`]
+/// computes the same).
+macro_rules! effective_limit {
+    () => {
+        "(CASE WHEN warmup_start_limit IS NULL THEN daily_limit \
+          ELSE LEAST(daily_limit::float8, floor(warmup_start_limit * power(warmup_growth_factor, \
+               LEAST(GREATEST($1 - warmup_started_on, 0), 300))))::int END)"
+    };
+}
+
 /// `$1` is today's date in TZ.
-const COLUMNS: &str = "id, email, display_name, smtp_host, smtp_port, smtp_username, \
+const COLUMNS: &str = concat!(
+    "id, email, display_name, smtp_host, smtp_port, smtp_username, \
     smtp_password_ciphertext, smtp_password_nonce, smtp_password_key_id, tls_mode, daily_limit, \
     (CASE WHEN quota_day = $1 THEN daily_sent_count ELSE 0 END) AS sent_today, \
     priority, is_active, rate_limit_per_minute, max_connections, consecutive_failures, circuit_open_until, \
-    last_used_at, last_error, last_error_at, paused_reason, created_at, updated_at";
+    last_used_at, last_error, last_error_at, paused_reason, created_at, updated_at, \
+    warmup_started_on, warmup_start_limit, warmup_growth_factor, ",
+    effective_limit!(),
+    " AS effective_daily_limit"
+);
 
 /// An account can take a send: active, and its circuit not open.
 const USABLE: &str = "is_active AND (circuit_open_until IS NULL OR circuit_open_until <= now())";
@@ -122,6 +218,7 @@ pub struct NewEmailAccount {
     pub is_active: bool,
     pub rate_limit_per_minute: Option<i32>,
     pub max_connections: Option<i32>,
+    pub warmup: Option<Warmup>,
 }
 
 #[derive(Default)]
@@ -140,6 +237,8 @@ pub struct AccountPatch {
     pub rate_limit_per_minute: Option<i32>,
     /// `Some(0)` removes the limit.
     pub max_connections: Option<i32>,
+    /// `Some(None)` removes the warm-up schedule.
+    pub warmup: Option<Option<Warmup>>,
 }
 
 pub async fn insert(
@@ -150,8 +249,9 @@ pub async fn insert(
     sqlx::query_as(&format!(
         "INSERT INTO email_accounts (id, email, display_name, smtp_host, smtp_port, smtp_username,
             smtp_password_ciphertext, smtp_password_nonce, smtp_password_key_id, tls_mode,
-            daily_limit, priority, is_active, rate_limit_per_minute, max_connections)
-         VALUES ($2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+            daily_limit, priority, is_active, rate_limit_per_minute, max_connections,
+            warmup_started_on, warmup_start_limit, warmup_growth_factor)
+         VALUES ($2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
          RETURNING {COLUMNS}"
     ))
     .bind(today)
@@ -170,6 +270,9 @@ pub async fn insert(
     .bind(new.is_active)
     .bind(new.rate_limit_per_minute)
     .bind(new.max_connections)
+    .bind(new.warmup.map(|w| w.started_on))
+    .bind(new.warmup.map(|w| w.start_limit))
+    .bind(new.warmup.map(|w| w.growth_factor))
     .fetch_one(executor)
     .await
 }
@@ -207,6 +310,7 @@ pub async fn update(
         Some(s) => (Some(&s.ciphertext), Some(&s.nonce), Some(&s.key_id)),
         None => (None, None, None),
     };
+    let warmup = patch.warmup.flatten();
     sqlx::query_as(&format!(
         "UPDATE email_accounts SET
             email = COALESCE($3, email),
@@ -225,6 +329,9 @@ pub async fn update(
             paused_reason = CASE WHEN $14 THEN NULL ELSE paused_reason END,
             rate_limit_per_minute = CASE WHEN $15 IS NULL THEN rate_limit_per_minute ELSE NULLIF($15, 0) END,
             max_connections = CASE WHEN $16 IS NULL THEN max_connections ELSE NULLIF($16, 0) END,
+            warmup_started_on = CASE WHEN $17 THEN $18 ELSE warmup_started_on END,
+            warmup_start_limit = CASE WHEN $17 THEN $19 ELSE warmup_start_limit END,
+            warmup_growth_factor = CASE WHEN $17 THEN $20 ELSE warmup_growth_factor END,
             updated_at = now()
          WHERE id = $2
          RETURNING {COLUMNS}"
@@ -245,6 +352,10 @@ pub async fn update(
     .bind(patch.is_active)
     .bind(patch.rate_limit_per_minute)
     .bind(patch.max_connections)
+    .bind(patch.warmup.is_some())
+    .bind(warmup.map(|w| w.started_on))
+    .bind(warmup.map(|w| w.start_limit))
+    .bind(warmup.map(|w| w.growth_factor))
     .fetch_optional(executor)
     .await
 }
@@ -348,12 +459,13 @@ pub async fn reserve(
     loop {
         let candidate: Option<Uuid> = sqlx::query_scalar(&format!(
             "SELECT id FROM email_accounts
-             WHERE {USABLE} AND daily_limit > (CASE WHEN quota_day = $1 THEN daily_sent_count ELSE 0 END)
+             WHERE {USABLE} AND {} > (CASE WHEN quota_day = $1 THEN daily_sent_count ELSE 0 END)
                AND id <> ALL($2)
              ORDER BY priority DESC,
                       (CASE WHEN quota_day = $1 THEN daily_sent_count ELSE 0 END),
                       last_used_at NULLS FIRST
-             LIMIT 1"
+             LIMIT 1",
+            effective_limit!()
         ))
         .bind(today)
         .bind(&passed)
@@ -366,16 +478,18 @@ pub async fn reserve(
             "WITH old AS (
                 SELECT id AS acct, (CASE WHEN quota_day = $1 THEN daily_sent_count ELSE 0 END) AS used,
                        CASE WHEN rate_limit_per_minute IS NULL AND max_connections IS NULL
-                            THEN $3 ELSE 1 END AS asked
+                            THEN $3 ELSE 1 END AS asked,
+                       {} AS lim
                 FROM email_accounts WHERE id = $2 AND {USABLE} FOR UPDATE
              )
              UPDATE email_accounts SET
-                daily_sent_count = old.used + LEAST(old.asked, daily_limit - old.used),
+                daily_sent_count = old.used + LEAST(old.asked, old.lim - old.used),
                 quota_day = $1,
                 last_used_at = now()
              FROM old
-             WHERE id = old.acct AND daily_limit > old.used
-             RETURNING {COLUMNS}, LEAST(old.asked, daily_limit - old.used) AS granted"
+             WHERE id = old.acct AND old.lim > old.used
+             RETURNING {COLUMNS}, LEAST(old.asked, old.lim - old.used) AS granted",
+            effective_limit!()
         ))
         .bind(today)
         .bind(id)
@@ -414,7 +528,9 @@ pub struct AccountGauges {
     pub id: Uuid,
     pub email: String,
     pub daily_limit: i32,
-    /// `daily_limit` minus today's sends (in TZ), never below zero.
+    /// `daily_limit`, or less on a warm-up day.
+    pub effective_daily_limit: i32,
+    /// `effective_daily_limit` minus today's sends (in TZ), never below zero.
     pub quota_remaining: i32,
     pub circuit_open: bool,
     pub is_active: bool,
@@ -422,14 +538,16 @@ pub struct AccountGauges {
 
 /// `$1` is today's date in TZ, as for the quota counters.
 pub async fn gauges(pool: &PgPool, today: NaiveDate) -> Result<Vec<AccountGauges>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, email, daily_limit,
-                GREATEST(daily_limit - (CASE WHEN quota_day = $1 THEN daily_sent_count ELSE 0 END), 0)
-                    AS quota_remaining,
+    sqlx::query_as(concat!(
+        "SELECT id, email, daily_limit, ",
+        effective_limit!(),
+        " AS effective_daily_limit, GREATEST(",
+        effective_limit!(),
+        " - (CASE WHEN quota_day = $1 THEN daily_sent_count ELSE 0 END), 0) AS quota_remaining,
                 COALESCE(circuit_open_until > now(), false) AS circuit_open,
                 is_active
-         FROM email_accounts ORDER BY email",
-    )
+         FROM email_accounts ORDER BY email"
+    ))
     .bind(today)
     .fetch_all(pool)
     .await
@@ -597,4 +715,43 @@ pub async fn ids_by_email(
     sqlx::query_as("SELECT email, id FROM email_accounts")
         .fetch_all(executor)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn day(d: u64) -> NaiveDate {
+        NaiveDate::from_ymd_opt(2026, 12, 1).unwrap() + chrono::Days::new(d)
+    }
+
+    #[test]
+    fn a_warm_up_ramps_to_the_daily_limit() {
+        let w = Warmup {
+            started_on: day(0),
+            start_limit: 50,
+            growth_factor: 2.0,
+        };
+        let limits: Vec<i32> = (0..6).map(|d| w.limit_on(day(d), 500)).collect();
+        assert_eq!(limits, [50, 100, 200, 400, 500, 500]);
+        assert_eq!(w.completes_on(500), day(4));
+        // Before its start, day 0's limit; a start above the limit is done at once.
+        let later = Warmup {
+            started_on: day(3),
+            ..w
+        };
+        assert_eq!(later.limit_on(day(0), 500), 50);
+        assert_eq!(later.day(day(0)), 0);
+        assert_eq!(w.completes_on(40), day(0));
+        // Slow growth over many days stays finite and reaches the limit.
+        let slow = Warmup {
+            started_on: day(0),
+            start_limit: 1,
+            growth_factor: 1.1,
+        };
+        let done = slow.completes_on(10_000_000);
+        assert_eq!(slow.limit_on(done, 10_000_000), 10_000_000);
+        assert!(slow.limit_on(done - chrono::Days::new(1), 10_000_000) < 10_000_000);
+        assert_eq!(slow.limit_on(day(100_000), 10_000_000), 10_000_000);
+    }
 }

@@ -436,26 +436,46 @@ pub async fn mark_retrying(
     Ok(())
 }
 
-/// Notes why queued messages are waiting (for quota, say) and when they
-/// are due back, without changing their status.
+/// Notes why queued messages are waiting (for quota, a throttle) and when
+/// each is due back, without changing their status: one reason and delay
+/// per id, in one statement.
 #[tracing::instrument(level = "debug", skip_all, fields(count = ids.len()))]
 pub async fn note_waiting(
     pool: &PgPool,
     ids: &[Uuid],
-    reason: &str,
-    due_in: std::time::Duration,
+    reasons: &[String],
+    due_in: &[std::time::Duration],
 ) -> Result<(), sqlx::Error> {
+    let seconds: Vec<f64> = due_in.iter().map(|d| d.as_secs_f64()).collect();
     sqlx::query(
-        "UPDATE message_records SET error = $2, due_at = now() + make_interval(secs => $3),
-            updated_at = now()
-         WHERE id = ANY($1) AND status = 'queued'",
+        "UPDATE message_records m SET error = w.reason,
+            due_at = now() + make_interval(secs => w.secs), updated_at = now()
+         FROM UNNEST($1::uuid[], $2::text[], $3::float8[]) AS w(id, reason, secs)
+         WHERE m.id = w.id AND m.status = 'queued'",
     )
     .bind(ids)
-    .bind(reason)
-    .bind(due_in.as_secs_f64())
+    .bind(reasons)
+    .bind(&seconds)
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// The recipients (to, cc and bcc) of the records among `ids` that may
+/// still be sent (`queued`, or `sending` under a claim that may have
+/// lapsed), for the recipient domains' throttles.
+#[tracing::instrument(level = "debug", skip_all, fields(count = ids.len()))]
+pub async fn recipients(
+    pool: &PgPool,
+    ids: &[Uuid],
+) -> Result<Vec<(Uuid, Vec<String>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, to_addrs || cc_addrs || bcc_addrs FROM message_records
+         WHERE id = ANY($1) AND status IN ('queued', 'sending')",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await
 }
 
 /// Puts a failed message back in the queue (an operator requeued its dead

@@ -8,6 +8,7 @@ pub mod bounces;
 pub mod campaigns;
 pub mod dead_letters;
 pub mod dkim_keys;
+pub mod domain_throttles;
 pub mod email_accounts;
 pub mod idempotency;
 pub mod lists;

@@ -29,8 +29,31 @@ pub struct Admission {
     pub wait: Option<Wait>,
 }
 
-/// When to look again for an account, and why none could take a send now.
-pub type Wait = (Duration, &'static str);
+/// When to look again for a send that cannot go now, and why: the
+/// reason recorded on the message (its timeline's `waiting` event), which
+/// starts with a code (`quota`, `account_throttle`, `domain_throttle`).
+#[derive(Debug, Clone)]
+pub struct Wait {
+    pub delay: Duration,
+    pub reason: String,
+    pub cause: Cause,
+}
+
+/// What a send waits for, as the metrics count it.
+#[derive(Debug, Clone)]
+pub enum Cause {
+    /// No account with quota left today.
+    Quota,
+    /// Every account with quota is at its own rate or connection limit.
+    AccountThrottle,
+    /// A recipient domain's limit.
+    Domain {
+        domain: String,
+        limit: crate::domain_throttle::Limit,
+    },
+    /// The domain throttles could not be checked.
+    DomainUnavailable,
+}
 
 /// Reserves quota for up to `wanted` sends, filling the best account
 /// first. An account with its own throttles takes one send at a time, each
@@ -101,14 +124,17 @@ pub async fn reserve(
     }
     if admission.seats.len() < wanted {
         admission.wait = Some(match throttled_for {
-            Some(wait) => (
-                wait,
-                "waiting for an SMTP account's rate or connection limit",
-            ),
-            None => (
-                ctx.settings.quota_wait,
-                "waiting for an SMTP account with quota left",
-            ),
+            Some(delay) => Wait {
+                delay,
+                reason: "account_throttle: waiting for an SMTP account's rate or connection limit"
+                    .into(),
+                cause: Cause::AccountThrottle,
+            },
+            None => Wait {
+                delay: ctx.settings.quota_wait,
+                reason: "quota: waiting for an SMTP account with quota left".into(),
+                cause: Cause::Quota,
+            },
         });
     }
     Ok(admission)

@@ -2,9 +2,10 @@
 //!
 //! 1. [`prepare`]: the task's record (its id, or the email a Python
 //!    producer's arguments describe, recorded under the task's id).
-//! 2. [`admit`]: quota on the best accounts, their throttles, and during a
-//!    switch the Python platform's count; the records are then claimed
-//!    for the accounts that took them (`platform::db::messages::claim`).
+//! 2. [`domains`], then [`admit`]: the recipient domains' throttles;
+//!    quota on the best accounts, their throttles, and during a switch the
+//!    Python platform's count; the records are then claimed for the
+//!    accounts that took them (`platform::db::messages::claim`).
 //! 3. [`attempt`]: one SMTP transaction (suppression checked again, the
 //!    email composed, sent within the soft time limit).
 //! 4. [`settle`]: the outcome recorded (outlasting a database outage) and
@@ -16,6 +17,7 @@
 
 pub mod admit;
 pub mod attempt;
+pub mod domains;
 pub mod pipeline;
 pub mod policy;
 pub mod prepare;

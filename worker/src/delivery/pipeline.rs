@@ -30,12 +30,14 @@ use platform::db::messages::{self, Claimed, MessageStatus};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::admit::{self, Seat, Wait};
+use super::admit::{self, Cause, Seat, Wait};
 use super::attempt::{attempt, Attempt, Extras};
+use super::domains;
 use super::policy::{refuse, settle_failure};
 use super::prepare::{prepare, Prepared};
 use super::settle::{persist, recovered, sent_result, started_result};
 use crate::context::Context;
+use crate::domain_throttle::Pass;
 use crate::outcome::{Outcome, Ran, RunError};
 
 /// Delivers send tasks that arrived together; one result per task, in
@@ -111,6 +113,32 @@ async fn stages(
         }
     }
 
+    // The recipient domains' throttles first: a send its domain holds
+    // back takes no quota and waits, and the group's other sends go on.
+    let domains::DomainGate { mut passes, held } = domains::admit(ctx, group, &unique).await?;
+    let result = admitted(ctx, group, &unique, &mut passes, held, outcomes, started).await;
+    // Places taken for sends that were not made (an error on the way).
+    domains::give_back(ctx, passes.into_values().collect()).await;
+    result
+}
+
+/// The stages after the domains' throttles: quota, claim, attempt,
+/// settle. `passes` holds what each admitted member took from its
+/// domains; it is released (or given back) as the member is done with.
+async fn admitted(
+    ctx: &Context,
+    group: &[(Uuid, &TaskMessage)],
+    unique: &[usize],
+    passes: &mut HashMap<usize, Pass>,
+    held: Vec<(usize, Wait)>,
+    mut outcomes: Vec<Option<Outcome>>,
+    started: Instant,
+) -> Result<Vec<Outcome>, sqlx::Error> {
+    let candidates: Vec<usize> = unique
+        .iter()
+        .copied()
+        .filter(|i| !held.iter().any(|(h, _)| h == i))
+        .collect();
     // Quota before the claim (which names the account). A seat the claim
     // does not use (a redelivered message already sent, one another
     // delivery holds, one cancelled) is given back.
@@ -119,9 +147,18 @@ async fn stages(
         accounts,
         seats,
         wait,
-    } = admit::reserve(ctx, today, unique.len()).await?;
-    let seated: Vec<(usize, Seat)> = unique.iter().copied().zip(seats).collect();
-    let unseated: Vec<usize> = unique[seated.len()..].to_vec();
+    } = admit::reserve(ctx, today, candidates.len()).await?;
+    let seated: Vec<(usize, Seat)> = candidates.iter().copied().zip(seats).collect();
+    let unseated = &candidates[seated.len()..];
+    let mut waiting: Vec<(usize, Wait)> = held;
+    if !unseated.is_empty() {
+        let wait = wait.unwrap_or_else(|| Wait {
+            delay: ctx.settings.quota_wait,
+            reason: "quota: waiting for an SMTP account with quota left".into(),
+            cause: Cause::Quota,
+        });
+        waiting.extend(unseated.iter().map(|&i| (i, wait.clone())));
+    }
     // A claim older than the hard time limit belongs to a worker that died
     // mid-send, whatever its lease says; younger ones may still be in flight.
     let hard_limit = ctx.settings.task_time_limit + Duration::from_secs(5);
@@ -162,12 +199,19 @@ async fn stages(
         }
     }
     admit::give_back(ctx, today, &accounts, spare).await?;
-    if !unclaimed.is_empty() || !unseated.is_empty() {
+    // The domain places of sends that will not be made now, at once.
+    let unused: Vec<Pass> = unclaimed
+        .iter()
+        .chain(unseated)
+        .filter_map(|i| passes.remove(i))
+        .collect();
+    domains::give_back(ctx, unused).await;
+    if !unclaimed.is_empty() || !waiting.is_empty() {
         not_sent(
             ctx,
             group,
-            (&unclaimed, &unseated),
-            wait,
+            &unclaimed,
+            &waiting,
             stale_before,
             &mut outcomes,
         )
@@ -230,8 +274,10 @@ async fn stages(
     let mut results = Vec::new();
     let mut failures = Vec::new();
     let mut used: Vec<bool> = vec![false; accounts.len()];
+    let mut finished_passes: Vec<Pass> = Vec::new();
     for ((i, c, seat), attempt) in work.into_iter().zip(attempts) {
         admit::release_slot(ctx, seat.slot).await;
+        finished_passes.extend(passes.remove(&i));
         let account = &accounts[seat.account];
         match attempt {
             Attempt::Sent {
@@ -253,6 +299,7 @@ async fn stages(
             failed => failures.push((i, c, seat.account, failed)),
         }
     }
+    domains::release(ctx, finished_passes).await;
     if !sent.ids.is_empty() {
         persist(|| messages::mark_sent(&ctx.pool, &sent.ids, &sent.message_ids, &sent.replies))
             .await?;
@@ -305,19 +352,20 @@ fn finished(outcomes: Vec<Option<Outcome>>) -> Vec<Outcome> {
 }
 
 /// The outcomes of members that were not claimed (`unclaimed`: seated,
-/// but their record was not claimable) or got no seat (`unseated`: no
-/// account could take them now, see `wait`), from their records' state.
+/// but their record was not claimable) or cannot be sent now (`waiting`:
+/// no account could take them, or their domain holds them back; each with
+/// its wait), from their records' state.
 async fn not_sent(
     ctx: &Context,
     group: &[(Uuid, &TaskMessage)],
-    (unclaimed, unseated): (&[usize], &[usize]),
-    wait: Option<Wait>,
+    unclaimed: &[usize],
+    waiting_for: &[(usize, Wait)],
     stale_before: DateTime<Utc>,
     outcomes: &mut [Option<Outcome>],
 ) -> Result<(), sqlx::Error> {
     let ids: Vec<Uuid> = unclaimed
         .iter()
-        .chain(unseated)
+        .chain(waiting_for.iter().map(|(i, _)| i))
         .map(|i| group[*i].0)
         .collect();
     let records: HashMap<Uuid, messages::MessageRecord> = messages::get_many(&ctx.pool, &ids)
@@ -325,11 +373,11 @@ async fn not_sent(
         .into_iter()
         .map(|r| (r.id, r))
         .collect();
-    let mut waiting: Vec<usize> = Vec::new();
-    for (&i, seated) in unclaimed
+    let mut waiting: Vec<(usize, &Wait)> = Vec::new();
+    for (&i, wait) in unclaimed
         .iter()
-        .map(|i| (i, true))
-        .chain(unseated.iter().map(|i| (i, false)))
+        .map(|i| (i, None))
+        .chain(waiting_for.iter().map(|(i, w)| (i, Some(w))))
     {
         let (id, message) = group[i];
         let Some(record) = records.get(&id) else {
@@ -337,37 +385,37 @@ async fn not_sent(
             outcomes[i] = Some(refuse(ctx, message, &reason, false).await);
             continue;
         };
-        outcomes[i] = Some(match record.status() {
-            MessageStatus::Sending => {
+        outcomes[i] = Some(match (record.status(), wait) {
+            (MessageStatus::Sending, _) => {
                 let since = record.sending_at.unwrap_or(record.updated_at);
                 let lease = if since >= stale_before {
                     messages::claimant_lease(&ctx.pool, record).await?
                 } else {
                     None
                 };
-                match lease {
+                match (lease, wait) {
                     // Its claimant is alive and may still be sending: look
                     // again once its lease could have lapsed (or the hard
                     // time limit passed).
-                    Some(left) => {
+                    (Some(left), _) => {
                         let limit = (since - stale_before).to_std().unwrap_or_default();
                         Outcome::Later {
                             delay: limit.min(left) + Duration::from_secs(1),
                         }
                     }
-                    // Abandoned, but no account could take it now.
-                    None if !seated => {
-                        waiting.push(i);
+                    // Abandoned, but it cannot be sent now.
+                    (None, Some(wait)) => {
+                        waiting.push((i, wait));
                         continue;
                     }
                     // Abandoned since the claim a moment ago: look again soon.
-                    None => Outcome::Later {
+                    (None, _) => Outcome::Later {
                         delay: Duration::from_secs(1),
                     },
                 }
             }
-            MessageStatus::Queued if !seated => {
-                waiting.push(i);
+            (MessageStatus::Queued, Some(wait)) => {
+                waiting.push((i, wait));
                 continue;
             }
             // Handled by an earlier delivery of this task (or by another
@@ -375,14 +423,43 @@ async fn not_sent(
             _ => Outcome::Done,
         });
     }
-    if let (false, Some((delay, why))) = (waiting.is_empty(), wait) {
-        let ids: Vec<Uuid> = waiting.iter().map(|i| group[*i].0).collect();
-        messages::note_waiting(&ctx.pool, &ids, why, delay).await?;
-        metrics::counter!("emails_waiting_for_quota_total").increment(ids.len() as u64);
-        for i in waiting {
-            tracing::info!(task_id = group[i].1.id(), message_id = %group[i].0, retry_in = ?delay, why, "message waits");
-            outcomes[i] = Some(Outcome::Later { delay });
+    if waiting.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = waiting.iter().map(|(i, _)| group[*i].0).collect();
+    let reasons: Vec<String> = waiting.iter().map(|(_, w)| w.reason.clone()).collect();
+    let delays: Vec<Duration> = waiting.iter().map(|(_, w)| w.delay).collect();
+    messages::note_waiting(&ctx.pool, &ids, &reasons, &delays).await?;
+    for (i, wait) in waiting {
+        count_wait(wait);
+        if matches!(wait.cause, Cause::Domain { .. }) {
+            // A throttled domain's backlog comes back often: not info.
+            tracing::debug!(task_id = group[i].1.id(), message_id = %group[i].0, retry_in = ?wait.delay, why = %wait.reason, "message waits");
+        } else {
+            tracing::info!(task_id = group[i].1.id(), message_id = %group[i].0, retry_in = ?wait.delay, why = %wait.reason, "message waits");
         }
+        outcomes[i] = Some(Outcome::Later { delay: wait.delay });
     }
     Ok(())
+}
+
+/// Counts a wait by what it waits for.
+fn count_wait(wait: &Wait) {
+    match &wait.cause {
+        Cause::Quota | Cause::AccountThrottle => {
+            metrics::counter!("emails_waiting_for_quota_total").increment(1);
+        }
+        Cause::Domain { domain, limit } => {
+            metrics::counter!("emails_waiting_for_domain_total",
+                "domain" => domain.clone(), "limit" => limit.label())
+            .increment(1);
+            metrics::histogram!("domain_throttle_wait_seconds", "domain" => domain.clone())
+                .record(wait.delay.as_secs_f64());
+        }
+        Cause::DomainUnavailable => {
+            metrics::counter!("emails_waiting_for_domain_total",
+                "domain" => "", "limit" => "unavailable")
+            .increment(1);
+        }
+    }
 }

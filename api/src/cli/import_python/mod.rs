@@ -281,6 +281,7 @@ fn checked_account(
             is_active: a.is_active,
             rate_limit_per_minute: None,
             max_connections: None,
+            warmup: None,
             email: email.to_string(),
         },
         plaintext,
