@@ -30,9 +30,8 @@ use crate::ratelimit::{self, RateLimiter};
 use crate::readiness::Readiness;
 use crate::routes::{
     api_keys, audit_log, auth, bounces, campaigns, dead_letters, dkim_keys, domain_throttles,
-    email_accounts, health,
-    lists, messages, periodic_tasks, queues, suppressions, templates, timelines, unsubscribe,
-    webhooks,
+    email_accounts, health, lists, messages, periodic_tasks, queues, suppressions, templates,
+    timelines, unsubscribe, webhooks,
 };
 use crate::state::{ApiSettings, AppState, Shared};
 

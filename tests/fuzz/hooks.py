@@ -90,6 +90,9 @@ BUSINESS_RULES = {
     "PATCH /api/v1/webhooks/{id}": WEBHOOK_URL | {"admin_event_type"},
     # One throttle per domain (stored data); PUT changes an existing one.
     "POST /api/v1/admin/domain-throttles": {"domain_throttle_exists"},
+    # An imported key must be a readable PEM key of its algorithm (a
+    # grammar no JSON Schema states); one selector per domain (stored data).
+    "POST /api/v1/admin/dkim-keys": {"invalid_private_key", "dkim_key_exists"},
 }
 
 # Rules on several fields at once: (code, field, what the message says).

@@ -77,12 +77,32 @@ impl From<Bounce> for BounceView {
     }
 }
 
+/// What a report says: `hard` (5.x.x), `soft` (4.x.x, delayed) or
+/// `complaint`.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BounceKind {
+    Hard,
+    Soft,
+    Complaint,
+}
+
+impl From<BounceKind> for Kind {
+    fn from(k: BounceKind) -> Kind {
+        match k {
+            BounceKind::Hard => Kind::Hard,
+            BounceKind::Soft => Kind::Soft,
+            BounceKind::Complaint => Kind::Complaint,
+        }
+    }
+}
+
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct BounceQuery {
-    /// `hard`, `soft` or `complaint`.
-    pub kind: Option<String>,
+    #[param(value_type = Option<BounceKind>)]
+    pub kind: Option<BounceKind>,
     pub recipient: Option<String>,
     pub account_id: Option<Uuid>,
     pub message_id: Option<Uuid>,
@@ -111,21 +131,8 @@ pub async fn list(
         .as_deref()
         .map(pagination::decode_id)
         .transpose()?;
-    let kind = query
-        .kind
-        .as_deref()
-        .map(|k| {
-            Kind::parse(k).ok_or_else(|| {
-                ApiError::invalid(
-                    "invalid_kind",
-                    "kind",
-                    "kind must be hard, soft or complaint",
-                )
-            })
-        })
-        .transpose()?;
     let filter = BounceFilter {
-        kind,
+        kind: query.kind.map(Kind::from),
         recipient: query.recipient,
         account_id: query.account_id,
         message_id: query.message_id,
@@ -147,20 +154,31 @@ pub async fn list(
 pub struct PutMailbox {
     /// Read the mailbox for bounces. Default true.
     pub enabled: Option<bool>,
-    /// Default: the SMTP host with `smtp.` replaced by `imap.`.
-    #[schema(max_length = 253)]
+    /// Default: the SMTP host with `smtp.` replaced by `imap.`. A host name
+    /// or IP address (at most 253 characters, no spaces or `/`).
+    #[schema(
+        max_length = 253,
+        pattern = r"^\s*[^\s/\u0000-\u001F\u007F-\u009F]+\s*$"
+    )]
     pub imap_host: Option<String>,
     /// Default: 993 for `implicit`, 143 otherwise.
     #[schema(minimum = 1, maximum = 65535)]
     pub imap_port: Option<u16>,
-    /// Default: the SMTP user name.
-    #[schema(max_length = 320)]
+    /// Default: the SMTP user name. At most 320 characters.
+    #[schema(
+        max_length = 320,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub imap_username: Option<String>,
     /// `implicit` (IMAPS), `starttls` or `none`. Default `implicit`.
     #[schema(value_type = Option<platform::db::email_accounts::TlsMode>)]
     pub imap_tls_mode: Option<TlsMode>,
-    /// The folder bounces arrive in. Default `INBOX`.
-    #[schema(max_length = 200)]
+    /// The folder bounces arrive in. Default `INBOX`. At most 200
+    /// characters, no quotes, backslashes or control characters.
+    #[schema(
+        max_length = 200,
+        pattern = r#"^[^"\\\u0000-\u001F\u007F-\u009F]*[^\s"\\\u0000-\u001F\u007F-\u009F][^"\\\u0000-\u001F\u007F-\u009F]*$"#
+    )]
     pub mailbox: Option<String>,
 }
 

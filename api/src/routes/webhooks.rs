@@ -121,7 +121,7 @@ pub struct CreateWebhook {
     #[schema(max_length = 2048, pattern = r"^https?://[^\s/?#]+[^\s]*$")]
     pub url: String,
     /// At least one; a type named twice counts once.
-    #[schema(min_items = 1, max_items = 12)]
+    #[schema(min_items = 1, max_items = 14)]
     pub event_types: Vec<EventType>,
     /// At most 500 characters, no control characters.
     #[serde(default)]
@@ -141,7 +141,7 @@ fn yes() -> bool {
 pub struct UpdateWebhook {
     #[schema(max_length = 2048, pattern = r"^https?://[^\s/?#]+[^\s]*$")]
     pub url: Option<String>,
-    #[schema(min_items = 1, max_items = 12)]
+    #[schema(min_items = 1, max_items = 14)]
     pub event_types: Option<Vec<EventType>>,
     #[schema(max_length = 500, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub description: Option<String>,
