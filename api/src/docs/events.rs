@@ -152,7 +152,7 @@ pub struct WebhookTestEventData {
 }
 
 /// Each event type and the schema of its body.
-const EVENTS: [(&str, &str, &str); 13] = [
+const EVENTS: [(&str, &str, &str); 15] = [
     (
         "email.accepted",
         "EmailEvent",

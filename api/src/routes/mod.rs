@@ -8,6 +8,7 @@ pub mod campaigns;
 pub mod dead_letters;
 pub mod email_accounts;
 pub mod health;
+pub mod inbound;
 pub mod lists;
 pub mod messages;
 pub mod periodic_tasks;

@@ -33,7 +33,7 @@ pub use broker::{ladder_rungs, QueueNames, LADDER_LIMIT_SECONDS};
 pub use process::Environment;
 pub use scheduler::SchedulerSettings;
 pub use security::JwtSettings;
-pub use bounces::BounceSettings;
+pub use bounces::{BounceSettings, InboundSettings};
 pub use webhooks::WebhookSettings;
 pub use worker::{Liveness, Revokes, WorkerSettings};
 
@@ -326,7 +326,7 @@ fn load(roles: &[Role], lookup: &dyn Fn(&str) -> Option<String>) -> Result<Setti
             .then(|| unsubscribe::settings(&vars, env))
             .transpose()?,
         bounces: reads(Section::Bounces)
-            .then(|| bounces::settings(&vars))
+            .then(|| bounces::settings(&vars, env))
             .transpose()?,
     })
 }
