@@ -21,6 +21,7 @@ mod deployment;
 mod error_codes;
 mod etas;
 mod hostile_input;
+mod inbound;
 mod openapi;
 mod ownership;
 mod periodic;
