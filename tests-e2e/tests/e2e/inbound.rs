@@ -179,7 +179,9 @@ async fn inbound_ses_signed_bounce_is_applied_once_and_a_tampered_one_is_refused
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["data"]["duplicates"], 1, "the same event is applied once: {body}");
     let listed = env.api().get("/api/v1/admin/bounces?source=ses", &token).await;
-    assert_eq!(listed.body["data"].as_array().unwrap().len(), 1, "{}", listed.body);
+    let items = listed.body["data"]["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{}", listed.body);
+    assert_eq!(items[0]["source"], "ses");
     assert_next_send_suppressed(&env, &token, to).await;
 }
 
