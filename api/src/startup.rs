@@ -29,8 +29,9 @@ use crate::ingest::Ingest;
 use crate::ratelimit::{self, RateLimiter};
 use crate::readiness::Readiness;
 use crate::routes::{
-    api_keys, audit_log, auth, bounces, campaigns, dead_letters, email_accounts, health, inbound, lists, messages,
-    periodic_tasks, queues, suppressions, templates, timelines, unsubscribe, webhooks,
+    api_keys, audit_log, auth, bounces, campaigns, dead_letters, email_accounts, health, inbound,
+    lists, messages, periodic_tasks, queues, suppressions, templates, timelines, unsubscribe,
+    webhooks,
 };
 use crate::state::{ApiSettings, AppState, Shared};
 

@@ -105,7 +105,11 @@ pub async fn receive(
         message: format!("{} webhooks are not configured here", provider.as_str()),
     };
     let body = body.map_err(crate::extract::body_rejection)?;
-    let header = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+    let header = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
     let events = match provider {
         Provider::Ses => {
             let topics = inbound.ses_topic_arns.as_ref().ok_or_else(not_configured)?;
@@ -133,9 +137,11 @@ pub async fn receive(
         }
         Provider::Postmark => {
             let (user, password) = inbound.postmark.as_ref().ok_or_else(not_configured)?;
-            if let Err(e) =
-                postmark::check_basic_auth(header(AUTHORIZATION.as_str()), user, password.expose_secret())
-            {
+            if let Err(e) = postmark::check_basic_auth(
+                header(AUTHORIZATION.as_str()),
+                user,
+                password.expose_secret(),
+            ) {
                 return Ok(basic_challenge(e));
             }
             postmark::events(&body)?
@@ -169,13 +175,9 @@ enum FromSns {
 /// Verifies an SNS message from an allowed topic; confirms a subscription
 /// (the message is Amazon's and the topic ours, so confirming is what the
 /// operator asked for by subscribing), or reads the SES notification.
-async fn from_sns(
-    state: &AppState,
-    topics: &[String],
-    body: &[u8],
-) -> Result<FromSns, ApiError> {
+async fn from_sns(state: &AppState, topics: &[String], body: &[u8]) -> Result<FromSns, ApiError> {
     let envelope = sns::Envelope::parse(body)?;
-    if !topics.iter().any(|t| *t == envelope.topic_arn) {
+    if !topics.contains(&envelope.topic_arn) {
         return Err(InboundError::UnknownTopic(envelope.topic_arn).into());
     }
     state.sns.verify(&envelope).await?;
@@ -252,8 +254,7 @@ async fn apply(
     let today = platform::today(state.settings.settings());
     for account in accounts {
         if let Some(reason) =
-            platform::db::bounces::pause_if_over(&state.pool, account, today, bounces.pause)
-                .await?
+            platform::db::bounces::pause_if_over(&state.pool, account, today, bounces.pause).await?
         {
             metrics::counter!("accounts_auto_paused_total").increment(1);
             tracing::warn!(%account, %reason, "account paused for its bounce or complaint rate");

@@ -2,8 +2,8 @@
 
 pub mod api_keys;
 pub mod audit_log;
-pub mod bounces;
 pub mod auth;
+pub mod bounces;
 pub mod campaigns;
 pub mod dead_letters;
 pub mod email_accounts;

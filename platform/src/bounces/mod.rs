@@ -116,7 +116,9 @@ pub fn parse(raw: &[u8]) -> Parsed {
         .content_type()
         .filter(|ct| {
             ct.ctype().eq_ignore_ascii_case("multipart")
-                && ct.subtype().is_some_and(|s| s.eq_ignore_ascii_case("report"))
+                && ct
+                    .subtype()
+                    .is_some_and(|s| s.eq_ignore_ascii_case("report"))
         })
         .and_then(|ct| ct.attribute("report-type"))
         .map(|t| t.to_ascii_lowercase());
@@ -160,7 +162,11 @@ fn address_of(field: &str) -> Option<String> {
         Some((_, v)) => v,
         None => field,
     };
-    let value = value.trim().trim_start_matches('<').trim_end_matches('>').trim();
+    let value = value
+        .trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .trim();
     (value.contains('@') && !value.contains(char::is_whitespace)).then(|| value.to_lowercase())
 }
 

@@ -150,7 +150,9 @@ fn inbound(vars: &Vars<'_>, env: Environment) -> Result<InboundSettings, ConfigE
         ses_topic_arns,
         sendgrid_key,
         postmark,
-        mailgun_key: vars.get("MAILGUN_WEBHOOK_SIGNING_KEY").map(SecretString::from),
+        mailgun_key: vars
+            .get("MAILGUN_WEBHOOK_SIGNING_KEY")
+            .map(SecretString::from),
         max_age: vars.seconds_or("INBOUND_WEBHOOK_MAX_AGE_SECONDS", 300)?,
         allow_loopback,
     })

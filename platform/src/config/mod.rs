@@ -9,6 +9,7 @@
 //! secrets to sign the events it delivers.
 
 mod api;
+mod bounces;
 mod broker;
 mod database;
 mod delivery;
@@ -19,7 +20,6 @@ mod scheduler;
 mod security;
 mod unsubscribe;
 mod vars;
-mod bounces;
 mod webhooks;
 mod worker;
 
@@ -29,11 +29,11 @@ use chrono_tz::Tz;
 use secrecy::SecretString;
 
 pub use api::AuthThrottle;
+pub use bounces::{BounceSettings, InboundSettings};
 pub use broker::{ladder_rungs, QueueNames, LADDER_LIMIT_SECONDS};
 pub use process::Environment;
 pub use scheduler::SchedulerSettings;
 pub use security::JwtSettings;
-pub use bounces::{BounceSettings, InboundSettings};
 pub use webhooks::WebhookSettings;
 pub use worker::{Liveness, Revokes, WorkerSettings};
 
@@ -105,10 +105,9 @@ impl Role {
                 section,
                 Metrics | Redis | Python | Keyring | Worker | Unsubscribe
             ),
-            Role::Scheduler => matches!(
-                section,
-                Metrics | Keyring | Scheduler | Webhooks | Bounces
-            ),
+            Role::Scheduler => {
+                matches!(section, Metrics | Keyring | Scheduler | Webhooks | Bounces)
+            }
         }
     }
 

@@ -28,7 +28,11 @@ fn b64(bytes: &[u8]) -> String {
 }
 
 fn now() -> String {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs().to_string()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string()
 }
 
 fn message_id(id: Uuid) -> String {
@@ -36,9 +40,17 @@ fn message_id(id: Uuid) -> String {
 }
 
 /// POSTs `body` to the provider's route with `headers`.
-async fn post(env: &TestEnv, provider: &str, body: &str, headers: &[(&str, String)]) -> (StatusCode, Value) {
+async fn post(
+    env: &TestEnv,
+    provider: &str,
+    body: &str,
+    headers: &[(&str, String)],
+) -> (StatusCode, Value) {
     let mut req = reqwest::Client::new()
-        .post(env.api().url(&format!("/api/v1/webhooks/inbound/{provider}")))
+        .post(
+            env.api()
+                .url(&format!("/api/v1/webhooks/inbound/{provider}")),
+        )
         .body(body.to_string());
     for (name, value) in headers {
         req = req.header(*name, value);
@@ -82,12 +94,30 @@ impl FakeSns {
         std::fs::create_dir_all(&dir).unwrap();
         let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));
         let ok = std::process::Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=sns.test"])
-            .arg("-keyout").arg(&key).arg("-out").arg(&cert)
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=sns.test",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
             .output()
             .unwrap();
-        assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
-        let key = rsa::RsaPrivateKey::from_pkcs8_pem(&std::fs::read_to_string(&key).unwrap()).unwrap();
+        assert!(
+            ok.status.success(),
+            "{}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+        let key =
+            rsa::RsaPrivateKey::from_pkcs8_pem(&std::fs::read_to_string(&key).unwrap()).unwrap();
         let cert = std::fs::read(&cert).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
@@ -102,8 +132,15 @@ impl FakeSns {
                     let request = String::from_utf8_lossy(&buf[..n]).to_string();
                     let path = request.split_whitespace().nth(1).unwrap_or("").to_string();
                     log.lock().unwrap().push(path.clone());
-                    let body = if path.starts_with("/cert.pem") { cert } else { b"<ConfirmSubscriptionResponse/>".to_vec() };
-                    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+                    let body = if path.starts_with("/cert.pem") {
+                        cert
+                    } else {
+                        b"<ConfirmSubscriptionResponse/>".to_vec()
+                    };
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
                     let _ = socket.write_all(head.as_bytes()).await;
                     let _ = socket.write_all(&body).await;
                 });
@@ -120,11 +157,29 @@ impl FakeSns {
             "SignatureVersion": "2", "SigningCertURL": cert_url,
         });
         let fields: &[&str] = if kind == "Notification" {
-            &["Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type"]
+            &[
+                "Message",
+                "MessageId",
+                "Subject",
+                "Timestamp",
+                "TopicArn",
+                "Type",
+            ]
         } else {
             m["Token"] = json!("2336412f37fb687f5d51e6e241d09c805a5a57b30d712f794cc5f6a988666d92768dd60a747ba6f3beb71854e285d6ad02428b09ceece29417f1f02d609c582afbacc99c583a916b9981dd2728f4ae6fdb82efd087cc3b7849e05798d2d2785c03b0879594eeac82c01f235d0e717736");
-            m["SubscribeURL"] = json!(format!("{}/subscribe?Action=ConfirmSubscription", self.base));
-            &["Message", "MessageId", "SubscribeURL", "Timestamp", "Token", "TopicArn", "Type"]
+            m["SubscribeURL"] = json!(format!(
+                "{}/subscribe?Action=ConfirmSubscription",
+                self.base
+            ));
+            &[
+                "Message",
+                "MessageId",
+                "SubscribeURL",
+                "Timestamp",
+                "Token",
+                "TopicArn",
+                "Type",
+            ]
         };
         let mut text = String::new();
         for f in fields {
@@ -171,14 +226,26 @@ async fn inbound_ses_signed_bounce_is_applied_once_and_a_tampered_one_is_refused
     assert_eq!(body["error"]["code"], "invalid_signature");
     assert_eq!(env.status(id).await, "sent");
 
-    let (status, body) = post(&env, "ses", &good.to_string(), &[("content-type", "text/plain; charset=UTF-8".into())]).await;
+    let (status, body) = post(
+        &env,
+        "ses",
+        &good.to_string(),
+        &[("content-type", "text/plain; charset=UTF-8".into())],
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["data"]["applied"], 1, "{body}");
     assert_eq!(env.status(id).await, "bounced");
     let (status, body) = post(&env, "ses", &good.to_string(), &[]).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["data"]["duplicates"], 1, "the same event is applied once: {body}");
-    let listed = env.api().get("/api/v1/admin/bounces?source=ses", &token).await;
+    assert_eq!(
+        body["data"]["duplicates"], 1,
+        "the same event is applied once: {body}"
+    );
+    let listed = env
+        .api()
+        .get("/api/v1/admin/bounces?source=ses", &token)
+        .await;
     let items = listed.body["data"]["items"].as_array().unwrap();
     assert_eq!(items.len(), 1, "{}", listed.body);
     assert_eq!(items[0]["source"], "ses");
@@ -187,14 +254,26 @@ async fn inbound_ses_signed_bounce_is_applied_once_and_a_tampered_one_is_refused
 
 #[tokio::test]
 async fn inbound_ses_subscription_is_verified_and_confirmed() {
-    let (env, _token) = TestEnv::sending(&[("SES_SNS_TOPIC_ARNS", TOPIC), ("INBOUND_WEBHOOK_ALLOW_LOOPBACK", "true")], 10).await;
+    let (env, _token) = TestEnv::sending(
+        &[
+            ("SES_SNS_TOPIC_ARNS", TOPIC),
+            ("INBOUND_WEBHOOK_ALLOW_LOOPBACK", "true"),
+        ],
+        10,
+    )
+    .await;
     let sns = FakeSns::start().await;
     let message = "You have chosen to subscribe to the topic. To confirm the subscription, visit the SubscribeURL included in this message.";
     let confirmation = sns.signed("SubscriptionConfirmation", message, &sns.cert_url());
     let (status, body) = post(&env, "ses", &confirmation.to_string(), &[]).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["data"]["subscription"], "confirmed");
-    assert!(sns.seen.lock().unwrap().iter().any(|p| p.starts_with("/subscribe?Action=ConfirmSubscription")));
+    assert!(sns
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|p| p.starts_with("/subscribe?Action=ConfirmSubscription")));
 }
 
 #[tokio::test]
@@ -202,7 +281,10 @@ async fn inbound_ses_certificate_on_a_foreign_host_is_refused() {
     let to = "kept@example.net";
     let (env, _token, id) = sent(&[], to).await;
     let sns = FakeSns::start().await;
-    for url in ["https://evil.example/cert.pem", "https://sns.us-east-1.amazonaws.com.evil.example/cert.pem"] {
+    for url in [
+        "https://evil.example/cert.pem",
+        "https://sns.us-east-1.amazonaws.com.evil.example/cert.pem",
+    ] {
         let forged = sns.signed("Notification", &ses_bounce(id, to), url);
         let (status, body) = post(&env, "ses", &forged.to_string(), &[]).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
@@ -221,7 +303,8 @@ async fn inbound_sendgrid_signed_batch_bounces_and_complains() {
     use p256::pkcs8::EncodePublicKey;
     let key = p256::ecdsa::SigningKey::random(&mut rand::thread_rng());
     let public = b64(key.verifying_key().to_public_key_der().unwrap().as_bytes());
-    let (env, token, bounced) = sent(&[("SENDGRID_WEBHOOK_PUBLIC_KEY", &public)], "a@example.net").await;
+    let (env, token, bounced) =
+        sent(&[("SENDGRID_WEBHOOK_PUBLIC_KEY", &public)], "a@example.net").await;
     let complained = env.send_until(&token, "b@example.net", "sent", WAIT).await;
     let body = json!([
         {"email": "a@example.net", "timestamp": 1513299569, "smtp-id": message_id(bounced), "event": "bounce",
@@ -238,18 +321,27 @@ async fn inbound_sendgrid_signed_batch_bounces_and_complains() {
         b64(sig.to_der().as_bytes())
     };
     let other = p256::ecdsa::SigningKey::random(&mut rand::thread_rng());
-    let headers = |sig: String| vec![
-        ("X-Twilio-Email-Event-Webhook-Signature", sig),
-        ("X-Twilio-Email-Event-Webhook-Timestamp", ts.clone()),
-        ("content-type", "application/json".into()),
-    ];
+    let headers = |sig: String| {
+        vec![
+            ("X-Twilio-Email-Event-Webhook-Signature", sig),
+            ("X-Twilio-Email-Event-Webhook-Timestamp", ts.clone()),
+            ("content-type", "application/json".into()),
+        ]
+    };
     let (status, res) = post(&env, "sendgrid", &body, &headers(sign(&other))).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{res}");
     assert_eq!(res["error"]["code"], "invalid_signature");
     assert_eq!(env.status(bounced).await, "sent");
     let (status, res) = post(&env, "sendgrid", &body, &headers(sign(&key))).await;
     assert_eq!(status, StatusCode::OK, "{res}");
-    assert_eq!((res["data"]["applied"].as_u64(), res["data"]["ignored"].as_u64()), (Some(2), Some(1)), "{res}");
+    assert_eq!(
+        (
+            res["data"]["applied"].as_u64(),
+            res["data"]["ignored"].as_u64()
+        ),
+        (Some(2), Some(1)),
+        "{res}"
+    );
     assert_eq!(env.status(bounced).await, "bounced");
     assert_eq!(env.status(complained).await, "complained");
 }
@@ -269,7 +361,12 @@ async fn inbound_postmark_hard_bounce_needs_the_basic_credentials() {
         "CanActivate": true, "Subject": "Test subject"
     })
     .to_string();
-    let auth = |user: &str, pw: &str| vec![("authorization", format!("Basic {}", b64(format!("{user}:{pw}").as_bytes())))];
+    let auth = |user: &str, pw: &str| {
+        vec![(
+            "authorization",
+            format!("Basic {}", b64(format!("{user}:{pw}").as_bytes())),
+        )]
+    };
     let (status, res) = post(&env, "postmark", &body, &auth(POSTMARK.0, "wrong")).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{res}");
     let (status, _) = post(&env, "postmark", &body, &[]).await;
@@ -305,10 +402,21 @@ fn mailgun(id: Uuid, to: &str, key: &str, timestamp: &str) -> String {
 async fn inbound_mailgun_signed_failure_bounces_and_stale_or_forged_ones_are_refused() {
     let to = "mg@example.net";
     let (env, token, id) = sent(&[], to).await;
-    let (status, res) = post(&env, "mailgun", &mailgun(id, to, "not-the-key", &now()), &[]).await;
+    let (status, res) = post(
+        &env,
+        "mailgun",
+        &mailgun(id, to, "not-the-key", &now()),
+        &[],
+    )
+    .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{res}");
     assert_eq!(res["error"]["code"], "invalid_signature");
-    let stale = (SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() - 3600).to_string();
+    let stale = (SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 3600)
+        .to_string();
     let (status, res) = post(&env, "mailgun", &mailgun(id, to, MAILGUN_KEY, &stale), &[]).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{res}");
     assert_eq!(res["error"]["code"], "stale_timestamp");
@@ -323,7 +431,11 @@ async fn inbound_mailgun_signed_failure_bounces_and_stale_or_forged_ones_are_ref
 async fn inbound_unconfigured_or_unknown_provider_is_not_found() {
     let mut env = TestEnv::new().await;
     env.start_api().await;
-    for (provider, code) in [("sendgrid", "provider_not_configured"), ("ses", "provider_not_configured"), ("nope", "not_found")] {
+    for (provider, code) in [
+        ("sendgrid", "provider_not_configured"),
+        ("ses", "provider_not_configured"),
+        ("nope", "not_found"),
+    ] {
         let (status, res) = post(&env, provider, "[]", &[]).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{provider}: {res}");
         assert_eq!(res["error"]["code"], code, "{provider}");

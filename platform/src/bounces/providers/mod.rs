@@ -127,7 +127,11 @@ pub(crate) fn check_age(timestamp: &str, max: Duration) -> Result<(), InboundErr
 
 /// `<id@host>` or `id@host` → `id@host`.
 pub(crate) fn bare_message_id(raw: &str) -> Option<String> {
-    let id = raw.trim().trim_start_matches('<').trim_end_matches('>').trim();
+    let id = raw
+        .trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .trim();
     (!id.is_empty() && id.contains('@')).then(|| id.to_string())
 }
 

@@ -92,7 +92,11 @@ pub fn check_basic_auth(
 
     let bad = || InboundError::Unauthenticated("wrong or missing basic credentials");
     let encoded = authorization
-        .and_then(|h| h.trim().strip_prefix("Basic ").or_else(|| h.trim().strip_prefix("basic ")))
+        .and_then(|h| {
+            h.trim()
+                .strip_prefix("Basic ")
+                .or_else(|| h.trim().strip_prefix("basic "))
+        })
         .ok_or_else(bad)?;
     let given = base64::engine::general_purpose::STANDARD
         .decode(encoded.trim())

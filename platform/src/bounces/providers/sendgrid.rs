@@ -87,8 +87,14 @@ pub fn events(body: &[u8]) -> Result<Events, InboundError> {
         };
         // Without sg_event_id (older webhooks), the event's own fields.
         let source_ref = text("sg_event_id").unwrap_or_else(|| {
-            let at = event.get("timestamp").map(Value::to_string).unwrap_or_default();
-            format!("{name}/{recipient}/{at}/{}", text("sg_message_id").unwrap_or_default())
+            let at = event
+                .get("timestamp")
+                .map(Value::to_string)
+                .unwrap_or_default();
+            format!(
+                "{name}/{recipient}/{at}/{}",
+                text("sg_message_id").unwrap_or_default()
+            )
         });
         out.events.push(Event {
             source_ref,

@@ -130,7 +130,12 @@ pub fn events(message: &str, sns_message_id: &str) -> Result<Events, InboundErro
                 (c.feedback_id, list)
             }
             // Delivery, Send, Open, ...: not ours to act on.
-            _ => return Ok(Events { events: vec![], ignored: 1 }),
+            _ => {
+                return Ok(Events {
+                    events: vec![],
+                    ignored: 1,
+                })
+            }
         };
     let reference = feedback_id.unwrap_or_else(|| sns_message_id.to_string());
     let events = recipients

@@ -98,16 +98,18 @@ impl Envelope {
             .decode(self.signature.trim())
             .map_err(|_| bad())?;
         let signature = Signature::try_from(signature.as_slice()).map_err(|_| bad())?;
-        let verified = match self.signature_version.as_str() {
-            "1" => VerifyingKey::<sha1::Sha1>::new(key.clone()).verify(signed.as_bytes(), &signature),
-            "2" => VerifyingKey::<sha2::Sha256>::new(key.clone())
-                .verify(signed.as_bytes(), &signature),
-            other => {
-                return Err(InboundError::Malformed(format!(
-                    "unknown SNS SignatureVersion {other:?}"
-                )))
-            }
-        };
+        let verified =
+            match self.signature_version.as_str() {
+                "1" => VerifyingKey::<sha1::Sha1>::new(key.clone())
+                    .verify(signed.as_bytes(), &signature),
+                "2" => VerifyingKey::<sha2::Sha256>::new(key.clone())
+                    .verify(signed.as_bytes(), &signature),
+                other => {
+                    return Err(InboundError::Malformed(format!(
+                        "unknown SNS SignatureVersion {other:?}"
+                    )))
+                }
+            };
         verified.map_err(|_| bad())
     }
 }
@@ -137,7 +139,9 @@ pub fn check_url(raw: &str, allow_loopback: bool) -> Result<Url, InboundError> {
     match url.scheme() {
         "https" if is_sns_host(&host) && url.port().is_none() => Ok(url),
         "http" if allow_loopback && is_loopback(&host) => Ok(url),
-        _ => Err(untrusted("is not https on an SNS host (sns.<region>.amazonaws.com)")),
+        _ => Err(untrusted(
+            "is not https on an SNS host (sns.<region>.amazonaws.com)",
+        )),
     }
 }
 
@@ -147,7 +151,9 @@ fn is_sns_host(host: &str) -> bool {
         .or_else(|| host.strip_suffix(".amazonaws.com.cn"))
         .and_then(|rest| rest.strip_prefix("sns."));
     region.is_some_and(|r| {
-        !r.is_empty() && r.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        !r.is_empty()
+            && r.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
     })
 }
 
@@ -228,7 +234,11 @@ impl Certificates {
             return Err(unreachable(format!("status {}", response.status())));
         }
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| unreachable(e.to_string()))? {
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?
+        {
             body.extend_from_slice(&chunk);
             if body.len() > MAX_CERTIFICATE {
                 return Err(unreachable("more than 64 KiB".into()));

@@ -60,14 +60,23 @@ fn ses_permanent_bounce_is_hard_and_names_our_message() {
     assert_eq!(e.feedback.kind, Kind::Hard);
     assert_eq!(e.feedback.recipient.as_deref(), Some("jane@example.com"));
     assert_eq!(e.feedback.status_code.as_deref(), Some("5.1.1"));
-    assert_eq!(e.original.record_id().map(|u| u.simple().to_string()).as_deref(), Some(RECORD));
+    assert_eq!(
+        e.original
+            .record_id()
+            .map(|u| u.simple().to_string())
+            .as_deref(),
+        Some(RECORD)
+    );
     assert!(e.source_ref.starts_with("00000138111222aa-33322211"));
 }
 
 #[test]
 fn ses_transient_bounce_is_soft_and_complaint_is_complaint() {
     let soft = ses_bounce().replace("Permanent", "Transient");
-    assert_eq!(ses::events(&soft, "x").unwrap().events[0].feedback.kind, Kind::Soft);
+    assert_eq!(
+        ses::events(&soft, "x").unwrap().events[0].feedback.kind,
+        Kind::Soft
+    );
     let complaint = json!({
         "notificationType": "Complaint",
         "complaint": {
@@ -84,7 +93,10 @@ fn ses_transient_bounce_is_soft_and_complaint_is_complaint() {
     .to_string();
     let events = ses::events(&complaint, "x").unwrap();
     assert_eq!(events.events[0].feedback.kind, Kind::Complaint);
-    assert_eq!(events.events[0].feedback.diagnostic.as_deref(), Some("abuse"));
+    assert_eq!(
+        events.events[0].feedback.diagnostic.as_deref(),
+        Some("abuse")
+    );
     assert_eq!(events.events[0].original.record_id(), None);
     let delivery = json!({"notificationType": "Delivery", "mail": {}, "delivery": {}}).to_string();
     assert_eq!(ses::events(&delivery, "x").unwrap().ignored, 1);
@@ -128,14 +140,24 @@ fn sns_signatures_verify_in_both_versions_and_tampering_fails() {
     let mut e = envelope(&ses_bounce());
     let signed = e.string_to_sign().unwrap();
     let b64 = |s: Vec<u8>| base64::engine::general_purpose::STANDARD.encode(s);
-    e.signature = b64(SigningKey::<sha1::Sha1>::new(key.clone()).sign(signed.as_bytes()).to_vec());
+    e.signature = b64(SigningKey::<sha1::Sha1>::new(key.clone())
+        .sign(signed.as_bytes())
+        .to_vec());
     e.verify_with(&public).unwrap();
     e.signature_version = "2".into();
-    assert!(e.verify_with(&public).is_err(), "a v1 signature is no v2 one");
-    e.signature = b64(SigningKey::<sha2::Sha256>::new(key).sign(signed.as_bytes()).to_vec());
+    assert!(
+        e.verify_with(&public).is_err(),
+        "a v1 signature is no v2 one"
+    );
+    e.signature = b64(SigningKey::<sha2::Sha256>::new(key)
+        .sign(signed.as_bytes())
+        .to_vec());
     e.verify_with(&public).unwrap();
     e.message = e.message.replace("Permanent", "Transient");
-    assert!(matches!(e.verify_with(&public), Err(InboundError::Unauthenticated(_))));
+    assert!(matches!(
+        e.verify_with(&public),
+        Err(InboundError::Unauthenticated(_))
+    ));
 }
 
 #[test]
@@ -189,9 +211,26 @@ fn sendgrid_batch() -> String {
 fn sendgrid_events_map_to_kinds_and_the_rest_is_ignored() {
     let events = sendgrid::events(sendgrid_batch().as_bytes()).unwrap();
     let kinds: Vec<Kind> = events.events.iter().map(|e| e.feedback.kind).collect();
-    assert_eq!(kinds, [Kind::Hard, Kind::Soft, Kind::Soft, Kind::Hard, Kind::Complaint]);
+    assert_eq!(
+        kinds,
+        [
+            Kind::Hard,
+            Kind::Soft,
+            Kind::Soft,
+            Kind::Hard,
+            Kind::Complaint
+        ]
+    );
     assert_eq!(events.ignored, 3);
-    assert_eq!(events.events[0].original.record_id().unwrap().simple().to_string(), RECORD);
+    assert_eq!(
+        events.events[0]
+            .original
+            .record_id()
+            .unwrap()
+            .simple()
+            .to_string(),
+        RECORD
+    );
     assert_eq!(events.events[0].source_ref, "6g4ZI7SA-xmRDv57GoPIPw==");
 }
 
@@ -201,9 +240,15 @@ fn sendgrid_signature_covers_timestamp_and_body() {
     use p256::pkcs8::EncodePublicKey;
     let key = EcKey::random(&mut rand::thread_rng());
     let spki = key.verifying_key().to_public_key_der().unwrap();
-    let verifying = sendgrid::parse_key(&base64::engine::general_purpose::STANDARD.encode(spki.as_bytes())).unwrap();
+    let verifying =
+        sendgrid::parse_key(&base64::engine::general_purpose::STANDARD.encode(spki.as_bytes()))
+            .unwrap();
     let body = sendgrid_batch();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs().to_string();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
     let sign = |ts: &str, body: &str| {
         let sig: p256::ecdsa::Signature = key.sign(format!("{ts}{body}").as_bytes());
         base64::engine::general_purpose::STANDARD.encode(sig.to_der().as_bytes())
@@ -212,7 +257,14 @@ fn sendgrid_signature_covers_timestamp_and_body() {
     let good = sign(&now, &body);
     sendgrid::verify(&verifying, Some(&good), Some(&now), body.as_bytes(), max).unwrap();
     let tampered = body.replace("bounce", "bounced");
-    assert!(sendgrid::verify(&verifying, Some(&good), Some(&now), tampered.as_bytes(), max).is_err());
+    assert!(sendgrid::verify(
+        &verifying,
+        Some(&good),
+        Some(&now),
+        tampered.as_bytes(),
+        max
+    )
+    .is_err());
     assert!(sendgrid::verify(&verifying, None, Some(&now), body.as_bytes(), max).is_err());
     let old = "1513299569";
     let stale = sign(old, &body);
@@ -246,22 +298,48 @@ fn postmark_bounces_and_complaints() {
     let mut soft = postmark_bounce();
     soft["Type"] = json!("SoftBounce");
     soft["Metadata"] = json!({});
-    soft["Content"] = json!(format!("Received: from x\r\nMessage-ID: {}\r\n", message_id()));
+    soft["Content"] = json!(format!(
+        "Received: from x\r\nMessage-ID: {}\r\n",
+        message_id()
+    ));
     let events = postmark::events(soft.to_string().as_bytes()).unwrap();
     assert_eq!(events.events[0].feedback.kind, Kind::Soft);
-    assert_eq!(events.events[0].original.record_id().unwrap().simple().to_string(), RECORD);
+    assert_eq!(
+        events.events[0]
+            .original
+            .record_id()
+            .unwrap()
+            .simple()
+            .to_string(),
+        RECORD
+    );
     let mut complaint = postmark_bounce();
     complaint["RecordType"] = json!("SpamComplaint");
     complaint["Type"] = json!("SpamComplaint");
-    assert_eq!(postmark::events(complaint.to_string().as_bytes()).unwrap().events[0].feedback.kind, Kind::Complaint);
+    assert_eq!(
+        postmark::events(complaint.to_string().as_bytes())
+            .unwrap()
+            .events[0]
+            .feedback
+            .kind,
+        Kind::Complaint
+    );
     let mut auto = postmark_bounce();
     auto["Type"] = json!("AutoResponder");
-    assert_eq!(postmark::events(auto.to_string().as_bytes()).unwrap().ignored, 1);
+    assert_eq!(
+        postmark::events(auto.to_string().as_bytes())
+            .unwrap()
+            .ignored,
+        1
+    );
 }
 
 #[test]
 fn postmark_basic_auth() {
-    let header = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("hook:s3cret"));
+    let header = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("hook:s3cret")
+    );
     postmark::check_basic_auth(Some(&header), "hook", "s3cret").unwrap();
     assert!(postmark::check_basic_auth(Some(&header), "hook", "other").is_err());
     assert!(postmark::check_basic_auth(None, "hook", "s3cret").is_err());
@@ -293,7 +371,11 @@ fn mailgun_failed(key: &str, timestamp: &str) -> String {
 
 #[test]
 fn mailgun_signed_failed_event() {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs().to_string();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
     let max = Duration::from_secs(300);
     let hook = mailgun::Webhook::parse(mailgun_failed("key-1", &now).as_bytes()).unwrap();
     hook.verify(b"key-1", max).unwrap();
@@ -304,7 +386,10 @@ fn mailgun_signed_failed_event() {
     assert_eq!(e.feedback.status_code.as_deref(), Some("605"));
     assert_eq!(e.original.record_id().unwrap().simple().to_string(), RECORD);
     let stale = mailgun::Webhook::parse(mailgun_failed("key-1", "1529006854").as_bytes()).unwrap();
-    assert!(matches!(stale.verify(b"key-1", max), Err(InboundError::Stale { .. })));
+    assert!(matches!(
+        stale.verify(b"key-1", max),
+        Err(InboundError::Stale { .. })
+    ));
     let temporary = mailgun_failed("k", &now).replace("\"permanent\"", "\"temporary\"");
     let hook = mailgun::Webhook::parse(temporary.as_bytes()).unwrap();
     assert_eq!(hook.events().unwrap().events[0].feedback.kind, Kind::Soft);
