@@ -294,7 +294,13 @@ pub async fn put_mailbox(
         "mailbox": view.mailbox,
     });
     actor
-        .commit(tx, "email_account.mailbox.set", "email_account", id, details)
+        .commit(
+            tx,
+            "email_account.mailbox.set",
+            "email_account",
+            id,
+            details,
+        )
         .await?;
     Ok(Data::new(view))
 }
@@ -332,7 +338,13 @@ pub async fn delete_mailbox(
         return Err(ApiError::NotFound("mailbox"));
     }
     actor
-        .commit(tx, "email_account.mailbox.delete", "email_account", id, json!({}))
+        .commit(
+            tx,
+            "email_account.mailbox.delete",
+            "email_account",
+            id,
+            json!({}),
+        )
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

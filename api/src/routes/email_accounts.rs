@@ -202,7 +202,10 @@ async fn with_rates(
     Ok(views)
 }
 
-async fn view_with_rates(state: &AppState, account: EmailAccount) -> Result<EmailAccountView, ApiError> {
+async fn view_with_rates(
+    state: &AppState,
+    account: EmailAccount,
+) -> Result<EmailAccountView, ApiError> {
     let mut views = with_rates(state, vec![account.into()]).await?;
     views.pop().ok_or(ApiError::NotFound("email account"))
 }

@@ -75,14 +75,11 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let today = platform::today(&state.settings);
     if let Ok(accounts) = platform::db::email_accounts::gauges(&state.pool, today).await {
         let rates = match &state.settings.bounces {
-            Some(b) => platform::db::bounces::account_rates(
-                &state.pool,
-                today,
-                b.pause.window_days,
-                None,
-            )
-            .await
-            .unwrap_or_default(),
+            Some(b) => {
+                platform::db::bounces::account_rates(&state.pool, today, b.pause.window_days, None)
+                    .await
+                    .unwrap_or_default()
+            }
             None => Default::default(),
         };
         for a in accounts {

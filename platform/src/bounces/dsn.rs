@@ -91,7 +91,10 @@ pub(super) fn status_code(field: &str) -> Option<String> {
     let valid = matches!(class, "2" | "4" | "5")
         && (1..=3).contains(&subject.len())
         && (1..=3).contains(&detail.len())
-        && subject.bytes().chain(detail.bytes()).all(|b| b.is_ascii_digit())
+        && subject
+            .bytes()
+            .chain(detail.bytes())
+            .all(|b| b.is_ascii_digit())
         && parts.next().is_none();
     valid.then(|| code.to_string())
 }

@@ -63,8 +63,7 @@ pub(super) fn read(message: &Message) -> Parsed {
         .or_else(|| EXIM_ADDRESS.captures(&text))
         .and_then(|c| c.get(1))
         .map(|m| m.as_str().to_lowercase());
-    if status.is_none() && code.is_none() && recipient.is_none() && original.record_id().is_none()
-    {
+    if status.is_none() && code.is_none() && recipient.is_none() && original.record_id().is_none() {
         return Parsed::Malformed(
             "a bounce with no status, no failed address and no original message".into(),
         );

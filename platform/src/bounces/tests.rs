@@ -14,12 +14,15 @@ fn sample(name: &str, record: Uuid) -> Vec<u8> {
         env!("CARGO_MANIFEST_DIR")
     );
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    text.replace("{{MESSAGE_ID}}", &format!("{}@example.com", record.simple()))
-        .replace("{{NOTIFY_ID}}", &record.to_string())
-        .replace("{{RECIPIENT}}", RECIPIENT)
-        .replace("{{ACCOUNT}}", ACCOUNT)
-        .replace('\n', "\r\n")
-        .into_bytes()
+    text.replace(
+        "{{MESSAGE_ID}}",
+        &format!("{}@example.com", record.simple()),
+    )
+    .replace("{{NOTIFY_ID}}", &record.to_string())
+    .replace("{{RECIPIENT}}", RECIPIENT)
+    .replace("{{ACCOUNT}}", ACCOUNT)
+    .replace('\n', "\r\n")
+    .into_bytes()
 }
 
 fn report(name: &str) -> (Report, Uuid) {
@@ -93,7 +96,10 @@ fn plain_text_bounces_of_qmail_and_exim_are_read() {
             "{name}"
         );
         assert!(
-            feedback.status_code.as_deref().is_some_and(|s| s.starts_with("5.")),
+            feedback
+                .status_code
+                .as_deref()
+                .is_some_and(|s| s.starts_with("5.")),
             "{name}: {feedback:?}"
         );
     }
@@ -116,7 +122,10 @@ fn a_report_without_its_fields_is_malformed() {
         parse(&sample("malformed_report", Uuid::new_v4())),
         Parsed::Malformed(_)
     ));
-    assert!(matches!(parse(b""), Parsed::Malformed(_) | Parsed::NotAReport));
+    assert!(matches!(
+        parse(b""),
+        Parsed::Malformed(_) | Parsed::NotAReport
+    ));
 }
 
 #[test]

@@ -123,12 +123,12 @@ impl Endpoint {
         smtp_host: &str,
         smtp_username: &str,
     ) -> Endpoint {
-        let host = host.map(str::to_string).unwrap_or_else(|| {
-            match smtp_host.strip_prefix("smtp.") {
-                Some(rest) => format!("imap.{rest}"),
-                None => smtp_host.to_string(),
-            }
-        });
+        let host =
+            host.map(str::to_string)
+                .unwrap_or_else(|| match smtp_host.strip_prefix("smtp.") {
+                    Some(rest) => format!("imap.{rest}"),
+                    None => smtp_host.to_string(),
+                });
         let tls = tls.unwrap_or(TlsMode::Implicit);
         let port = port.unwrap_or(match tls {
             TlsMode::Implicit => 993,
@@ -317,6 +317,9 @@ mod tests {
             "mail.example.com",
             "me",
         );
-        assert_eq!((e.host.as_str(), e.port, e.username.as_str()), ("127.0.0.1", 143, "bounces"));
+        assert_eq!(
+            (e.host.as_str(), e.port, e.username.as_str()),
+            ("127.0.0.1", 143, "bounces")
+        );
     }
 }

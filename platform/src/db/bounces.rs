@@ -140,8 +140,14 @@ pub async fn apply(
             (marked.then_some("bounced"), Some("bounce"))
         }
         Kind::Complaint => {
-            let marked =
-                mark(&mut *tx, target.id, "complained", &["sent", "bounced"], &error).await?;
+            let marked = mark(
+                &mut *tx,
+                target.id,
+                "complained",
+                &["sent", "bounced"],
+                &error,
+            )
+            .await?;
             (marked.then_some("complained"), Some("complaint"))
         }
         Kind::Soft => {
@@ -180,11 +186,14 @@ fn describe(feedback: &Feedback) -> String {
         Kind::Soft => "soft bounce",
         Kind::Complaint => "complaint",
     };
-    let detail = [feedback.status_code.as_deref(), feedback.diagnostic.as_deref()]
-        .into_iter()
-        .flatten()
-        .collect::<Vec<_>>()
-        .join(" ");
+    let detail = [
+        feedback.status_code.as_deref(),
+        feedback.diagnostic.as_deref(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect::<Vec<_>>()
+    .join(" ");
     if detail.is_empty() {
         what.to_string()
     } else {

@@ -123,16 +123,12 @@ impl Mailbox {
                 async_imap::Client::new(tls(&endpoint.host, plain.into_inner(), timeout).await?)
             }
         };
-        let mut session = match tokio::time::timeout(
-            timeout,
-            client.login(&endpoint.username, password),
-        )
-        .await
-        {
-            Ok(Ok(session)) => session,
-            Ok(Err((e, _))) => return Err(ImapError::Login(endpoint.username.clone(), e)),
-            Err(_) => return Err(ImapError::Timeout("logging in")),
-        };
+        let mut session =
+            match tokio::time::timeout(timeout, client.login(&endpoint.username, password)).await {
+                Ok(Ok(session)) => session,
+                Ok(Err((e, _))) => return Err(ImapError::Login(endpoint.username.clone(), e)),
+                Err(_) => return Err(ImapError::Timeout("logging in")),
+            };
         let selected = within(timeout, "SELECT", session.select(mailbox)).await?;
         let uid_validity = selected
             .uid_validity
@@ -161,7 +157,11 @@ impl Mailbox {
         let query = format!("(UID BODY.PEEK[]<0.{FETCH_PREFIX}>)");
         let timeout = self.timeout;
         let fetches: Vec<_> = within(timeout, "UID FETCH", async {
-            self.session.uid_fetch(set, query).await?.try_collect().await
+            self.session
+                .uid_fetch(set, query)
+                .await?
+                .try_collect()
+                .await
         })
         .await?;
         let mut messages: Vec<(u32, Vec<u8>)> = fetches

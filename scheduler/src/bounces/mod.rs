@@ -61,7 +61,12 @@ pub struct BounceProcessor {
 }
 
 impl BounceProcessor {
-    pub fn new(pool: PgPool, keyring: Keyring, settings: Settings, bounces: BounceSettings) -> Self {
+    pub fn new(
+        pool: PgPool,
+        keyring: Keyring,
+        settings: Settings,
+        bounces: BounceSettings,
+    ) -> Self {
         BounceProcessor {
             pool,
             keyring,
@@ -103,12 +108,11 @@ impl BounceProcessor {
     /// One read of one mailbox, its outcome recorded and the lease returned.
     async fn read(&self, lease: Lease) {
         let account = lease.account_email.clone();
-        let result = match tokio::time::timeout(self.bounces.lease(), self.read_mailbox(&lease))
-            .await
-        {
-            Ok(result) => result,
-            Err(_) => Err(ReadError::Imap(ImapError::Timeout("reading the mailbox"))),
-        };
+        let result =
+            match tokio::time::timeout(self.bounces.lease(), self.read_mailbox(&lease)).await {
+                Ok(result) => result,
+                Err(_) => Err(ReadError::Imap(ImapError::Timeout("reading the mailbox"))),
+            };
         let error = result.as_ref().err().map(ToString::to_string);
         if let Some(error) = &error {
             metrics::counter!("bounce_mailbox_errors_total").increment(1);
@@ -150,7 +154,10 @@ impl BounceProcessor {
                 let source_ref = format!("{}/{}/{validity}/{uid}", lease.account_id, lease.mailbox);
                 match bounces::parse(raw) {
                     Parsed::Report(report) => {
-                        match self.apply(lease, &report, &source_ref, &mut accounts).await? {
+                        match self
+                            .apply(lease, &report, &source_ref, &mut accounts)
+                            .await?
+                        {
                             true => {
                                 counts.reports += 1;
                                 processed.push(*uid);

@@ -61,7 +61,10 @@ async fn setup(extra: &[(&str, &str)], schedulers: usize) -> (TestEnv, String, D
 
 async fn account_id(env: &TestEnv, token: &str) -> String {
     let res = env.api().get("/api/v1/admin/email-accounts", token).await;
-    res.body["data"][0]["id"].as_str().expect("account").to_string()
+    res.body["data"][0]["id"]
+        .as_str()
+        .expect("account")
+        .to_string()
 }
 
 async fn mailbox(env: &TestEnv, token: &str) -> Value {
@@ -82,8 +85,8 @@ async fn mailbox(env: &TestEnv, token: &str) -> Value {
 async fn wait_counts(env: &TestEnv, token: &str, want: [i64; 4]) -> Value {
     eventually("the mailbox counters", WAIT, || async {
         let m = mailbox(env, token).await;
-        let got = ["reports", "unmatched", "malformed", "ignored"]
-            .map(|k| m[k].as_i64().unwrap_or(-1));
+        let got =
+            ["reports", "unmatched", "malformed", "ignored"].map(|k| m[k].as_i64().unwrap_or(-1));
         (got == want).then_some(m)
     })
     .await
@@ -121,15 +124,23 @@ async fn a_hard_bounce_in_the_mailbox_suppresses_the_address_and_the_next_send_i
         .await;
     env.wait_status(id, "bounced", WAIT).await;
 
-    let res = env.api().get(&format!("/api/v1/messages/{id}"), &token).await;
+    let res = env
+        .api()
+        .get(&format!("/api/v1/messages/{id}"), &token)
+        .await;
     let error = res.body["data"]["error"].as_str().unwrap_or_default();
     assert!(
         error.starts_with("bounced: 5.1.1") && error.contains("User unknown"),
         "{}",
         res.body
     );
-    assert_eq!(suppression_reason(&env, gone).await.as_deref(), Some("bounce"));
-    assert!(timeline(&env, &token, id).await.contains(&"bounced".to_string()));
+    assert_eq!(
+        suppression_reason(&env, gone).await.as_deref(),
+        Some("bounce")
+    );
+    assert!(timeline(&env, &token, id)
+        .await
+        .contains(&"bounced".to_string()));
 
     let res = env
         .api()
@@ -249,12 +260,24 @@ async fn unreadable_unrelated_and_unknown_mail_is_counted_and_left_alone() {
     // A report that cannot be read, an out-of-office reply, and a bounce
     // of a message that is not ours; then a good report, which is still
     // processed after them.
-    imap.deliver(SENDER, PASSWORD, &report("malformed_report", Uuid::new_v4(), someone))
-        .await;
-    imap.deliver(SENDER, PASSWORD, &report("out_of_office", Uuid::new_v4(), someone))
-        .await;
-    imap.deliver(SENDER, PASSWORD, &report("postfix_hard", Uuid::new_v4(), someone))
-        .await;
+    imap.deliver(
+        SENDER,
+        PASSWORD,
+        &report("malformed_report", Uuid::new_v4(), someone),
+    )
+    .await;
+    imap.deliver(
+        SENDER,
+        PASSWORD,
+        &report("out_of_office", Uuid::new_v4(), someone),
+    )
+    .await;
+    imap.deliver(
+        SENDER,
+        PASSWORD,
+        &report("postfix_hard", Uuid::new_v4(), someone),
+    )
+    .await;
     let id = env.send_until(&token, someone, "sent", WAIT).await;
     imap.deliver(SENDER, PASSWORD, &report("exim_plain", id, someone))
         .await;
@@ -306,12 +329,11 @@ async fn two_processors_apply_each_report_once() {
         .await
         .unwrap();
     assert_eq!(bounces, 8);
-    let bounced_events: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM message_events WHERE event = 'bounced'",
-    )
-    .fetch_one(&env.pool)
-    .await
-    .unwrap();
+    let bounced_events: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM message_events WHERE event = 'bounced'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
     assert_eq!(bounced_events, 8, "each message bounced once");
 }
 
@@ -331,14 +353,26 @@ async fn an_account_whose_bounce_rate_crosses_the_threshold_is_paused_with_a_rea
         ids.push((env.send_until(&token, &to, "sent", WAIT).await, to));
     }
     // One bounce in four: 25%, under the threshold.
-    imap.deliver(SENDER, PASSWORD, &report("postfix_hard", ids[0].0, &ids[0].1))
-        .await;
+    imap.deliver(
+        SENDER,
+        PASSWORD,
+        &report("postfix_hard", ids[0].0, &ids[0].1),
+    )
+    .await;
     wait_counts(&env, &token, [1, 0, 0, 0]).await;
     let account = env.api().get("/api/v1/admin/email-accounts", &token).await;
-    assert_eq!(account.body["data"][0]["is_active"], true, "{}", account.body);
+    assert_eq!(
+        account.body["data"][0]["is_active"], true,
+        "{}",
+        account.body
+    );
     // Two in four: 50%.
-    imap.deliver(SENDER, PASSWORD, &report("postfix_hard", ids[1].0, &ids[1].1))
-        .await;
+    imap.deliver(
+        SENDER,
+        PASSWORD,
+        &report("postfix_hard", ids[1].0, &ids[1].1),
+    )
+    .await;
     let account = eventually("the account to be paused", WAIT, || async {
         let res = env.api().get("/api/v1/admin/email-accounts", &token).await;
         let account = res.body["data"][0].clone();
@@ -350,7 +384,13 @@ async fn an_account_whose_bounce_rate_crosses_the_threshold_is_paused_with_a_rea
     assert_eq!(account["deliverability"]["hard_bounces"], 2, "{account}");
     let audit = env
         .api()
-        .get("/api/v1/admin/audit-log?action=email_account.auto_pause", &token)
+        .get(
+            "/api/v1/admin/audit-log?action=email_account.auto_pause",
+            &token,
+        )
         .await;
-    assert_eq!(audit.body["data"]["items"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        audit.body["data"]["items"].as_array().map(Vec::len),
+        Some(1)
+    );
 }

@@ -101,7 +101,10 @@ impl Dovecot {
     /// Starts a server with `users` (address, password).
     pub async fn start(users: &[(&str, &str)]) -> Dovecot {
         // Short: Dovecot's sockets live under it (108-byte path limit).
-        let dir = std::env::temp_dir().join(format!("ndv-{}", &Uuid::new_v4().simple().to_string()[..12]));
+        let dir = std::env::temp_dir().join(format!(
+            "ndv-{}",
+            &Uuid::new_v4().simple().to_string()[..12]
+        ));
         for sub in ["run", "state", "mail"] {
             std::fs::create_dir_all(dir.join(sub)).expect("dovecot dirs");
         }
@@ -130,17 +133,13 @@ impl Dovecot {
             .spawn()
             .expect("start dovecot");
         let server = Dovecot { child, dir, port };
-        eventually(
-            "dovecot to listen",
-            Duration::from_secs(20),
-            || async {
-                // Wait for a greeting, not just a port: a bare connect
-                // before auth is ready makes Dovecot drop the client.
-                let tcp = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-                let mut client = async_imap::Client::new(tcp);
-                client.read_response().await.ok().flatten().map(|_| ())
-            },
-        )
+        eventually("dovecot to listen", Duration::from_secs(20), || async {
+            // Wait for a greeting, not just a port: a bare connect
+            // before auth is ready makes Dovecot drop the client.
+            let tcp = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+            let mut client = async_imap::Client::new(tcp);
+            client.read_response().await.ok().flatten().map(|_| ())
+        })
         .await;
         server
     }
