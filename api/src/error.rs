@@ -27,6 +27,10 @@ pub enum ApiError {
     /// 404
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// 404 with a specific code: a route this platform does not offer as
+    /// configured (`provider_not_configured`).
+    #[error("{message}")]
+    NotOffered { code: &'static str, message: String },
     /// 405: the path exists, but not with this method.
     #[error("this method is not allowed on this path")]
     MethodNotAllowed,
@@ -155,6 +159,7 @@ impl ApiError {
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "insufficient_scope"),
             ApiError::Denied { code, .. } => (StatusCode::FORBIDDEN, code),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::NotOffered { code, .. } => (StatusCode::NOT_FOUND, code),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
@@ -213,6 +218,24 @@ impl IntoResponse for ApiError {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
+    }
+}
+
+/// A provider webhook refused: 401 for what fails authentication, 403 for
+/// a topic not allowed, 400 for a body not in the provider's format, 503
+/// when SNS could not be reached (the provider retries).
+impl From<platform::bounces::providers::InboundError> for ApiError {
+    fn from(e: platform::bounces::providers::InboundError) -> Self {
+        use platform::bounces::providers::InboundError as E;
+        let code = e.code();
+        match e {
+            E::Unauthenticated(_) | E::Stale { .. } | E::UntrustedUrl(_) => {
+                ApiError::unauthorized(code, e.to_string())
+            }
+            E::UnknownTopic(_) => ApiError::forbidden_because(code, e.to_string()),
+            E::Malformed(message) => ApiError::BadRequest { code, message },
+            E::Unreachable(message) => ApiError::Unavailable(message),
+        }
     }
 }
 

@@ -30,8 +30,8 @@ use crate::ratelimit::{self, RateLimiter};
 use crate::readiness::Readiness;
 use crate::routes::{
     api_keys, audit_log, auth, bounces, campaigns, dead_letters, dkim_keys, domain_throttles,
-    email_accounts, health, lists, messages, periodic_tasks, queues, suppressions, templates,
-    timelines, unsubscribe, webhooks,
+    email_accounts, health, inbound, lists, messages, periodic_tasks, queues, suppressions,
+    templates, timelines, unsubscribe, webhooks,
 };
 use crate::state::{ApiSettings, AppState, Shared};
 
@@ -57,7 +57,11 @@ impl Application {
             .context("JWT settings are not loaded")?;
         let tokens = Arc::new(TokenIssuer::new(jwt));
         let ingest = Ingest::start(pool.clone(), settings.queues.tasks.clone(), outbox.clone());
+        let sns = Arc::new(inbound::certificates(
+            settings.bounces.as_ref().map(|b| &b.inbound),
+        )?);
         let state = AppState::new(Shared {
+            sns,
             rate_limiter,
             auth_throttle: AuthThrottle::new(&settings)?,
             readiness: Readiness::default(),
@@ -158,6 +162,11 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
             post(templates::render),
         ),
         (Method::POST, "/api/v1/webhooks", post(webhooks::create)),
+        (
+            Method::POST,
+            "/api/v1/webhooks/inbound/{provider}",
+            post(inbound::receive).layer(DefaultBodyLimit::max(inbound::BODY_LIMIT)),
+        ),
         (Method::GET, "/api/v1/webhooks", get(webhooks::list)),
         (Method::GET, "/api/v1/webhooks/{id}", get(webhooks::get)),
         (

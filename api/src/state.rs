@@ -74,4 +74,6 @@ pub struct Shared {
     pub rate_limiter: RateLimiter,
     pub auth_throttle: AuthThrottle,
     pub readiness: Readiness,
+    /// SNS signing certificates, fetched once each (provider webhooks).
+    pub sns: Arc<platform::bounces::providers::sns::Certificates>,
 }

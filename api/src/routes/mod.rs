@@ -10,6 +10,7 @@ pub mod dkim_keys;
 pub mod domain_throttles;
 pub mod email_accounts;
 pub mod health;
+pub mod inbound;
 pub mod lists;
 pub mod messages;
 pub mod periodic_tasks;

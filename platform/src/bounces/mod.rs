@@ -12,8 +12,9 @@
 mod arf;
 mod dsn;
 mod fields;
-mod original;
+pub(crate) mod original;
 mod plain;
+pub mod providers;
 
 use mail_parser::{MessageParser, MimeHeaders};
 use uuid::Uuid;
@@ -142,7 +143,7 @@ fn kind_of_status(status: &str) -> Option<Kind> {
 }
 
 /// Keeps a diagnostic to a length a record and a webhook can carry.
-fn clip(text: &str) -> String {
+pub(crate) fn clip(text: &str) -> String {
     const MAX: usize = 1000;
     let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
     if text.len() <= MAX {

@@ -60,7 +60,7 @@ fn from_headers(inner: &Message, found: &mut Original) {
 
 /// `Message-ID: <…>` and `X-Notify-Message-Id: …` lines, also indented or
 /// quoted with `>`.
-fn from_quoted_lines(text: &str, found: &mut Original) {
+pub(super) fn from_quoted_lines(text: &str, found: &mut Original) {
     for line in text.lines() {
         let line = line.trim_start_matches(|c: char| c == '>' || c.is_whitespace());
         let Some((name, value)) = line.split_once(':') else {

@@ -29,7 +29,7 @@ use chrono_tz::Tz;
 use secrecy::SecretString;
 
 pub use api::AuthThrottle;
-pub use bounces::BounceSettings;
+pub use bounces::{BounceSettings, InboundSettings};
 pub use broker::{ladder_rungs, QueueNames, LADDER_LIMIT_SECONDS};
 pub use process::Environment;
 pub use scheduler::SchedulerSettings;
@@ -329,7 +329,7 @@ fn load(roles: &[Role], lookup: &dyn Fn(&str) -> Option<String>) -> Result<Setti
             .then(|| unsubscribe::settings(&vars, env))
             .transpose()?,
         bounces: reads(Section::Bounces)
-            .then(|| bounces::settings(&vars))
+            .then(|| bounces::settings(&vars, env))
             .transpose()?,
     })
 }

@@ -23,6 +23,7 @@ mod domain_throttles;
 mod error_codes;
 mod etas;
 mod hostile_input;
+mod inbound;
 mod openapi;
 mod ownership;
 mod periodic;
