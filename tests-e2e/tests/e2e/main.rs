@@ -33,6 +33,7 @@ mod python_interop;
 mod queries;
 mod quota;
 mod rate_limit;
+mod reconnects;
 mod reliability;
 mod resilience;
 mod scheduler;
