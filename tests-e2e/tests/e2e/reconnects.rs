@@ -25,8 +25,13 @@ async fn worker_behind_proxy(heartbeat: &str) -> (TestEnv, String, TcpProxy) {
         ("CELERY_BROKER_URL", url.as_str()),
         ("RABBITMQ_HEARTBEAT", heartbeat),
     ]);
-    env.send_until(&token, "before@example.org", "sent", Duration::from_secs(30))
-        .await;
+    env.send_until(
+        &token,
+        "before@example.org",
+        "sent",
+        Duration::from_secs(30),
+    )
+    .await;
     (env, token, proxy)
 }
 
@@ -123,8 +128,13 @@ async fn a_connection_the_broker_closes_is_reopened() {
     let token = env.start_api_as_admin().await;
     env.add_sender(&token, 1000).await;
     env.start_worker();
-    env.send_until(&token, "before@example.org", "sent", Duration::from_secs(30))
-        .await;
+    env.send_until(
+        &token,
+        "before@example.org",
+        "sent",
+        Duration::from_secs(30),
+    )
+    .await;
     let node = format!("worker0@{}", env.queue);
     let closed = eventually(
         "the worker's connection listed by rabbitmqctl",

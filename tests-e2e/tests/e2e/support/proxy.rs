@@ -97,8 +97,10 @@ impl TcpProxy {
     /// after a dropped route or a peer's host that hangs. Only heartbeats
     /// can tell such a connection is dead. New connections pass.
     pub fn freeze(&self) {
-        self.frozen_below
-            .store(self.accepted.load(Ordering::SeqCst) as u64, Ordering::SeqCst);
+        self.frozen_below.store(
+            self.accepted.load(Ordering::SeqCst) as u64,
+            Ordering::SeqCst,
+        );
     }
 }
 
