@@ -16,8 +16,20 @@
 //! delivered per second and the lag from event to delivery. Comparing a
 //! run with `--webhooks 0` shows what webhooks cost the sending rate.
 //!
+//! With `--smtp-latency MS` the sink answers as a real provider does: 50 ms
+//! for the greeting and for each RCPT, the rest of MS after the data, so a
+//! message on a warm connection takes MS. `--accounts A` SMTP accounts
+//! (distinct logins) share the load, each capped at `--account-connections
+//! C` connections (the account's `max_connections`, and the sink refuses a
+//! login's connection beyond C with 421). Such a run prints its bound,
+//! A × C ÷ latency, and each phase's ratio to it.
+//!
+//! Every phase prints PostgreSQL's WAL bytes per email (the whole server's
+//! WAL: run it on a quiet machine).
+//!
 //! Usage: notify-bench [--messages N] [--concurrency C] [--workers W] [--rate R]
 //!                     [--worker-concurrency N] [--prefetch N] [--webhooks E]
+//!                     [--accounts A] [--account-connections C] [--smtp-latency MS]
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -49,6 +61,32 @@ struct Options {
     prefetch: usize,
     /// Webhook endpoints receiving each message's events.
     webhooks: usize,
+    /// SMTP accounts (distinct logins on the sink) sharing the load.
+    accounts: usize,
+    /// Each account's `max_connections` (0: no cap).
+    account_connections: usize,
+    /// Milliseconds the sink takes per message on a warm connection.
+    smtp_latency: usize,
+}
+
+impl Options {
+    /// Emails per second the SMTP side allows at most: every allowed
+    /// connection busy all the time. None without a latency or a cap.
+    fn bound(&self) -> Option<f64> {
+        (self.smtp_latency > 0 && self.account_connections > 0).then(|| {
+            (self.accounts * self.account_connections) as f64 * 1000.0 / self.smtp_latency as f64
+        })
+    }
+
+    fn versus_bound(&self, rate: f64) -> String {
+        match self.bound() {
+            Some(bound) => format!(
+                " — {:.0}% of the bound ({bound:.0} emails/s)",
+                100.0 * rate / bound
+            ),
+            None => String::new(),
+        }
+    }
 }
 
 fn options() -> anyhow::Result<Options> {
@@ -60,6 +98,9 @@ fn options() -> anyhow::Result<Options> {
         worker_concurrency: 128,
         prefetch: 64,
         webhooks: 0,
+        accounts: 1,
+        account_connections: 0,
+        smtp_latency: 0,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -72,10 +113,16 @@ fn options() -> anyhow::Result<Options> {
             "--worker-concurrency" => o.worker_concurrency = value,
             "--prefetch" => o.prefetch = value,
             "--webhooks" => o.webhooks = value,
+            "--accounts" => o.accounts = value.max(1),
+            "--account-connections" => o.account_connections = value,
+            "--smtp-latency" => o.smtp_latency = value,
             other => bail!(
-                "unknown flag {other}; usage: notify-bench [--messages N] [--concurrency C] [--workers W] [--rate R] [--worker-concurrency N] [--prefetch N] [--webhooks E]"
+                "unknown flag {other}; usage: notify-bench [--messages N] [--concurrency C] [--workers W] [--rate R] [--worker-concurrency N] [--prefetch N] [--webhooks E] [--accounts A] [--account-connections C] [--smtp-latency MS]"
             ),
         }
+    }
+    if o.smtp_latency > 0 && o.smtp_latency < 100 {
+        bail!("--smtp-latency is at least 100 ms (50 for RCPT, the rest after the data)");
     }
     Ok(o)
 }
@@ -235,6 +282,25 @@ async fn report_webhooks(
     Ok(())
 }
 
+/// PostgreSQL's current WAL position, in bytes.
+async fn wal_position(pool: &PgPool) -> anyhow::Result<f64> {
+    Ok(
+        sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::float8")
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
+async fn report_wal(pool: &PgPool, before: f64, emails: usize) -> anyhow::Result<()> {
+    let written = wal_position(pool).await? - before;
+    println!(
+        "  WAL: {:.0} bytes per email ({:.1} MB in all)",
+        written / emails as f64,
+        written / 1e6
+    );
+    Ok(())
+}
+
 fn peak_rss_mb(pid: Option<u32>) -> f64 {
     let Some(pid) = pid else { return 0.0 };
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -334,14 +400,28 @@ async fn main() -> anyhow::Result<()> {
         .as_str()
         .context("token")?
         .to_string();
-    client
-        .post(format!("{base}/api/v1/admin/email-accounts"))
-        .bearer_auth(&token)
-        .json(&json!({"email": "bench@example.com", "smtp_host": "127.0.0.1", "smtp_port": sink.port(),
-            "smtp_password": "pw", "daily_limit": 10_000_000, "tls_mode": "none"}))
-        .send()
-        .await?
-        .error_for_status()?;
+    if o.smtp_latency > 0 {
+        let data = o.smtp_latency - 50;
+        sink.set_latency(
+            smtp_sink::Latency::parse(&format!("greeting=50,rcpt=50,data={data}"))
+                .map_err(anyhow::Error::msg)?,
+        );
+    }
+    sink.limit_connections_per_login(o.account_connections);
+    for a in 0..o.accounts {
+        let mut account = json!({"email": format!("bench{a}@example.com"), "smtp_host": "127.0.0.1",
+            "smtp_port": sink.port(), "smtp_password": "pw", "daily_limit": 10_000_000, "tls_mode": "none"});
+        if o.account_connections > 0 {
+            account["max_connections"] = json!(o.account_connections);
+        }
+        client
+            .post(format!("{base}/api/v1/admin/email-accounts"))
+            .bearer_auth(&token)
+            .json(&account)
+            .send()
+            .await?
+            .error_for_status()?;
+    }
     let receiver = receiver::Receiver::start().await?;
     for _ in 0..o.webhooks {
         client
@@ -361,8 +441,15 @@ async fn main() -> anyhow::Result<()> {
         "notify-bench: {} messages, {} concurrent clients, {} worker process(es) of concurrency {}, prefetch {}, {} webhook endpoint(s)",
         o.messages, o.concurrency, o.workers, o.worker_concurrency, o.prefetch, o.webhooks
     );
+    if let Some(bound) = o.bound() {
+        println!(
+            "SMTP: {} accounts × {} connections, {} ms per message: bound {bound:.0} emails/s",
+            o.accounts, o.account_connections, o.smtp_latency
+        );
+    }
 
     // 1. Ingest with the workers stopped.
+    let wal_before = wal_position(&pool).await?;
     let cpu_before = CpuSnapshot::take();
     let (elapsed, lat) =
         send_all(&client, &send_url, &token, o.messages, o.concurrency, 0, 0).await?;
@@ -373,8 +460,10 @@ async fn main() -> anyhow::Result<()> {
         percentile(&lat, 0.99)
     );
     CpuSnapshot::take().report(&cpu_before, o.messages, elapsed.as_secs_f64());
+    report_wal(&pool, wal_before, o.messages).await?;
 
     // 2. Drain the backlog.
+    let wal_before = wal_position(&pool).await?;
     let cpu_before = CpuSnapshot::take();
     let started = Instant::now();
     for i in 0..o.workers {
@@ -386,18 +475,21 @@ async fn main() -> anyhow::Result<()> {
     }
     wait_sent(&pool, &sink, o.messages as i64, Duration::from_secs(600)).await?;
     let drained = started.elapsed();
+    let rate = o.messages as f64 / drained.as_secs_f64();
     println!(
-        "drain: {:.0} emails/s ({} emails in {:.1} s)",
-        o.messages as f64 / drained.as_secs_f64(),
+        "drain: {rate:.0} emails/s ({} emails in {:.1} s){}",
         o.messages,
-        drained.as_secs_f64()
+        drained.as_secs_f64(),
+        o.versus_bound(rate)
     );
     CpuSnapshot::take().report(&cpu_before, o.messages, drained.as_secs_f64());
+    report_wal(&pool, wal_before, o.messages).await?;
 
     // 3. End to end with the workers running (paced when --rate is given).
     if o.rate > 0 {
         println!("end-to-end phase offered at {} requests/s", o.rate);
     }
+    let wal_before = wal_position(&pool).await?;
     let cpu_before = CpuSnapshot::take();
     let started = Instant::now();
     let (elapsed, lat) = send_all(
@@ -434,14 +526,24 @@ async fn main() -> anyhow::Result<()> {
         percentile(&lat, 0.5),
         percentile(&lat, 0.99)
     );
+    let rate = o.messages as f64 / total.as_secs_f64();
     println!(
-        "end to end: {:.0} emails/s (first request to last email sent: {:.1} s); per-message latency p50 {:.0} ms, p99 {:.0} ms",
-        o.messages as f64 / total.as_secs_f64(),
+        "end to end: {rate:.0} emails/s (first request to last email sent: {:.1} s); per-message latency p50 {:.0} ms, p99 {:.0} ms{}",
         total.as_secs_f64(),
         percentile(&e2e, 0.5),
-        percentile(&e2e, 0.99)
+        percentile(&e2e, 0.99),
+        o.versus_bound(rate)
     );
     cpu_after.report(&cpu_before, o.messages, total.as_secs_f64());
+    report_wal(&pool, wal_before, o.messages).await?;
+    if o.account_connections > 0 {
+        println!(
+            "SMTP connections: at most {} per login at once (cap {}); {} refused for the cap",
+            sink.peak_connections_per_login(),
+            o.account_connections,
+            sink.refused_for_limit()
+        );
+    }
     for (i, w) in platform.workers.iter().enumerate() {
         println!("worker {i} peak RSS: {:.0} MB", peak_rss_mb(w.id()));
     }

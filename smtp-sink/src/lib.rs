@@ -3,7 +3,9 @@
 //! It speaks enough ESMTP for real clients (EHLO, AUTH PLAIN/LOGIN, MAIL,
 //! RCPT, DATA with dot-unstuffing, RSET, NOOP, QUIT), records every message
 //! it accepts, and can be told to reject with any reply code or to drop the
-//! connection at a chosen stage, globally or for one recipient.
+//! connection at a chosen stage, globally or for one recipient. For
+//! benchmarks it can answer as slowly as a real provider ([`Latency`]) and
+//! cap the connections each login may hold at once, as providers do.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -59,6 +61,87 @@ pub enum Fault {
     Stall(Duration),
 }
 
+/// A delay: fixed, or drawn evenly from `min..=max` for each reply.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Delay {
+    pub min: Duration,
+    pub max: Duration,
+}
+
+impl Delay {
+    pub fn fixed(d: Duration) -> Self {
+        Delay { min: d, max: d }
+    }
+
+    /// `150` (ms) or `100-200` (ms, drawn evenly).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let ms = |t: &str| {
+            t.trim()
+                .parse::<u64>()
+                .map(Duration::from_millis)
+                .map_err(|_| format!("not a number of milliseconds: {t:?}"))
+        };
+        match text.split_once('-') {
+            Some((lo, hi)) => {
+                let (min, max) = (ms(lo)?, ms(hi)?);
+                if min > max {
+                    return Err(format!("{text:?}: the low end is above the high end"));
+                }
+                Ok(Delay { min, max })
+            }
+            None => Ok(Delay::fixed(ms(text)?)),
+        }
+    }
+
+    fn draw(&self, seed: &mut u64) -> Duration {
+        if self.max <= self.min {
+            return self.min;
+        }
+        // xorshift64: no dependency, and evenness is all a benchmark needs.
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        let span = (self.max - self.min).as_micros() as u64 + 1;
+        self.min + Duration::from_micros(*seed % span)
+    }
+}
+
+/// How long the server takes before each reply, as a real provider does
+/// (greeting, MAIL, each RCPT, and the final reply after the data).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Latency {
+    pub greeting: Delay,
+    pub mail: Delay,
+    pub rcpt: Delay,
+    pub data_end: Delay,
+}
+
+impl Latency {
+    /// `greeting=50,mail=0,rcpt=50,data=150-250` (ms); stages left out
+    /// answer at once.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut latency = Latency::default();
+        for part in text.split(',').filter(|p| !p.trim().is_empty()) {
+            let (stage, delay) = part
+                .split_once('=')
+                .ok_or_else(|| format!("{part:?}: expected stage=milliseconds"))?;
+            let delay = Delay::parse(delay)?;
+            match stage.trim() {
+                "greeting" => latency.greeting = delay,
+                "mail" => latency.mail = delay,
+                "rcpt" => latency.rcpt = delay,
+                "data" => latency.data_end = delay,
+                other => {
+                    return Err(format!(
+                        "unknown stage {other:?} (greeting, mail, rcpt, data)"
+                    ))
+                }
+            }
+        }
+        Ok(latency)
+    }
+}
+
 #[derive(Default)]
 struct State {
     received: Vec<ReceivedMail>,
@@ -70,6 +153,15 @@ struct State {
     /// Mail transactions in progress now, and the most seen at once.
     transactions: usize,
     peak_transactions: usize,
+    latency: Latency,
+    /// Connections one login may hold at once (0: no limit); the next is
+    /// refused with 421 at AUTH, as providers do.
+    max_connections_per_login: usize,
+    /// Authenticated connections per login now, the most seen at once,
+    /// and how many were refused for the limit.
+    logins: HashMap<String, usize>,
+    peak_logins: HashMap<String, usize>,
+    refused_for_limit: usize,
 }
 
 pub struct SmtpSink {
@@ -130,6 +222,27 @@ impl SmtpSink {
         self.lock()
             .recipient_faults
             .insert(recipient.to_ascii_lowercase(), fault);
+    }
+
+    /// Answers as slowly as `latency` says from now on.
+    pub fn set_latency(&self, latency: Latency) {
+        self.lock().latency = latency;
+    }
+
+    /// Refuses (421 at AUTH) a login's connection beyond `max` at once;
+    /// 0 lifts the limit.
+    pub fn limit_connections_per_login(&self, max: usize) {
+        self.lock().max_connections_per_login = max;
+    }
+
+    /// The most connections any one login held at once.
+    pub fn peak_connections_per_login(&self) -> usize {
+        self.lock().peak_logins.values().copied().max().unwrap_or(0)
+    }
+
+    /// Connections refused because their login was at its limit.
+    pub fn refused_for_limit(&self) -> usize {
+        self.lock().refused_for_limit
     }
 
     pub fn clear_faults(&self) {
@@ -200,6 +313,8 @@ struct Session {
     rcpt_to: Vec<String>,
     in_transaction: bool,
     transaction_started: Option<SystemTime>,
+    /// For drawing delays.
+    seed: u64,
 }
 
 enum Step {
@@ -220,6 +335,48 @@ impl Session {
             transaction_started: None,
             mail_from: None,
             rcpt_to: Vec::new(),
+            seed: {
+                static NEXT: std::sync::atomic::AtomicU64 =
+                    std::sync::atomic::AtomicU64::new(0x9E37_79B9_7F4A_7C15);
+                NEXT.fetch_add(0x9E37_79B9_7F4A_7C15, std::sync::atomic::Ordering::Relaxed) | 1
+            },
+        }
+    }
+
+    /// Waits as long as the configured latency says for this stage.
+    async fn pause(&mut self, stage: fn(&Latency) -> Delay) {
+        let delay = {
+            let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            stage(&state.latency)
+        };
+        let d = delay.draw(&mut self.seed);
+        if !d.is_zero() {
+            tokio::time::sleep(d).await;
+        }
+    }
+
+    /// Counts an authenticated connection of `user`; false when the login
+    /// is at its limit.
+    fn take_login(&mut self, user: &str) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let limit = state.max_connections_per_login;
+        let held = state.logins.get(user).copied().unwrap_or(0);
+        if limit > 0 && held >= limit {
+            state.refused_for_limit += 1;
+            return false;
+        }
+        state.logins.insert(user.to_string(), held + 1);
+        let peak = state.peak_logins.entry(user.to_string()).or_default();
+        *peak = (*peak).max(held + 1);
+        true
+    }
+
+    fn release_login(&mut self) {
+        if let Some(user) = &self.auth_user {
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(held) = state.logins.get_mut(user) {
+                *held = held.saturating_sub(1);
+            }
         }
     }
 
@@ -287,13 +444,29 @@ impl Session {
         if let Some(Step::Close) = self.inject(fault).await? {
             return Ok(());
         }
+        self.pause(|l| l.greeting).await;
         self.reply(220, "smtp-sink ESMTP ready").await?;
-        while let Some(line) = self.read_line().await? {
-            if let Step::Close = self.command(&line).await? {
-                break;
+        let mut ended = Ok(());
+        loop {
+            match self.read_line().await {
+                Ok(Some(line)) => match self.command(&line).await {
+                    Ok(Step::Continue) => {}
+                    Ok(Step::Close) => break,
+                    Err(e) => {
+                        ended = Err(e);
+                        break;
+                    }
+                },
+                Ok(None) => break,
+                Err(e) => {
+                    ended = Err(e);
+                    break;
+                }
             }
         }
         self.end_transaction();
+        self.release_login();
+        ended?;
         let _ = self.writer.shutdown().await;
         Ok(())
     }
@@ -319,6 +492,7 @@ impl Session {
                     .lock()
                     .map(|s| !s.credentials.is_empty())
                     .unwrap_or(false);
+                self.pause(|l| l.mail).await;
                 if needs_auth && self.auth_user.is_none() {
                     self.reply(530, "5.7.0 Authentication required").await?;
                 } else {
@@ -343,6 +517,7 @@ impl Session {
                 if let Some(step) = self.inject(fault).await? {
                     return Ok(step);
                 }
+                self.pause(|l| l.rcpt).await;
                 if self.mail_from.is_none() {
                     self.reply(503, "5.5.1 MAIL first").await?;
                 } else {
@@ -408,6 +583,11 @@ impl Session {
             .lock()
             .map(|s| s.credentials.is_empty() || s.credentials.get(&user) == Some(&password))
             .unwrap_or(false);
+        if accepted && self.auth_user.is_none() && !self.take_login(&user) {
+            self.reply(421, "4.7.0 Too many connections for this login")
+                .await?;
+            return Ok(Step::Close);
+        }
         if accepted {
             self.auth_user = Some(user);
             self.reply(235, "2.7.0 Authentication successful").await?;
@@ -447,6 +627,7 @@ impl Session {
         if data.ends_with(b"\r\n") {
             data.truncate(data.len() - 2);
         }
+        self.pause(|l| l.data_end).await;
         let fault = self.fault(Stage::DataEnd);
         let injected = self.inject(fault).await?;
         self.end_transaction();
@@ -494,6 +675,22 @@ fn path_of(argument: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latencies_parse_and_draw_within_their_range() {
+        let l = Latency::parse("greeting=50,rcpt=40-60,data=150").unwrap();
+        assert_eq!(l.greeting, Delay::fixed(Duration::from_millis(50)));
+        assert_eq!(l.mail, Delay::default());
+        assert_eq!(l.data_end, Delay::fixed(Duration::from_millis(150)));
+        let mut seed = 7;
+        for _ in 0..1000 {
+            let d = l.rcpt.draw(&mut seed);
+            assert!(d >= Duration::from_millis(40) && d <= Duration::from_millis(60));
+        }
+        assert!(Latency::parse("helo=5").is_err());
+        assert!(Latency::parse("data=9-3").is_err());
+        assert!(Latency::parse("data").is_err());
+    }
 
     #[test]
     fn paths_are_extracted() {
