@@ -157,6 +157,24 @@ impl OutboxRelay {
         // whose relay a connection on a broker node is.
         let name = format!("notify-outbox-relay/{}", std::process::id());
         let conn = broker::connect(&self.settings, &name).await?;
+        match self.channels(&conn).await {
+            Ok((channel, events)) => Ok(Link {
+                connection: conn,
+                channel,
+                events,
+            }),
+            Err(e) => {
+                // Not left open: a queue declared with other arguments
+                // fails the same way at every reconnect.
+                broker::close(&conn, 200, "setup failed").await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The publishing channel, with the task queues declared, and the
+    /// events channel when `task-sent` is on.
+    async fn channels(&self, conn: &Connection) -> Result<(Channel, Option<Channel>), RelayError> {
         let channel = conn.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
@@ -172,11 +190,7 @@ impl OutboxRelay {
             }
             None => None,
         };
-        Ok(Link {
-            connection: conn,
-            channel,
-            events,
-        })
+        Ok((channel, events))
     }
 
     /// Publishes one batch: all messages are sent, then all confirms awaited,
