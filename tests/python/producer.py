@@ -14,7 +14,13 @@ Environment: BROKER_URL, RESULT_BACKEND, QUEUE, TO, MODE, and TASK_NAME
   revoke     countdown=3, then AsyncResult.revoke(): the task ends REVOKED
   revoke_first     app.control.revoke(id) before the task is published
              under that id: it ends REVOKED
-Prints one JSON line.
+  priority_backlog BACKLOG sends to low<n>@example.org without a priority,
+             then one to TO with priority=9; waits for no result (the
+             worker starts after); with MAX_PRIORITY, the app declares its
+             queues with that x-max-priority (task_queue_max_priority)
+  timelimit  soft_time_limit=1, time_limit=2, then get()
+  compressed compression=COMPRESSION (zlib, bzip2, lzma), then get()
+TASK_ID, when set, is the task's id. Prints one JSON line.
 """
 
 import json
@@ -27,6 +33,8 @@ from celery import Celery
 app = Celery(broker=os.environ["BROKER_URL"], backend=os.environ["RESULT_BACKEND"])
 app.conf.task_serializer = "json"
 app.conf.accept_content = ["json"]
+if os.environ.get("MAX_PRIORITY"):
+    app.conf.task_queue_max_priority = int(os.environ["MAX_PRIORITY"])
 
 mode = os.environ["MODE"]
 name = os.environ.get("TASK_NAME", "notifications.send_email")
@@ -37,6 +45,7 @@ if mode == "long_subject":
 elif mode == "many_recipients":
     kwargs["cc"] = [f"cc{i}@example.org" for i in range(50)]
 queue = os.environ["QUEUE"]
+task_id = os.environ.get("TASK_ID") or None
 started = time.monotonic()
 
 if mode == "countdown":
@@ -54,8 +63,24 @@ elif mode == "revoke_first":
     r = app.send_task(name, kwargs=kwargs, queue=queue, task_id=task_id)
 elif mode == "delay":
     r = app.send_task(name, args=[to, kwargs["subject"], kwargs["content"]], queue=queue)
+elif mode == "priority_backlog":
+    backlog = []
+    for i in range(int(os.environ.get("BACKLOG", "30"))):
+        low = dict(kwargs, to=f"low{i}@example.org")
+        backlog.append(app.send_task(name, kwargs=low, queue=queue).id)
+    r = app.send_task(name, kwargs=kwargs, queue=queue, priority=9, task_id=task_id)
+    print(json.dumps({"task_id": r.id, "backlog": backlog}))
+    raise SystemExit(0)
+elif mode == "timelimit":
+    r = app.send_task(
+        name, kwargs=kwargs, queue=queue, soft_time_limit=1, time_limit=2, task_id=task_id
+    )
+elif mode == "compressed":
+    r = app.send_task(
+        name, kwargs=kwargs, queue=queue, compression=os.environ["COMPRESSION"], task_id=task_id
+    )
 else:
-    r = app.send_task(name, kwargs=kwargs, queue=queue)
+    r = app.send_task(name, kwargs=kwargs, queue=queue, task_id=task_id)
 
 report = {"task_id": r.id}
 try:

@@ -47,11 +47,14 @@ impl Consumer {
     }
 
     /// Consumes until `shutdown`, reconnecting whenever the broker goes away.
-    pub async fn run(&self, shutdown: CancellationToken) {
+    /// Gives up only on a mistake reconnecting cannot cure (a task queue
+    /// declared with other arguments).
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<(), broker::BrokerError> {
         let mut backoff = Duration::from_millis(200);
         while !shutdown.is_cancelled() {
             match self.session(&shutdown).await {
                 Ok(()) => backoff = Duration::from_millis(200),
+                Err(e) if e.is_permanent() => return Err(e),
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in = ?backoff, "worker lost RabbitMQ; reconnecting");
                     tokio::select! {
@@ -62,6 +65,7 @@ impl Consumer {
                 }
             }
         }
+        Ok(())
     }
 
     async fn session(&self, shutdown: &CancellationToken) -> Result<(), broker::BrokerError> {

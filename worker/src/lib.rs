@@ -103,11 +103,12 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         revoked,
         dkim,
     });
-    Consumer::new(ctx.clone(), node_name).run(shutdown).await;
+    let consumed = Consumer::new(ctx.clone(), node_name).run(shutdown).await;
     // Renewed until every in-flight task has settled, then given up.
     lease_keeper.1.cancel();
     let _ = lease_keeper.0.await;
     liveness.release(&ctx.pool).await;
+    consumed.context("declaring the task queues")?;
     tracing::info!("worker stopped");
     Ok(())
 }

@@ -49,6 +49,16 @@ impl Registry {
         self.tasks.iter().map(|t| t.name()).collect()
     }
 
+    /// Whether this worker runs tasks called `name`.
+    pub fn knows(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// Why a task this worker does not run is dead-lettered.
+    pub fn unknown(&self, name: &str) -> String {
+        format!("unknown task {name:?}; this worker runs {:?}", self.names())
+    }
+
     fn get(&self, name: &str) -> Option<&'static dyn Task> {
         self.tasks.iter().copied().find(|t| t.name() == name)
     }
@@ -80,11 +90,7 @@ impl Registry {
                     .iter()
                     .map(|m| {
                         Ok(Outcome::DeadLetter {
-                            reason: format!(
-                                "unknown task {:?}; this worker runs {:?}",
-                                m.task(),
-                                self.names()
-                            ),
+                            reason: self.unknown(m.task()),
                         })
                     })
                     .collect(),

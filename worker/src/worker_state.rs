@@ -7,11 +7,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use lapin::options::BasicPublishOptions;
 use lapin::Channel;
-use platform::celery::pidbox;
+use platform::celery::events::{self, unix_now};
 use platform::celery::{ResultBackend, TaskMessage};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 /// How often `worker-heartbeat` is sent while events are enabled.
 pub(crate) const HEARTBEAT: Duration = Duration::from_secs(2);
@@ -40,13 +39,6 @@ pub struct WorkerState {
     /// Set when events become enabled; the heartbeat loop sends
     /// `worker-online` for it.
     pub(crate) announce: AtomicBool,
-}
-
-fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -211,28 +203,8 @@ impl WorkerState {
         let Some(channel) = lock(&self.events).clone() else {
             return;
         };
-        let mut event = match fields {
-            Value::Object(map) => map,
-            _ => Map::new(),
-        };
-        let utcoffset = -(chrono::Local::now().offset().local_minus_utc() / 3600);
-        event.insert("type".into(), kind.into());
-        event.insert("hostname".into(), self.node.clone().into());
-        event.insert("timestamp".into(), unix_now().into());
-        event.insert("utcoffset".into(), utcoffset.into());
-        event.insert("pid".into(), self.pid.into());
-        event.insert("clock".into(), self.tick().into());
-        let body = Value::Object(event).to_string();
-        let published = channel
-            .basic_publish(
-                pidbox::EVENT_EXCHANGE,
-                &pidbox::event_routing_key(kind),
-                BasicPublishOptions::default(),
-                body.as_bytes(),
-                pidbox::event_properties(&self.node),
-            )
-            .await;
-        if let Err(e) = published {
+        let body = events::event_body(kind, fields, &self.node, self.pid, self.tick());
+        if let Err(e) = events::publish(&channel, kind, &self.node, &body).await {
             tracing::debug!(error = %e, event = kind, "event not published");
         }
     }

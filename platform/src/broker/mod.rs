@@ -4,7 +4,7 @@ mod publish;
 mod topology;
 
 pub use publish::{await_confirm, publish, publish_confirmed, PublishError};
-pub use topology::Topology;
+pub use topology::{Topology, TopologyError};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -29,6 +29,15 @@ pub enum BrokerError {
     Amqp(#[from] lapin::Error),
     #[error("RabbitMQ node {node} did not accept a connection within {after:?}")]
     Timeout { node: String, after: Duration },
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
+}
+
+impl BrokerError {
+    /// A configuration mistake that reconnecting cannot cure.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, BrokerError::Topology(t) if t.is_permanent())
+    }
 }
 
 /// How long closing a connection waits for the broker's close-ok. A node

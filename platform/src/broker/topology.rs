@@ -4,10 +4,38 @@
 use std::time::Duration;
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
 
 use crate::config::QueueNames;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    #[error("RabbitMQ: {0}")]
+    Amqp(#[from] lapin::Error),
+    /// RabbitMQ never changes the arguments of an existing queue: a
+    /// redeclaration with others is refused (PRECONDITION_FAILED), and no
+    /// retry can help, so the error says what to do.
+    #[error(
+        "queue {queue:?} exists with other arguments than {wanted} ({detail}); RabbitMQ cannot \
+         change an existing queue's arguments: drain it and delete it (`rabbitmqctl delete_queue \
+         {queue}`) so that it is declared again, or set CELERY_TASK_QUEUE_MAX_PRIORITY and \
+         CELERY_QUEUE_TYPE to match it"
+    )]
+    QueueArguments {
+        queue: String,
+        wanted: String,
+        detail: String,
+    },
+}
+
+impl TopologyError {
+    /// A configuration mistake that reconnecting cannot cure.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, TopologyError::QueueArguments { .. })
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Topology {
@@ -36,8 +64,37 @@ impl Topology {
         args
     }
 
-    /// Declares the task queue and the bulk queue.
-    pub async fn declare_task_queue(&self, channel: &Channel) -> Result<(), lapin::Error> {
+    /// The consumed queues' arguments: [`Self::queue_arguments`] and, with
+    /// `CELERY_TASK_QUEUE_MAX_PRIORITY`, `x-max-priority` (as Celery's
+    /// `task_queue_max_priority` declares them). The ladder's rungs and the
+    /// dead-letter queue have none: a delayed message keeps its `priority`
+    /// property and competes by it once it is back in its queue.
+    fn task_queue_arguments(&self) -> FieldTable {
+        let mut args = self.queue_arguments();
+        if let Some(max) = self.names.max_priority {
+            args.insert(
+                ShortString::from("x-max-priority"),
+                AMQPValue::LongInt(i32::from(max)),
+            );
+        }
+        args
+    }
+
+    /// What the task queues are declared with, for the error message.
+    fn wanted(&self) -> String {
+        let kind = if self.names.quorum {
+            "x-queue-type=quorum"
+        } else {
+            "a classic queue"
+        };
+        match self.names.max_priority {
+            Some(max) => format!("{kind} with x-max-priority={max}"),
+            None => format!("{kind} without x-max-priority"),
+        }
+    }
+
+    /// Declares the task queue and the bulk queue (and any extra queue).
+    pub async fn declare_task_queue(&self, channel: &Channel) -> Result<(), TopologyError> {
         for name in self.names.consumed() {
             let name = name.as_str();
             channel
@@ -48,9 +105,19 @@ impl Topology {
                     FieldTable::default(),
                 )
                 .await?;
-            channel
-                .queue_declare(name, durable_queue(), self.queue_arguments())
-                .await?;
+            let declared = channel
+                .queue_declare(name, durable_queue(), self.task_queue_arguments())
+                .await;
+            if let Err(e) = declared {
+                return Err(match precondition_failed(&e) {
+                    Some(detail) => TopologyError::QueueArguments {
+                        queue: name.to_string(),
+                        wanted: self.wanted(),
+                        detail,
+                    },
+                    None => e.into(),
+                });
+            }
             channel
                 .queue_bind(
                     name,
@@ -129,6 +196,18 @@ impl Topology {
         );
         channel.queue_declare(&name, durable_queue(), args).await?;
         Ok(name)
+    }
+}
+
+/// RabbitMQ's text when it refused a declaration as PRECONDITION_FAILED.
+fn precondition_failed(e: &lapin::Error) -> Option<String> {
+    match e {
+        lapin::Error::ProtocolError(amqp)
+            if *amqp.kind() == AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED) =>
+        {
+            Some(amqp.get_message().to_string())
+        }
+        _ => None,
     }
 }
 

@@ -3,6 +3,10 @@
 //! Headers carry the task's identity and scheduling (`task`, `id`, `eta`,
 //! `expires`, `retries`, ...); the body is `[args, kwargs, embed]`. Unknown
 //! headers are kept (and re-published on retry) but otherwise ignored.
+//! A body kombu compressed (the `compression` header) is decompressed; the
+//! message is then carried on uncompressed, without that header.
+
+use std::time::Duration;
 
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 use lapin::types::{FieldTable, ShortString};
@@ -11,6 +15,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
 use super::amqp_table::{json_to_table, table_to_json};
+use super::compression::{self, CompressionError};
 
 pub const CONTENT_TYPE: &str = "application/json";
 
@@ -26,6 +31,8 @@ pub enum DecodeError {
     InvalidHeaders(String),
     #[error("body is not a JSON array [args, kwargs, embed]: {0}")]
     InvalidBody(String),
+    #[error("{0}")]
+    Compression(#[from] CompressionError),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -103,6 +110,24 @@ mod celery_time {
 }
 
 impl TaskHeaders {
+    /// The soft and hard time limits this task runs under: its `timelimit`
+    /// header's `[soft, hard]` (what `apply_async(soft_time_limit=...,
+    /// time_limit=...)` sets), each capped by the worker's own (`soft`,
+    /// `hard`): the lower wins, and a null (or a value that is no positive
+    /// number of seconds) means the worker's.
+    pub fn time_limits(&self, soft: Duration, hard: Duration) -> (Duration, Duration) {
+        let capped = |asked: Option<f64>, own: Duration| {
+            asked
+                .filter(|s| *s > 0.0)
+                .and_then(|s| Duration::try_from_secs_f64(s).ok())
+                .map_or(own, |asked| asked.min(own))
+        };
+        (
+            capped(self.timelimit.0, soft),
+            capped(self.timelimit.1, hard),
+        )
+    }
+
     pub fn new(task: &str, id: &str) -> Self {
         TaskHeaders {
             lang: default_lang(),
@@ -207,8 +232,20 @@ impl TaskMessage {
             .headers()
             .as_ref()
             .ok_or(DecodeError::NoHeaders)?;
-        let headers: TaskHeaders = serde_json::from_value(Value::Object(table_to_json(table)))
+        let mut headers: TaskHeaders = serde_json::from_value(Value::Object(table_to_json(table)))
             .map_err(|e| DecodeError::InvalidHeaders(e.to_string()))?;
+        let decompressed;
+        let body = match headers.extra.remove("compression") {
+            None | Some(Value::Null) => body,
+            Some(Value::String(method)) => {
+                decompressed =
+                    compression::decompress(&method, body, compression::MAX_DECOMPRESSED)?;
+                &decompressed[..]
+            }
+            Some(other) => {
+                return Err(CompressionError::Unsupported(other.to_string()).into());
+            }
+        };
 
         let body: Value =
             serde_json::from_slice(body).map_err(|e| DecodeError::InvalidBody(e.to_string()))?;
@@ -322,6 +359,54 @@ mod tests {
         );
         assert_eq!(msg.headers.extra["future_field"], json!([1, 2]));
         assert_eq!(msg.kwargs["to"], "a@b.c");
+    }
+
+    #[test]
+    fn a_messages_time_limits_are_capped_by_the_workers() {
+        let (soft, hard) = (Duration::from_secs(30), Duration::from_secs(60));
+        let mut h = TaskHeaders::new("x", "y");
+        for (asked, want) in [
+            ((None, None), (30.0, 60.0)),
+            ((Some(1.0), Some(2.0)), (1.0, 2.0)),
+            ((Some(0.5), None), (0.5, 60.0)),
+            ((None, Some(5.0)), (30.0, 5.0)),
+            ((Some(100.0), Some(200.0)), (30.0, 60.0)),
+            ((Some(-1.0), Some(f64::NAN)), (30.0, 60.0)),
+            ((Some(0.0), Some(f64::INFINITY)), (30.0, 60.0)),
+        ] {
+            h.timelimit = asked;
+            let (s, hd) = h.time_limits(soft, hard);
+            assert_eq!((s.as_secs_f64(), hd.as_secs_f64()), want, "{asked:?}");
+        }
+    }
+
+    #[test]
+    fn a_compressed_body_is_decompressed_and_carried_on_plain() {
+        use std::io::Write;
+        let msg = TaskMessage::new(
+            "notifications.send_email",
+            "t1",
+            vec![],
+            json!({"to": "z@example.org"}).as_object().cloned().unwrap(),
+        );
+        let mut zlib = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        zlib.write_all(&msg.body()).unwrap();
+        let compressed = zlib.finish().unwrap();
+        let mut headers = msg.headers_json();
+        headers.insert("compression".into(), json!("application/x-gzip"));
+        let props = amqp_properties("t1", &headers, None, None);
+        let decoded = TaskMessage::decode(&props, &compressed).unwrap();
+        assert_eq!(decoded.kwargs["to"], "z@example.org");
+        // Re-published (a retry, a delay) as it is now: plain JSON.
+        assert!(!decoded.headers_json().contains_key("compression"));
+        assert!(TaskMessage::decode(&decoded.properties(), &decoded.body()).is_ok());
+
+        headers.insert("compression".into(), json!("application/zstd"));
+        let props = amqp_properties("t1", &headers, None, None);
+        assert!(matches!(
+            TaskMessage::decode(&props, &compressed),
+            Err(DecodeError::Compression(CompressionError::Unsupported(_)))
+        ));
     }
 
     #[test]

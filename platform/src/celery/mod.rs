@@ -3,6 +3,8 @@
 
 mod aliases;
 mod amqp_table;
+pub mod compression;
+pub mod events;
 mod message;
 pub mod pidbox;
 mod result;

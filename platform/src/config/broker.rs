@@ -1,7 +1,9 @@
 //! RabbitMQ and Celery's queues: the broker nodes (`CELERY_BROKER_URL` or
-//! `RABBITMQ_URL`), `RABBITMQ_PREFETCH_COUNT`, `RABBITMQ_HEARTBEAT`, and the
+//! `RABBITMQ_URL`), `RABBITMQ_PREFETCH_COUNT`, `RABBITMQ_HEARTBEAT`, the
 //! queue names (`CELERY_DEFAULT_QUEUE`, `CELERY_QUEUE_TYPE`,
-//! `CELERY_EXTRA_QUEUES`) with the delay ladder (`DELAY_LADDER_MAX_SECONDS`).
+//! `CELERY_EXTRA_QUEUES`) with the delay ladder (`DELAY_LADDER_MAX_SECONDS`)
+//! and their priorities (`CELERY_TASK_QUEUE_MAX_PRIORITY`), and whether
+//! publishers announce their tasks (`CELERY_TASK_SEND_SENT_EVENT`).
 
 use std::time::Duration;
 
@@ -28,6 +30,11 @@ pub struct QueueNames {
     /// workers and ours run side by side, and for good after, for Python
     /// producers that keep publishing there.
     pub extra: Vec<String>,
+    /// Celery's `task_queue_max_priority` (`CELERY_TASK_QUEUE_MAX_PRIORITY`):
+    /// the consumed queues are declared with `x-max-priority`, so RabbitMQ
+    /// delivers a message of higher `priority` first. `None` (the default,
+    /// as Celery's): no priority argument, first in first out.
+    pub max_priority: Option<u8>,
 }
 
 /// The longest rung the ladder may have: 2^22 s (48.5 days) is the largest
@@ -134,6 +141,13 @@ pub(super) fn prefetch_count(vars: &Vars<'_>) -> Result<u16, ConfigError> {
     vars.parse_positive_or("RABBITMQ_PREFETCH_COUNT", 32)
 }
 
+/// `CELERY_TASK_SEND_SENT_EVENT` (Celery's `task_send_sent_event`): the
+/// API's and the scheduler's outbox relays emit `task-sent` on `celeryev`
+/// for every task they publish. Off by default, as in Celery.
+pub(super) fn send_sent_event(vars: &Vars<'_>) -> Result<bool, ConfigError> {
+    vars.parse_bool_or("CELERY_TASK_SEND_SENT_EVENT", false)
+}
+
 /// `RABBITMQ_HEARTBEAT`, seconds.
 pub(super) fn heartbeat(vars: &Vars<'_>) -> Result<u16, ConfigError> {
     vars.parse_or("RABBITMQ_HEARTBEAT", 60)
@@ -151,22 +165,40 @@ pub(super) fn queues(vars: &Vars<'_>) -> Result<QueueNames, ConfigError> {
             ),
         });
     }
+    let max_priority = vars.parse::<u8>("CELERY_TASK_QUEUE_MAX_PRIORITY")?;
+    if max_priority == Some(0) {
+        return Err(ConfigError::Invalid {
+            var: "CELERY_TASK_QUEUE_MAX_PRIORITY",
+            reason: "must be 1 to 255 (RabbitMQ advises at most 10); unset for no priorities"
+                .into(),
+        });
+    }
+    let quorum = match vars.get("CELERY_QUEUE_TYPE").as_deref() {
+        None | Some("classic") => false,
+        Some("quorum") => true,
+        Some(other) => {
+            return Err(ConfigError::Invalid {
+                var: "CELERY_QUEUE_TYPE",
+                reason: format!("expected classic or quorum, got {other:?}"),
+            })
+        }
+    };
+    if quorum && max_priority.is_some() {
+        return Err(ConfigError::Invalid {
+            var: "CELERY_TASK_QUEUE_MAX_PRIORITY",
+            reason: "RabbitMQ refuses x-max-priority on quorum queues (CELERY_QUEUE_TYPE=quorum); \
+                     unset it, or use classic queues"
+                .into(),
+        });
+    }
     Ok(QueueNames {
-        quorum: match vars.get("CELERY_QUEUE_TYPE").as_deref() {
-            None | Some("classic") => false,
-            Some("quorum") => true,
-            Some(other) => {
-                return Err(ConfigError::Invalid {
-                    var: "CELERY_QUEUE_TYPE",
-                    reason: format!("expected classic or quorum, got {other:?}"),
-                })
-            }
-        },
+        quorum,
         tasks: vars
             .get("CELERY_DEFAULT_QUEUE")
             .unwrap_or_else(|| "celery".into()),
         ladder_max: Duration::from_secs(ladder_max),
         extra: extra_queues(vars)?,
+        max_priority,
     })
 }
 
@@ -268,6 +300,23 @@ mod tests {
         assert_refused(
             &[("RABBITMQ_PREFETCH_COUNT", "lots")],
             &["RABBITMQ_PREFETCH_COUNT"],
+        );
+    }
+
+    #[test]
+    fn max_priority_is_unset_by_default_and_refused_on_quorum_queues() {
+        assert_eq!(load(&base()).unwrap().queues.max_priority, None);
+        let ten = ("CELERY_TASK_QUEUE_MAX_PRIORITY", "10");
+        assert_eq!(load(&with(&[ten])).unwrap().queues.max_priority, Some(10));
+        for bad in ["0", "256", "high"] {
+            assert_refused(
+                &[("CELERY_TASK_QUEUE_MAX_PRIORITY", bad)],
+                &["CELERY_TASK_QUEUE_MAX_PRIORITY"],
+            );
+        }
+        assert_refused(
+            &[ten, ("CELERY_QUEUE_TYPE", "quorum")],
+            &["CELERY_TASK_QUEUE_MAX_PRIORITY", "quorum"],
         );
     }
 

@@ -178,6 +178,12 @@ pub struct Settings {
     pub prefetch_count: u16,
     pub heartbeat: u16,
     pub queues: QueueNames,
+    /// Emit `task-sent` for every task the outbox relay publishes
+    /// (`CELERY_TASK_SEND_SENT_EVENT`, Celery's `task_send_sent_event`).
+    pub send_sent_event: bool,
+    /// This machine's name (`HOSTNAME`, else `/etc/hostname`), in the
+    /// names events carry.
+    pub host_name: String,
     // security
     /// The API's token signing key.
     pub jwt: Option<JwtSettings>,
@@ -291,6 +297,8 @@ fn load(roles: &[Role], lookup: &dyn Fn(&str) -> Option<String>) -> Result<Setti
         prefetch_count: broker::prefetch_count(&vars)?,
         heartbeat: broker::heartbeat(&vars)?,
         queues: broker::queues(&vars)?,
+        send_sent_event: broker::send_sent_event(&vars)?,
+        host_name: worker::host_name(&vars),
         jwt,
         keyring: encryption_key
             .as_deref()

@@ -99,7 +99,7 @@ pub(super) fn settings(vars: &Vars<'_>) -> Result<WorkerSettings, ConfigError> {
 }
 
 /// `HOSTNAME`, else `/etc/hostname`, else `localhost`.
-fn host_name(vars: &Vars<'_>) -> String {
+pub(super) fn host_name(vars: &Vars<'_>) -> String {
     vars.get("HOSTNAME")
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
         .map(|h| h.trim().to_string())

@@ -36,6 +36,31 @@ async fn get_json(client: &reqwest::Client, url: &str) -> Option<Value> {
     res.json().await.ok()
 }
 
+/// A real Flower on a free loopback port, following `celeryev`; returns
+/// it with its base URL.
+async fn start_flower(python: &std::path::Path) -> (tokio::process::Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    // --enable_events=False: Flower must not switch on the events of the
+    // other tests' workers sharing this broker; ours sends them on its own.
+    let flower = Command::new(python)
+        .args(["-m", "celery", "-A", "celery_app", "flower"])
+        .arg(format!("--port={port}"))
+        .args(["--address=127.0.0.1", "--enable_events=False"])
+        .current_dir(repo_root().join("tests/python"))
+        .env("BROKER_URL", RABBITMQ.replace("%2f", ""))
+        .env("FLOWER_UNAUTHENTICATED_API", "true")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start flower");
+    (flower, format!("http://127.0.0.1:{port}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flower_shows_our_worker_and_task_states_from_events() {
     let python = python().await;
@@ -56,26 +81,7 @@ async fn flower_shows_our_worker_and_task_states_from_events() {
     env.start_worker();
     let other = format!("worker1@{}", env.queue);
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    // --enable_events=False: Flower must not switch on the events of the
-    // other tests' workers sharing this broker; ours sends them on its own.
-    let mut flower = Command::new(&python)
-        .args(["-m", "celery", "-A", "celery_app", "flower"])
-        .arg(format!("--port={port}"))
-        .args(["--address=127.0.0.1", "--enable_events=False"])
-        .current_dir(repo_root().join("tests/python"))
-        .env("BROKER_URL", RABBITMQ.replace("%2f", ""))
-        .env("FLOWER_UNAUTHENTICATED_API", "true")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start flower");
-    let base = format!("http://127.0.0.1:{port}");
+    let (mut flower, base) = start_flower(&python).await;
     let client = reqwest::Client::new();
 
     // Online: Flower saw worker-online / worker-heartbeat events.
@@ -198,6 +204,104 @@ async fn flower_shows_our_worker_and_task_states_from_events() {
         },
     )
     .await;
+
+    let _ = flower.start_kill();
+    let _ = flower.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flower_shows_api_sends_as_sent_then_succeeded_and_revoked_and_rejected_tasks() {
+    let python = python().await;
+    // The API's outbox relay announces what it publishes (task-sent).
+    let mut env = TestEnv::with_vars(&[("CELERY_TASK_SEND_SENT_EVENT", "true")]).await;
+    let token = env.start_api_as_admin().await;
+    env.add_sender(&token, 100).await;
+    let (mut flower, base) = start_flower(&python).await;
+    let client = reqwest::Client::new();
+    let task = |id: &str| {
+        let url = format!("{base}/api/task/info/{id}");
+        let client = client.clone();
+        async move { get_json(&client, &url).await }
+    };
+    // No worker runs yet, so a send waits, announced but not received.
+    // Flower sees only the events published once it listens: sends go on
+    // until it shows one.
+    let (sent, pending) = eventually(
+        "a send PENDING in Flower (task-sent)",
+        Duration::from_secs(90),
+        || async {
+            let id = send(&env, &token, "sent@example.org").await;
+            for _ in 0..10 {
+                if let Some(t) = task(&id).await.filter(|t| t["state"] == "PENDING") {
+                    return Some((id, t));
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            None
+        },
+    )
+    .await;
+    assert_eq!(pending["name"], platform::tasks::SEND_EMAIL, "{pending}");
+    assert!(pending["sent"].as_f64().is_some(), "{pending}");
+    assert!(pending["received"].is_null(), "{pending}");
+    let client_name = pending["client"].as_str().unwrap_or("").to_string();
+    assert!(client_name.starts_with("gen"), "{pending}");
+
+    env.start_worker_with(&[("CELERY_SEND_EVENTS", "true")]);
+    let succeeded = eventually(
+        "the send SUCCESS in Flower",
+        Duration::from_secs(60),
+        || {
+            let t = task(&sent);
+            async move { t.await.filter(|t| t["state"] == "SUCCESS") }
+        },
+    )
+    .await;
+    let at = |field: &str| {
+        succeeded[field]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{field}: {succeeded}"))
+    };
+    assert!(
+        at("sent") <= at("received") && at("received") <= at("succeeded"),
+        "{succeeded}"
+    );
+    assert_eq!(succeeded["client"], client_name.as_str(), "{succeeded}");
+
+    // Revoked while it waits for its countdown: task-revoked.
+    let revoked = crate::python_interop::producer(&env, "revoke", "revoked@example.org", &[]).await;
+    assert_eq!(revoked["state"], "REVOKED", "{revoked}");
+    let revoked_id = revoked["task_id"].as_str().unwrap().to_string();
+    let shown = eventually(
+        "the revoked task REVOKED in Flower",
+        Duration::from_secs(30),
+        || {
+            let t = task(&revoked_id);
+            async move { t.await.filter(|t| t["state"] == "REVOKED") }
+        },
+    )
+    .await;
+    assert!(shown["revoked"].as_f64().is_some(), "{shown}");
+
+    // A task this worker does not run: dead-lettered, task-rejected.
+    let rejected = uuid::Uuid::new_v4().to_string();
+    let unknown = platform::celery::TaskMessage::new(
+        "app.tasks.not_ours",
+        &rejected,
+        vec![],
+        serde_json::Map::new(),
+    );
+    crate::support::publish_tasks(&env.queue, &[unknown]).await;
+    let shown = eventually(
+        "the unknown task REJECTED in Flower",
+        Duration::from_secs(30),
+        || {
+            let t = task(&rejected);
+            async move { t.await.filter(|t| t["state"] == "REJECTED") }
+        },
+    )
+    .await;
+    assert!(shown["rejected"].as_f64().is_some(), "{shown}");
 
     let _ = flower.start_kill();
     let _ = flower.wait().await;

@@ -93,7 +93,7 @@ async fn celery_send_task_from_python_is_delivered_and_its_result_readable() {
 }
 
 /// Runs tests/python/producer.py in `mode` and returns its JSON report.
-async fn producer(
+pub(crate) async fn producer(
     env: &TestEnv,
     mode: &str,
     to: &str,

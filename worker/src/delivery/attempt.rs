@@ -1,12 +1,14 @@
 //! One SMTP transaction for a claimed message: the suppression list
 //! checked again, the email composed (with its attachments) and signed
 //! with its domain's DKIM keys, and handed to the account's pooled
-//! transport within the soft time limit.
+//! transport within the task's time limits (the worker's, or lower ones
+//! its message asked for).
 
 use std::time::{Duration, Instant};
 
 use lettre::address::Envelope as SmtpEnvelope;
 use lettre::Message;
+use platform::celery::TaskMessage;
 use platform::db::attachments::Attachment;
 use platform::db::email_accounts::EmailAccount;
 use platform::db::messages::MessageRecord;
@@ -40,11 +42,25 @@ pub struct Extras {
     pub files: Vec<Attachment>,
 }
 
+/// How long the SMTP transaction of `message` may take: its soft time
+/// limit, or its hard one when that is lower (each the worker's
+/// `CELERY_TASK_SOFT_TIME_LIMIT` / `CELERY_TASK_TIME_LIMIT`, or the lower
+/// value the message's `timelimit` header asks for). Cut there, the send
+/// counts as a timeout and is retried, as the worker's own limit is.
+pub fn send_limit(ctx: &Context, message: &TaskMessage) -> Duration {
+    let (soft, hard) = message.headers.time_limits(
+        ctx.settings.task_soft_time_limit,
+        ctx.settings.task_time_limit,
+    );
+    soft.min(hard)
+}
+
 pub async fn attempt(
     ctx: &Context,
     record: &MessageRecord,
     account: &EmailAccount,
     extras: Extras,
+    limit: Duration,
 ) -> Attempt {
     if let Some(address) = extras.suppressed {
         return Attempt::Suppressed(suppressions::reason(&address));
@@ -81,7 +97,7 @@ pub async fn attempt(
         &transport,
         composed.message.envelope(),
         &email,
-        ctx.settings.task_soft_time_limit,
+        limit,
     )
     .await
     {

@@ -76,7 +76,13 @@ impl Lane {
         let revoked = self.revoked(&jobs).await;
         let mut due: Vec<usize> = Vec::new();
         for (j, job) in jobs.iter().enumerate() {
-            let decided = if revoked[j] {
+            let decided = if !self.registry.knows(job.message.task()) {
+                // Rejected as Celery's consumer does: never received nor
+                // started (its events), only dead-lettered (`task-rejected`).
+                Some(Outcome::DeadLetter {
+                    reason: self.registry.unknown(job.message.task()),
+                })
+            } else if revoked[j] {
                 Some(self.end_revoked(&job.message, "revoked").await)
             } else {
                 self.before_running(&job.message, now).await

@@ -155,10 +155,32 @@ impl Lane {
             "",
             &self.topology.names.dead_letter(),
             body,
-            properties,
+            properties.clone(),
         )
         .await?;
+        // Celery's `task-rejected`: the message is not requeued. Its id is
+        // known even when it could not be decoded, if kombu set it.
+        let uuid = message
+            .map(|m| m.id().to_string())
+            .or_else(|| task_id_of(&properties));
+        if let Some(uuid) = uuid {
+            let event = serde_json::json!({"uuid": uuid, "requeue": false});
+            self.ctx.worker.emit("task-rejected", event).await;
+        }
         Ok(())
+    }
+}
+
+/// The task id of a message that may not decode: its `correlation_id`
+/// (kombu sets it to the task id), else its `id` header.
+fn task_id_of(properties: &BasicProperties) -> Option<String> {
+    if let Some(id) = properties.correlation_id() {
+        return Some(id.as_str().to_string());
+    }
+    match properties.headers().as_ref()?.inner().get("id")? {
+        AMQPValue::LongString(id) => Some(String::from_utf8_lossy(id.as_bytes()).into_owned()),
+        AMQPValue::ShortString(id) => Some(id.as_str().to_string()),
+        _ => None,
     }
 }
 
