@@ -36,32 +36,48 @@ impl Topology {
         args
     }
 
+    /// The arguments task queues are declared with (what `inspect
+    /// active_queues` reports as `queue_arguments`).
+    pub fn task_queue_arguments(&self) -> FieldTable {
+        self.queue_arguments()
+    }
+
     /// Declares the task queue and the bulk queue.
     pub async fn declare_task_queue(&self, channel: &Channel) -> Result<(), lapin::Error> {
         for name in self.names.consumed() {
-            let name = name.as_str();
-            channel
-                .exchange_declare(
-                    name,
-                    ExchangeKind::Direct,
-                    durable_exchange(),
-                    FieldTable::default(),
-                )
-                .await?;
-            channel
-                .queue_declare(name, durable_queue(), self.queue_arguments())
-                .await?;
-            channel
-                .queue_bind(
-                    name,
-                    name,
-                    name,
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
+            self.declare_bound_queue(channel, &name, &name, ExchangeKind::Direct, &name)
                 .await?;
         }
         Ok(())
+    }
+
+    /// A task queue as ours are declared (durable, with the task queues'
+    /// arguments), bound to a durable `exchange` of `kind` with
+    /// `routing_key`: the layout of any queue consumed at run time
+    /// (`celery control add_consumer`).
+    pub async fn declare_bound_queue(
+        &self,
+        channel: &Channel,
+        name: &str,
+        exchange: &str,
+        kind: ExchangeKind,
+        routing_key: &str,
+    ) -> Result<(), lapin::Error> {
+        channel
+            .exchange_declare(exchange, kind, durable_exchange(), FieldTable::default())
+            .await?;
+        channel
+            .queue_declare(name, durable_queue(), self.queue_arguments())
+            .await?;
+        channel
+            .queue_bind(
+                name,
+                exchange,
+                routing_key,
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
     }
 
     /// Messages that cannot be processed, published with a reason header.

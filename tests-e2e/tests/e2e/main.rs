@@ -12,6 +12,7 @@ mod broker_outage;
 mod campaigns;
 mod celery_control;
 mod celery_events;
+mod celery_worker_control;
 mod cluster;
 mod cutover;
 mod database_outage;

@@ -1,7 +1,7 @@
 //! One SMTP transaction for a claimed message: the suppression list
 //! checked again, the email composed (with its attachments) and signed
 //! with its domain's DKIM keys, and handed to the account's pooled
-//! transport within the soft time limit.
+//! transport within the soft time limit, the whole within the hard one.
 
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use platform::mail::{compose, dkim, EmailAddress, Envelope};
 use super::policy::{classify, Failure};
 use crate::context::Context;
 use crate::smtp::{Transport, TransportCache};
+use crate::time_limits::Limits;
 
 /// One SMTP attempt for a claimed message, before anything is recorded.
 pub enum Attempt {
@@ -40,11 +41,39 @@ pub struct Extras {
     pub files: Vec<Attachment>,
 }
 
+/// One attempt under the task type's time limits (configured, or set at
+/// run time with `celery control time_limit`): the soft limit bounds the
+/// SMTP transaction, the hard one everything (composing, signing, DKIM keys
+/// read from the database, the transaction).
 pub async fn attempt(
     ctx: &Context,
     record: &MessageRecord,
     account: &EmailAccount,
     extras: Extras,
+    limits: Limits,
+) -> Attempt {
+    match tokio::time::timeout(
+        limits.hard,
+        attempt_within(ctx, record, account, extras, limits.soft),
+    )
+    .await
+    {
+        Ok(attempt) => attempt,
+        Err(_) => Attempt::Failed(Failure::Unreachable {
+            reply: format!(
+                "the attempt passed the hard time limit of {:?}",
+                limits.hard
+            ),
+        }),
+    }
+}
+
+async fn attempt_within(
+    ctx: &Context,
+    record: &MessageRecord,
+    account: &EmailAccount,
+    extras: Extras,
+    soft_limit: Duration,
 ) -> Attempt {
     if let Some(address) = extras.suppressed {
         return Attempt::Suppressed(suppressions::reason(&address));
@@ -81,7 +110,7 @@ pub async fn attempt(
         &transport,
         composed.message.envelope(),
         &email,
-        ctx.settings.task_soft_time_limit,
+        soft_limit,
     )
     .await
     {

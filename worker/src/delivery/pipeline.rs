@@ -265,7 +265,8 @@ async fn admitted(
             suppressed: c.suppressed.clone(),
             files: files.remove(&c.record.id).unwrap_or_default(),
         };
-        attempt(ctx, &c.record, account, extras).instrument(span(*i, c, account))
+        let limits = ctx.time_limits.of(group[*i].1.task());
+        attempt(ctx, &c.record, account, extras, limits).instrument(span(*i, c, account))
     }))
     .await;
     let smtp_done = started.elapsed();
