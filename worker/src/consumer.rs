@@ -3,21 +3,27 @@
 //! holds up transactional mail. Deliveries are acknowledged only after
 //! their outcome is recorded; delays are held in RabbitMQ, not in memory.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
 };
 use lapin::types::FieldTable;
-use lapin::Connection;
+use lapin::{Channel, Connection, ExchangeKind};
 use platform::broker::{self, Topology};
-use tokio::sync::Semaphore;
+use serde_json::json;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::consumed_queues::{ConsumedQueues, QueueSpec};
 use crate::context::Context;
-use crate::lane::{Lane, Publisher};
+use crate::lane::{Decoded, Lane, Publisher};
+use crate::pool::Slots;
 use crate::remote_control::{self, ControlContext};
 
 /// How long in-flight tasks may run on after SIGTERM before the worker
@@ -30,19 +36,26 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// database round trips.
 const GROUPS_IN_FLIGHT: usize = 4;
 
+type LaneRun<'a> = BoxFuture<'a, (String, Result<(), broker::BrokerError>)>;
+
 pub struct Consumer {
     ctx: Arc<Context>,
     topology: Topology,
     node_name: String,
+    /// What is consumed: kept across reconnects, changed over remote
+    /// control.
+    queues: Arc<ConsumedQueues>,
 }
 
 impl Consumer {
     pub fn new(ctx: Arc<Context>, node_name: String) -> Self {
         let topology = Topology::new(ctx.settings.queues.clone());
+        let queues = Arc::new(ConsumedQueues::new(&topology.names.consumed()));
         Consumer {
             ctx,
             topology,
             node_name,
+            queues,
         }
     }
 
@@ -81,32 +94,127 @@ impl Consumer {
         shutdown: &CancellationToken,
     ) -> Result<(), broker::BrokerError> {
         let setup = conn.create_channel().await?;
-        self.topology.declare_task_queue(&setup).await?;
         self.topology.declare_dead_letter_queue(&setup).await?;
-        for queue in self.topology.names.consumed() {
-            self.topology.declare_ladder(&setup, &queue).await?;
-        }
         let publish_channel = conn.create_channel().await?;
         publish_channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
         let publisher = Arc::new(Publisher::new(publish_channel));
 
-        // A lane that fails stops the other, and the session reconnects.
+        // A lane that fails stops the others, and the session reconnects.
         let stop = shutdown.child_token();
-        let lanes = self.topology.names.consumed().into_iter().map(|queue| {
-            let lane = Lane {
-                ctx: self.ctx.clone(),
-                registry: &crate::tasks::REGISTRY,
-                topology: self.topology.clone(),
-                publisher: publisher.clone(),
-                queue,
-            };
-            self.pump(conn, lane, stop.clone())
-        });
+        let lanes = self.lanes(conn, setup, publisher, stop.clone());
         let control = self.remote_control(conn, shutdown, stop.clone());
-        let (lanes, control) = tokio::join!(futures_util::future::join_all(lanes), control);
-        lanes.into_iter().fold(control, |all, lane| all.and(lane))
+        let (lanes, control) = tokio::join!(lanes, control);
+        control.and(lanes)
+    }
+
+    /// One lane per consumed queue, started and stopped as the set changes
+    /// (`add_consumer`, `cancel_consumer`), until `stop` or a lane fails.
+    async fn lanes(
+        &self,
+        conn: &Connection,
+        mut setup: Channel,
+        publisher: Arc<Publisher>,
+        stop: CancellationToken,
+    ) -> Result<(), broker::BrokerError> {
+        let mut wanted = self.queues.watch();
+        let mut running: FuturesUnordered<LaneRun<'_>> = FuturesUnordered::new();
+        let mut lanes: HashMap<String, CancellationToken> = HashMap::new();
+        let mut outcome: Result<(), broker::BrokerError> = Ok(());
+        'session: loop {
+            let specs = wanted.borrow_and_update().clone();
+            lanes.retain(|name, token| {
+                let keep = specs.iter().any(|q| &q.name == name);
+                if !keep {
+                    tracing::info!(queue = %name, "no longer consuming");
+                    token.cancel();
+                }
+                keep
+            });
+            let new: Vec<&QueueSpec> = specs
+                .iter()
+                .filter(|q| !lanes.contains_key(&q.name))
+                .collect();
+            for spec in new {
+                if let Err(e) = self.declare(&setup, spec).await {
+                    if self.topology.names.consumed().contains(&spec.name) {
+                        outcome = Err(e.into());
+                        stop.cancel();
+                        break 'session;
+                    }
+                    // A queue added at run time that cannot be declared as
+                    // asked (it exists with other arguments, the exchange
+                    // with another type) is not consumed.
+                    tracing::warn!(queue = %spec.name, error = %e, "cannot consume the queue");
+                    self.queues.cancel(&spec.name);
+                    setup = match conn.create_channel().await {
+                        Ok(channel) => channel,
+                        Err(e) => {
+                            outcome = Err(e.into());
+                            stop.cancel();
+                            break 'session;
+                        }
+                    };
+                    continue;
+                }
+                let token = stop.child_token();
+                lanes.insert(spec.name.clone(), token.clone());
+                let lane = Lane {
+                    ctx: self.ctx.clone(),
+                    registry: &crate::tasks::REGISTRY,
+                    topology: self.topology.clone(),
+                    publisher: publisher.clone(),
+                    queue: spec.name.clone(),
+                };
+                let name = spec.name.clone();
+                running.push(Box::pin(
+                    self.pump(conn, lane, token)
+                        .map(move |result| (name, result)),
+                ));
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                changed = wanted.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+                // A lane ends well only when told to (cancelled, or the
+                // session stopping).
+                Some((name, result)) = running.next(), if !running.is_empty() => {
+                    if let Err(e) = result {
+                        tracing::warn!(queue = %name, error = %e, "lane failed; reconnecting");
+                        outcome = Err(e);
+                        stop.cancel();
+                        break;
+                    }
+                }
+            }
+        }
+        stop.cancel();
+        while let Some((_, result)) = running.next().await {
+            if outcome.is_ok() {
+                outcome = result;
+            }
+        }
+        outcome
+    }
+
+    /// Declares a consumed queue (with its exchange and binding) and its
+    /// delay ladder: at start and on every reconnect, so that what an
+    /// operator deleted comes back.
+    async fn declare(&self, channel: &Channel, spec: &QueueSpec) -> Result<(), lapin::Error> {
+        let kind = match spec.exchange_type.as_str() {
+            "topic" => ExchangeKind::Topic,
+            "fanout" => ExchangeKind::Fanout,
+            "headers" => ExchangeKind::Headers,
+            _ => ExchangeKind::Direct,
+        };
+        self.topology
+            .declare_bound_queue(channel, &spec.name, &spec.exchange, kind, &spec.routing_key)
+            .await?;
+        self.topology.declare_ladder(channel, &spec.name).await
     }
 
     /// `celery inspect`/`control` and events, on this session's connection.
@@ -119,14 +227,23 @@ impl Consumer {
         let settings = &self.ctx.settings;
         let ctx = ControlContext {
             registered: crate::tasks::REGISTRY.names(),
-            concurrency: settings.worker_concurrency,
+            aliases: self.ctx.aliases.clone(),
             prefetch: settings.prefetch_count,
             timeouts: [
                 settings.task_soft_time_limit.as_secs_f64(),
                 settings.task_time_limit.as_secs_f64(),
             ],
             broker: remote_control::broker_info(settings.broker_url(), settings.heartbeat),
-            queues: self.topology.names.consumed(),
+            settings: settings.clone(),
+            queues: self.queues.clone(),
+            queue_arguments: serde_json::Value::Object(platform::celery::table_to_json(
+                &self.topology.task_queue_arguments(),
+            )),
+            queue_names: self.topology.names.clone(),
+            pool: self.ctx.concurrency.clone(),
+            time_limits: self.ctx.time_limits.clone(),
+            rate_limits: self.ctx.rate_limits.clone(),
+            db: self.ctx.pool.clone(),
             shutdown: shutdown.clone(),
             revoked: self.ctx.revoked.clone(),
         };
@@ -143,30 +260,21 @@ impl Consumer {
     }
 
     /// Feeds one queue's deliveries to its lane, in groups of whatever has
-    /// already arrived, never more in flight than the concurrency.
+    /// already arrived, never more in flight than the pool's limit; until
+    /// `stop` (the lane cancelled, or the session stopping) or a failure.
     async fn pump(
         &self,
         conn: &Connection,
         lane: Lane,
         stop: CancellationToken,
     ) -> Result<(), broker::BrokerError> {
-        let result = self.pump_inner(conn, Arc::new(lane), &stop).await;
-        stop.cancel();
-        result
-    }
-
-    async fn pump_inner(
-        &self,
-        conn: &Connection,
-        lane: Arc<Lane>,
-        stop: &CancellationToken,
-    ) -> Result<(), broker::BrokerError> {
+        let lane = Arc::new(lane);
         let channel = conn.create_channel().await?;
         channel
             .basic_qos(self.ctx.settings.prefetch_count, BasicQosOptions::default())
             .await?;
         let tag = format!("{}/{}", self.node_name, lane.queue);
-        let mut deliveries = channel
+        let deliveries = channel
             .basic_consume(
                 &lane.queue,
                 &tag,
@@ -176,59 +284,46 @@ impl Consumer {
             .await?;
         tracing::info!(queue = %lane.queue, node = %self.node_name, "consuming");
 
-        let concurrency = self.ctx.settings.worker_concurrency;
-        let gather = (concurrency / 2).max(1);
-        let slots = Arc::new(Semaphore::new(concurrency));
-        let group_slots = Arc::new(Semaphore::new(GROUPS_IN_FLIGHT));
-        let outcome = loop {
-            let next = tokio::select! {
-                next = deliveries.next() => next,
-                _ = stop.cancelled() => break Ok(()),
-            };
-            let mut group = match next {
-                Some(Ok(d)) => vec![lane.decode(d)],
-                Some(Err(e)) => break Err(e.into()),
-                None => {
-                    break Err(
-                        lapin::Error::InvalidChannelState(lapin::ChannelState::Closed).into(),
-                    )
-                }
-            };
-            // At most a few groups at once: while they run, deliveries
-            // gather, so under load each group's statements serve many
-            // emails; alone, a delivery finds a free slot and waits for
-            // nothing.
-            let group_slot = tokio::select! {
-                slot = group_slots.clone().acquire_owned() => slot,
-                _ = stop.cancelled() => break Ok(()),
-            };
-            let Ok(group_slot) = group_slot else {
-                break Ok(());
-            };
-            // Whatever else has already arrived joins this group, up to half
-            // the concurrency in sends (a batch task counts each of its
-            // emails), so that one group's database round trips overlap
-            // another's SMTP sends instead of every group waiting in turn.
-            let mut weight = lane.weight(&group[0]);
-            while weight < gather {
-                match deliveries.next().now_or_never() {
-                    Some(Some(Ok(d))) => {
-                        let d = lane.decode(d);
-                        weight += lane.weight(&d);
-                        group.push(d);
+        let state = &self.ctx.worker;
+        let owner = state.reserving_owner();
+        let slots = Slots::new(self.ctx.concurrency.clone());
+        let (received, mut waiting) = mpsc::unbounded_channel();
+        // Deliveries are taken from the channel as they arrive (RabbitMQ's
+        // prefetch bounds them), so that those waiting for a slot are
+        // listed by `inspect reserved`.
+        let reader = async {
+            let mut deliveries = deliveries;
+            loop {
+                match deliveries.next().await {
+                    Some(Ok(d)) => {
+                        let decoded = lane.decode(d);
+                        let token = decoded.message.as_ref().ok().map(|m| {
+                            let d = &decoded.delivery;
+                            let info = json!({
+                                "exchange": d.exchange.as_str(),
+                                "routing_key": d.routing_key.as_str(),
+                                "priority": m.priority,
+                                "redelivered": d.redelivered,
+                            });
+                            state.reserve(owner, m, info)
+                        });
+                        if received.send((decoded, token)).is_err() {
+                            return Ok(());
+                        }
                     }
-                    _ => break,
+                    Some(Err(e)) => return Err(broker::BrokerError::from(e)),
+                    None => {
+                        return Err(
+                            lapin::Error::InvalidChannelState(lapin::ChannelState::Closed).into(),
+                        )
+                    }
                 }
             }
-            let permits = weight.min(concurrency) as u32;
-            let Ok(permits) = slots.clone().acquire_many_owned(permits).await else {
-                break Ok(());
-            };
-            let lane = lane.clone();
-            tokio::spawn(async move {
-                lane.handle_deliveries(group).await;
-                drop((permits, group_slot));
-            });
+        };
+        let feeder = self.feed(&lane, &slots, &mut waiting, &stop);
+        let outcome = tokio::select! {
+            read = reader => read,
+            () = feeder => Ok(()),
         };
 
         // Stop taking work, then let in-flight tasks finish within the grace
@@ -237,12 +332,68 @@ impl Consumer {
         let _ = channel
             .basic_cancel(&tag, BasicCancelOptions::default())
             .await;
-        let drained =
-            tokio::time::timeout(SHUTDOWN_GRACE, slots.acquire_many(concurrency as u32)).await;
+        state.release_owner(owner);
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, slots.drained()).await;
         if drained.is_err() {
             tracing::warn!(queue = %lane.queue, "in-flight tasks did not finish within the grace period; RabbitMQ will redeliver them");
         }
         let _ = channel.close(200, "lane stopping").await;
         outcome
+    }
+
+    /// Hands received deliveries to the lane in groups, until `stop`.
+    async fn feed(
+        &self,
+        lane: &Arc<Lane>,
+        slots: &Arc<Slots>,
+        waiting: &mut mpsc::UnboundedReceiver<(Decoded, Option<u64>)>,
+        stop: &CancellationToken,
+    ) {
+        let group_slots = Arc::new(Semaphore::new(GROUPS_IN_FLIGHT));
+        loop {
+            let first = tokio::select! {
+                next = waiting.recv() => next,
+                _ = stop.cancelled() => return,
+            };
+            let Some(first) = first else { return };
+            // At most a few groups at once: while they run, deliveries
+            // gather, so under load each group's statements serve many
+            // emails; alone, a delivery finds a free slot and waits for
+            // nothing.
+            let group_slot = tokio::select! {
+                slot = group_slots.clone().acquire_owned() => slot,
+                _ = stop.cancelled() => return,
+            };
+            let Ok(group_slot) = group_slot else { return };
+            // Whatever else has already arrived joins this group, up to half
+            // the concurrency in sends (a batch task counts each of its
+            // emails), so that one group's database round trips overlap
+            // another's SMTP sends instead of every group waiting in turn.
+            let gather = (self.ctx.concurrency.limit() / 2).max(1);
+            let mut weight = lane.weight(&first.0);
+            let mut group = vec![first];
+            while weight < gather {
+                match waiting.try_recv() {
+                    Ok(d) => {
+                        weight += lane.weight(&d.0);
+                        group.push(d);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let permit = tokio::select! {
+                permit = slots.acquire(weight) => permit,
+                _ = stop.cancelled() => return,
+            };
+            let (group, tokens): (Vec<Decoded>, Vec<Option<u64>>) = group.into_iter().unzip();
+            self.ctx
+                .worker
+                .unreserve(&tokens.into_iter().flatten().collect::<Vec<_>>());
+            let lane = lane.clone();
+            tokio::spawn(async move {
+                lane.handle_deliveries(group).await;
+                drop((permit, group_slot));
+            });
+        }
     }
 }

@@ -29,6 +29,13 @@ pub struct Context {
     pub shared_quota: Option<crate::shared_quota::SharedQuota>,
     /// Task ids revoked over remote control, shared by the platform's workers.
     pub revoked: crate::revoked::Revocations,
+    /// The concurrency: `CELERY_WORKER_CONCURRENCY`, changed at run time
+    /// (`pool_grow`, `pool_shrink`, `autoscale`).
+    pub concurrency: Arc<crate::pool::Pool>,
+    /// Time limits per task type set at run time (`time_limit`).
+    pub time_limits: Arc<crate::time_limits::TimeLimits>,
+    /// Rate limits per task type, shared by the platform's workers.
+    pub rate_limits: crate::rate_limits::RateLimits,
     /// DKIM signers by sending domain.
     pub dkim: crate::dkim::DkimSigners,
 }

@@ -1,6 +1,7 @@
 //! The delivery worker: consumes Celery task messages and sends mail
 //! through the SMTP account pool.
 
+pub mod consumed_queues;
 pub mod consumer;
 pub mod context;
 pub mod delivery;
@@ -9,6 +10,8 @@ pub mod domain_throttle;
 pub mod lane;
 pub mod liveness;
 pub mod outcome;
+pub mod pool;
+pub mod rate_limits;
 pub mod redis_error;
 pub mod registry;
 pub mod remote_control;
@@ -16,6 +19,7 @@ pub mod revoked;
 pub mod shared_quota;
 pub mod smtp;
 pub mod tasks;
+pub mod time_limits;
 pub mod worker_state;
 
 use std::sync::Arc;
@@ -73,7 +77,13 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let domain_limits =
         crate::domain_throttle::LimitCache::new(pool.clone(), domain_throttle_cache);
     let domain_gate = crate::domain_throttle::Gate::new(redis.clone(), &settings.queues.tasks);
+    let rate_limits = crate::rate_limits::RateLimits::new(redis.clone(), &settings.queues.tasks);
     let revoked = Revocations::new(redis, &settings.queues.tasks, revokes);
+    let pool_size = Arc::new(crate::pool::Pool::new(settings.worker_concurrency));
+    let time_limits = Arc::new(crate::time_limits::TimeLimits::new(
+        settings.task_soft_time_limit,
+        settings.task_time_limit,
+    ));
     let worker = Arc::new(WorkerState::new(node_name.clone(), send_events));
     let liveness = Arc::new(Liveness::new(&node_name, settings.liveness));
     liveness
@@ -101,6 +111,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         liveness: liveness.clone(),
         shared_quota,
         revoked,
+        concurrency: pool_size,
+        time_limits,
+        rate_limits,
         dkim,
     });
     let consumed = Consumer::new(ctx.clone(), node_name).run(shutdown).await;

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use lapin::Channel;
 use platform::celery::events::{self, unix_now};
 use platform::celery::{ResultBackend, TaskMessage};
@@ -14,6 +15,9 @@ use serde_json::{json, Value};
 
 /// How often `worker-heartbeat` is sent while events are enabled.
 pub(crate) const HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// At most this many ladder entries are remembered for `inspect scheduled`.
+const LADDERED_MAX: usize = 1000;
 
 /// A task being executed, as `inspect active` lists it.
 #[derive(Debug, Clone)]
@@ -33,6 +37,14 @@ pub struct WorkerState {
     pub(crate) started: Instant,
     pub(crate) clock: AtomicU64,
     pub(crate) active: Mutex<HashMap<String, ActiveTask>>,
+    /// Deliveries received and not yet started (`inspect reserved`), as
+    /// Celery's `Request.info()`, by a token of their own.
+    pub(crate) reserved: Mutex<BTreeMap<u64, (u64, Value)>>,
+    next_reserved: AtomicU64,
+    /// Tasks without a message record (a Python producer's, with a
+    /// countdown) this worker put in the delay ladder, by task id, with
+    /// their due time: `inspect scheduled` lists them until they come back.
+    laddered: Mutex<HashMap<String, (DateTime<Utc>, Value)>>,
     pub(crate) processed: Mutex<BTreeMap<String, u64>>,
     pub(crate) events_enabled: AtomicBool,
     pub(crate) events: Mutex<Option<Channel>>,
@@ -53,6 +65,9 @@ impl WorkerState {
             started: Instant::now(),
             clock: AtomicU64::new(0),
             active: Mutex::new(HashMap::new()),
+            reserved: Mutex::new(BTreeMap::new()),
+            next_reserved: AtomicU64::new(0),
+            laddered: Mutex::new(HashMap::new()),
             processed: Mutex::new(BTreeMap::new()),
             events_enabled: AtomicBool::new(send_events),
             events: Mutex::new(None),
@@ -72,6 +87,93 @@ impl WorkerState {
 
     pub fn events_enabled(&self) -> bool {
         self.events_enabled.load(Ordering::Relaxed)
+    }
+
+    /// A new owner of reserved deliveries (a lane's consumer), whose
+    /// leftovers [`Self::release_owner`] takes back when it stops.
+    pub fn reserving_owner(&self) -> u64 {
+        self.next_reserved.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Records a delivery received but not started; the token takes it
+    /// back with [`Self::unreserve`].
+    pub fn reserve(&self, owner: u64, message: &TaskMessage, delivery_info: Value) -> u64 {
+        let token = self.next_reserved.fetch_add(1, Ordering::Relaxed);
+        let info = self.request_info(message, delivery_info);
+        lock(&self.reserved).insert(token, (owner, info));
+        token
+    }
+
+    /// Forgets what `owner` still had reserved (its deliveries return to
+    /// the queue when its channel closes).
+    pub fn release_owner(&self, owner: u64) {
+        lock(&self.reserved).retain(|_, (o, _)| *o != owner);
+    }
+
+    /// Notes a task without a record held in the delay ladder until `eta`.
+    pub fn laddered(&self, message: &TaskMessage, eta: DateTime<Utc>, delivery_info: Value) {
+        let mut laddered = lock(&self.laddered);
+        let now = Utc::now();
+        // What has been due for a while came back to another worker (or
+        // was lost with a queue): it is not listed for ever.
+        laddered.retain(|_, (due, _)| *due + chrono::Duration::minutes(5) > now);
+        if laddered.len() >= LADDERED_MAX {
+            return;
+        }
+        let info = self.request_info(message, delivery_info);
+        laddered.insert(message.id().to_string(), (eta, info));
+    }
+
+    /// Forgets ladder entries for tasks that came back.
+    pub fn back_from_ladder(&self, ids: &[&str]) {
+        let mut laddered = lock(&self.laddered);
+        if laddered.is_empty() {
+            return;
+        }
+        for id in ids {
+            laddered.remove(*id);
+        }
+    }
+
+    /// What this worker put in the ladder and has not seen again, as
+    /// (eta, `Request.info()`).
+    pub fn in_ladder(&self) -> Vec<(DateTime<Utc>, Value)> {
+        let now = Utc::now();
+        lock(&self.laddered)
+            .values()
+            .filter(|(due, _)| *due + chrono::Duration::minutes(5) > now)
+            .cloned()
+            .collect()
+    }
+
+    fn request_info(&self, message: &TaskMessage, delivery_info: Value) -> Value {
+        json!({
+            "id": message.id(),
+            "name": message.task(),
+            "args": Value::Array(message.args.clone()),
+            "kwargs": Value::Object(message.kwargs.clone()),
+            "type": message.task(),
+            "hostname": self.node,
+            "time_start": null,
+            "acknowledged": false,
+            "delivery_info": delivery_info,
+            "worker_pid": null,
+        })
+    }
+
+    /// `inspect reserved`.
+    pub fn reserved(&self) -> Vec<Value> {
+        lock(&self.reserved)
+            .values()
+            .map(|(_, info)| info.clone())
+            .collect()
+    }
+
+    pub fn unreserve(&self, tokens: &[u64]) {
+        let mut reserved = lock(&self.reserved);
+        for token in tokens {
+            reserved.remove(token);
+        }
     }
 
     /// Records that tasks start executing (and emits `task-received` and

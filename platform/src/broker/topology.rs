@@ -68,8 +68,9 @@ impl Topology {
     /// `CELERY_TASK_QUEUE_MAX_PRIORITY`, `x-max-priority` (as Celery's
     /// `task_queue_max_priority` declares them). The ladder's rungs and the
     /// dead-letter queue have none: a delayed message keeps its `priority`
-    /// property and competes by it once it is back in its queue.
-    fn task_queue_arguments(&self) -> FieldTable {
+    /// property and competes by it once it is back in its queue. What
+    /// `inspect active_queues` reports as `queue_arguments`.
+    pub fn task_queue_arguments(&self) -> FieldTable {
         let mut args = self.queue_arguments();
         if let Some(max) = self.names.max_priority {
             args.insert(
@@ -129,6 +130,35 @@ impl Topology {
                 .await?;
         }
         Ok(())
+    }
+
+    /// A task queue as ours are declared (durable, with the task queues'
+    /// arguments), bound to a durable `exchange` of `kind` with
+    /// `routing_key`: the layout of any queue consumed at run time
+    /// (`celery control add_consumer`).
+    pub async fn declare_bound_queue(
+        &self,
+        channel: &Channel,
+        name: &str,
+        exchange: &str,
+        kind: ExchangeKind,
+        routing_key: &str,
+    ) -> Result<(), lapin::Error> {
+        channel
+            .exchange_declare(exchange, kind, durable_exchange(), FieldTable::default())
+            .await?;
+        channel
+            .queue_declare(name, durable_queue(), self.task_queue_arguments())
+            .await?;
+        channel
+            .queue_bind(
+                name,
+                exchange,
+                routing_key,
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
     }
 
     /// Messages that cannot be processed, published with a reason header.

@@ -821,6 +821,40 @@ pub async fn release_due(
     .await
 }
 
+/// A message waiting for its time (`celery inspect scheduled`).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Waiting {
+    pub id: Uuid,
+    pub task_id: String,
+    /// When it is due: a `scheduled` message's `send_at`, a waiting or
+    /// retrying one's `due_at`.
+    pub eta: DateTime<Utc>,
+    /// A campaign's (it travels on the bulk queue).
+    pub bulk: bool,
+}
+
+/// Up to `limit` messages waiting for their time, soonest first:
+/// `scheduled` ones (held here until their `send_at`) and `queued` ones
+/// due back later (a retry or a wait, held in the delay ladder).
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn waiting(pool: &PgPool, limit: i64) -> Result<Vec<Waiting>, sqlx::Error> {
+    sqlx::query_as(
+        "(SELECT id, task_id, send_at AS eta, campaign_run_id IS NOT NULL AS bulk
+            FROM message_records
+           WHERE status = 'scheduled' AND send_at IS NOT NULL
+           ORDER BY send_at LIMIT $1)
+         UNION ALL
+         (SELECT id, task_id, due_at AS eta, campaign_run_id IS NOT NULL AS bulk
+            FROM message_records
+           WHERE status = 'queued' AND due_at > now()
+           ORDER BY due_at LIMIT $1)
+         ORDER BY eta LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
 /// The earliest `send_at` of a `scheduled` message, if any.
 pub async fn next_scheduled(
     executor: impl PgExecutor<'_>,

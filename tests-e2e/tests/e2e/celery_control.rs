@@ -31,9 +31,26 @@ pub(crate) async fn celery(args: &[&str]) -> Output {
 
 /// `celery inspect|control <command> -d <nodes> --json`: the replies by
 /// node, or `None` when no node replied in time.
-async fn ask(kind: &str, command: &str, nodes: &[&str]) -> Option<serde_json::Map<String, Value>> {
+pub(crate) async fn ask(
+    kind: &str,
+    command: &str,
+    nodes: &[&str],
+) -> Option<serde_json::Map<String, Value>> {
+    ask_with(kind, command, &[], nodes).await
+}
+
+/// [`ask`] with the command's own arguments (`rate_limit <task> <rate>`).
+pub(crate) async fn ask_with(
+    kind: &str,
+    command: &str,
+    args: &[&str],
+    nodes: &[&str],
+) -> Option<serde_json::Map<String, Value>> {
     let destination = nodes.join(",");
-    let out = celery(&[kind, command, "-d", &destination, "-t", "2", "--json"]).await;
+    let mut argv = vec![kind, command];
+    argv.extend_from_slice(args);
+    argv.extend_from_slice(&["-d", &destination, "-t", "2", "--json"]);
+    let out = celery(&argv).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         return None;
@@ -66,11 +83,21 @@ pub(crate) async fn ask_all(
     command: &str,
     nodes: &[&str],
 ) -> serde_json::Map<String, Value> {
+    ask_all_with(kind, command, &[], nodes).await
+}
+
+/// [`ask_all`] with the command's own arguments.
+pub(crate) async fn ask_all_with(
+    kind: &str,
+    command: &str,
+    args: &[&str],
+    nodes: &[&str],
+) -> serde_json::Map<String, Value> {
     eventually(
-        &format!("{kind} {command} answered by {nodes:?}"),
+        &format!("{kind} {command} {args:?} answered by {nodes:?}"),
         Duration::from_secs(60),
         || async {
-            let replies = ask(kind, command, nodes).await?;
+            let replies = ask_with(kind, command, args, nodes).await?;
             nodes
                 .iter()
                 .all(|n| replies.contains_key(*n))

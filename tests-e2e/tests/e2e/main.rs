@@ -13,6 +13,7 @@ mod campaigns;
 mod celery_control;
 mod celery_events;
 mod celery_messages;
+mod celery_worker_control;
 mod cluster;
 mod cutover;
 mod database_outage;

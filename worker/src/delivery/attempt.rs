@@ -1,8 +1,10 @@
 //! One SMTP transaction for a claimed message: the suppression list
 //! checked again, the email composed (with its attachments) and signed
 //! with its domain's DKIM keys, and handed to the account's pooled
-//! transport within the task's time limits (the worker's, or lower ones
-//! its message asked for).
+//! transport within the task's time limits: the soft one bounds the SMTP
+//! transaction, the hard one the whole attempt. They are the worker's, or
+//! those `celery control time_limit` set for the task type, lowered by the
+//! message's own `timelimit` header.
 
 use std::time::{Duration, Instant};
 
@@ -19,6 +21,7 @@ use platform::mail::{compose, dkim, EmailAddress, Envelope};
 use super::policy::{classify, Failure};
 use crate::context::Context;
 use crate::smtp::{Transport, TransportCache};
+use crate::time_limits::Limits;
 
 /// One SMTP attempt for a claimed message, before anything is recorded.
 pub enum Attempt {
@@ -42,25 +45,52 @@ pub struct Extras {
     pub files: Vec<Attachment>,
 }
 
-/// How long the SMTP transaction of `message` may take: its soft time
-/// limit, or its hard one when that is lower (each the worker's
-/// `CELERY_TASK_SOFT_TIME_LIMIT` / `CELERY_TASK_TIME_LIMIT`, or the lower
-/// value the message's `timelimit` header asks for). Cut there, the send
-/// counts as a timeout and is retried, as the worker's own limit is.
-pub fn send_limit(ctx: &Context, message: &TaskMessage) -> Duration {
-    let (soft, hard) = message.headers.time_limits(
-        ctx.settings.task_soft_time_limit,
-        ctx.settings.task_time_limit,
-    );
-    soft.min(hard)
+/// The limits of one attempt at `message`: its task type's (configured,
+/// or set at run time with `celery control time_limit`), each lowered to
+/// what the message's `timelimit` header asks for, if less. Cut at the
+/// soft one, the send counts as a timeout and is retried, as the worker's
+/// own limit is.
+pub fn limits(ctx: &Context, message: &TaskMessage) -> Limits {
+    let own = ctx.time_limits.of(message.task());
+    let (soft, hard) = message.headers.time_limits(own.soft, own.hard);
+    Limits {
+        soft: soft.min(hard),
+        hard,
+    }
 }
 
+/// One attempt under `limits`: the soft limit bounds the SMTP transaction,
+/// the hard one everything (composing, signing, DKIM keys read from the
+/// database, the transaction).
 pub async fn attempt(
     ctx: &Context,
     record: &MessageRecord,
     account: &EmailAccount,
     extras: Extras,
-    limit: Duration,
+    limits: Limits,
+) -> Attempt {
+    match tokio::time::timeout(
+        limits.hard,
+        attempt_within(ctx, record, account, extras, limits.soft),
+    )
+    .await
+    {
+        Ok(attempt) => attempt,
+        Err(_) => Attempt::Failed(Failure::Unreachable {
+            reply: format!(
+                "the attempt passed the hard time limit of {:?}",
+                limits.hard
+            ),
+        }),
+    }
+}
+
+async fn attempt_within(
+    ctx: &Context,
+    record: &MessageRecord,
+    account: &EmailAccount,
+    extras: Extras,
+    soft_limit: Duration,
 ) -> Attempt {
     if let Some(address) = extras.suppressed {
         return Attempt::Suppressed(suppressions::reason(&address));
@@ -97,7 +127,7 @@ pub async fn attempt(
         &transport,
         composed.message.envelope(),
         &email,
-        limit,
+        soft_limit,
     )
     .await
     {

@@ -31,7 +31,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::admit::{self, Cause, Seat, Wait};
-use super::attempt::{attempt, send_limit, Attempt, Extras};
+use super::attempt::{attempt, limits, Attempt, Extras};
 use super::domains;
 use super::policy::{refuse, settle_failure};
 use super::prepare::{prepare, Prepared};
@@ -265,8 +265,8 @@ async fn admitted(
             suppressed: c.suppressed.clone(),
             files: files.remove(&c.record.id).unwrap_or_default(),
         };
-        let limit = send_limit(ctx, group[*i].1);
-        attempt(ctx, &c.record, account, extras, limit).instrument(span(*i, c, account))
+        let limits = limits(ctx, group[*i].1);
+        attempt(ctx, &c.record, account, extras, limits).instrument(span(*i, c, account))
     }))
     .await;
     let smtp_done = started.elapsed();

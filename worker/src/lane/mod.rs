@@ -24,6 +24,10 @@ use crate::context::Context;
 use crate::outcome::{Outcome, RunError};
 use crate::registry::Registry;
 
+/// The longest a rate-limited task waits for its turn while holding its
+/// delivery; a longer wait goes through the delay ladder.
+const RATE_WAIT_IN_PLACE: Duration = Duration::from_secs(1);
+
 pub struct Lane {
     pub ctx: Arc<Context>,
     pub registry: &'static Registry,
@@ -71,6 +75,11 @@ impl Lane {
         }
         let mut requeue = vec![false; deliveries.len()];
         let (jobs, mut settled) = job::jobs(self.registry, &deliveries);
+        let back: Vec<&str> = deliveries
+            .iter()
+            .filter_map(|d| d.message.as_ref().ok().map(|m| m.id()))
+            .collect();
+        self.ctx.worker.back_from_ladder(&back);
 
         let now = Utc::now();
         let revoked = self.revoked(&jobs).await;
@@ -96,6 +105,7 @@ impl Lane {
                 None => due.push(j),
             }
         }
+        let due = self.rate_limited(&jobs, due, &mut settled).await;
         let messages: Vec<&TaskMessage> = due.iter().map(|&j| &jobs[j].message).collect();
         self.ctx.worker.tasks_started(&messages, &self.queue).await;
         let ran = self
@@ -197,6 +207,72 @@ impl Lane {
         if let Err(e) = messages::mark_failed(&self.ctx.pool, id, reason, None).await {
             tracing::warn!(message_id = %id, error = %e, "cannot mark the record failed");
         }
+    }
+
+    /// The due jobs that may run now under their task types' rate limits
+    /// (`celery control rate_limit`, shared by every worker). A job whose
+    /// reserved instant is near is waited for here; one further off is
+    /// held in the delay ladder until that instant (not in memory). When
+    /// Redis cannot be asked, the jobs run: a rate limit is a brake, a
+    /// stalled queue is worse.
+    async fn rate_limited(
+        &self,
+        jobs: &[job::Job],
+        due: Vec<usize>,
+        settled: &mut Vec<job::Settled>,
+    ) -> Vec<usize> {
+        let tasks: Vec<(&str, &str)> = due
+            .iter()
+            .map(|&j| (jobs[j].message.task(), jobs[j].message.id()))
+            .collect();
+        let waits = match self.ctx.rate_limits.admit(&tasks).await {
+            Ok(waits) => waits,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read rate limits; running the tasks");
+                return due;
+            }
+        };
+        let mut now = Vec::with_capacity(due.len());
+        let mut hold = Duration::ZERO;
+        let mut noted = (Vec::new(), Vec::new(), Vec::new());
+        for (j, wait) in due.into_iter().zip(waits) {
+            if wait > RATE_WAIT_IN_PLACE {
+                // Its record says why it waits and when it is due back (so
+                // the reconciler does not take it for lost).
+                if let Some(id) = platform::tasks::record_id(&jobs[j].message) {
+                    noted.0.push(id);
+                    noted
+                        .1
+                        .push(format!("rate limit of {}", jobs[j].message.task()));
+                    noted.2.push(wait);
+                }
+                tracing::debug!(
+                    task_id = jobs[j].message.id(),
+                    ?wait,
+                    "rate limited; held until its turn"
+                );
+                metrics::counter!("tasks_rate_limited_total").increment(1);
+                settled.push(job::Settled {
+                    delivery: jobs[j].delivery,
+                    job: Some(j),
+                    outcome: Outcome::Later { delay: wait },
+                });
+            } else {
+                hold = hold.max(wait);
+                now.push(j);
+            }
+        }
+        if !noted.0.is_empty() {
+            if let Err(e) =
+                messages::note_waiting(&self.ctx.pool, &noted.0, &noted.1, &noted.2).await
+            {
+                tracing::warn!(error = %e, "cannot note why rate-limited records wait");
+            }
+        }
+        if !hold.is_zero() {
+            tokio::time::sleep(hold).await;
+        }
+        now
     }
 
     /// Which jobs were revoked (`celery control revoke`). When Redis cannot

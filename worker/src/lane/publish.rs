@@ -96,7 +96,7 @@ impl Lane {
                 held.properties(),
             )
         };
-        match publish().await {
+        let published = match publish().await {
             Err(broker::PublishError::Unroutable { .. }) => {
                 // The rung is gone (deleted by an operator): declare it again.
                 tracing::warn!(%queue, "delay queue missing; declaring it again");
@@ -106,7 +106,19 @@ impl Lane {
                 publish().await
             }
             other => other,
+        };
+        // A task with a record is listed by `inspect scheduled` from it;
+        // one without is remembered here.
+        if published.is_ok() && platform::tasks::record_id(&held).is_none() {
+            if let Some(eta) = held.headers.eta {
+                let info = serde_json::json!({
+                    "exchange": self.queue, "routing_key": self.queue,
+                    "priority": held.priority, "redelivered": false,
+                });
+                self.ctx.worker.laddered(&held, eta, info);
+            }
         }
+        published
     }
 
     /// Records the dead letter for operators (listing, requeue through the

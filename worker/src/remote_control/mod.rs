@@ -2,6 +2,9 @@
 //! `celery control` requests arriving over the pidbox and sends the
 //! heartbeat events, from what [`WorkerState`] knows.
 
+mod control;
+mod inspect;
+
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -13,18 +16,35 @@ use platform::celery::pidbox::{self, Request};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
+use crate::consumed_queues::ConsumedQueues;
+use crate::pool::Pool;
+use crate::rate_limits::RateLimits;
 use crate::revoked::Revocations;
+use crate::time_limits::TimeLimits;
 use crate::worker_state::{lock, WorkerState, HEARTBEAT};
 
-/// Facts about the worker that replies need.
+/// Facts about the worker that replies need, and what commands change.
 pub struct ControlContext {
     /// Task names this worker runs (`inspect registered`).
     pub registered: Vec<&'static str>,
-    pub concurrency: usize,
+    /// Python task names mapped to ours (commands may name either).
+    pub aliases: platform::celery::TaskAliases,
     pub prefetch: u16,
+    /// The configured (soft, hard) time limits.
     pub timeouts: [f64; 2],
     pub broker: Value,
-    pub queues: Vec<String>,
+    pub settings: Arc<platform::Settings>,
+    /// The queues consumed, changed by `add_consumer` / `cancel_consumer`.
+    pub queues: Arc<ConsumedQueues>,
+    /// What task queues are declared with (their `queue_arguments`).
+    pub queue_arguments: Value,
+    pub queue_names: platform::config::QueueNames,
+    /// The concurrency, changed by `pool_grow` / `pool_shrink` / `autoscale`.
+    pub pool: Arc<Pool>,
+    pub time_limits: Arc<TimeLimits>,
+    pub rate_limits: RateLimits,
+    /// For `inspect scheduled` (records waiting for their time).
+    pub db: sqlx::PgPool,
     /// The worker's root token: `shutdown` cancels it.
     pub shutdown: CancellationToken,
     /// Where revokes are kept for every worker of the platform.
@@ -133,7 +153,7 @@ async fn answer(state: &WorkerState, ctx: &ControlContext, request: &Request) ->
             Err(e) => json!({"error": format!("cannot read revoked tasks: {e}")}),
         },
         "ping" => json!({"ok": "pong"}),
-        "registered" => json!(ctx.registered),
+        "registered" => registered(ctx).await,
         "active" => {
             let active = lock(&state.active);
             Value::Array(
@@ -156,41 +176,20 @@ async fn answer(state: &WorkerState, ctx: &ControlContext, request: &Request) ->
                     .collect(),
             )
         }
-        "stats" => json!({
-            "pid": state.pid,
-            "clock": state.clock.load(Ordering::Relaxed).to_string(),
-            "uptime": state.started.elapsed().as_secs(),
-            "total": *lock(&state.processed),
-            "pool": {
-                "implementation": "tokio",
-                "max-concurrency": ctx.concurrency,
-                "processes": [state.pid],
-                "max-tasks-per-child": "N/A",
-                "put-guarded-by-semaphore": false,
-                "timeouts": ctx.timeouts,
-            },
-            "broker": ctx.broker,
-            "prefetch_count": ctx.prefetch,
-            "rusage": {},
-        }),
-        "active_queues" => Value::Array(
-            ctx.queues
-                .iter()
-                .map(|q| {
-                    json!({"name": q, "exchange": {"name": q, "type": "direct"},
-                           "routing_key": q, "durable": true, "auto_delete": false,
-                           "exclusive": false, "no_ack": false, "queue_arguments": null,
-                           "binding_arguments": null, "bindings": [],
-                           "consumer_arguments": null, "alias": null, "expires": null,
-                           "message_ttl": null, "max_length": null,
-                           "max_length_bytes": null, "max_priority": null})
-                })
-                .collect(),
-        ),
-        "scheduled" | "reserved" => json!([]),
-        "conf" => json!({}),
-        "clock" => json!({"clock": state.tick()}),
-        "report" => json!({"ok": format!("{} ({})", state.node, env!("CARGO_PKG_VERSION"))}),
+        "stats" => inspect::stats(state, ctx),
+        "active_queues" => inspect::active_queues(ctx),
+        "scheduled" | "dump_schedule" => inspect::scheduled(state, ctx).await,
+        "reserved" | "dump_reserved" => Value::Array(state.reserved()),
+        "conf" | "dump_conf" => inspect::conf(&ctx.settings, state.events_enabled()),
+        "clock" => json!({"clock": state.clock.load(Ordering::Relaxed)}),
+        "report" => inspect::report(&ctx.settings, state.events_enabled()),
+        "add_consumer" => control::add_consumer(ctx, request),
+        "cancel_consumer" => control::cancel_consumer(ctx, request),
+        "rate_limit" => control::rate_limit(ctx, request).await,
+        "time_limit" => control::time_limit(ctx, request),
+        "pool_grow" => control::pool_grow(ctx, request),
+        "pool_shrink" => control::pool_shrink(ctx, request),
+        "autoscale" => control::autoscale(ctx, request),
         "enable_events" => {
             if !state.events_enabled.swap(true, Ordering::Relaxed) {
                 state.announce.store(true, Ordering::Relaxed);
@@ -210,6 +209,21 @@ async fn answer(state: &WorkerState, ctx: &ControlContext, request: &Request) ->
         other => json!({"error": format!("No such command: {other}")}),
     };
     Some(reply)
+}
+
+/// `inspect registered`: our task names, with `[rate_limit=...]` for a
+/// task type that has one, as Celery lists them.
+async fn registered(ctx: &ControlContext) -> Value {
+    let limits = ctx.rate_limits.all().await.unwrap_or_default();
+    Value::Array(
+        ctx.registered
+            .iter()
+            .map(|name| match limits.get(*name) {
+                Some(rate) => json!(format!("{name} [rate_limit={rate}]")),
+                None => json!(name),
+            })
+            .collect(),
+    )
 }
 
 /// `revoke`: the ids (one or a list) are kept for every worker of the
@@ -287,21 +301,54 @@ mod tests {
     use super::*;
 
     fn ctx() -> ControlContext {
+        let vars = std::collections::HashMap::from([
+            (
+                "DATABASE_URL",
+                "postgres://postgres@127.0.0.1/x".to_string(),
+            ),
+            (
+                "ENCRYPTION_KEY",
+                "dGhpcyBpcyBhIDMyIGJ5dGUga2V5IGZvciB0ZXN0cyE=".to_string(),
+            ),
+            (
+                "CELERY_BROKER_URL",
+                "amqp://guest:secret@127.0.0.1:5672/%2f".to_string(),
+            ),
+            ("CELERY_DEFAULT_QUEUE", "q".to_string()),
+        ]);
+        let settings = platform::Settings::from_lookup_for(platform::config::Role::Worker, |k| {
+            vars.get(k).cloned()
+        })
+        .unwrap();
+        let redis = deadpool_redis::Config::from_url("redis://127.0.0.1:6379")
+            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+            .unwrap();
         ControlContext {
             registered: vec![
                 platform::tasks::SEND_EMAIL,
                 platform::tasks::SEND_EMAIL_BATCH,
             ],
-            concurrency: 4,
+            aliases: platform::celery::TaskAliases::parse(
+                "app.tasks.send_email=notifications.send_email",
+            )
+            .unwrap(),
             prefetch: 8,
             timeouts: [10.0, 12.0],
             broker: broker_info("amqp://guest:secret@127.0.0.1:5672/%2f", 10),
-            queues: vec!["q".into(), "q.bulk".into()],
+            queues: Arc::new(ConsumedQueues::new(&["q".into(), "q.bulk".into()])),
+            queue_arguments: json!({}),
+            queue_names: settings.queues.clone(),
+            settings: Arc::new(settings),
+            pool: Arc::new(Pool::new(4)),
+            time_limits: Arc::new(TimeLimits::new(
+                std::time::Duration::from_secs(10),
+                std::time::Duration::from_secs(12),
+            )),
+            rate_limits: RateLimits::new(redis.clone(), "remote-control-unit-test"),
+            db: sqlx::PgPool::connect_lazy("postgres://postgres@127.0.0.1/x").unwrap(),
             shutdown: CancellationToken::new(),
             revoked: Revocations::new(
-                deadpool_redis::Config::from_url("redis://127.0.0.1:6379")
-                    .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-                    .unwrap(),
+                redis,
                 "q",
                 platform::config::Revokes {
                     expires: std::time::Duration::from_secs(60),
@@ -309,6 +356,15 @@ mod tests {
                 },
             ),
         }
+    }
+
+    fn request_with(method: &str, arguments: Value) -> Request {
+        Request::decode(
+            json!({"method": method, "arguments": arguments})
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap()
     }
 
     fn request(method: &str) -> Request {
@@ -332,6 +388,7 @@ mod tests {
         );
         let stats = answer(&state, &ctx, &request("stats")).await.unwrap();
         assert_eq!(stats["pool"]["max-concurrency"], 4);
+        assert!(stats["rusage"]["maxrss"].as_u64().is_some());
         assert_eq!(stats["broker"]["virtual_host"], "/");
         assert!(!stats.to_string().contains("secret"));
         assert!(answer(&state, &ctx, &request("heartbeat")).await.is_none());
@@ -339,5 +396,100 @@ mod tests {
         assert!(state.events_enabled());
         answer(&state, &ctx, &request("shutdown")).await;
         assert!(ctx.shutdown.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn control_commands_change_the_worker_and_reply_as_celery() {
+        let state = WorkerState::new("w@h".into(), false);
+        let ctx = ctx();
+        let ask = |method: &str, arguments: Value| {
+            let request = request_with(method, arguments);
+            let (state, ctx) = (&state, &ctx);
+            async move { answer(state, ctx, &request).await.unwrap() }
+        };
+        assert_eq!(
+            ask("pool_grow", json!({"n": 2})).await,
+            json!({"ok": "pool will grow"})
+        );
+        assert_eq!(ctx.pool.limit(), 6);
+        assert_eq!(
+            ask("pool_shrink", json!({"n": 3})).await,
+            json!({"ok": "pool will shrink"})
+        );
+        assert_eq!(ask("stats", json!({})).await["pool"]["max-concurrency"], 3);
+        assert_eq!(
+            ask("autoscale", json!({"max": 5, "min": 2})).await,
+            json!({"ok": "autoscale now max=5 min=2"})
+        );
+        assert_eq!(ask("stats", json!({})).await["autoscaler"]["max"], 5);
+        assert!(ask("pool_grow", json!({"n": 1})).await["error"]
+            .as_str()
+            .unwrap()
+            .contains("not supported with autoscale"));
+
+        assert_eq!(
+            ask(
+                "time_limit",
+                json!({"task_name": "app.tasks.send_email", "soft": 2, "hard": 3})
+            )
+            .await,
+            json!({"ok": "time limits set successfully"})
+        );
+        assert_eq!(
+            ctx.time_limits.of(platform::tasks::SEND_EMAIL).soft,
+            std::time::Duration::from_secs(2)
+        );
+        assert_eq!(
+            ask("time_limit", json!({"task_name": "nope", "soft": 2})).await,
+            json!({"error": "unknown task"})
+        );
+        assert!(ask(
+            "rate_limit",
+            json!({"task_name": "nope", "rate_limit": "fast"})
+        )
+        .await["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("Invalid rate limit string"));
+
+        assert_eq!(
+            ask("add_consumer", json!({"queue": "extra", "exchange": null})).await,
+            json!({"ok": "add consumer extra"})
+        );
+        let queues = ask("active_queues", json!({})).await;
+        let names: Vec<&str> = queues
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|q| q["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["q", "q.bulk", "extra"]);
+        assert_eq!(queues[2]["exchange"]["name"], "extra");
+        assert_eq!(
+            ask("cancel_consumer", json!({"queue": "q.bulk"})).await,
+            json!({"ok": "no longer consuming from q.bulk"})
+        );
+        assert_eq!(
+            ask("active_queues", json!({}))
+                .await
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+
+        let conf = ask("conf", json!({"with_defaults": false})).await;
+        assert_eq!(
+            conf["broker_url"],
+            "amqp://guest:********@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(conf["task_default_queue"], "q");
+        assert_eq!(conf["task_acks_late"], true);
+        assert!(!conf.to_string().contains("secret"));
+        assert!(ask("report", json!({})).await["ok"]
+            .as_str()
+            .unwrap()
+            .contains("software -> notify-worker"));
+        assert_eq!(ask("reserved", json!({})).await, json!([]));
     }
 }
