@@ -31,4 +31,7 @@ pub struct Context {
     pub revoked: crate::revoked::Revocations,
     /// DKIM signers by sending domain.
     pub dkim: crate::dkim::DkimSigners,
+    /// Where applied signatures without a `queue` option go
+    /// (`CELERY_CANVAS_DEFAULT_QUEUE`).
+    pub canvas_queue: String,
 }
