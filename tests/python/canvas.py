@@ -112,7 +112,11 @@ elif mode == "chord_error":
     r = chord([send(TO, "chord ok"), send(REFUSED, "chord refused")], body).apply_async()
     report["body_id"] = r.id
     report["header_ids"] = [h.id for h in r.parent.results]
+    # What the chord's result raises: the failed header part's error, as
+    # AsyncResult.get() checks the parents first.
     report["error"] = failure(r)
+    # The body's own result: ChordError.
+    report["body_error"] = failure(app.AsyncResult(r.id))
     report["calls"] = wait_calls(lambda seen: any(c["tag"] == "chord-error" for c in seen))
 else:
     raise SystemExit(f"unknown MODE {mode}")

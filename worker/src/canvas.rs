@@ -22,8 +22,9 @@
 //! redelivery finds the outcome recorded and publishes again. Once all are
 //! confirmed, `notify:canvas-done:<task id>` records it, so a later
 //! redelivery (or a duplicate of the task) publishes nothing; only a crash
-//! between the confirms and that record publishes twice, with the same
-//! task ids (ids this worker invents are derived from the task's).
+//! between the confirms and that record (or a duplicate settling in that
+//! same moment) publishes twice, with the same task ids (ids this worker
+//! invents are derived from the task's).
 
 use chrono::Utc;
 use platform::celery::canvas::{apply_all, Applying, Embed, Publication, Signature};
@@ -63,7 +64,10 @@ pub async fn follow_ups(
         .await?;
     drop(conn);
     if done {
-        tracing::debug!(task_id = id, "callbacks already published by an earlier delivery");
+        tracing::debug!(
+            task_id = id,
+            "callbacks already published by an earlier delivery"
+        );
         return Ok(None);
     }
     let Some(stored) = ctx.results.fetch(id).await? else {
@@ -165,7 +169,12 @@ pub async fn follow_ups(
             .chord_part_return(group_id, group_index, &part)
             .await?
         {
-            tracing::info!(task_id = id, group_id, parts = parts.len(), "chord complete");
+            tracing::info!(
+                task_id = id,
+                group_id,
+                parts = parts.len(),
+                "chord complete"
+            );
             let applying = Applying {
                 priority: None,
                 keep_own_ids: true,

@@ -386,10 +386,8 @@ impl Signature {
             ("ignore_result", Value::Bool(false)),
             ("replaced_task_nesting", Value::from(0)),
         ] {
-            h.extra.insert(
-                key.into(),
-                options.get(key).cloned().unwrap_or(default),
-            );
+            h.extra
+                .insert(key.into(), options.get(key).cloned().unwrap_or(default));
         }
         h.extra
             .insert("group_index".into(), group_index.unwrap_or(Value::Null));
@@ -444,8 +442,8 @@ impl Signature {
 }
 
 fn after(now: DateTime<Utc>, seconds: f64) -> Option<DateTime<Utc>> {
-    let delta = chrono::Duration::from_std(std::time::Duration::try_from_secs_f64(seconds).ok()?)
-        .ok()?;
+    let delta =
+        chrono::Duration::from_std(std::time::Duration::try_from_secs_f64(seconds).ok()?).ok()?;
     now.checked_add_signed(delta)
 }
 
@@ -486,7 +484,11 @@ pub fn apply_all(
     for (i, sig) in signatures.iter().enumerate() {
         match sig.kind {
             Kind::Task => plain.push(sig),
-            _ => match sig.apply(partial_args, Vec::new(), &applying.derived(&format!("g{i}"))) {
+            _ => match sig.apply(
+                partial_args,
+                Vec::new(),
+                &applying.derived(&format!("g{i}")),
+            ) {
                 Ok(p) => out.extend(p),
                 Err(e) => errors.push(e),
             },
@@ -556,8 +558,12 @@ mod tests {
                            "subtask_type": null, "immutable": true});
         let sig = Signature::parse(&value).unwrap();
         let now = Utc::now();
-        let a = sig.apply(&[json!("r")], Vec::new(), &applying(now)).unwrap();
-        let b = sig.apply(&[json!("r")], Vec::new(), &applying(now)).unwrap();
+        let a = sig
+            .apply(&[json!("r")], Vec::new(), &applying(now))
+            .unwrap();
+        let b = sig
+            .apply(&[json!("r")], Vec::new(), &applying(now))
+            .unwrap();
         assert_eq!(a[0].message.args, vec![json!(7)]);
         assert_eq!(a[0].message.id(), b[0].message.id());
         assert_eq!(a[0].route, Route::Queue("celery".into()));

@@ -36,7 +36,11 @@ impl ResultBackend {
         group_index: Option<u64>,
         part: &ChordPart,
     ) -> Result<Option<Vec<ChordPart>>, ResultError> {
-        let (jkey, tkey, skey) = (key(group_id, ".j"), key(group_id, ".t"), key(group_id, ".s"));
+        let (jkey, tkey, skey) = (
+            key(group_id, ".j"),
+            key(group_id, ".t"),
+            key(group_id, ".s"),
+        );
         let encoded = json!([1, part.task_id, part.state, part.result]).to_string();
         let score = group_index.map_or_else(|| "+inf".to_string(), |i| i.to_string());
         let expires = self.expires.as_secs().max(1) as i64;

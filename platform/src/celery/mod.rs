@@ -13,7 +13,7 @@ mod result;
 
 pub use aliases::{AliasError, TaskAliases, SEND_EMAIL_POSITIONAL};
 pub use amqp_table::{json_to_table, table_to_json};
+pub use chord::{ChordPart, GROUP_PREFIX};
 pub use message::amqp_properties;
 pub use message::{DecodeError, TaskHeaders, TaskMessage};
-pub use chord::{ChordPart, GROUP_PREFIX};
 pub use result::{key_for as result_key, ResultBackend, ResultError, TaskState};

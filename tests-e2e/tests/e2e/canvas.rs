@@ -94,13 +94,11 @@ impl Canvas {
 
     /// The task id our worker recorded each recipient's message under.
     async fn task_of(&self, to: &str) -> (String, String) {
-        sqlx::query_as(
-            "SELECT task_id, id::text FROM message_records WHERE $1 = ANY(to_addrs)",
-        )
-        .bind(to)
-        .fetch_one(&self.env.pool)
-        .await
-        .unwrap()
+        sqlx::query_as("SELECT task_id, id::text FROM message_records WHERE $1 = ANY(to_addrs)")
+            .bind(to)
+            .fetch_one(&self.env.pool)
+            .await
+            .unwrap()
     }
 }
 
@@ -125,7 +123,10 @@ async fn a_chain_runs_the_python_step_after_our_send_with_its_result() {
     assert_eq!(step[0]["id"], report["last_id"], "{report}");
     assert_eq!(step[0]["parent_id"], report["first_id"], "{report}");
     assert_eq!(step[0]["root_id"], report["first_id"], "{report}");
-    assert_eq!(c.env.smtp.wait_for(1, Duration::from_secs(10)).await.len(), 1);
+    assert_eq!(
+        c.env.smtp.wait_for(1, Duration::from_secs(10)).await.len(),
+        1
+    );
 
     // The first task again, as a redelivery or a duplicate would bring it:
     // its outcome is recorded, nothing is sent and nothing follows again.
@@ -222,12 +223,18 @@ async fn a_chord_of_sends_calls_the_python_body_with_every_result() {
     let body = calls(report, "chord");
     assert_eq!(body.len(), 1, "{report}");
     assert_eq!(body[0]["id"], report["body_id"], "{report}");
-    // A refused part fails the chord: the body does not run, its result is
-    // ChordError, and its link_error is called with its id.
+    // A refused part fails the chord: its result raises the part's error
+    // (Celery's `get()` checks the parents first), the body does not run,
+    // its own result is ChordError, and its link_error is called with its
+    // id.
     let report = &failed;
-    assert_eq!(report["error"]["exc_type"], "ChordError", "{report}");
+    assert_eq!(
+        report["error"]["exc_type"], "EmailDeliveryError",
+        "{report}"
+    );
+    assert_eq!(report["body_error"]["exc_type"], "ChordError", "{report}");
     assert!(
-        report["error"]["exc_message"]
+        report["body_error"]["exc_message"]
             .as_str()
             .unwrap()
             .contains("no such user"),
