@@ -82,7 +82,7 @@ impl Consumer {
     }
 
     async fn session(&self, shutdown: &CancellationToken) -> Result<(), broker::BrokerError> {
-        let conn = broker::connect(&self.ctx.settings, &self.node_name).await?;
+        let conn = Arc::new(broker::connect(&self.ctx.settings, &self.node_name).await?);
         let result = self.consume(&conn, shutdown).await;
         broker::close(&conn, 200, "worker stopping").await;
         result
@@ -90,7 +90,7 @@ impl Consumer {
 
     async fn consume(
         &self,
-        conn: &Connection,
+        conn: &Arc<Connection>,
         shutdown: &CancellationToken,
     ) -> Result<(), broker::BrokerError> {
         let setup = conn.create_channel().await?;
@@ -99,7 +99,7 @@ impl Consumer {
         publish_channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        let publisher = Arc::new(Publisher::new(publish_channel));
+        let publisher = Arc::new(Publisher::new(publish_channel, conn.clone()));
 
         // A lane that fails stops the others, and the session reconnects.
         let stop = shutdown.child_token();

@@ -38,4 +38,7 @@ pub struct Context {
     pub rate_limits: crate::rate_limits::RateLimits,
     /// DKIM signers by sending domain.
     pub dkim: crate::dkim::DkimSigners,
+    /// Where applied signatures without a `queue` option go
+    /// (`CELERY_CANVAS_DEFAULT_QUEUE`).
+    pub canvas_queue: String,
 }

@@ -1,6 +1,7 @@
 //! The delivery worker: consumes Celery task messages and sends mail
 //! through the SMTP account pool.
 
+pub mod canvas;
 pub mod consumed_queues;
 pub mod consumer;
 pub mod context;
@@ -60,6 +61,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         send_events,
         aliases,
         revokes,
+        canvas_queue,
         domain_throttle_cache,
     } = settings
         .worker
@@ -115,6 +117,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         time_limits,
         rate_limits,
         dkim,
+        canvas_queue,
     });
     let consumed = Consumer::new(ctx.clone(), node_name).run(shutdown).await;
     // Renewed until every in-flight task has settled, then given up.

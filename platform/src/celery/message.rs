@@ -109,6 +109,11 @@ mod celery_time {
     }
 }
 
+/// A Celery time header (`eta`, `expires`) or option, as `celery_time` reads it.
+pub(super) fn parse_time(raw: &str) -> Option<DateTime<Utc>> {
+    celery_time::parse(raw)
+}
+
 impl TaskHeaders {
     /// The soft and hard time limits this task runs under: its `timelimit`
     /// header's `[soft, hard]` (what `apply_async(soft_time_limit=...,

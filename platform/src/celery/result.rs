@@ -41,8 +41,8 @@ pub enum ResultError {
 
 #[derive(Clone)]
 pub struct ResultBackend {
-    pool: Pool,
-    expires: Duration,
+    pub(super) pool: Pool,
+    pub(super) expires: Duration,
 }
 
 pub fn key_for(task_id: &str) -> String {
@@ -128,7 +128,9 @@ impl ResultBackend {
         .to_string()
     }
 
-    async fn write(
+    /// Stores a state with its result and traceback as given (a failure
+    /// copied from another task's, a `ChordError`).
+    pub async fn write(
         &self,
         task_id: &str,
         state: TaskState,

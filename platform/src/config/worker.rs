@@ -5,7 +5,8 @@
 //! (`CELERY_TASK_ALIASES`), how long revokes are kept
 //! (`CELERY_WORKER_REVOKE_EXPIRES`, `CELERY_WORKER_REVOKES_MAX`) and how
 //! long it keeps the per-domain throttles it read
-//! (`DOMAIN_THROTTLE_CACHE_SECONDS`).
+//! (`DOMAIN_THROTTLE_CACHE_SECONDS`) and where the callbacks it applies go
+//! without a queue of their own (`CELERY_CANVAS_DEFAULT_QUEUE`).
 
 use std::time::Duration;
 
@@ -38,6 +39,11 @@ pub struct WorkerSettings {
     /// Python task names mapped to ours (`CELERY_TASK_ALIASES`).
     pub aliases: TaskAliases,
     pub revokes: Revokes,
+    /// Celery's `task_default_queue` for the callbacks, chain steps and
+    /// chord bodies this worker applies (`CELERY_CANVAS_DEFAULT_QUEUE`,
+    /// `celery`): where a signature without a `queue` option goes, for the
+    /// Python workers that run it.
+    pub canvas_queue: String,
     /// How long the per-domain throttles read from PostgreSQL are used
     /// before they are read again (`DOMAIN_THROTTLE_CACHE_SECONDS`, 5): a
     /// change through the API binds every worker within that time.
@@ -94,6 +100,11 @@ pub(super) fn settings(vars: &Vars<'_>) -> Result<WorkerSettings, ConfigError> {
             expires: vars.seconds_or("CELERY_WORKER_REVOKE_EXPIRES", 10_800)?,
             max: vars.parse_positive_or("CELERY_WORKER_REVOKES_MAX", 50_000)?,
         },
+        canvas_queue: vars
+            .get("CELERY_CANVAS_DEFAULT_QUEUE")
+            .map(|q| q.trim().to_string())
+            .filter(|q| !q.is_empty())
+            .unwrap_or_else(|| "celery".into()),
         domain_throttle_cache: vars.seconds_or("DOMAIN_THROTTLE_CACHE_SECONDS", 5)?,
     })
 }

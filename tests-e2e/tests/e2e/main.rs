@@ -10,6 +10,7 @@ mod batch;
 mod bounces;
 mod broker_outage;
 mod campaigns;
+mod canvas;
 mod celery_control;
 mod celery_events;
 mod celery_messages;

@@ -151,6 +151,7 @@ impl Lane {
             }
             let delivery = &deliveries[s.delivery];
             let job = s.job.map(|j| &jobs[j]);
+            let finished = matches!(s.outcome, Outcome::Done | Outcome::DeadLetter { .. });
             let published = match job {
                 // A batch member is re-published (or dead-lettered) as its
                 // own send_email task, not as the batch.
@@ -171,6 +172,15 @@ impl Lane {
             if let Err(e) = published {
                 tracing::warn!(error = %e, "re-publication failed; requeueing the original");
                 requeue[s.delivery] = true;
+                continue;
+            }
+            // Callbacks, chain steps, chord bodies: once the outcome is
+            // recorded, before the ack.
+            if let (true, Some(job)) = (finished, job) {
+                if let Err(e) = self.follow_up(&job.message).await {
+                    tracing::warn!(task_id = job.message.id(), error = %e, "cannot publish the task's callbacks; requeueing it");
+                    requeue[s.delivery] = true;
+                }
             }
         }
 

@@ -6,25 +6,35 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use lapin::message::Delivery;
-use lapin::options::BasicNackOptions;
-use lapin::types::{AMQPValue, LongString, ShortString};
-use lapin::{BasicProperties, Channel};
+use lapin::options::{
+    BasicNackOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
 use platform::broker;
+use platform::celery::canvas::{Publication, Route};
 use platform::celery::{table_to_json, TaskMessage};
 use platform::db::dead_letters;
 
 use super::Lane;
 use crate::outcome::Outcome;
 
-/// The channel used to re-publish (retries, delays, dead letters), in
-/// confirm mode.
+/// The channel used to re-publish (retries, delays, dead letters, and the
+/// callbacks of tasks), in confirm mode, and its connection, for the
+/// declarations that might fail (a channel of their own, so that a refused
+/// one does not close this one).
 pub struct Publisher {
     pub(super) channel: Channel,
+    connection: std::sync::Arc<Connection>,
 }
 
 impl Publisher {
-    pub fn new(channel: Channel) -> Self {
-        Publisher { channel }
+    pub fn new(channel: Channel, connection: std::sync::Arc<Connection>) -> Self {
+        Publisher {
+            channel,
+            connection,
+        }
     }
 }
 
@@ -193,6 +203,133 @@ fn task_id_of(properties: &BasicProperties) -> Option<String> {
         AMQPValue::LongString(id) => Some(String::from_utf8_lossy(id.as_bytes()).into_owned()),
         AMQPValue::ShortString(id) => Some(id.as_str().to_string()),
         _ => None,
+    }
+}
+
+impl Lane {
+    /// Publishes what a task's final outcome makes follow (callbacks, the
+    /// next chain step, a chord's body: `crate::canvas`), every message
+    /// confirmed, before the delivery is acknowledged.
+    pub(super) async fn follow_up(&self, message: &TaskMessage) -> Result<(), String> {
+        let Some(follow_ups) = crate::canvas::follow_ups(&self.ctx, message)
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(());
+        };
+        for publication in &follow_ups.publications {
+            tracing::info!(
+                task_id = message.id(),
+                next = publication.message.id(),
+                task = publication.message.task(),
+                route = ?publication.route,
+                "publishing a follow-up task"
+            );
+            self.publish_task(publication)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        crate::canvas::finish(&self.ctx, follow_ups).await;
+        Ok(())
+    }
+
+    /// Publishes a task for another worker, as Celery's `send_task` does:
+    /// to its queue (declared as Celery declares it, if missing), or to the
+    /// exchange it names (where, as for Celery, a message no queue is bound
+    /// for is dropped).
+    async fn publish_task(&self, publication: &Publication) -> Result<(), broker::PublishError> {
+        let message = &publication.message;
+        let body = message.body();
+        match &publication.route {
+            Route::Queue(queue) => {
+                let publish = || {
+                    broker::publish_confirmed(
+                        &self.publisher.channel,
+                        "",
+                        queue,
+                        &body,
+                        message.properties(),
+                    )
+                };
+                match publish().await {
+                    Err(broker::PublishError::Unroutable { .. }) => {
+                        tracing::info!(%queue, "declaring the follow-up task's queue, as Celery would");
+                        self.declare_celery_queue(queue).await?;
+                        publish().await
+                    }
+                    other => other,
+                }
+            }
+            Route::Exchange {
+                exchange,
+                routing_key,
+            } => {
+                // A channel of its own: publishing to an exchange that does
+                // not exist closes the channel.
+                let channel = self.publisher.connection.create_channel().await?;
+                channel
+                    .confirm_select(ConfirmSelectOptions::default())
+                    .await?;
+                let published = broker::publish_confirmed(
+                    &channel,
+                    exchange,
+                    routing_key,
+                    &body,
+                    message.properties(),
+                )
+                .await;
+                let _ = channel.close(200, "published").await;
+                // Refused on a connection still up: the exchange is missing.
+                let dropped = match &published {
+                    Err(broker::PublishError::Unroutable { .. }) => true,
+                    Err(broker::PublishError::Amqp(_)) => {
+                        self.publisher.connection.status().connected()
+                    }
+                    _ => false,
+                };
+                if let (true, Err(error)) = (dropped, &published) {
+                    tracing::warn!(task_id = message.id(), %exchange, %routing_key, %error, "follow-up task dropped: nothing routes it");
+                    metrics::counter!("canvas_unroutable_total").increment(1);
+                    return Ok(());
+                }
+                published
+            }
+        }
+    }
+
+    /// Kombu's declaration of a queue named in `queue=`: durable, bound to
+    /// a direct exchange of the same name with its name as routing key.
+    async fn declare_celery_queue(&self, queue: &str) -> Result<(), lapin::Error> {
+        let channel = self.publisher.connection.create_channel().await?;
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        channel
+            .queue_declare(queue, durable, FieldTable::default())
+            .await?;
+        channel
+            .exchange_declare(
+                queue,
+                ExchangeKind::Direct,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                queue,
+                queue,
+                queue,
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let _ = channel.close(200, "declared").await;
+        Ok(())
     }
 }
 
