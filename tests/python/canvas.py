@@ -64,6 +64,9 @@ if mode == "chain":
     report["last_id"] = c.id
     report["first_id"] = c.parent.id
     report["first"] = c.parent.get(timeout=10)
+    # Our send's result lists the step it applied, as Celery's does, in
+    # the very document get() returned (and cached).
+    report["first_children"] = [r.id for r in (c.parent.children or [])]
     report["calls"] = calls()
 elif mode == "link":
     # No queue on the link: it goes to CELERY_CANVAS_DEFAULT_QUEUE.

@@ -37,6 +37,9 @@ use crate::context::Context;
 pub struct FollowUps {
     pub task_id: String,
     pub publications: Vec<Publication>,
+    /// Ids of the tasks applied by this task's success (its links and the
+    /// next chain step) when its stored result does not list them yet.
+    pub children: Vec<String>,
     /// The chord this task completed: its counters go once the body is out.
     chord_done: Option<String>,
 }
@@ -89,39 +92,7 @@ pub async fn follow_ups(
     };
     let mut publications = Vec::new();
     match state.as_str() {
-        "SUCCESS" => {
-            let callbacks = parsed(id, &embed.callbacks);
-            if let [callback] = callbacks.as_slice() {
-                collect(
-                    id,
-                    callback.apply(
-                        std::slice::from_ref(&result),
-                        Vec::new(),
-                        &applying("callbacks"),
-                    ),
-                    &mut publications,
-                );
-            } else if !callbacks.is_empty() {
-                let (applied, refused) = apply_all(
-                    &callbacks,
-                    std::slice::from_ref(&result),
-                    &applying("callbacks"),
-                );
-                publications.extend(applied);
-                refused.iter().for_each(|e| refuse(id, e));
-            }
-            let mut chain = embed.chain.clone();
-            if let Some(next) = chain.pop() {
-                match Signature::parse(&next) {
-                    Ok(next) => collect(
-                        id,
-                        next.apply(std::slice::from_ref(&result), chain, &applying("chain")),
-                        &mut publications,
-                    ),
-                    Err(e) => refuse(id, &e),
-                }
-            }
-        }
+        "SUCCESS" => publications.extend(on_success(id, &embed, &result, &applying)),
         "FAILURE" => {
             // The chain's later steps fail too (`mark_as_failure`).
             for step in parsed(id, &embed.chain) {
@@ -152,6 +123,17 @@ pub async fn follow_ups(
         _ => return Ok(None),
     }
 
+    // Stored with the result already when it was a send; other successes
+    // (a suppressed or cancelled send) get them now.
+    let unrecorded = stored["children"].as_array().is_none_or(Vec::is_empty);
+    let children = if state == "SUCCESS" && unrecorded {
+        publications
+            .iter()
+            .map(|p| p.message.id().to_string())
+            .collect()
+    } else {
+        Vec::new()
+    };
     let mut chord_done = None;
     if let (Some(body), Some(group_id)) = (&embed.chord, &message.headers.group) {
         let group_index = message
@@ -188,8 +170,81 @@ pub async fn follow_ups(
     Ok(Some(FollowUps {
         task_id: id.to_string(),
         publications,
+        children,
         chord_done,
     }))
+}
+
+/// What a success applies: each `link` with the result prepended
+/// (several together as a group), then the next step of a chain with the
+/// rest of the chain in its message.
+fn on_success<'a>(
+    id: &str,
+    embed: &Embed,
+    result: &Value,
+    applying: &dyn Fn(&str) -> Applying<'a>,
+) -> Vec<Publication> {
+    let mut publications = Vec::new();
+    let callbacks = parsed(id, &embed.callbacks);
+    if let [callback] = callbacks.as_slice() {
+        collect(
+            id,
+            callback.apply(
+                std::slice::from_ref(result),
+                Vec::new(),
+                &applying("callbacks"),
+            ),
+            &mut publications,
+        );
+    } else if !callbacks.is_empty() {
+        let (applied, refused) = apply_all(
+            &callbacks,
+            std::slice::from_ref(result),
+            &applying("callbacks"),
+        );
+        publications.extend(applied);
+        refused.iter().for_each(|e| refuse(id, e));
+    }
+    let mut chain = embed.chain.clone();
+    if let Some(next) = chain.pop() {
+        match Signature::parse(&next) {
+            Ok(next) => collect(
+                id,
+                next.apply(std::slice::from_ref(result), chain, &applying("chain")),
+                &mut publications,
+            ),
+            Err(e) => refuse(id, &e),
+        }
+    }
+    publications
+}
+
+/// The `children` of `message`'s success: the ids of the tasks it will
+/// apply, stored with its result as Celery does (`AsyncResult.children`).
+/// The ids do not depend on the result (they are frozen in the signatures
+/// or derived from this task's id), so they are known before it is stored.
+pub fn children(ctx: &Context, message: &TaskMessage) -> Vec<String> {
+    let embed = Embed::of(message);
+    if embed.callbacks.is_empty() && embed.chain.is_empty() {
+        return Vec::new();
+    }
+    let id = message.id();
+    let root_id = message.headers.root_id.as_deref().unwrap_or(id);
+    let now = Utc::now();
+    let applying = |label: &str| Applying {
+        parent_id: id,
+        root_id,
+        priority: message.priority,
+        origin: &ctx.worker.node,
+        default_queue: &ctx.canvas_queue,
+        keep_own_ids: false,
+        seed: format!("{id}/{label}"),
+        now,
+    };
+    on_success(id, &embed, &Value::Null, &applying)
+        .iter()
+        .map(|p| p.message.id().to_string())
+        .collect()
 }
 
 /// Records that the follow-ups are out (for as long as results are kept)

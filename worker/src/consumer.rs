@@ -15,7 +15,7 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ExchangeKind};
-use platform::broker::{self, Topology};
+use platform::broker::{self, Topology, TopologyError};
 use serde_json::json;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -204,7 +204,7 @@ impl Consumer {
     /// Declares a consumed queue (with its exchange and binding) and its
     /// delay ladder: at start and on every reconnect, so that what an
     /// operator deleted comes back.
-    async fn declare(&self, channel: &Channel, spec: &QueueSpec) -> Result<(), lapin::Error> {
+    async fn declare(&self, channel: &Channel, spec: &QueueSpec) -> Result<(), TopologyError> {
         let kind = match spec.exchange_type.as_str() {
             "topic" => ExchangeKind::Topic,
             "fanout" => ExchangeKind::Fanout,
@@ -214,7 +214,7 @@ impl Consumer {
         self.topology
             .declare_bound_queue(channel, &spec.name, &spec.exchange, kind, &spec.routing_key)
             .await?;
-        self.topology.declare_ladder(channel, &spec.name).await
+        Ok(self.topology.declare_ladder(channel, &spec.name).await?)
     }
 
     /// `celery inspect`/`control` and events, on this session's connection.

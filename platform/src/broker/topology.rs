@@ -97,36 +97,7 @@ impl Topology {
     /// Declares the task queue and the bulk queue (and any extra queue).
     pub async fn declare_task_queue(&self, channel: &Channel) -> Result<(), TopologyError> {
         for name in self.names.consumed() {
-            let name = name.as_str();
-            channel
-                .exchange_declare(
-                    name,
-                    ExchangeKind::Direct,
-                    durable_exchange(),
-                    FieldTable::default(),
-                )
-                .await?;
-            let declared = channel
-                .queue_declare(name, durable_queue(), self.task_queue_arguments())
-                .await;
-            if let Err(e) = declared {
-                return Err(match precondition_failed(&e) {
-                    Some(detail) => TopologyError::QueueArguments {
-                        queue: name.to_string(),
-                        wanted: self.wanted(),
-                        detail,
-                    },
-                    None => e.into(),
-                });
-            }
-            channel
-                .queue_bind(
-                    name,
-                    name,
-                    name,
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
+            self.declare_bound_queue(channel, &name, &name, ExchangeKind::Direct, &name)
                 .await?;
         }
         Ok(())
@@ -134,8 +105,9 @@ impl Topology {
 
     /// A task queue as ours are declared (durable, with the task queues'
     /// arguments), bound to a durable `exchange` of `kind` with
-    /// `routing_key`: the layout of any queue consumed at run time
-    /// (`celery control add_consumer`).
+    /// `routing_key`: our own queues' layout, and that of any queue
+    /// consumed at run time (`celery control add_consumer`). A queue that
+    /// exists with other arguments is [`TopologyError::QueueArguments`].
     pub async fn declare_bound_queue(
         &self,
         channel: &Channel,
@@ -143,13 +115,23 @@ impl Topology {
         exchange: &str,
         kind: ExchangeKind,
         routing_key: &str,
-    ) -> Result<(), lapin::Error> {
+    ) -> Result<(), TopologyError> {
         channel
             .exchange_declare(exchange, kind, durable_exchange(), FieldTable::default())
             .await?;
-        channel
+        let declared = channel
             .queue_declare(name, durable_queue(), self.task_queue_arguments())
-            .await?;
+            .await;
+        if let Err(e) = declared {
+            return Err(match precondition_failed(&e) {
+                Some(detail) => TopologyError::QueueArguments {
+                    queue: name.to_string(),
+                    wanted: self.wanted(),
+                    detail,
+                },
+                None => e.into(),
+            });
+        }
         channel
             .queue_bind(
                 name,
@@ -158,7 +140,8 @@ impl Topology {
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
-            .await
+            .await?;
+        Ok(())
     }
 
     /// Messages that cannot be processed, published with a reason header.

@@ -53,6 +53,8 @@ pub struct TaskHeaders {
     pub expires: Option<DateTime<Utc>>,
     #[serde(default, deserialize_with = "null_as_zero")]
     pub retries: u32,
+    /// `[hard, soft]` seconds (`[time_limit, soft_time_limit]`), as Celery
+    /// writes it; see [`TaskHeaders::time_limits`].
     #[serde(default = "no_timelimit")]
     pub timelimit: (Option<f64>, Option<f64>),
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -116,10 +118,10 @@ pub(super) fn parse_time(raw: &str) -> Option<DateTime<Utc>> {
 
 impl TaskHeaders {
     /// The soft and hard time limits this task runs under: its `timelimit`
-    /// header's `[soft, hard]` (what `apply_async(soft_time_limit=...,
-    /// time_limit=...)` sets), each capped by the worker's own (`soft`,
-    /// `hard`): the lower wins, and a null (or a value that is no positive
-    /// number of seconds) means the worker's.
+    /// header, `[hard, soft]` as Celery writes it (`[time_limit,
+    /// soft_time_limit]` of `apply_async`), each capped by the worker's own
+    /// (`soft`, `hard`): the lower wins, and a null (or a value that is no
+    /// positive number of seconds) means the worker's.
     pub fn time_limits(&self, soft: Duration, hard: Duration) -> (Duration, Duration) {
         let capped = |asked: Option<f64>, own: Duration| {
             asked
@@ -128,8 +130,8 @@ impl TaskHeaders {
                 .map_or(own, |asked| asked.min(own))
         };
         (
-            capped(self.timelimit.0, soft),
-            capped(self.timelimit.1, hard),
+            capped(self.timelimit.1, soft),
+            capped(self.timelimit.0, hard),
         )
     }
 
@@ -370,11 +372,12 @@ mod tests {
     fn a_messages_time_limits_are_capped_by_the_workers() {
         let (soft, hard) = (Duration::from_secs(30), Duration::from_secs(60));
         let mut h = TaskHeaders::new("x", "y");
+        // The header is [hard, soft]; the answer (soft, hard).
         for (asked, want) in [
             ((None, None), (30.0, 60.0)),
-            ((Some(1.0), Some(2.0)), (1.0, 2.0)),
-            ((Some(0.5), None), (0.5, 60.0)),
-            ((None, Some(5.0)), (30.0, 5.0)),
+            ((Some(2.0), Some(1.0)), (1.0, 2.0)),
+            ((None, Some(0.5)), (0.5, 60.0)),
+            ((Some(5.0), None), (30.0, 5.0)),
             ((Some(100.0), Some(200.0)), (30.0, 60.0)),
             ((Some(-1.0), Some(f64::NAN)), (30.0, 60.0)),
             ((Some(0.0), Some(f64::INFINITY)), (30.0, 60.0)),

@@ -45,6 +45,17 @@ pub struct ResultBackend {
     pub(super) expires: Duration,
 }
 
+/// Celery's form of a result's `children`: `[[id, parent], null]` per
+/// task (`AsyncResult.as_tuple()`), what `AsyncResult.children` reads.
+fn children_value(children: &[String]) -> Value {
+    Value::Array(
+        children
+            .iter()
+            .map(|id| json!([[id, Value::Null], Value::Null]))
+            .collect(),
+    )
+}
+
 pub fn key_for(task_id: &str) -> String {
     format!("celery-task-meta-{task_id}")
 }
@@ -94,17 +105,18 @@ impl ResultBackend {
         .await
     }
 
-    /// Stores several results in one round trip.
+    /// Stores several results in one round trip, each with the ids of the
+    /// tasks it applied (`children`).
     pub async fn store_many(
         &self,
-        results: &[(String, TaskState, Value)],
+        results: &[(String, TaskState, Value, Vec<String>)],
     ) -> Result<(), ResultError> {
         if results.is_empty() {
             return Ok(());
         }
         let mut pipe = redis::pipe();
-        for (task_id, state, result) in results {
-            let document = Self::document(task_id, *state, result.clone(), Value::Null);
+        for (task_id, state, result, children) in results {
+            let document = Self::document(task_id, *state, result.clone(), Value::Null, children);
             let key = key_for(task_id);
             pipe.set_ex(&key, &document, self.expires.as_secs().max(1))
                 .ignore()
@@ -116,12 +128,18 @@ impl ResultBackend {
         Ok(())
     }
 
-    fn document(task_id: &str, state: TaskState, result: Value, traceback: Value) -> String {
+    fn document(
+        task_id: &str,
+        state: TaskState,
+        result: Value,
+        traceback: Value,
+        children: &[String],
+    ) -> String {
         json!({
             "status": state.as_str(),
             "result": result,
             "traceback": traceback,
-            "children": [],
+            "children": children_value(children),
             "date_done": Utc::now().to_rfc3339_opts(SecondsFormat::Micros, false),
             "task_id": task_id,
         })
@@ -137,7 +155,7 @@ impl ResultBackend {
         result: Value,
         traceback: Value,
     ) -> Result<(), ResultError> {
-        let document = Self::document(task_id, state, result, traceback);
+        let document = Self::document(task_id, state, result, traceback, &[]);
         let key = key_for(task_id);
         let mut conn = self.pool.get().await?;
         redis::pipe()
@@ -145,6 +163,29 @@ impl ResultBackend {
             .ignore()
             .publish(&key, &document)
             .ignore()
+            .query_async::<()>(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Records the tasks a finished task applied as its result's
+    /// `children`, in Celery's form (`[[id, parent], null]` per task, what
+    /// `AsyncResult.children` reads), keeping the rest of the document and
+    /// its expiry. Nothing to do when the result is gone.
+    pub async fn set_children(
+        &self,
+        task_id: &str,
+        children: &[String],
+    ) -> Result<(), ResultError> {
+        let Some(mut document) = self.fetch(task_id).await? else {
+            return Ok(());
+        };
+        document["children"] = children_value(children);
+        let mut conn = self.pool.get().await?;
+        redis::cmd("SET")
+            .arg(key_for(task_id))
+            .arg(document.to_string())
+            .arg("KEEPTTL")
             .query_async::<()>(&mut *conn)
             .await?;
         Ok(())

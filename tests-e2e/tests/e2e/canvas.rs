@@ -123,6 +123,12 @@ async fn a_chain_runs_the_python_step_after_our_send_with_its_result() {
     assert_eq!(step[0]["id"], report["last_id"], "{report}");
     assert_eq!(step[0]["parent_id"], report["first_id"], "{report}");
     assert_eq!(step[0]["root_id"], report["first_id"], "{report}");
+    // Our send's result names the step it applied as its child.
+    assert_eq!(
+        report["first_children"],
+        serde_json::json!([report["last_id"]]),
+        "{report}"
+    );
     assert_eq!(
         c.env.smtp.wait_for(1, Duration::from_secs(10)).await.len(),
         1

@@ -109,7 +109,9 @@ pub(crate) async fn ask_all_with(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn celery_inspect_and_control_reach_our_workers() {
-    let (mut env, token) = TestEnv::sending(&[], 100).await;
+    // The SMTP timeout outlasts the 8 s stall below, which keeps a send
+    // active while it is inspected.
+    let (mut env, token) = TestEnv::sending(&[("EMAIL_TIMEOUT", "15")], 100).await;
     env.start_worker();
     let w0 = format!("worker0@{}", env.queue);
     let w1 = format!("worker1@{}", env.queue);
@@ -161,7 +163,7 @@ async fn celery_inspect_and_control_reach_our_workers() {
 
     // active: a send held up by a slow SMTP server is listed while it runs.
     env.smtp
-        .set_fault(Stage::DataEnd, Fault::Stall(Duration::from_secs(4)));
+        .set_fault(Stage::DataEnd, Fault::Stall(Duration::from_secs(8)));
     let id = env.api().send_simple(&token, "slow@example.org").await;
     let running = eventually(
         "the send listed as active",
@@ -193,6 +195,12 @@ async fn celery_inspect_and_control_reach_our_workers() {
         .unwrap()
         .expect("a stored result");
     assert_eq!(stored["status"], "STARTED", "{stored}");
+    // query_task: the worker running it says so; the other holds nothing.
+    let queried = ask_all_with("inspect", "query_task", &[task_id], &both).await;
+    assert_eq!(queried[&node][task_id][0], "active", "{queried:?}");
+    assert_eq!(queried[&node][task_id][1]["id"], task_id);
+    let other = both.iter().find(|n| **n != node).expect("the other node");
+    assert_eq!(queried[*other], serde_json::json!({}));
     env.wait_status(id, "sent", Duration::from_secs(30)).await;
 
     // stats: counts the task processed, with pool and broker facts.

@@ -244,6 +244,7 @@ async fn admitted(
                 group[*i].1.id().to_string(),
                 TaskState::Started,
                 started_result(&c.record),
+                Vec::new(),
             )
         })
         .collect();
@@ -290,6 +291,7 @@ async fn admitted(
                     group[i].1.id().to_string(),
                     TaskState::Success,
                     sent_result(&c.record, account, &smtp_message_id, &reply),
+                    crate::canvas::children(ctx, group[i].1),
                 ));
                 tracing::info!(task_id = group[i].1.id(), message_id = %c.record.id, account = %account.email, %reply, "email sent");
                 sent.ids.push(c.record.id);

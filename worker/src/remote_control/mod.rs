@@ -154,28 +154,8 @@ async fn answer(state: &WorkerState, ctx: &ControlContext, request: &Request) ->
         },
         "ping" => json!({"ok": "pong"}),
         "registered" => registered(ctx).await,
-        "active" => {
-            let active = lock(&state.active);
-            Value::Array(
-                active
-                    .iter()
-                    .map(|(id, t)| {
-                        json!({
-                            "id": id,
-                            "name": t.name,
-                            "type": t.name,
-                            "args": t.args,
-                            "kwargs": t.kwargs,
-                            "hostname": state.node,
-                            "time_start": t.time_start,
-                            "acknowledged": false,
-                            "delivery_info": t.delivery_info,
-                            "worker_pid": state.pid,
-                        })
-                    })
-                    .collect(),
-            )
-        }
+        "active" => Value::Array(active(state)),
+        "query_task" => query_task(state, request),
         "stats" => inspect::stats(state, ctx),
         "active_queues" => inspect::active_queues(ctx),
         "scheduled" | "dump_schedule" => inspect::scheduled(state, ctx).await,
@@ -205,10 +185,64 @@ async fn answer(state: &WorkerState, ctx: &ControlContext, request: &Request) ->
             ctx.shutdown.cancel();
             json!({"ok": "shutting down"})
         }
+        // There is no pool of processes to restart: sends run as tasks
+        // of one async runtime. Celery answers so when restarts are off.
+        "pool_restart" => json!({"error": "Pool restarts not enabled"}),
         "heartbeat" => return None,
         other => json!({"error": format!("No such command: {other}")}),
     };
     Some(reply)
+}
+
+/// `inspect active`: the tasks this worker is executing.
+fn active(state: &WorkerState) -> Vec<Value> {
+    lock(&state.active)
+        .iter()
+        .map(|(id, t)| {
+            json!({
+                "id": id,
+                "name": t.name,
+                "type": t.name,
+                "args": t.args,
+                "kwargs": t.kwargs,
+                "hostname": state.node,
+                "time_start": t.time_start,
+                "acknowledged": false,
+                "delivery_info": t.delivery_info,
+                "worker_pid": state.pid,
+            })
+        })
+        .collect()
+}
+
+/// One task id or a list of them, from a request's argument.
+fn ids_of(argument: Option<&Value>) -> Vec<String> {
+    match argument {
+        Some(Value::String(id)) => vec![id.clone()],
+        Some(Value::Array(ids)) => ids
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `inspect query_task <id>...`: `{id: [state, request]}` for each asked
+/// task this worker holds, `active` or `reserved`, as Celery answers;
+/// tasks it does not hold are left out.
+fn query_task(state: &WorkerState, request: &Request) -> Value {
+    let ids = ids_of(request.argument("ids"));
+    let held = active(state)
+        .into_iter()
+        .map(|t| ("active", t))
+        .chain(state.reserved().into_iter().map(|t| ("reserved", t)));
+    let mut found = serde_json::Map::new();
+    for (kind, task) in held {
+        if let Some(id) = task["id"].as_str().filter(|id| ids.iter().any(|i| i == id)) {
+            found.insert(id.to_string(), json!([kind, task]));
+        }
+    }
+    Value::Object(found)
 }
 
 /// `inspect registered`: our task names, with `[rate_limit=...]` for a
@@ -231,14 +265,7 @@ async fn registered(ctx: &ControlContext) -> Value {
 /// send in its SMTP transaction (once the server has accepted the message
 /// it is sent), and the reply says so for the tasks this worker is running.
 async fn revoke(state: &WorkerState, ctx: &ControlContext, request: &Request) -> Value {
-    let ids: Vec<String> = match request.argument("task_id") {
-        Some(Value::String(id)) => vec![id.clone()],
-        Some(Value::Array(ids)) => ids
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect(),
-        _ => Vec::new(),
-    };
+    let ids = ids_of(request.argument("task_id"));
     if let Err(e) = ctx.revoked.revoke(&ids).await {
         tracing::warn!(error = %e, "cannot record a revoke");
         return json!({"error": format!("cannot record the revoke: {e}")});
