@@ -27,7 +27,7 @@
 //! invents are derived from the task's).
 
 use chrono::Utc;
-use platform::celery::canvas::{apply_all, Applying, Embed, Publication, Signature};
+use platform::celery::canvas::{apply_all, Applying, CanvasError, Embed, Publication, Signature};
 use platform::celery::{ChordPart, ResultError, TaskMessage, TaskState};
 use serde_json::{json, Value};
 
@@ -78,21 +78,15 @@ pub async fn follow_ups(
     };
     let state = stored["status"].as_str().unwrap_or_default().to_string();
     let result = stored["result"].clone();
-    let root_id = message.headers.root_id.as_deref().unwrap_or(id);
     let now = Utc::now();
-    let applying = |label: &str| Applying {
-        parent_id: id,
-        root_id,
-        priority: message.priority,
-        origin: &ctx.worker.node,
-        default_queue: &ctx.canvas_queue,
-        keep_own_ids: false,
-        seed: format!("{id}/{label}"),
-        now,
-    };
+    let applying = |label: &str| applying_for(ctx, message, label, now);
     let mut publications = Vec::new();
     match state.as_str() {
-        "SUCCESS" => publications.extend(on_success(id, &embed, &result, &applying)),
+        "SUCCESS" => {
+            let (applied, refused) = on_success(&embed, &result, &applying);
+            publications.extend(applied);
+            refused.iter().for_each(|e| refuse(id, e));
+        }
         "FAILURE" => {
             // The chain's later steps fail too (`mark_as_failure`).
             for step in parsed(id, &embed.chain) {
@@ -179,44 +173,58 @@ pub async fn follow_ups(
 /// (several together as a group), then the next step of a chain with the
 /// rest of the chain in its message.
 fn on_success<'a>(
-    id: &str,
     embed: &Embed,
     result: &Value,
     applying: &dyn Fn(&str) -> Applying<'a>,
-) -> Vec<Publication> {
+) -> (Vec<Publication>, Vec<CanvasError>) {
     let mut publications = Vec::new();
-    let callbacks = parsed(id, &embed.callbacks);
+    let mut refused = Vec::new();
+    let callbacks: Vec<Signature> = embed
+        .callbacks
+        .iter()
+        .filter_map(|v| Signature::parse(v).map_err(|e| refused.push(e)).ok())
+        .collect();
+    let partial = std::slice::from_ref(result);
     if let [callback] = callbacks.as_slice() {
-        collect(
-            id,
-            callback.apply(
-                std::slice::from_ref(result),
-                Vec::new(),
-                &applying("callbacks"),
-            ),
-            &mut publications,
-        );
+        match callback.apply(partial, Vec::new(), &applying("callbacks")) {
+            Ok(p) => publications.extend(p),
+            Err(e) => refused.push(e),
+        }
     } else if !callbacks.is_empty() {
-        let (applied, refused) = apply_all(
-            &callbacks,
-            std::slice::from_ref(result),
-            &applying("callbacks"),
-        );
+        let (applied, errors) = apply_all(&callbacks, partial, &applying("callbacks"));
         publications.extend(applied);
-        refused.iter().for_each(|e| refuse(id, e));
+        refused.extend(errors);
     }
     let mut chain = embed.chain.clone();
     if let Some(next) = chain.pop() {
-        match Signature::parse(&next) {
-            Ok(next) => collect(
-                id,
-                next.apply(std::slice::from_ref(result), chain, &applying("chain")),
-                &mut publications,
-            ),
-            Err(e) => refuse(id, &e),
+        match Signature::parse(&next).and_then(|n| n.apply(partial, chain, &applying("chain"))) {
+            Ok(p) => publications.extend(p),
+            Err(e) => refused.push(e),
         }
     }
-    publications
+    (publications, refused)
+}
+
+/// How this worker applies the signatures `message` embeds: `parent_id` is
+/// the task, `root_id` its root, and ids it must invent are derived from
+/// the task's id and `label`, so every computation gives the same ones.
+fn applying_for<'a>(
+    ctx: &'a Context,
+    message: &'a TaskMessage,
+    label: &str,
+    now: chrono::DateTime<Utc>,
+) -> Applying<'a> {
+    let id = message.id();
+    Applying {
+        parent_id: id,
+        root_id: message.headers.root_id.as_deref().unwrap_or(id),
+        priority: message.priority,
+        origin: &ctx.worker.node,
+        default_queue: &ctx.canvas_queue,
+        keep_own_ids: false,
+        seed: format!("{id}/{label}"),
+        now,
+    }
 }
 
 /// The `children` of `message`'s success: the ids of the tasks it will
@@ -228,20 +236,11 @@ pub fn children(ctx: &Context, message: &TaskMessage) -> Vec<String> {
     if embed.callbacks.is_empty() && embed.chain.is_empty() {
         return Vec::new();
     }
-    let id = message.id();
-    let root_id = message.headers.root_id.as_deref().unwrap_or(id);
     let now = Utc::now();
-    let applying = |label: &str| Applying {
-        parent_id: id,
-        root_id,
-        priority: message.priority,
-        origin: &ctx.worker.node,
-        default_queue: &ctx.canvas_queue,
-        keep_own_ids: false,
-        seed: format!("{id}/{label}"),
-        now,
-    };
-    on_success(id, &embed, &Value::Null, &applying)
+    let applying = |label: &str| applying_for(ctx, message, label, now);
+    // What cannot be applied is reported once, when the follow-ups are.
+    on_success(&embed, &Value::Null, &applying)
+        .0
         .iter()
         .map(|p| p.message.id().to_string())
         .collect()
@@ -375,11 +374,7 @@ fn parsed(id: &str, values: &[Value]) -> Vec<Signature> {
         .collect()
 }
 
-fn collect(
-    id: &str,
-    applied: Result<Vec<Publication>, platform::celery::canvas::CanvasError>,
-    into: &mut Vec<Publication>,
-) {
+fn collect(id: &str, applied: Result<Vec<Publication>, CanvasError>, into: &mut Vec<Publication>) {
     match applied {
         Ok(p) => into.extend(p),
         Err(e) => refuse(id, &e),
@@ -387,7 +382,7 @@ fn collect(
 }
 
 /// A signature this worker cannot apply is skipped (the others go on).
-fn refuse(id: &str, error: &platform::celery::canvas::CanvasError) {
+fn refuse(id: &str, error: &CanvasError) {
     tracing::warn!(task_id = id, %error, "embedded signature not applied");
     metrics::counter!("canvas_signatures_refused_total").increment(1);
 }
