@@ -37,9 +37,6 @@ use crate::context::Context;
 pub struct FollowUps {
     pub task_id: String,
     pub publications: Vec<Publication>,
-    /// Ids of the tasks applied by this task's success (its links and the
-    /// next chain step) when its stored result does not list them yet.
-    pub children: Vec<String>,
     /// The chord this task completed: its counters go once the body is out.
     chord_done: Option<String>,
 }
@@ -117,17 +114,6 @@ pub async fn follow_ups(
         _ => return Ok(None),
     }
 
-    // Stored with the result already when it was a send; other successes
-    // (a suppressed or cancelled send) get them now.
-    let unrecorded = stored["children"].as_array().is_none_or(Vec::is_empty);
-    let children = if state == "SUCCESS" && unrecorded {
-        publications
-            .iter()
-            .map(|p| p.message.id().to_string())
-            .collect()
-    } else {
-        Vec::new()
-    };
     let mut chord_done = None;
     if let (Some(body), Some(group_id)) = (&embed.chord, &message.headers.group) {
         let group_index = message
@@ -164,7 +150,6 @@ pub async fn follow_ups(
     Ok(Some(FollowUps {
         task_id: id.to_string(),
         publications,
-        children,
         chord_done,
     }))
 }

@@ -168,29 +168,6 @@ impl ResultBackend {
         Ok(())
     }
 
-    /// Records the tasks a finished task applied as its result's
-    /// `children`, in Celery's form (`[[id, parent], null]` per task, what
-    /// `AsyncResult.children` reads), keeping the rest of the document and
-    /// its expiry. Nothing to do when the result is gone.
-    pub async fn set_children(
-        &self,
-        task_id: &str,
-        children: &[String],
-    ) -> Result<(), ResultError> {
-        let Some(mut document) = self.fetch(task_id).await? else {
-            return Ok(());
-        };
-        document["children"] = children_value(children);
-        let mut conn = self.pool.get().await?;
-        redis::cmd("SET")
-            .arg(key_for(task_id))
-            .arg(document.to_string())
-            .arg("KEEPTTL")
-            .query_async::<()>(&mut *conn)
-            .await?;
-        Ok(())
-    }
-
     pub async fn fetch(&self, task_id: &str) -> Result<Option<Value>, ResultError> {
         let mut conn = self.pool.get().await?;
         let raw: Option<String> = redis::cmd("GET")

@@ -217,15 +217,6 @@ impl Lane {
         else {
             return Ok(());
         };
-        if !follow_ups.children.is_empty() {
-            // A success stored without them (not a send): recorded before
-            // the follow-ups go out, a moment after the result itself.
-            self.ctx
-                .results
-                .set_children(message.id(), &follow_ups.children)
-                .await
-                .map_err(|e| e.to_string())?;
-        }
         for publication in &follow_ups.publications {
             tracing::info!(
                 task_id = message.id(),
