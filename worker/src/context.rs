@@ -15,6 +15,8 @@ pub struct Context {
     pub results: ResultBackend,
     pub transports: TransportCache,
     pub throttle: Throttle,
+    /// Sends admitted on each account with a connection cap, not finished.
+    pub backlog: Arc<crate::delivery::backlog::Backlog>,
     /// Per-recipient-domain throttles: their settings, cached briefly...
     pub domain_limits: crate::domain_throttle::LimitCache,
     /// ...and their limits, held in Redis across all workers.

@@ -44,17 +44,18 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         .context("connecting to PostgreSQL")?;
     let results = ResultBackend::new(&settings.result_backend_url, settings.result_expires)?;
     let dkim = dkim::DkimSigners::new(settings.keyring()?.clone());
-    let transports = TransportCache::new(
-        settings.keyring()?.clone(),
-        settings.email_timeout,
-        settings.worker_concurrency as u32,
-    );
     let redis = deadpool_redis::Config::from_url(settings.redis_url.as_str())
         .create_pool(Some(deadpool_redis::Runtime::Tokio1))
         .context("REDIS_URL")?;
     let throttle = Throttle::new(
         redis.clone(),
         &format!("notify:{}:throttle", settings.queues.tasks),
+    );
+    let transports = TransportCache::new(
+        settings.keyring()?.clone(),
+        settings.email_timeout,
+        settings.worker_concurrency as u32,
+        throttle.clone(),
     );
     let platform::config::WorkerSettings {
         node_name,
@@ -106,6 +107,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         results,
         transports,
         throttle,
+        backlog: Default::default(),
         domain_limits,
         domain_gate,
         worker,
@@ -119,7 +121,18 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         dkim,
         canvas_queue,
     });
+    // Idle connections closed in time, their places renewed or given back.
+    let connection_keeper = {
+        let (ctx, stop) = (ctx.clone(), CancellationToken::new());
+        let handle = tokio::spawn({
+            let stop = stop.clone();
+            async move { ctx.transports.keep(&stop).await }
+        });
+        (handle, stop)
+    };
     let consumed = Consumer::new(ctx.clone(), node_name).run(shutdown).await;
+    connection_keeper.1.cancel();
+    let _ = connection_keeper.0.await;
     // Renewed until every in-flight task has settled, then given up.
     lease_keeper.1.cancel();
     let _ = lease_keeper.0.await;

@@ -425,40 +425,34 @@ pub async fn record_success(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> 
 pub struct Reservation {
     #[sqlx(flatten)]
     pub account: EmailAccount,
-    /// Sends reserved on the account: at most what was asked, and one on
-    /// an account with its own throttles.
+    /// Sends reserved on the account: at most what was asked, and at most
+    /// the room the caller gave it.
     pub granted: i32,
-}
-
-impl EmailAccount {
-    /// Whether the account has throttles of its own (sends per minute, a
-    /// connection cap), which each send must pass one at a time.
-    pub fn is_throttled(&self) -> bool {
-        self.rate_limit_per_minute.is_some() || self.max_connections.is_some()
-    }
 }
 
 /// Reserves up to `wanted` sends on the best account with quota left, not
 /// in `exclude`: highest priority first, and among equals the one that sent
-/// least today. An account with its own throttles is granted one send, so
-/// that the caller checks its throttles before each.
+/// least today. `room(id, max_connections)` caps what one account takes
+/// (the caller's backlog for an account with a connection cap); an
+/// account without room is passed over.
 ///
 /// The candidate is read without locks, then its row is locked while the
 /// count is read and raised in one statement, so concurrent workers never
 /// pass the limit; a candidate another worker used up meanwhile is passed
 /// over for the next one, preserving priority order. `None` when no
-/// account has quota left.
-#[tracing::instrument(level = "debug", skip(pool, exclude))]
+/// account has quota (and room) left.
+#[tracing::instrument(level = "debug", skip(pool, exclude, room))]
 pub async fn reserve(
     pool: &PgPool,
     today: NaiveDate,
     exclude: &[Uuid],
     wanted: i32,
+    room: impl Fn(Uuid, Option<i32>) -> i32,
 ) -> Result<Option<Reservation>, sqlx::Error> {
     let mut passed: Vec<Uuid> = exclude.to_vec();
     loop {
-        let candidate: Option<Uuid> = sqlx::query_scalar(&format!(
-            "SELECT id FROM email_accounts
+        let candidate: Option<(Uuid, Option<i32>)> = sqlx::query_as(&format!(
+            "SELECT id, max_connections FROM email_accounts
              WHERE {USABLE} AND {} > (CASE WHEN quota_day = $1 THEN daily_sent_count ELSE 0 END)
                AND id <> ALL($2)
              ORDER BY priority DESC,
@@ -471,29 +465,32 @@ pub async fn reserve(
         .bind(&passed)
         .fetch_optional(pool)
         .await?;
-        let Some(id) = candidate else {
+        let Some((id, max_connections)) = candidate else {
             return Ok(None);
         };
+        let asked = wanted.max(1).min(room(id, max_connections));
+        if asked <= 0 {
+            passed.push(id);
+            continue;
+        }
         let reserved: Option<Reservation> = sqlx::query_as(&format!(
             "WITH old AS (
                 SELECT id AS acct, (CASE WHEN quota_day = $1 THEN daily_sent_count ELSE 0 END) AS used,
-                       CASE WHEN rate_limit_per_minute IS NULL AND max_connections IS NULL
-                            THEN $3 ELSE 1 END AS asked,
                        {} AS lim
                 FROM email_accounts WHERE id = $2 AND {USABLE} FOR UPDATE
              )
              UPDATE email_accounts SET
-                daily_sent_count = old.used + LEAST(old.asked, old.lim - old.used),
+                daily_sent_count = old.used + LEAST($3, old.lim - old.used),
                 quota_day = $1,
                 last_used_at = now()
              FROM old
              WHERE id = old.acct AND old.lim > old.used
-             RETURNING {COLUMNS}, LEAST(old.asked, old.lim - old.used) AS granted",
+             RETURNING {COLUMNS}, LEAST($3, old.lim - old.used) AS granted",
             effective_limit!()
         ))
         .bind(today)
         .bind(id)
-        .bind(wanted.max(1))
+        .bind(asked)
         .fetch_optional(pool)
         .await?;
         match reserved {

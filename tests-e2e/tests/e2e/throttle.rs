@@ -1,10 +1,10 @@
 //! Per-account throttles hold across worker processes.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::json;
-use smtp_sink::{Fault, Stage};
+use smtp_sink::{Fault, Latency, Stage};
 
 use crate::support::{eventually, TestEnv};
 
@@ -85,6 +85,91 @@ async fn a_connection_cap_holds_across_two_workers() {
         "peak {}",
         env.smtp.peak_transactions()
     );
+}
+
+/// A connection cap is a queue, not a wait: the sends beyond an account's
+/// connections wait in the worker for one of them (handed from message to
+/// message), with no trip through the delay queues, and the account never
+/// holds more connections than it allows, idle ones included. Once idle,
+/// its places are given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_beyond_a_connection_cap_queue_for_its_connections_and_give_them_back() {
+    let mut env = TestEnv::new().await;
+    env.start_api().await;
+    let token = env.api().admin_token(&env.pool).await;
+    limited_account(
+        &env,
+        &token,
+        "capped@example.com",
+        0,
+        json!({"max_connections": 3}),
+    )
+    .await;
+    // 100 ms per message; a fourth connection of the login gets 421.
+    env.smtp.set_latency(Latency::parse("data=100").unwrap());
+    env.smtp.limit_connections_per_login(3);
+    let messages: Vec<_> = (0..60)
+        .map(
+            |i| json!({"to": format!("q{i}@example.org"), "subject": "Hi", "content": "<p>Hi</p>"}),
+        )
+        .collect();
+    let res = env
+        .api()
+        .post(
+            "/api/v1/messages/email/batch",
+            &token,
+            &json!({"messages": messages}),
+        )
+        .await;
+    assert_eq!(res.body["data"]["accepted"], 60, "{}", res.body);
+    let started = Instant::now();
+    env.start_worker();
+    eventually("60 sends", Duration::from_secs(60), || async {
+        (env.count_status("sent").await == 60).then_some(())
+    })
+    .await;
+    let took = started.elapsed();
+    // 60 × 100 ms over 3 connections is 2 s of sending; a send that waited
+    // for a place through the delay queues would add a second per round.
+    assert!(took < Duration::from_secs(12), "took {took:?}");
+    assert!(
+        env.smtp.peak_connections_per_login() <= 3,
+        "peak {}",
+        env.smtp.peak_connections_per_login()
+    );
+    assert_eq!(env.smtp.refused_for_limit(), 0);
+    let waited: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM message_events WHERE event = 'waiting'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(waited, 0, "no send went through the delay queues");
+    // Idle connections close and their places go back to Redis.
+    let account: uuid::Uuid =
+        sqlx::query_scalar("SELECT id FROM email_accounts WHERE email = 'capped@example.com'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    let key = format!("notify:{}:throttle:connections:{account}", env.queue);
+    let redis = redis::Client::open("redis://127.0.0.1:6379/0").unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    eventually("places given back", Duration::from_secs(20), || {
+        let (mut conn, key) = (conn.clone(), key.clone());
+        async move {
+            let held: i64 = redis::cmd("ZCARD")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            (held == 0).then_some(())
+        }
+    })
+    .await;
+    let _: () = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
 }
 
 /// A batch's sends arrive together and go through the pipeline together;

@@ -1,6 +1,9 @@
 //! Admission: quota on the best accounts (highest priority, least used
-//! today), the throttles of accounts that have their own (sends per
-//! minute, concurrent connections), and during a switch the Python
+//! today), in one reservation per account; the per-minute rates of
+//! accounts that have one (one Redis round trip per account); a backlog
+//! of a few sends per allowed connection on accounts with a connection
+//! cap (the connections themselves are taken when sending,
+//! [`crate::smtp::TransportCache`]); and during a switch the Python
 //! platform's count ([`crate::shared_quota`]).
 
 use std::time::Duration;
@@ -9,14 +12,14 @@ use chrono::NaiveDate;
 use platform::db::email_accounts::{self, EmailAccount};
 use uuid::Uuid;
 
+use super::backlog::Pending;
 use crate::context::Context;
-use crate::smtp::ConnectionSlot;
 
 /// One admitted send: the account (an index into [`Admission::accounts`])
-/// and its connection slot when the account caps its connections.
+/// and, when the account caps its connections, its place in the backlog.
 pub struct Seat {
     pub account: usize,
-    pub slot: Option<ConnectionSlot>,
+    pub pending: Option<Pending>,
 }
 
 /// What [`reserve`] admitted.
@@ -56,8 +59,8 @@ pub enum Cause {
 }
 
 /// Reserves quota for up to `wanted` sends, filling the best account
-/// first. An account with its own throttles takes one send at a time, each
-/// checked against them; one that refuses is passed over for the next.
+/// first, as far as its quota, its rate and its backlog allow; the rest
+/// goes to the next account.
 #[tracing::instrument(level = "debug", skip(ctx))]
 pub async fn reserve(
     ctx: &Context,
@@ -71,27 +74,34 @@ pub async fn reserve(
     };
     let mut passed: Vec<Uuid> = Vec::new();
     let mut throttled_for: Option<Duration> = None;
+    // Whether an account was passed over for a full backlog.
+    let full = std::sync::atomic::AtomicBool::new(false);
     while admission.seats.len() < wanted {
         let left = (wanted - admission.seats.len()) as i32;
-        let Some(reserved) = email_accounts::reserve(&ctx.pool, today, &passed, left).await? else {
+        let room = |id, max| {
+            let room = ctx.backlog.room(id, max);
+            if room == 0 {
+                full.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            room
+        };
+        let Some(reserved) = email_accounts::reserve(&ctx.pool, today, &passed, left, room).await?
+        else {
             break;
         };
         let account = reserved.account;
         let mut granted = reserved.granted;
-        let mut slot = None;
-        if account.is_throttled() {
-            match throttles(ctx, &account).await {
-                Ok(s) => slot = s,
-                Err(wait) => {
-                    email_accounts::release(&ctx.pool, today, account.id, granted).await?;
-                    throttled_for = Some(throttled_for.map_or(wait, |w| w.min(wait)));
-                    passed.push(account.id);
-                    continue;
-                }
+        // Filled as far as it goes; the next round looks elsewhere.
+        passed.push(account.id);
+        if let Some(per_minute) = account.rate_limit_per_minute {
+            let (admitted, wait) = rate(ctx, &account, per_minute, granted).await;
+            if admitted < granted {
+                email_accounts::release(&ctx.pool, today, account.id, granted - admitted).await?;
+                granted = admitted;
             }
-        } else {
-            // Filled as far as it goes; the next round looks elsewhere.
-            passed.push(account.id);
+            if let Some(wait) = wait {
+                throttled_for = Some(throttled_for.map_or(wait, |w| w.min(wait)));
+            }
         }
         if let Some(shared) = &ctx.shared_quota {
             let taken = shared.take(&account.email, granted).await;
@@ -99,13 +109,21 @@ pub async fn reserve(
                 // The Python platform used the rest of the day's quota.
                 email_accounts::release(&ctx.pool, today, account.id, granted - taken).await?;
                 granted = taken;
-                passed.push(account.id);
             }
         }
-        if granted == 0 {
-            release_slot(ctx, slot).await;
+        if granted <= 0 {
             continue;
         }
+        let mut pending = match account.max_connections {
+            Some(_) => ctx
+                .backlog
+                .take(account.id, granted)
+                .into_iter()
+                .map(Some)
+                .collect(),
+            None => Vec::new(),
+        };
+        pending.resize_with(granted as usize, || None);
         let index = match admission.accounts.iter().position(|a| a.id == account.id) {
             Some(index) => index,
             None => {
@@ -113,19 +131,24 @@ pub async fn reserve(
                 admission.accounts.len() - 1
             }
         };
-        admission.seats.push(Seat {
-            account: index,
-            slot,
-        });
-        admission.seats.extend((1..granted).map(|_| Seat {
-            account: index,
-            slot: None,
-        }));
+        admission
+            .seats
+            .extend(pending.into_iter().map(|pending| Seat {
+                account: index,
+                pending,
+            }));
     }
     if admission.seats.len() < wanted {
         admission.wait = Some(match throttled_for {
             Some(delay) => Wait {
                 delay,
+                reason: "account_throttle: waiting for an SMTP account's rate or connection limit"
+                    .into(),
+                cause: Cause::AccountThrottle,
+            },
+            // Its connections have a backlog already: soon.
+            None if full.load(std::sync::atomic::Ordering::Relaxed) => Wait {
+                delay: Duration::from_secs(1),
                 reason: "account_throttle: waiting for an SMTP account's rate or connection limit"
                     .into(),
                 cause: Cause::AccountThrottle,
@@ -151,7 +174,6 @@ pub async fn give_back(
     let mut counts = vec![0i32; accounts.len()];
     for seat in seats {
         counts[seat.account] += 1;
-        release_slot(ctx, seat.slot).await;
     }
     for (account, count) in accounts.iter().zip(counts) {
         if count > 0 {
@@ -161,46 +183,25 @@ pub async fn give_back(
     Ok(())
 }
 
-/// Applies the account's own throttles; `Err(wait)` when it must wait.
-/// When Redis cannot be asked, the account is held back rather than risk
-/// passing its provider's limits.
-async fn throttles(
+/// Admits up to `wanted` sends under the account's per-minute rate: how
+/// many, and when fewer, when the window has room again. When Redis
+/// cannot be asked, the account is held back rather than risk passing its
+/// provider's limits.
+async fn rate(
     ctx: &Context,
     account: &EmailAccount,
-) -> Result<Option<ConnectionSlot>, Duration> {
-    let unavailable = |e: crate::redis_error::RedisError| {
-        tracing::warn!(account = %account.email, error = %e, "throttle unavailable; holding the account back");
-        Duration::from_secs(5)
-    };
-    if let Some(limit) = account.rate_limit_per_minute {
-        if let Some(wait) = ctx
-            .throttle
-            .admit(account.id, limit as u32)
-            .await
-            .map_err(unavailable)?
-        {
-            return Err(wait);
-        }
-    }
-    if let Some(max) = account.max_connections {
-        let slot_for = ctx.settings.task_time_limit;
-        return match ctx
-            .throttle
-            .take_slot(account.id, max as u32, slot_for)
-            .await
-            .map_err(unavailable)?
-        {
-            Some(slot) => Ok(Some(slot)),
-            None => Err(Duration::from_secs(1)),
-        };
-    }
-    Ok(None)
-}
-
-pub async fn release_slot(ctx: &Context, slot: Option<ConnectionSlot>) {
-    if let Some(slot) = slot {
-        if let Err(e) = ctx.throttle.release(slot).await {
-            tracing::warn!(error = %e, "cannot release a connection slot; it expires by itself");
+    per_minute: i32,
+    wanted: i32,
+) -> (i32, Option<Duration>) {
+    match ctx
+        .throttle
+        .admit(account.id, per_minute.max(0) as u32, wanted.max(0) as u32)
+        .await
+    {
+        Ok((admitted, wait)) => (admitted as i32, wait),
+        Err(e) => {
+            tracing::warn!(account = %account.email, error = %e, "throttle unavailable; holding the account back");
+            (0, Some(Duration::from_secs(5)))
         }
     }
 }

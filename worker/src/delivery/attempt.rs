@@ -116,7 +116,7 @@ async fn attempt_within(
         Ok(c) => c,
         Err(e) => return Attempt::Unbuildable(format!("cannot build the email: {e}")),
     };
-    let transport = match ctx.transports.get(account) {
+    let transport = match ctx.transports.get(account).await {
         Ok(t) => t,
         Err(e) => return Attempt::NoTransport(e.to_string()),
     };
@@ -175,6 +175,8 @@ fn list_unsubscribe(ctx: &Context, record: &MessageRecord) -> Option<String> {
     Some(links.header_value(&Claims::new(record.id, address, target)))
 }
 
+/// Sends on one of the account's connections: waiting up to `limit` for
+/// one when all it may open are busy, then up to `limit` for the server.
 #[tracing::instrument(name = "smtp", level = "debug", skip_all)]
 pub async fn deliver(
     pool: &TransportCache,
@@ -185,17 +187,13 @@ pub async fn deliver(
     limit: Duration,
 ) -> Result<String, Failure> {
     let started = Instant::now();
-    let send = pool.send(account, transport, envelope, email);
-    let result = tokio::time::timeout(limit, send).await;
+    let result = pool.send(account, transport, envelope, email, limit).await;
     metrics::histogram!("smtp_send_duration_seconds").record(started.elapsed().as_secs_f64());
     match result {
-        Err(_) => Err(Failure::Unreachable {
-            reply: format!("no answer from the SMTP server within {limit:?}"),
-        }),
-        Ok(Ok(response)) => {
+        Ok(response) => {
             let text = response.message().collect::<Vec<_>>().join(" ");
             Ok(format!("{} {}", response.code(), text).trim().to_string())
         }
-        Ok(Err(e)) => Err(classify(&e)),
+        Err(e) => Err(classify(&e)),
     }
 }

@@ -17,6 +17,7 @@
 
 pub mod admit;
 pub mod attempt;
+pub mod backlog;
 pub mod domains;
 pub mod pipeline;
 pub mod policy;

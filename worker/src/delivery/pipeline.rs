@@ -278,7 +278,7 @@ async fn admitted(
     let mut used: Vec<bool> = vec![false; accounts.len()];
     let mut finished_passes: Vec<Pass> = Vec::new();
     for ((i, c, seat), attempt) in work.into_iter().zip(attempts) {
-        admit::release_slot(ctx, seat.slot).await;
+        drop(seat.pending);
         finished_passes.extend(passes.remove(&i));
         let account = &accounts[seat.account];
         match attempt {

@@ -44,6 +44,10 @@ impl Failure {
 
 pub fn classify(error: &SendError) -> Failure {
     let reply = error.to_string();
+    // Our own connection cap, not the server: no mark against the account.
+    if matches!(error, SendError::Busy { .. }) {
+        return Failure::Temporary { reply };
+    }
     let Some(code) = error.status() else {
         // No SMTP reply at all: connection refused or reset, TLS, timeout.
         return Failure::Unreachable { reply };

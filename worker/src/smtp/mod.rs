@@ -1,10 +1,11 @@
-//! SMTP connections (a cache of pooled transports per account) and the
-//! accounts' own throttles (sends per minute, concurrent connections),
-//! held across all workers in Redis.
+//! SMTP connections (a pool of warm, authenticated connections per
+//! account) and the accounts' own throttles (sends per minute, concurrent
+//! connections), held across all workers in Redis.
 
+mod connections;
 mod throttle;
 mod transport;
 
-pub use throttle::{ConnectionSlot, Throttle};
-
-pub use transport::{SendError, Transport, TransportCache, TransportError};
+pub use connections::TransportCache;
+pub use throttle::{ConnectionLease, Throttle};
+pub use transport::{SendError, Transport, TransportError};
