@@ -10,8 +10,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 preset=()
 if [ "${1:-}" = latency ]; then
   shift
-  preset=(--accounts 20 --account-connections 10 --smtp-latency 200 --messages 50000
-    --worker-concurrency 256 --prefetch 256)
+  preset=(--accounts 20 --account-connections 10 --smtp-latency 200 --messages 50000)
 fi
 bash scripts/services.sh
 cargo build --release --workspace --bins --quiet

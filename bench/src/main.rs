@@ -27,7 +27,11 @@
 //! Every phase prints PostgreSQL's WAL bytes per email (the whole server's
 //! WAL: run it on a quiet machine).
 //!
-//! Usage: notify-bench [--messages N] [--concurrency C] [--workers W] [--rate R]
+//! With `--apis N`, N API processes share the clients' requests (the
+//! scale-out case: two APIs and two workers against one PostgreSQL and
+//! RabbitMQ).
+//!
+//! Usage: notify-bench [--messages N] [--concurrency C] [--workers W] [--apis N] [--rate R]
 //!                     [--worker-concurrency N] [--prefetch N] [--webhooks E]
 //!                     [--accounts A] [--account-connections C] [--smtp-latency MS]
 
@@ -67,6 +71,8 @@ struct Options {
     account_connections: usize,
     /// Milliseconds the sink takes per message on a warm connection.
     smtp_latency: usize,
+    /// API processes; the clients spread their requests over them.
+    apis: usize,
 }
 
 impl Options {
@@ -95,12 +101,13 @@ fn options() -> anyhow::Result<Options> {
         concurrency: 64,
         workers: 1,
         rate: 0,
-        worker_concurrency: 128,
-        prefetch: 64,
+        worker_concurrency: 512,
+        prefetch: 512,
         webhooks: 0,
         accounts: 1,
         account_connections: 0,
         smtp_latency: 0,
+        apis: 1,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -116,8 +123,9 @@ fn options() -> anyhow::Result<Options> {
             "--accounts" => o.accounts = value.max(1),
             "--account-connections" => o.account_connections = value,
             "--smtp-latency" => o.smtp_latency = value,
+            "--apis" => o.apis = value.max(1),
             other => bail!(
-                "unknown flag {other}; usage: notify-bench [--messages N] [--concurrency C] [--workers W] [--rate R] [--worker-concurrency N] [--prefetch N] [--webhooks E] [--accounts A] [--account-connections C] [--smtp-latency MS]"
+                "unknown flag {other}; usage: notify-bench [--messages N] [--concurrency C] [--workers W] [--apis N] [--rate R] [--worker-concurrency N] [--prefetch N] [--webhooks E] [--accounts A] [--account-connections C] [--smtp-latency MS]"
             ),
         }
     }
@@ -148,19 +156,32 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 struct Platform {
     vars: Vec<(String, String)>,
-    api: Child,
+    apis: Vec<Child>,
     scheduler: Option<Child>,
     workers: Vec<Child>,
 }
 
 impl Platform {
-    fn spawn(&self, name: &str, extra: &[(&str, String)]) -> anyhow::Result<Child> {
+    /// Starts `name`; with `log`, its output goes to
+    /// notify-bench-worker-<log>.log in the temporary directory.
+    fn spawn(
+        &self,
+        name: &str,
+        extra: &[(&str, String)],
+        log: Option<usize>,
+    ) -> anyhow::Result<Child> {
+        let output = match log {
+            Some(i) => Stdio::from(std::fs::File::create(
+                std::env::temp_dir().join(format!("notify-bench-worker-{i}.log")),
+            )?),
+            None => Stdio::null(),
+        };
         Ok(Command::new(binary(name)?)
             .env_clear()
             .envs(self.vars.iter().cloned())
             .envs(extra.iter().map(|(k, v)| (k.to_string(), v.clone())))
             .current_dir(std::env::temp_dir())
-            .stdout(Stdio::null())
+            .stdout(output)
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()?)
@@ -169,7 +190,7 @@ impl Platform {
 
 async fn send_all(
     client: &reqwest::Client,
-    url: &str,
+    urls: &[String],
     token: &str,
     count: usize,
     concurrency: usize,
@@ -186,7 +207,7 @@ async fn send_all(
         }
         let permit = slots.clone().acquire_owned().await?;
         let request = client
-            .post(url)
+            .post(&urls[i % urls.len()])
             .bearer_auth(token)
             .json(&json!({"to": format!("user{}@example.org", offset + i), "subject": "Bench", "content": "<p>Hello from the benchmark</p>"}));
         tasks.push(tokio::spawn(async move {
@@ -328,10 +349,11 @@ async fn main() -> anyhow::Result<()> {
     platform::db::migrate(&database_url).await?;
     let pool = PgPool::connect(&database_url).await?;
     let sink = SmtpSink::start().await?;
-    let api_port = {
+    let mut api_ports = Vec::new();
+    for _ in 0..o.apis {
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-        l.local_addr()?.port()
-    };
+        api_ports.push(l.local_addr()?.port());
+    }
     let queue = format!("bench_{}", &id[..8]);
     let vars: Vec<(String, String)> = [
         ("ENV", "production"),
@@ -369,21 +391,30 @@ async fn main() -> anyhow::Result<()> {
     .collect();
     let mut platform = Platform {
         vars,
-        api: Command::new("true").spawn()?,
+        apis: Vec::new(),
         scheduler: None,
         workers: Vec::new(),
     };
-    platform.api = platform.spawn("notify-api", &[("API_PORT", api_port.to_string())])?;
-    let base = format!("http://127.0.0.1:{api_port}");
+    for port in &api_ports {
+        let api = platform.spawn("notify-api", &[("API_PORT", port.to_string())], None)?;
+        platform.apis.push(api);
+    }
+    let bases: Vec<String> = api_ports
+        .iter()
+        .map(|port| format!("http://127.0.0.1:{port}"))
+        .collect();
+    let base = bases[0].clone();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(o.concurrency)
         .build()?;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while client.get(format!("{base}/health")).send().await.is_err() {
-        if Instant::now() > deadline {
-            bail!("notify-api did not start");
+    for base in &bases {
+        while client.get(format!("{base}/health")).send().await.is_err() {
+            if Instant::now() > deadline {
+                bail!("notify-api did not start");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
     let credentials = platform::crypto::generate_api_credentials();
@@ -435,11 +466,14 @@ async fn main() -> anyhow::Result<()> {
             .await?
             .error_for_status()?;
     }
-    platform.scheduler = Some(platform.spawn("notify-scheduler", &[])?);
-    let send_url = format!("{base}/api/v1/messages/email/send");
+    platform.scheduler = Some(platform.spawn("notify-scheduler", &[], None)?);
+    let send_urls: Vec<String> = bases
+        .iter()
+        .map(|base| format!("{base}/api/v1/messages/email/send"))
+        .collect();
     println!(
-        "notify-bench: {} messages, {} concurrent clients, {} worker process(es) of concurrency {}, prefetch {}, {} webhook endpoint(s)",
-        o.messages, o.concurrency, o.workers, o.worker_concurrency, o.prefetch, o.webhooks
+        "notify-bench: {} messages, {} concurrent clients, {} API process(es), {} worker process(es) of concurrency {}, prefetch {}, {} webhook endpoint(s)",
+        o.messages, o.concurrency, o.apis, o.workers, o.worker_concurrency, o.prefetch, o.webhooks
     );
     if let Some(bound) = o.bound() {
         println!(
@@ -452,7 +486,7 @@ async fn main() -> anyhow::Result<()> {
     let wal_before = wal_position(&pool).await?;
     let cpu_before = CpuSnapshot::take();
     let (elapsed, lat) =
-        send_all(&client, &send_url, &token, o.messages, o.concurrency, 0, 0).await?;
+        send_all(&client, &send_urls, &token, o.messages, o.concurrency, 0, 0).await?;
     println!(
         "ingest (workers idle): {:.0} requests/s, p50 {:.1} ms, p99 {:.1} ms",
         o.messages as f64 / elapsed.as_secs_f64(),
@@ -467,10 +501,15 @@ async fn main() -> anyhow::Result<()> {
     let cpu_before = CpuSnapshot::take();
     let started = Instant::now();
     for i in 0..o.workers {
-        let worker = platform.spawn(
-            "notify-worker",
-            &[("CELERY_WORKER_NAME", format!("bench{i}@{queue}"))],
-        )?;
+        let mut env = vec![("CELERY_WORKER_NAME", format!("bench{i}@{queue}"))];
+        // BENCH_WORKER_LOG=<filter>: the workers log at that level to
+        // notify-bench-worker-<i>.log in the temporary directory.
+        let log = std::env::var("BENCH_WORKER_LOG").ok();
+        if let Some(filter) = &log {
+            env.push(("LOG_LEVEL", filter.clone()));
+            env.push(("ENV", "development".to_string()));
+        }
+        let worker = platform.spawn("notify-worker", &env, log.is_some().then_some(i))?;
         platform.workers.push(worker);
     }
     wait_sent(&pool, &sink, o.messages as i64, Duration::from_secs(600)).await?;
@@ -494,7 +533,7 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let (elapsed, lat) = send_all(
         &client,
-        &send_url,
+        &send_urls,
         &token,
         o.messages,
         o.concurrency,
@@ -547,7 +586,9 @@ async fn main() -> anyhow::Result<()> {
     for (i, w) in platform.workers.iter().enumerate() {
         println!("worker {i} peak RSS: {:.0} MB", peak_rss_mb(w.id()));
     }
-    println!("api peak RSS: {:.0} MB", peak_rss_mb(platform.api.id()));
+    for (i, api) in platform.apis.iter().enumerate() {
+        println!("api {i} peak RSS: {:.0} MB", peak_rss_mb(api.id()));
+    }
     if o.webhooks > 0 {
         report_webhooks(&pool, &receiver, (4 * o.messages * o.webhooks) as u64).await?;
     }
@@ -561,7 +602,9 @@ async fn main() -> anyhow::Result<()> {
     if let Some(scheduler) = &mut platform.scheduler {
         let _ = scheduler.kill().await;
     }
-    let _ = platform.api.kill().await;
+    for api in &mut platform.apis {
+        let _ = api.kill().await;
+    }
     pool.close().await;
     let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
         .execute(&admin)

@@ -30,9 +30,11 @@ use crate::remote_control::{self, ControlContext};
 /// exits (their deliveries are then redelivered to another worker).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
-/// Groups of deliveries one lane runs at once. Enough that a stalled SMTP
-/// server in one group does not hold up the others; few enough that groups grow under
-/// load instead of splitting into many small ones, each paying the same
+/// Groups of deliveries one lane runs at once, each of up to a quarter of
+/// the concurrency. Enough that a stalled SMTP server in one group does
+/// not hold up the others and that one group's database round trips
+/// overlap the others' sends; few enough that groups grow under load
+/// instead of splitting into many small ones, each paying the same
 /// database round trips.
 const GROUPS_IN_FLIGHT: usize = 4;
 
@@ -350,10 +352,16 @@ impl Consumer {
         stop: &CancellationToken,
     ) {
         let group_slots = Arc::new(Semaphore::new(GROUPS_IN_FLIGHT));
+        // A delivery that would have made the last group too heavy: it
+        // starts the next one.
+        let mut carried: Option<(Decoded, Option<u64>)> = None;
         loop {
-            let first = tokio::select! {
-                next = waiting.recv() => next,
-                _ = stop.cancelled() => return,
+            let first = match carried.take() {
+                Some(first) => Some(first),
+                None => tokio::select! {
+                    next = waiting.recv() => next,
+                    _ = stop.cancelled() => return,
+                },
             };
             let Some(first) = first else { return };
             // At most a few groups at once: while they run, deliveries
@@ -365,17 +373,24 @@ impl Consumer {
                 _ = stop.cancelled() => return,
             };
             let Ok(group_slot) = group_slot else { return };
-            // Whatever else has already arrived joins this group, up to half
-            // the concurrency in sends (a batch task counts each of its
-            // emails), so that one group's database round trips overlap
-            // another's SMTP sends instead of every group waiting in turn.
-            let gather = (self.ctx.concurrency.limit() / 2).max(1);
+            // Whatever else has already arrived joins this group, up to a
+            // share of the concurrency in sends (a batch task counts each
+            // of its emails), so that the groups in flight fill the
+            // concurrency together: one group's database round trips
+            // overlap the others' SMTP sends (on slow servers, most of a
+            // group's time), instead of every group waiting in turn.
+            let gather = (self.ctx.concurrency.limit() / GROUPS_IN_FLIGHT).max(1);
             let mut weight = lane.weight(&first.0);
             let mut group = vec![first];
             while weight < gather {
                 match waiting.try_recv() {
                     Ok(d) => {
-                        weight += lane.weight(&d.0);
+                        let w = lane.weight(&d.0);
+                        if weight + w > gather {
+                            carried = Some(d);
+                            break;
+                        }
+                        weight += w;
                         group.push(d);
                     }
                     Err(_) => break,

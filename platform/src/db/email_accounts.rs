@@ -428,6 +428,9 @@ pub struct Reservation {
     /// Sends reserved on the account: at most what was asked, and at most
     /// the room the caller gave it.
     pub granted: i32,
+    /// What was asked of the account: fewer granted means its quota ran out.
+    #[sqlx(skip)]
+    pub asked: i32,
 }
 
 /// Reserves up to `wanted` sends on the best account with quota left, not
@@ -494,7 +497,7 @@ pub async fn reserve(
         .fetch_optional(pool)
         .await?;
         match reserved {
-            Some(r) => return Ok(Some(r)),
+            Some(r) => return Ok(Some(Reservation { asked, ..r })),
             None => passed.push(id),
         }
     }

@@ -91,9 +91,15 @@ pub async fn reserve(
         };
         let account = reserved.account;
         let mut granted = reserved.granted;
-        // Filled as far as it goes; the next round looks elsewhere.
-        passed.push(account.id);
+        // Filled as far as it goes, the account is not asked again. One
+        // with a connection cap took a round of its connections: it is
+        // asked again after the others (it has sent more today now), until
+        // its backlog is full.
+        if account.max_connections.is_none() || granted < reserved.asked {
+            passed.push(account.id);
+        }
         if let Some(per_minute) = account.rate_limit_per_minute {
+            passed.push(account.id);
             let (admitted, wait) = rate(ctx, &account, per_minute, granted).await;
             if admitted < granted {
                 email_accounts::release(&ctx.pool, today, account.id, granted - admitted).await?;
@@ -109,18 +115,20 @@ pub async fn reserve(
                 // The Python platform used the rest of the day's quota.
                 email_accounts::release(&ctx.pool, today, account.id, granted - taken).await?;
                 granted = taken;
+                passed.push(account.id);
             }
         }
         if granted <= 0 {
             continue;
         }
         let mut pending = match account.max_connections {
-            Some(_) => ctx
-                .backlog
-                .take(account.id, granted)
-                .into_iter()
-                .map(Some)
-                .collect(),
+            Some(max) => {
+                let pending = ctx.backlog.take(account.id, granted);
+                if ctx.backlog.room(account.id, Some(max)) == 0 {
+                    passed.push(account.id);
+                }
+                pending.into_iter().map(Some).collect()
+            }
             None => Vec::new(),
         };
         pending.resize_with(granted as usize, || None);
