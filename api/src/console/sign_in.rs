@@ -115,8 +115,9 @@ pub async fn sign_in(State(state): State<AppState>, request: Request) -> Respons
         }
     }
     let ttl = state.tokens.access_ttl.as_secs();
+    // Appended: both cookies are set (an array of headers would keep one).
     (
-        [
+        axum::response::AppendHeaders([
             (
                 header::SET_COOKIE,
                 set_cookie(SESSION_COOKIE, &pair.access_token, ttl, secure),
@@ -125,7 +126,7 @@ pub async fn sign_in(State(state): State<AppState>, request: Request) -> Respons
                 header::SET_COOKIE,
                 set_cookie(SIGN_IN_CSRF_COOKIE, "", 0, secure),
             ),
-        ],
+        ]),
         Redirect::to("/console"),
     )
         .into_response()

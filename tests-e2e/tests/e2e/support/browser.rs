@@ -130,8 +130,9 @@ impl Browser {
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "expected a page titled {title:?}, at {:?} titled {h1:?}",
-                self.client.current_url().await.map(|u| u.to_string())
+                "expected a page titled {title:?}, at {:?} titled {h1:?}: {:?}",
+                self.client.current_url().await.map(|u| u.to_string()),
+                self.text("main").await
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
