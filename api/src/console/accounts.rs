@@ -11,7 +11,10 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use super::{error_box, error_page, invalid, layout, notice, respond, short_id, status_of, when, Nav, Session};
+use super::{
+    error_box, error_page, invalid, layout, notice, respond, short_id, status_of, when, Nav,
+    Session,
+};
 use crate::audit::AdminActor;
 use crate::auth::Admin;
 use crate::error::ApiError;
@@ -73,7 +76,16 @@ pub async fn page(
         Ok(admin) => admin,
         Err(e) => return error_page(Some(&session), Nav::Accounts, TITLE, e),
     };
-    render(&state, &session, admin, StatusCode::OK, notice(done_text(done.done.as_deref())), &AccountForm::default(), None).await
+    render(
+        &state,
+        &session,
+        admin,
+        StatusCode::OK,
+        notice(done_text(done.done.as_deref())),
+        &AccountForm::default(),
+        None,
+    )
+    .await
 }
 
 async fn render(
@@ -177,13 +189,14 @@ fn create_body(form: &AccountForm) -> Result<CreateEmailAccount, ApiError> {
     body.insert("display_name".into(), json!(form.display_name));
     body.insert("smtp_host".into(), json!(form.smtp_host));
     body.insert("smtp_password".into(), json!(form.smtp_password));
-    let port: i64 = form
-        .smtp_port
-        .trim()
-        .parse()
-        .map_err(|_| ApiError::validation("smtp_port", "smtp_port must be a number from 1 to 65535"))?;
+    let port: i64 = form.smtp_port.trim().parse().map_err(|_| {
+        ApiError::validation("smtp_port", "smtp_port must be a number from 1 to 65535")
+    })?;
     if !(1..=65535).contains(&port) {
-        return Err(ApiError::validation("smtp_port", "smtp_port must be a number from 1 to 65535"));
+        return Err(ApiError::validation(
+            "smtp_port",
+            "smtp_port must be a number from 1 to 65535",
+        ));
     }
     body.insert("smtp_port".into(), json!(port));
     if !form.smtp_username.trim().is_empty() {
@@ -192,12 +205,14 @@ fn create_body(form: &AccountForm) -> Result<CreateEmailAccount, ApiError> {
     if !form.tls_mode.is_empty() {
         body.insert("tls_mode".into(), json!(form.tls_mode));
     }
-    for (field, text) in [("daily_limit", &form.daily_limit), ("priority", &form.priority)] {
+    for (field, text) in [
+        ("daily_limit", &form.daily_limit),
+        ("priority", &form.priority),
+    ] {
         if !text.trim().is_empty() {
-            let n: i64 = text
-                .trim()
-                .parse()
-                .map_err(|_| ApiError::validation(field, format!("{field} must be a whole number")))?;
+            let n: i64 = text.trim().parse().map_err(|_| {
+                ApiError::validation(field, format!("{field} must be a whole number"))
+            })?;
             body.insert(field.into(), json!(n));
         }
     }
@@ -226,7 +241,16 @@ pub async fn create(
         Ok(()) => Redirect::to("/console/accounts?done=created").into_response(),
         Err(error) => {
             let status = status_of(&error);
-            render(&state, &session, admin, status, html! {}, &form, Some(&error)).await
+            render(
+                &state,
+                &session,
+                admin,
+                status,
+                html! {},
+                &form,
+                Some(&error),
+            )
+            .await
         }
     }
 }
@@ -243,9 +267,17 @@ pub async fn set_active(
         Ok(actor) => actor,
         Err(e) => return error_page(Some(&session), Nav::Accounts, TITLE, e),
     };
-    let patch: UpdateEmailAccount = match serde_json::from_value(json!({"is_active": form.active})) {
+    let patch: UpdateEmailAccount = match serde_json::from_value(json!({"is_active": form.active}))
+    {
         Ok(patch) => patch,
-        Err(e) => return error_page(Some(&session), Nav::Accounts, TITLE, crate::extract::invalid_body(e)),
+        Err(e) => {
+            return error_page(
+                Some(&session),
+                Nav::Accounts,
+                TITLE,
+                crate::extract::invalid_body(e),
+            )
+        }
     };
     match email_accounts::update(State(state), actor, PathParam(id), JsonBody(patch)).await {
         Ok(_) => Redirect::to(if form.active {
@@ -279,5 +311,14 @@ pub async fn test(
         },
         Err(e) => return error_page(Some(&session), Nav::Accounts, TITLE, e),
     };
-    render(&state, &session, admin, StatusCode::OK, top, &AccountForm::default(), None).await
+    render(
+        &state,
+        &session,
+        admin,
+        StatusCode::OK,
+        top,
+        &AccountForm::default(),
+        None,
+    )
+    .await
 }

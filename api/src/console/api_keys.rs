@@ -10,7 +10,10 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::accounts::Done;
-use super::{error_box, error_page, invalid, layout, notice, respond, short_id, status_of, when, Nav, Session};
+use super::{
+    error_box, error_page, invalid, layout, notice, respond, short_id, status_of, when, Nav,
+    Session,
+};
 use crate::audit::AdminActor;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, PathParam};
@@ -49,7 +52,16 @@ pub async fn page(
         Some("revoked") => Some("Key revoked: its tokens and console sessions stopped working."),
         _ => None,
     });
-    render(&state, &session, actor, StatusCode::OK, top, &MintForm::default(), None).await
+    render(
+        &state,
+        &session,
+        actor,
+        StatusCode::OK,
+        top,
+        &MintForm::default(),
+        None,
+    )
+    .await
 }
 
 async fn render(
@@ -130,7 +142,8 @@ pub async fn mint(
         ("admin", form.scope_admin.is_some()),
     ]
     .into_iter()
-    .filter_map(|(s, on)| on.then(|| s.to_string()))
+    .filter(|(_, on)| *on)
+    .map(|(s, _)| s.to_string())
     .collect();
     let rate = form.rate_limit_per_minute.trim();
     let rate_limit_per_minute = if rate.is_empty() {
@@ -139,8 +152,20 @@ pub async fn mint(
         match rate.parse::<i64>() {
             Ok(n) => Some(n),
             Err(_) => {
-                let error = ApiError::validation("rate_limit_per_minute", "rate_limit_per_minute must be a whole number");
-                return render(&state, &session, actor, status_of(&error), html! {}, &form, Some(&error)).await;
+                let error = ApiError::validation(
+                    "rate_limit_per_minute",
+                    "rate_limit_per_minute must be a whole number",
+                );
+                return render(
+                    &state,
+                    &session,
+                    actor,
+                    status_of(&error),
+                    html! {},
+                    &form,
+                    Some(&error),
+                )
+                .await;
             }
         }
     };
@@ -162,7 +187,16 @@ pub async fn mint(
                     }
                 }
             };
-            let mut response = render(&state, &session, actor, StatusCode::CREATED, top, &MintForm::default(), None).await;
+            let mut response = render(
+                &state,
+                &session,
+                actor,
+                StatusCode::CREATED,
+                top,
+                &MintForm::default(),
+                None,
+            )
+            .await;
             // The secret must not stay in a cache.
             response.headers_mut().insert(
                 axum::http::header::CACHE_CONTROL,
@@ -170,7 +204,18 @@ pub async fn mint(
             );
             response
         }
-        Err(error) => render(&state, &session, actor, status_of(&error), html! {}, &form, Some(&error)).await,
+        Err(error) => {
+            render(
+                &state,
+                &session,
+                actor,
+                status_of(&error),
+                html! {},
+                &form,
+                Some(&error),
+            )
+            .await
+        }
     }
 }
 

@@ -82,7 +82,10 @@ pub async fn page(
             }
         }
     };
-    respond(StatusCode::OK, layout(Some(&session), Nav::DeadLetters, TITLE, body))
+    respond(
+        StatusCode::OK,
+        layout(Some(&session), Nav::DeadLetters, TITLE, body),
+    )
 }
 
 pub async fn requeue(

@@ -100,7 +100,9 @@ fn time(field: &str, raw: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
         .iter()
         .find_map(|f| NaiveDateTime::parse_from_str(raw, f).ok())
         .map(|t| Some(t.and_utc()))
-        .ok_or_else(|| ApiError::validation(field, format!("{field} must be a date and time (UTC)")))
+        .ok_or_else(|| {
+            ApiError::validation(field, format!("{field} must be a date and time (UTC)"))
+        })
 }
 
 pub async fn search(
@@ -109,9 +111,13 @@ pub async fn search(
     Query(form): Query<SearchForm>,
 ) -> Response {
     let result = match form.query() {
-        Ok(query) => rest::list(State(state.clone()), session.principal.clone(), QueryParams(query))
-            .await
-            .map(|axum::Json(data)| data.data),
+        Ok(query) => rest::list(
+            State(state.clone()),
+            session.principal.clone(),
+            QueryParams(query),
+        )
+        .await
+        .map(|axum::Json(data)| data.data),
         Err(e) => Err(e),
     };
     let (status, error, page) = match result {
@@ -160,21 +166,39 @@ pub async fn search(
             }
         }
     };
-    respond(status, layout(Some(&session), Nav::Messages, "Messages", body))
+    respond(
+        status,
+        layout(Some(&session), Nav::Messages, "Messages", body),
+    )
 }
 
 /// The parts of a message's page that change: its status and timeline.
-async fn live_parts(state: &AppState, session: &Session, id: Uuid) -> Result<(MessageView, Markup), ApiError> {
-    let axum::Json(message) = rest::get(State(state.clone()), session.principal.clone(), PathParam(id)).await?;
+async fn live_parts(
+    state: &AppState,
+    session: &Session,
+    id: Uuid,
+) -> Result<(MessageView, Markup), ApiError> {
+    let axum::Json(message) = rest::get(
+        State(state.clone()),
+        session.principal.clone(),
+        PathParam(id),
+    )
+    .await?;
     let message = message.data;
     let axum::Json(events) = timelines::list(
         State(state.clone()),
         session.principal.clone(),
         PathParam(id),
-        QueryParams(TimelineQuery { limit: Some(100), cursor: None }),
+        QueryParams(TimelineQuery {
+            limit: Some(100),
+            cursor: None,
+        }),
     )
     .await?;
-    let final_state = matches!(message.status.as_str(), "sent" | "failed" | "suppressed" | "cancelled");
+    let final_state = matches!(
+        message.status.as_str(),
+        "sent" | "failed" | "suppressed" | "cancelled"
+    );
     let markup = html! {
         div #message-live hx-get=[(!final_state).then(|| format!("/console/messages/{id}/live"))]
             hx-trigger=[(!final_state).then_some("every 2s")] hx-swap="outerHTML" {
@@ -233,7 +257,15 @@ pub async fn page(
         iframe.email #email-frame title={"The email: " (message.subject)} sandbox="" referrerpolicy="no-referrer"
             src={"/console/messages/" (id) "/body"} {}
     };
-    respond(StatusCode::OK, layout(Some(&session), Nav::Messages, &format!("Message {}", short_id(&id.to_string())), body))
+    respond(
+        StatusCode::OK,
+        layout(
+            Some(&session),
+            Nav::Messages,
+            &format!("Message {}", short_id(&id.to_string())),
+            body,
+        ),
+    )
 }
 
 pub async fn live(
@@ -266,14 +298,11 @@ pub async fn body(
         Ok(message) => message.html_body,
         Err(e) => return respond(super::status_of(&e), error_box(&e)),
     };
-    let mut response = (
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        html,
-    )
-        .into_response();
-    response
-        .headers_mut()
-        .insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(BODY_CSP));
+    let mut response = ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(BODY_CSP),
+    );
     response
 }
 

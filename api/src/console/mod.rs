@@ -64,7 +64,10 @@ pub fn router(state: AppState) -> Router<AppState> {
             "/console/dead-letters/{id}/requeue",
             post(dead_letters::requeue),
         )
-        .layer(axum::middleware::from_fn_with_state(state, session::require));
+        .layer(axum::middleware::from_fn_with_state(
+            state,
+            session::require,
+        ));
     Router::new()
         .route(
             "/console/sign-in",
@@ -259,6 +262,8 @@ pub fn notice(text: Option<&str>) -> Markup {
 pub fn invalid(error: Option<&ApiError>, field: &str) -> Option<&'static str> {
     let detail = error?.detail();
     let named = detail.field.as_deref()?;
-    (named == field || named.starts_with(&format!("{field}[")) || named.starts_with(&format!("{field}.")))
-        .then_some("true")
+    (named == field
+        || named.starts_with(&format!("{field}["))
+        || named.starts_with(&format!("{field}.")))
+    .then_some("true")
 }

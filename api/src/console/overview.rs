@@ -48,19 +48,18 @@ pub async fn live(
     session: Session,
     admin: Result<Admin, ApiError>,
 ) -> Response {
-    respond(
-        StatusCode::OK,
-        content(&state, &session, admin.ok()).await,
-    )
+    respond(StatusCode::OK, content(&state, &session, admin.ok()).await)
 }
 
 async fn content(state: &AppState, session: &Session, admin: Option<Admin>) -> Markup {
     let now = Utc::now();
-    let start = now.duration_trunc(Duration::minutes(1)).unwrap_or(now) - Duration::minutes(MINUTES - 1);
-    let chart = match messages::per_minute(&state.pool, start, session.principal.owner_filter()).await {
-        Ok(rows) => chart(start, &rows),
-        Err(e) => error_box(&e.into()),
-    };
+    let start =
+        now.duration_trunc(Duration::minutes(1)).unwrap_or(now) - Duration::minutes(MINUTES - 1);
+    let chart =
+        match messages::per_minute(&state.pool, start, session.principal.owner_filter()).await {
+            Ok(rows) => chart(start, &rows),
+            Err(e) => error_box(&e.into()),
+        };
     html! {
         p.updated { "Updated " time datetime=(now.to_rfc3339()) { (when(&now)) } }
         section aria-labelledby="sends" {
@@ -157,11 +156,14 @@ async fn admin_sections(state: &AppState, admin: Admin) -> Markup {
 /// The per-minute counts as an inline SVG line chart (one line per
 /// series), with the totals as a table for screen readers and a legend.
 fn chart(start: DateTime<Utc>, rows: &[(DateTime<Utc>, String, i64)]) -> Markup {
-    let mut counts: BTreeMap<&str, Vec<i64>> =
-        SERIES.iter().map(|s| (*s, vec![0; MINUTES as usize])).collect();
+    let mut counts: BTreeMap<&str, Vec<i64>> = SERIES
+        .iter()
+        .map(|s| (*s, vec![0; MINUTES as usize]))
+        .collect();
     for (minute, kind, count) in rows {
         let index = (*minute - start).num_minutes();
-        if let (Some(series), true) = (counts.get_mut(kind.as_str()), (0..MINUTES).contains(&index)) {
+        if let (Some(series), true) = (counts.get_mut(kind.as_str()), (0..MINUTES).contains(&index))
+        {
             series[index as usize] = *count;
         }
     }

@@ -132,7 +132,10 @@ pub fn to_sign_in(headers: &HeaderMap) -> Response {
         return (
             StatusCode::OK,
             [
-                (header::HeaderName::from_static("hx-redirect"), HeaderValue::from_static("/console/sign-in")),
+                (
+                    header::HeaderName::from_static("hx-redirect"),
+                    HeaderValue::from_static("/console/sign-in"),
+                ),
                 (header::SET_COOKIE, clear),
             ],
         )

@@ -104,7 +104,7 @@ pub async fn sign_in(State(state): State<AppState>, request: Request) -> Respons
         Err(error) => {
             let key = form.api_key.chars().take(256).collect::<String>();
             let status = status_of(&error);
-            return form_response(secure, status, &key, Some(&error))
+            return form_response(secure, status, &key, Some(&error));
         }
     };
     match start(&state, &pair.access_token).await {

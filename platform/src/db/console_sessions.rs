@@ -61,8 +61,9 @@ pub async fn revoke(executor: impl PgExecutor<'_>, token_id: Uuid) -> Result<boo
 
 /// Deletes sign-ins that ended more than a day ago.
 pub async fn prune(executor: impl PgExecutor<'_>) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query("DELETE FROM console_sessions WHERE expires_at < now() - interval '1 day'")
-        .execute(executor)
-        .await?;
+    let done =
+        sqlx::query("DELETE FROM console_sessions WHERE expires_at < now() - interval '1 day'")
+            .execute(executor)
+            .await?;
     Ok(done.rows_affected())
 }

@@ -45,7 +45,11 @@ fn csrf_in(html: &str) -> String {
         .find(r#"name="csrf" value=""#)
         .map(|i| i + r#"name="csrf" value=""#.len())
         .expect("a CSRF field in the page");
-    html[start..].split('"').next().unwrap_or_default().to_string()
+    html[start..]
+        .split('"')
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// The `name=value` of the Set-Cookie header for `name`, and the whole header.
@@ -56,7 +60,12 @@ fn set_cookie(response: &reqwest::Response, name: &str) -> Option<(String, Strin
         .iter()
         .filter_map(|v| v.to_str().ok())
         .find(|v| v.starts_with(&format!("{name}=")))
-        .map(|v| (v.split(';').next().unwrap_or_default().to_string(), v.to_string()))
+        .map(|v| {
+            (
+                v.split(';').next().unwrap_or_default().to_string(),
+                v.to_string(),
+            )
+        })
 }
 
 impl HttpSession {
@@ -69,9 +78,18 @@ impl HttpSession {
 
     /// Signs in through the form, as a browser would; returns the sign-in
     /// answer's Set-Cookie of the session too.
-    async fn sign_in(base: &str, key: &str, secret: &str, forwarded_https: bool) -> (HttpSession, String) {
+    async fn sign_in(
+        base: &str,
+        key: &str,
+        secret: &str,
+        forwarded_https: bool,
+    ) -> (HttpSession, String) {
         let client = Self::client();
-        let form = client.get(format!("{base}/console/sign-in")).send().await.expect("sign-in page");
+        let form = client
+            .get(format!("{base}/console/sign-in"))
+            .send()
+            .await
+            .expect("sign-in page");
         let (csrf_cookie, _) = set_cookie(&form, "notify_console_csrf").expect("csrf cookie");
         let csrf = csrf_in(&form.text().await.expect("body"));
         let mut request = client
@@ -82,7 +100,11 @@ impl HttpSession {
             request = request.header("x-forwarded-proto", "https");
         }
         let answer = request.send().await.expect("sign in");
-        assert_eq!(answer.status(), StatusCode::SEE_OTHER, "sign-in redirects to the overview");
+        assert_eq!(
+            answer.status(),
+            StatusCode::SEE_OTHER,
+            "sign-in redirects to the overview"
+        );
         let (cookie, header) = set_cookie(&answer, "notify_console").expect("session cookie");
         let overview = client
             .get(format!("{base}/console"))
@@ -158,13 +180,15 @@ async fn console_sign_in_sets_a_strict_cookie_and_sign_out_revokes_the_session()
     assert!(page.contains("Workers online"), "admin sees the workers");
     let stored: Option<String> = browser
         .client
-        .execute("return window.localStorage.length ? JSON.stringify(window.localStorage) : null", vec![])
+        .execute(
+            "return window.localStorage.length ? JSON.stringify(window.localStorage) : null",
+            vec![],
+        )
         .await
         .expect("script")
         .as_str()
         .map(str::to_owned);
     assert_eq!(stored, None, "nothing in localStorage");
-    browser.screenshot("overview").await;
 
     // The overview refreshes itself (htmx polling of its live part).
     let first = browser.text(".updated time").await.expect("updated time");
@@ -192,7 +216,10 @@ async fn console_sign_in_sets_a_strict_cookie_and_sign_out_revokes_the_session()
 
     // Over TLS (a trusted proxy says so) the cookie is Secure; else not.
     let (_, plain) = HttpSession::sign_in(&base, &admin_key, &admin_secret, false).await;
-    assert!(plain.contains("HttpOnly") && plain.contains("SameSite=Strict"), "{plain}");
+    assert!(
+        plain.contains("HttpOnly") && plain.contains("SameSite=Strict"),
+        "{plain}"
+    );
     assert!(!plain.contains("Secure"), "{plain}");
     let (_, tls) = HttpSession::sign_in(&base, &admin_key, &admin_secret, true).await;
     assert!(tls.contains("; Secure"), "{tls}");
@@ -231,16 +258,29 @@ async fn console_account_created_is_listed_with_its_health_and_no_password() {
     add_account(&browser, env.smtp.port()).await;
     let row = eventually("the account in the list", Duration::from_secs(10), || {
         let browser = &browser;
-        async move { browser.text(r#"tr[data-account="noreply@example.com"]"#).await }
+        async move {
+            browser
+                .text(r#"tr[data-account="noreply@example.com"]"#)
+                .await
+        }
     })
     .await;
     assert!(row.contains("healthy"), "{row}");
     assert!(row.contains("0 / 250"), "quota used today: {row}");
-    assert!(browser.text(".notice").await.unwrap_or_default().contains("Account created"));
-    assert!(!browser.source().await.contains("hunter2"), "no password in the page");
+    assert!(browser
+        .text(".notice")
+        .await
+        .unwrap_or_default()
+        .contains("Account created"));
+    assert!(
+        !browser.source().await.contains("hunter2"),
+        "no password in the page"
+    );
 
     // Test connection: the local SMTP server answers.
-    browser.click(r#"tr[data-account="noreply@example.com"] button[aria-label^="Test"]"#).await;
+    browser
+        .click(r#"tr[data-account="noreply@example.com"] button[aria-label^="Test"]"#)
+        .await;
     let result = eventually("the connection test", Duration::from_secs(15), || {
         let browser = &browser;
         async move { browser.text(".test-result").await }
@@ -256,11 +296,19 @@ async fn console_account_created_is_listed_with_its_health_and_no_password() {
         async move { browser.text(".error").await }
     })
     .await;
-    assert!(error.contains("error code: account_exists") || error.contains("already"), "{error}");
-    assert!(!browser.source().await.contains("hunter2"), "the refused password is not echoed");
+    assert!(
+        error.contains("error code: account_exists") || error.contains("already"),
+        "{error}"
+    );
+    assert!(
+        !browser.source().await.contains("hunter2"),
+        "the refused password is not echoed"
+    );
 
     // Pause, then resume.
-    browser.click(r#"tr[data-account="noreply@example.com"] button[aria-label^="Pause"]"#).await;
+    browser
+        .click(r#"tr[data-account="noreply@example.com"] button[aria-label^="Pause"]"#)
+        .await;
     eventually("the pause", Duration::from_secs(10), || {
         let browser = &browser;
         async move {
@@ -271,7 +319,9 @@ async fn console_account_created_is_listed_with_its_health_and_no_password() {
         }
     })
     .await;
-    browser.click(r#"tr[data-account="noreply@example.com"] button[aria-label^="Resume"]"#).await;
+    browser
+        .click(r#"tr[data-account="noreply@example.com"] button[aria-label^="Resume"]"#)
+        .await;
     eventually("the resume", Duration::from_secs(10), || {
         let browser = &browser;
         async move {
@@ -285,14 +335,19 @@ async fn console_account_created_is_listed_with_its_health_and_no_password() {
     browser.goto(&format!("{base}/console")).await;
     browser.wait_h1("Overview").await;
     let overview = browser.source().await;
-    assert!(overview.contains("noreply@example.com"), "the overview lists the account");
+    assert!(
+        overview.contains("noreply@example.com"),
+        "the overview lists the account"
+    );
     browser.close().await;
 }
 
 /// A server that counts every connection made to it: anything the email
 /// loads or a script in it reaches.
 async fn canary() -> (u16, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let hits = Arc::new(AtomicUsize::new(0));
     let counted = hits.clone();
@@ -324,19 +379,29 @@ async fn console_message_page_reaches_sent_and_its_email_runs_no_script_and_load
         )
         .await;
     assert_eq!(sent.status, StatusCode::ACCEPTED, "{}", sent.body);
-    let id = sent.body["data"]["message_id"].as_str().expect("id").to_string();
+    let id = sent.body["data"]["message_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
 
     let browser = Browser::start().await;
     browser.sign_in(&base, &admin_key, &admin_secret).await;
     browser.goto(&format!("{base}/console/messages/{id}")).await;
     // The page follows the message by itself until it is final.
-    eventually("the message page to show sent", Duration::from_secs(30), || {
-        let browser = &browser;
-        async move { browser.text("#status").await.filter(|s| s == "sent") }
-    })
+    eventually(
+        "the message page to show sent",
+        Duration::from_secs(30),
+        || {
+            let browser = &browser;
+            async move { browser.text("#status").await.filter(|s| s == "sent") }
+        },
+    )
     .await;
     let timeline = browser.text("ol.timeline").await.unwrap_or_default();
-    assert!(timeline.contains("accepted") && timeline.contains("sent"), "{timeline}");
+    assert!(
+        timeline.contains("accepted") && timeline.contains("sent"),
+        "{timeline}"
+    );
     // Let the frame load and whatever it would fetch be fetched.
     tokio::time::sleep(Duration::from_secs(2)).await;
     browser.screenshot("message").await;
@@ -345,8 +410,14 @@ async fn console_message_page_reaches_sent_and_its_email_runs_no_script_and_load
         .find(fantoccini::Locator::Id("email-frame"))
         .await
         .expect("the email's frame");
-    assert_eq!(frame.attr("sandbox").await.expect("attr"), Some(String::new()));
-    assert_eq!(browser.client.title().await.expect("title"), format!("Message {} · notify console", &id[..8]));
+    assert_eq!(
+        frame.attr("sandbox").await.expect("attr"),
+        Some(String::new())
+    );
+    assert_eq!(
+        browser.client.title().await.expect("title"),
+        format!("Message {} · notify console", &id[..8])
+    );
     frame.enter_frame().await.expect("enter the frame");
     let heading = browser.text("h1").await.unwrap_or_default();
     assert_eq!(heading, "Hello", "the email is shown");
@@ -355,10 +426,22 @@ async fn console_message_page_reaches_sent_and_its_email_runs_no_script_and_load
         .execute("return [document.title, typeof window.pwned]", vec![])
         .await
     {
-        assert_eq!(seen, json!(["", "undefined"]), "the email's script did not run");
+        assert_eq!(
+            seen,
+            json!(["", "undefined"]),
+            "the email's script did not run"
+        );
     }
-    browser.client.enter_parent_frame().await.expect("leave the frame");
-    assert_eq!(hits.load(Ordering::SeqCst), 0, "the email reached nothing outside");
+    browser
+        .client
+        .enter_parent_frame()
+        .await
+        .expect("leave the frame");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "the email reached nothing outside"
+    );
 
     // The email's own route says the same to any browser.
     let (session, _) = HttpSession::sign_in(&base, &admin_key, &admin_secret, false).await;
@@ -369,8 +452,24 @@ async fn console_message_page_reaches_sent_and_its_email_runs_no_script_and_load
         .send()
         .await
         .expect("body");
-    let csp = body.headers()["content-security-policy"].to_str().unwrap_or_default().to_string();
-    assert!(csp.starts_with("default-src 'none'; img-src data:; style-src 'unsafe-inline'"), "{csp}");
+    let csp = body.headers()["content-security-policy"]
+        .to_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        csp.starts_with("default-src 'none'; img-src data:; style-src 'unsafe-inline'"),
+        "{csp}"
+    );
+
+    // The overview counts it.
+    browser.goto(&format!("{base}/console")).await;
+    browser.wait_h1("Overview").await;
+    let legend = browser.text("ul.legend").await.unwrap_or_default();
+    assert!(
+        legend.contains("accepted: 1") && legend.contains("sent: 1"),
+        "{legend}"
+    );
+    browser.screenshot("overview").await;
 
     // Search: by recipient and status, the message is listed with a link.
     browser.goto(&format!("{base}/console/messages")).await;
@@ -389,13 +488,22 @@ async fn console_message_page_reaches_sent_and_its_email_runs_no_script_and_load
         async move { browser.text("#messages-table").await }
     })
     .await;
-    assert!(table.contains("buyer@example.com") && table.contains("Your order"), "{table}");
+    assert!(
+        table.contains("buyer@example.com") && table.contains("Your order"),
+        "{table}"
+    );
     browser.screenshot("messages").await;
     browser.fill("recipient", "nobody@example.com").await;
     browser.click("form.search button[type=submit]").await;
     eventually("an empty result", Duration::from_secs(10), || {
         let browser = &browser;
-        async move { browser.source().await.contains("No message matches.").then_some(()) }
+        async move {
+            browser
+                .source()
+                .await
+                .contains("No message matches.")
+                .then_some(())
+        }
     })
     .await;
     browser.close().await;
@@ -408,7 +516,8 @@ async fn console_requeues_a_dead_letter() {
     env.start_api().await;
     let base = env.api().base.clone();
     let (_, admin_key, admin_secret) = key(&env.pool, "operator", ADMIN).await;
-    let task = platform::celery::TaskMessage::new("app.tasks.report", "dead-task-1", vec![], Map::new());
+    let task =
+        platform::celery::TaskMessage::new("app.tasks.report", "dead-task-1", vec![], Map::new());
     let body = task.body();
     let id = dead_letters::insert(
         &env.pool,
@@ -433,9 +542,14 @@ async fn console_requeues_a_dead_letter() {
         .text(&format!(r#"tr[data-dead-letter="{id}"]"#))
         .await
         .expect("the dead letter listed");
-    assert!(row.contains("app.tasks.report") && row.contains("unknown task"), "{row}");
+    assert!(
+        row.contains("app.tasks.report") && row.contains("unknown task"),
+        "{row}"
+    );
     browser.screenshot("dead-letters").await;
-    browser.click(&format!(r#"tr[data-dead-letter="{id}"] button"#)).await;
+    browser
+        .click(&format!(r#"tr[data-dead-letter="{id}"] button"#))
+        .await;
     eventually("the requeue", Duration::from_secs(10), || {
         let browser = &browser;
         async move {
@@ -471,7 +585,9 @@ async fn console_revoking_a_key_ends_its_session() {
     let base = env.api().base.clone();
     let (operator_id, operator_key, operator_secret) = key(&env.pool, "operator", ADMIN).await;
     let browser = Browser::start().await;
-    browser.sign_in(&base, &operator_key, &operator_secret).await;
+    browser
+        .sign_in(&base, &operator_key, &operator_secret)
+        .await;
 
     // Mint a key: the secret is shown once.
     browser.goto(&format!("{base}/console/api-keys")).await;
@@ -502,12 +618,18 @@ async fn console_revoking_a_key_ends_its_session() {
         async move { browser.text(".error").await }
     })
     .await;
-    assert!(error.contains("at least one scope") && error.contains("scopes"), "{error}");
+    assert!(
+        error.contains("at least one scope") && error.contains("scopes"),
+        "{error}"
+    );
 
     // Revoked elsewhere (the REST API), the key's console session ends.
     let revoked = env
         .api()
-        .delete(&format!("/api/v1/admin/api-keys/{operator_id}"), &admin_token)
+        .delete(
+            &format!("/api/v1/admin/api-keys/{operator_id}"),
+            &admin_token,
+        )
         .await;
     assert_eq!(revoked.status, StatusCode::NO_CONTENT);
     browser.goto(&format!("{base}/console/messages")).await;
@@ -530,7 +652,10 @@ async fn console_post_without_the_csrf_token_is_refused() {
     let mint = [("name", "forged"), ("scope_admin", "on")];
     let (status, page) = session.post("/console/api-keys", &mint).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    assert!(page.contains("security token is missing or wrong"), "{page}");
+    assert!(
+        page.contains("security token is missing or wrong"),
+        "{page}"
+    );
     let mut wrong = mint.to_vec();
     wrong.push(("csrf", "0123456789abcdef"));
     let (status, _) = session.post("/console/api-keys", &wrong).await;
@@ -547,7 +672,10 @@ async fn console_post_without_the_csrf_token_is_refused() {
     let refused = session
         .client
         .post(format!("{base}/console/sign-in"))
-        .form(&[("api_key", admin_key.as_str()), ("api_secret", admin_secret.as_str())])
+        .form(&[
+            ("api_key", admin_key.as_str()),
+            ("api_secret", admin_secret.as_str()),
+        ])
         .send()
         .await
         .expect("post");
@@ -574,10 +702,17 @@ async fn console_non_admin_session_gets_403_on_admin_pages_with_no_data() {
     let admin_token = env.start_api_as_admin().await;
     let base = env.api().base.clone();
     env.api()
-        .add_account(&admin_token, env.smtp.port(), "secret-sender@example.com", 100, 0)
+        .add_account(
+            &admin_token,
+            env.smtp.port(),
+            "secret-sender@example.com",
+            100,
+            0,
+        )
         .await;
     let (_, admin_key_name, _) = key(&env.pool, "admin-only-key-name", ADMIN).await;
-    let task = platform::celery::TaskMessage::new("app.tasks.private", "private-task", vec![], Map::new());
+    let task =
+        platform::celery::TaskMessage::new("app.tasks.private", "private-task", vec![], Map::new());
     let body = task.body();
     let dead = dead_letters::insert(
         &env.pool,
@@ -598,9 +733,15 @@ async fn console_non_admin_session_gets_403_on_admin_pages_with_no_data() {
     let browser = Browser::start().await;
     browser.sign_in(&base, &user_key, &user_secret).await;
     let nav = browser.text("nav").await.unwrap_or_default();
-    assert!(!nav.contains("Accounts") && !nav.contains("API keys") && !nav.contains("Dead letters"), "{nav}");
+    assert!(
+        !nav.contains("Accounts") && !nav.contains("API keys") && !nav.contains("Dead letters"),
+        "{nav}"
+    );
     let overview = browser.source().await;
-    assert!(!overview.contains("secret-sender@example.com"), "no accounts on a non-admin overview");
+    assert!(
+        !overview.contains("secret-sender@example.com"),
+        "no accounts on a non-admin overview"
+    );
     assert!(!overview.contains("Workers online"));
     browser.goto(&format!("{base}/console/accounts")).await;
     browser.wait_h1("Not allowed").await;
@@ -608,7 +749,11 @@ async fn console_non_admin_session_gets_403_on_admin_pages_with_no_data() {
     browser.close().await;
 
     let (session, _) = HttpSession::sign_in(&base, &user_key, &user_secret, false).await;
-    for path in ["/console/accounts", "/console/api-keys", "/console/dead-letters"] {
+    for path in [
+        "/console/accounts",
+        "/console/api-keys",
+        "/console/dead-letters",
+    ] {
         let (status, page) = session.get(path).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
         for secret in [
@@ -620,15 +765,28 @@ async fn console_non_admin_session_gets_403_on_admin_pages_with_no_data() {
         ] {
             assert!(!page.contains(secret), "{path} shows {secret}");
         }
-        assert!(page.contains("insufficient_scope"), "{path}: the reason in words");
+        assert!(
+            page.contains("insufficient_scope"),
+            "{path}: the reason in words"
+        );
     }
     let csrf = session.csrf.clone();
     let (status, _) = session
-        .post(&format!("/console/dead-letters/{dead}/requeue"), &[("csrf", csrf.as_str())])
+        .post(
+            &format!("/console/dead-letters/{dead}/requeue"),
+            &[("csrf", csrf.as_str())],
+        )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let (status, _) = session
-        .post("/console/api-keys", &[("csrf", csrf.as_str()), ("name", "x"), ("scope_admin", "on")])
+        .post(
+            "/console/api-keys",
+            &[
+                ("csrf", csrf.as_str()),
+                ("name", "x"),
+                ("scope_admin", "on"),
+            ],
+        )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let requeued: Option<chrono::DateTime<chrono::Utc>> =
