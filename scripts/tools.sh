@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Installs the operations tools the deployment tests run for real (nginx,
+# Chromium and chromedriver for the console's browser tests,
 # promtool, shellcheck, docker-compose, and curl, redis-cli, pg_dump for the
 # operations scripts) and Dovecot (the bounce tests' IMAP server) from
 # Debian's packages when absent,
@@ -25,6 +26,9 @@ need openssl openssl
 need curl curl
 need redis-cli redis-tools
 need pg_dump postgresql-client
+# The console's browser tests: headless Chromium driven over WebDriver.
+need chromium chromium
+need chromedriver chromium-driver
 # The bounce tests' IMAP server: each test starts a Dovecot of its own.
 [ -x /usr/sbin/dovecot ] || missing+=(dovecot-imapd)
 if ! command -v docker-compose >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1; then
@@ -55,4 +59,4 @@ if ! port_open 15672 || ! port_open 15692; then
     sleep 0.5
   done
 fi
-log "nginx, promtool, shellcheck, docker-compose, dovecot and RabbitMQ plugins ready"
+log "nginx, promtool, shellcheck, docker-compose, dovecot, chromium and RabbitMQ plugins ready"

@@ -4,6 +4,7 @@ pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod client_addr;
+pub mod console;
 pub mod docs;
 pub mod error;
 pub mod extract;

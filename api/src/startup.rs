@@ -421,6 +421,7 @@ pub fn router(state: AppState) -> Router {
         app = app.route(path, handler);
     }
     app.merge(SwaggerUi::new("/docs").external_url_unchecked("/openapi.json", docs::document()))
+        .merge(crate::console::router(state.clone()))
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::middleware::from_fn(ratelimit::headers))

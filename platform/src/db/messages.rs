@@ -1048,3 +1048,37 @@ pub async fn insert_imported(
         .collect();
     insert_records(executor, &rows, TaskIdTaken::Keep).await
 }
+
+/// How many messages were accepted, sent, failed and bounced in each
+/// minute since `since` (the console's overview chart); `owner` limits it
+/// to one key's messages. Minutes without any are absent.
+pub async fn per_minute(
+    pool: &PgPool,
+    since: DateTime<Utc>,
+    owner: Option<Uuid>,
+) -> Result<Vec<(DateTime<Utc>, String, i64)>, sqlx::Error> {
+    // A message sent or failed in the window was accepted at most a day
+    // before it (retries and quota waits included): the creation index
+    // bounds the scan.
+    sqlx::query_as(
+        "WITH m AS (SELECT id, created_at, sent_at, failed_at FROM message_records
+                     WHERE created_at >= $1 - interval '1 day'
+                       AND ($2::uuid IS NULL OR api_key_id = $2))
+         SELECT minute, kind, count(*) FROM (
+             SELECT date_trunc('minute', created_at) AS minute, 'accepted' AS kind
+               FROM m WHERE created_at >= $1
+             UNION ALL
+             SELECT date_trunc('minute', sent_at), 'sent' FROM m WHERE sent_at >= $1
+             UNION ALL
+             SELECT date_trunc('minute', failed_at), 'failed' FROM m WHERE failed_at >= $1
+             UNION ALL
+             SELECT date_trunc('minute', b.created_at), 'bounced' FROM bounces b
+              WHERE b.created_at >= $1
+                AND ($2::uuid IS NULL OR b.message_id IN (SELECT id FROM m))
+         ) x GROUP BY 1, 2 ORDER BY 1",
+    )
+    .bind(since)
+    .bind(owner)
+    .fetch_all(pool)
+    .await
+}

@@ -6,6 +6,7 @@ pub mod attachments;
 pub mod audit_log;
 pub mod bounces;
 pub mod campaigns;
+pub mod console_sessions;
 pub mod dead_letters;
 pub mod dkim_keys;
 pub mod domain_throttles;

@@ -53,3 +53,19 @@ pub async fn prune(pool: &PgPool) -> Result<u64, sqlx::Error> {
         .await?;
     Ok(done.rows_affected())
 }
+
+/// A worker whose lease is current.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct LiveWorker {
+    pub worker_id: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The workers online now (their lease has not lapsed), by name.
+pub async fn live(pool: &PgPool) -> Result<Vec<LiveWorker>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT worker_id, expires_at FROM worker_leases WHERE expires_at > now() ORDER BY worker_id",
+    )
+    .fetch_all(pool)
+    .await
+}

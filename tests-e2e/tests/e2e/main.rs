@@ -16,6 +16,7 @@ mod celery_events;
 mod celery_messages;
 mod celery_worker_control;
 mod cluster;
+mod console;
 mod cutover;
 mod database_outage;
 mod dead_letters;

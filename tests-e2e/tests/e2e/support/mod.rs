@@ -3,6 +3,7 @@
 //! processes, and talks to the real PostgreSQL, RabbitMQ and Redis.
 
 pub mod api;
+pub mod browser;
 pub mod imap;
 pub mod proxy;
 
