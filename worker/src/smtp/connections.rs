@@ -372,7 +372,7 @@ impl TransportCache {
             }
             self.sweep(false).await;
             n += 1;
-            if n % 5 == 0 {
+            if n.is_multiple_of(5) {
                 self.renew().await;
             }
         }
