@@ -219,9 +219,10 @@ pub struct Delivery {
     pub created_at: DateTime<Utc>,
 }
 
+// A delivery in flight is next due when its lease ends.
 const DELIVERY: &str = "d.id, d.event_id, v.event_type, v.message_id, d.status, d.attempts, \
-    d.next_attempt_at, d.last_attempt_at, d.last_status, d.last_latency_ms, d.last_response, \
-    d.last_error, d.delivered_at, d.created_at";
+    GREATEST(d.next_attempt_at, d.leased_until) AS next_attempt_at, d.last_attempt_at, \
+    d.last_status, d.last_latency_ms, d.last_response, d.last_error, d.delivered_at, d.created_at";
 
 /// The endpoint's deliveries, newest first, after the keyset position `after`.
 pub async fn deliveries(
@@ -253,7 +254,7 @@ pub async fn redeliver(
 ) -> Result<Option<Delivery>, sqlx::Error> {
     sqlx::query_as(&format!(
         "UPDATE webhook_deliveries d SET status = 'pending', next_attempt_at = now(),
-            retry_from = now(), delivered_at = NULL
+            leased_until = NULL, retry_from = now(), delivered_at = NULL
            FROM webhook_events v
           WHERE v.id = d.event_id AND d.id = $2 AND d.endpoint_id = $1
          RETURNING {DELIVERY}"
@@ -365,13 +366,14 @@ pub async fn claim(
                   SELECT d.ctid FROM webhook_deliveries d
                    WHERE d.endpoint_id = s.id AND d.status = 'pending'
                      AND d.next_attempt_at <= now()
+                     AND (d.leased_until IS NULL OR d.leased_until <= now())
                    ORDER BY d.next_attempt_at
                    LIMIT GREATEST(s.free, 0)
                    FOR UPDATE SKIP LOCKED) c
               LIMIT $4
          ), claimed AS (
              UPDATE webhook_deliveries d
-                SET next_attempt_at = now() + make_interval(secs => $5),
+                SET leased_until = now() + make_interval(secs => $5),
                     attempts = d.attempts + 1, last_attempt_at = now()
               WHERE d.ctid = ANY (ARRAY(SELECT ctid FROM locked))
              RETURNING d.id, d.event_id, d.endpoint_id, d.attempts, d.retry_from
@@ -409,26 +411,42 @@ pub struct Attempt {
     pub error: Option<String>,
 }
 
-/// A 2xx: the delivery is done and the endpoint's failure streak ends.
+/// 2xx answers: the deliveries are done and their endpoints' failure
+/// streaks end. One statement for a whole burst (`delivered`: each claimed
+/// delivery's id with its attempt), so settling costs one round trip and
+/// one commit however many requests ended together.
 pub async fn record_delivered(
     pool: &PgPool,
-    delivery: &Claimed,
-    attempt: &Attempt,
+    delivered: &[(Uuid, Attempt)],
 ) -> Result<(), sqlx::Error> {
-    // One statement, so one round trip and no transaction around it.
+    if delivered.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = delivered.iter().map(|(id, _)| *id).collect();
+    let statuses: Vec<Option<i32>> = delivered.iter().map(|(_, a)| a.status).collect();
+    let latencies: Vec<i32> = delivered.iter().map(|(_, a)| a.latency_ms).collect();
+    let responses: Vec<Option<String>> =
+        delivered.iter().map(|(_, a)| a.response.clone()).collect();
+    // `d.id = ANY ($1)` gives the planner the primary key to look each
+    // row up by, whatever it guesses of the array's length.
     sqlx::query(
-        "WITH d AS (
-             UPDATE webhook_deliveries SET status = 'delivered', delivered_at = now(),
-                 last_status = $2, last_latency_ms = $3, last_response = $4, last_error = NULL
-              WHERE id = $1
-             RETURNING endpoint_id)
+        "WITH a AS (
+             SELECT * FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::text[])
+                 AS a(id, status, latency_ms, response)
+         ), d AS (
+             UPDATE webhook_deliveries d SET status = 'delivered', delivered_at = now(),
+                 leased_until = NULL, last_status = a.status, last_latency_ms = a.latency_ms,
+                 last_response = a.response, last_error = NULL
+               FROM a
+              WHERE d.id = ANY ($1) AND d.id = a.id
+             RETURNING d.endpoint_id)
          UPDATE webhook_endpoints e SET failing_since = NULL
-           FROM d WHERE e.id = d.endpoint_id AND e.failing_since IS NOT NULL",
+          WHERE e.id IN (SELECT endpoint_id FROM d) AND e.failing_since IS NOT NULL",
     )
-    .bind(delivery.id)
-    .bind(attempt.status)
-    .bind(attempt.latency_ms)
-    .bind(&attempt.response)
+    .bind(ids)
+    .bind(statuses)
+    .bind(latencies)
+    .bind(responses)
     .execute(pool)
     .await?;
     Ok(())
@@ -458,7 +476,7 @@ pub async fn record_failed(
         "UPDATE webhook_deliveries SET
             status = CASE WHEN retry_from + make_interval(secs => $6) <= now()
                           THEN 'failed' ELSE 'pending' END,
-            next_attempt_at = now() + make_interval(secs => $5),
+            next_attempt_at = now() + make_interval(secs => $5), leased_until = NULL,
             last_status = $2, last_latency_ms = $3, last_response = $4, last_error = $7
          WHERE id = $1 RETURNING status = 'failed'",
     )
@@ -496,12 +514,20 @@ pub async fn record_failed(
     })
 }
 
-/// How long the oldest due delivery of an active endpoint has waited.
+/// How long the oldest due delivery of an active endpoint has waited
+/// (leased ones are in flight, not waiting). Through the per-endpoint
+/// index, one short scan per endpoint.
 pub async fn oldest_due_age(pool: &PgPool) -> Result<f64, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(d.next_attempt_at))::float8, 0)
-           FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id AND e.is_active
-          WHERE d.status = 'pending' AND d.next_attempt_at <= now()",
+        "SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(x.due))::float8, 0)
+           FROM webhook_endpoints e
+          CROSS JOIN LATERAL (
+              SELECT d.next_attempt_at AS due FROM webhook_deliveries d
+               WHERE d.endpoint_id = e.id AND d.status = 'pending'
+                 AND d.next_attempt_at <= now()
+                 AND (d.leased_until IS NULL OR d.leased_until <= now())
+               ORDER BY d.next_attempt_at LIMIT 1) x
+          WHERE e.is_active",
     )
     .fetch_one(pool)
     .await

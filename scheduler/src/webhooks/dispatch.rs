@@ -13,11 +13,13 @@ use platform::webhooks::signature::{signature_header, SigningKey, SECRET_PURPOSE
 use rand::Rng;
 use reqwest_rustls as reqwest;
 use sqlx::PgPool;
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::client;
+use super::settle::{self, Delivered};
 
 /// How much of a response body is kept for the deliveries view.
 const SNIPPET: usize = 512;
@@ -63,6 +65,8 @@ impl Dispatcher {
         metrics::gauge!("webhook_delivery_backlog_age_seconds").set(0.0);
         metrics::counter!("webhook_deliveries_total", "outcome" => "delivered").absolute(0);
         metrics::counter!("webhook_deliveries_total", "outcome" => "failed").absolute(0);
+        let (settled, to_settle) = mpsc::unbounded_channel();
+        let settler = tokio::spawn(settle::run(self.pool.clone(), to_settle));
         let mut tasks = JoinSet::new();
         let mut gauge_at = Instant::now();
         loop {
@@ -74,7 +78,7 @@ impl Dispatcher {
                     Err(e) => tracing::warn!(error = %e, "webhook backlog age"),
                 }
             }
-            let claimed = self.claim_round(&mut tasks).await;
+            let claimed = self.claim_round(&mut tasks, &settled).await;
             if shutdown.is_cancelled() {
                 break;
             }
@@ -94,10 +98,19 @@ impl Dispatcher {
             }
         }
         // Requests in flight are abandoned; their leases bring them back.
+        // Those already answered are written before the dispatcher stops.
         tasks.shutdown().await;
+        drop(settled);
+        if let Err(e) = settler.await {
+            tracing::warn!(error = %e, "the webhook settler stopped abnormally");
+        }
     }
 
-    async fn claim_round(&self, tasks: &mut JoinSet<()>) -> usize {
+    async fn claim_round(
+        &self,
+        tasks: &mut JoinSet<()>,
+        settled: &mpsc::UnboundedSender<Delivered>,
+    ) -> usize {
         let busy: Vec<(Uuid, i64)> = self
             .lock_in_flight()
             .iter()
@@ -123,9 +136,10 @@ impl Dispatcher {
         for row in rows {
             *self.lock_in_flight().entry(row.endpoint_id).or_default() += 1;
             let this = self.clone();
+            let settled = settled.clone();
             tasks.spawn(async move {
                 let endpoint = row.endpoint_id;
-                this.deliver(row).await;
+                this.deliver(row, &settled).await;
                 let mut in_flight = this.lock_in_flight();
                 if let Some(n) = in_flight.get_mut(&endpoint) {
                     *n -= 1;
@@ -145,15 +159,15 @@ impl Dispatcher {
 
     #[tracing::instrument(level = "debug", skip_all,
         fields(delivery = %row.id, event = %row.event_id, endpoint = %row.endpoint_id, attempt = row.attempts))]
-    async fn deliver(&self, row: Claimed) {
+    async fn deliver(&self, row: Claimed, settled: &mpsc::UnboundedSender<Delivered>) {
         let outcome = self.attempt(&row).await;
-        let result = match &outcome {
+        let result = match outcome {
             Outcome::Delivered(attempt) => {
                 metrics::counter!("webhook_deliveries_total", "outcome" => "delivered")
                     .increment(1);
-                webhooks::record_delivered(&self.pool, &row, attempt)
-                    .await
-                    .map(|_| ())
+                // Only gone at shutdown, after every request was abandoned.
+                let _ = settled.send((row.id, attempt));
+                Ok(())
             }
             Outcome::Failed(attempt) => {
                 let retry_in = self.backoff(row.attempts);
@@ -161,7 +175,7 @@ impl Dispatcher {
                 match webhooks::record_failed(
                     &self.pool,
                     &row,
-                    attempt,
+                    &attempt,
                     retry_in,
                     self.settings.retry_window,
                 )
