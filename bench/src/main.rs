@@ -25,7 +25,9 @@
 //! A × C ÷ latency, and each phase's ratio to it.
 //!
 //! Every phase prints PostgreSQL's WAL bytes per email (the whole server's
-//! WAL: run it on a quiet machine).
+//! WAL: run it on a quiet machine); the run ends with the rows written per
+//! email (inserted, updated and how many of those were HOT, deleted), per
+//! table.
 //!
 //! With `--apis N`, N API processes share the clients' requests (the
 //! scale-out case: two APIs and two workers against one PostgreSQL and
@@ -49,6 +51,7 @@ use tokio::sync::Semaphore;
 
 mod cpu;
 mod receiver;
+mod writes;
 use cpu::CpuSnapshot;
 
 struct Options {
@@ -482,6 +485,8 @@ async fn main() -> anyhow::Result<()> {
         );
     }
 
+    let writes_before = writes::Writes::take(&pool).await?;
+
     // 1. Ingest with the workers stopped.
     let wal_before = wal_position(&pool).await?;
     let cpu_before = CpuSnapshot::take();
@@ -595,6 +600,11 @@ async fn main() -> anyhow::Result<()> {
     if let Some(scheduler) = &platform.scheduler {
         println!("scheduler peak RSS: {:.0} MB", peak_rss_mb(scheduler.id()));
     }
+    // Every connection reports its table statistics within 10 s.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    writes::Writes::take(&pool)
+        .await?
+        .report(&writes_before, 2 * o.messages);
 
     for w in &mut platform.workers {
         let _ = w.kill().await;

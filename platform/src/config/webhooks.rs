@@ -43,14 +43,6 @@ pub struct WebhookSettings {
     pub retry_window: Duration,
 }
 
-impl WebhookSettings {
-    /// A claimed delivery belongs to its dispatcher this long: the request
-    /// timeout and a margin, after which a dead dispatcher's rows come back.
-    pub fn lease(&self) -> Duration {
-        self.connect_timeout + self.timeout + Duration::from_secs(30)
-    }
-}
-
 pub(super) fn settings(vars: &Vars<'_>) -> Result<WebhookSettings, ConfigError> {
     Ok(WebhookSettings {
         allow_private: vars.parse_bool_or("WEBHOOK_ALLOW_PRIVATE", false)?,

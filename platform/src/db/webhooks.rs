@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgExecutor, PgPool};
+use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
 use crate::crypto::Sealed;
@@ -219,10 +219,8 @@ pub struct Delivery {
     pub created_at: DateTime<Utc>,
 }
 
-// A delivery in flight is next due when its lease ends.
 const DELIVERY: &str = "d.id, d.event_id, v.event_type, v.message_id, d.status, d.attempts, \
-    GREATEST(d.next_attempt_at, d.leased_until) AS next_attempt_at, d.last_attempt_at, \
-    d.last_status, d.last_latency_ms, d.last_response, d.last_error, d.delivered_at, d.created_at";
+    d.next_attempt_at, d.last_attempt_at, d.last_status, d.last_latency_ms, d.last_response, d.last_error, d.delivered_at, d.created_at";
 
 /// The endpoint's deliveries, newest first, after the keyset position `after`.
 pub async fn deliveries(
@@ -254,7 +252,7 @@ pub async fn redeliver(
 ) -> Result<Option<Delivery>, sqlx::Error> {
     sqlx::query_as(&format!(
         "UPDATE webhook_deliveries d SET status = 'pending', next_attempt_at = now(),
-            leased_until = NULL, retry_from = now(), delivered_at = NULL
+            retry_from = now(), delivered_at = NULL
            FROM webhook_events v
           WHERE v.id = d.event_id AND d.id = $2 AND d.endpoint_id = $1
          RETURNING {DELIVERY}"
@@ -299,6 +297,7 @@ pub struct Claimed {
     pub event_id: Uuid,
     pub event_type: String,
     pub endpoint_id: Uuid,
+    /// This attempt's number (1 for the first).
     pub attempts: i32,
     pub retry_from: DateTime<Utc>,
     /// The event body, exactly as signed and sent.
@@ -332,55 +331,72 @@ impl Claimed {
     }
 }
 
-/// Claims up to `limit` due deliveries of active endpoints, oldest due
-/// first within each endpoint, and for each endpoint at most `per_endpoint`
-/// minus what this dispatcher already has in flight to it (`busy`: endpoint
-/// ids with their counts). Each endpoint's rows come from the index on
-/// (endpoint, due time), so a claim costs the same with a backlog of
-/// millions. A claim moves the delivery's due time forward by `lease`:
-/// rows of a dispatcher that dies come back then. Rows another dispatcher
-/// holds are skipped.
+/// The advisory lock class of deliveries in flight (the second key is the
+/// delivery id's hash): session locks held by a dispatcher's own connection
+/// while it sends them, so claiming writes nothing, and a dispatcher that
+/// dies (its connection closes) lets go of its deliveries at once. Two
+/// deliveries whose ids hash alike only take turns.
+const IN_FLIGHT_LOCK: i32 = 0x7768_6b31; // "whk1"
+
+/// Locks up to `limit` due deliveries of active endpoints, oldest due first
+/// within each endpoint, and for each endpoint at most `per_endpoint` minus
+/// what this dispatcher already has in flight to it (`busy`: endpoint ids
+/// with their counts). `held`: the deliveries this connection already
+/// locks (a session lock is re-entrant, so they must not be offered again).
+/// Rows another dispatcher holds are skipped. Each endpoint's rows come
+/// from the index on (endpoint, due time), so a claim costs the same with
+/// a backlog of millions. Returns the ids locked; [`locked`] then reads
+/// them afresh.
 #[tracing::instrument(level = "debug", skip_all)]
-pub async fn claim(
-    pool: &PgPool,
+pub async fn lock_due(
+    conn: &mut PgConnection,
     busy: &[(Uuid, i64)],
+    held: &[Uuid],
     per_endpoint: i64,
     limit: i64,
-    lease: Duration,
-) -> Result<Vec<Claimed>, sqlx::Error> {
+) -> Result<Vec<Uuid>, sqlx::Error> {
     let (busy_ids, busy_counts): (Vec<Uuid>, Vec<i64>) = busy.iter().copied().unzip();
-    // Every lookup below is by primary key or ctid, never a join the
-    // planner could turn into a scan: these tables grow by thousands of
-    // rows a second, faster than statistics follow, and a plan made for
-    // the small tables they were is a full scan per claim for the large
-    // ones they become.
-    sqlx::query_as(
+    // Every lookup below is by index, never a join the planner could turn
+    // into a scan: these tables grow by thousands of rows a second, faster
+    // than statistics follow. The candidates are MATERIALIZED before any
+    // lock is tried, so no row is locked that is not returned.
+    sqlx::query_scalar(
         "WITH slots AS (
              SELECT e.id, $3 - COALESCE(b.n, 0) AS free
                FROM webhook_endpoints e
                LEFT JOIN UNNEST($1::uuid[], $2::bigint[]) AS b(id, n) ON b.id = e.id
               WHERE e.is_active
-         ), locked AS (
-             SELECT c.ctid FROM slots s
+         ), candidates AS MATERIALIZED (
+             SELECT c.id FROM slots s
               CROSS JOIN LATERAL (
-                  SELECT d.ctid FROM webhook_deliveries d
+                  SELECT d.id FROM webhook_deliveries d
                    WHERE d.endpoint_id = s.id AND d.status = 'pending'
-                     AND d.next_attempt_at <= now()
-                     AND (d.leased_until IS NULL OR d.leased_until <= now())
+                     AND d.next_attempt_at <= now() AND d.id <> ALL ($6::uuid[])
                    ORDER BY d.next_attempt_at
-                   LIMIT GREATEST(s.free, 0)
-                   FOR UPDATE SKIP LOCKED) c
+                   LIMIT GREATEST(s.free, 0)) c
               LIMIT $4
-         ), claimed AS (
-             UPDATE webhook_deliveries d
-                SET leased_until = now() + make_interval(secs => $5),
-                    attempts = d.attempts + 1, last_attempt_at = now()
-              WHERE d.ctid = ANY (ARRAY(SELECT ctid FROM locked))
-             RETURNING d.id, d.event_id, d.endpoint_id, d.attempts, d.retry_from
          )
-         SELECT c.id, c.event_id, c.endpoint_id, c.attempts, c.retry_from,
-                (SELECT v.event_type FROM webhook_events v WHERE v.id = c.event_id) AS event_type,
-                (SELECT v.payload::text FROM webhook_events v WHERE v.id = c.event_id) AS body,
+         SELECT id FROM candidates WHERE pg_try_advisory_lock($5, hashtext(id::text))",
+    )
+    .bind(busy_ids)
+    .bind(busy_counts)
+    .bind(per_endpoint)
+    .bind(limit)
+    .bind(IN_FLIGHT_LOCK)
+    .bind(held)
+    .fetch_all(conn)
+    .await
+}
+
+/// The locked deliveries that are still due, with what sending needs. A
+/// fresh statement, so it sees what committed before the locks were
+/// taken: a delivery another dispatcher settled and let go of a moment
+/// ago is no longer pending, and is not sent twice.
+pub async fn locked(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<Claimed>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT d.id, d.event_id, d.endpoint_id, d.attempts + 1 AS attempts, d.retry_from,
+                (SELECT v.event_type FROM webhook_events v WHERE v.id = d.event_id) AS event_type,
+                (SELECT v.payload::text FROM webhook_events v WHERE v.id = d.event_id) AS body,
                 e.url, e.secret_ciphertext, e.secret_nonce, e.secret_key_id,
                 CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret_ciphertext END
                     AS previous_secret_ciphertext,
@@ -388,15 +404,27 @@ pub async fn claim(
                     AS previous_secret_nonce,
                 CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret_key_id END
                     AS previous_secret_key_id
-           FROM claimed c JOIN webhook_endpoints e ON e.id = c.endpoint_id",
+           FROM webhook_deliveries d
+           JOIN webhook_endpoints e ON e.id = d.endpoint_id AND e.is_active
+          WHERE d.id = ANY ($1) AND d.status = 'pending' AND d.next_attempt_at <= now()",
     )
-    .bind(busy_ids)
-    .bind(busy_counts)
-    .bind(per_endpoint)
-    .bind(limit)
-    .bind(lease.as_secs_f64())
-    .fetch_all(pool)
+    .bind(ids)
+    .fetch_all(conn)
     .await
+}
+
+/// Lets go of deliveries this connection locked: once their outcome is
+/// committed, or when [`locked`] found them no longer due.
+pub async fn unlock(conn: &mut PgConnection, ids: &[Uuid]) -> Result<(), sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("SELECT pg_advisory_unlock($2, hashtext(id::text)) FROM UNNEST($1::uuid[]) id")
+        .bind(ids)
+        .bind(IN_FLIGHT_LOCK)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// What one attempt got back.
@@ -435,7 +463,7 @@ pub async fn record_delivered(
                  AS a(id, status, latency_ms, response)
          ), d AS (
              UPDATE webhook_deliveries d SET status = 'delivered', delivered_at = now(),
-                 leased_until = NULL, last_status = a.status, last_latency_ms = a.latency_ms,
+                 attempts = d.attempts + 1, last_attempt_at = now(), last_status = a.status, last_latency_ms = a.latency_ms,
                  last_response = a.response, last_error = NULL
                FROM a
               WHERE d.id = ANY ($1) AND d.id = a.id
@@ -476,8 +504,8 @@ pub async fn record_failed(
         "UPDATE webhook_deliveries SET
             status = CASE WHEN retry_from + make_interval(secs => $6) <= now()
                           THEN 'failed' ELSE 'pending' END,
-            next_attempt_at = now() + make_interval(secs => $5), leased_until = NULL,
-            last_status = $2, last_latency_ms = $3, last_response = $4, last_error = $7
+            next_attempt_at = now() + make_interval(secs => $5),
+            attempts = attempts + 1, last_attempt_at = now(), last_status = $2, last_latency_ms = $3, last_response = $4, last_error = $7
          WHERE id = $1 RETURNING status = 'failed'",
     )
     .bind(delivery.id)
@@ -514,9 +542,9 @@ pub async fn record_failed(
     })
 }
 
-/// How long the oldest due delivery of an active endpoint has waited
-/// (leased ones are in flight, not waiting). Through the per-endpoint
-/// index, one short scan per endpoint.
+/// How long the oldest due delivery of an active endpoint has waited (one
+/// in flight counts as waiting, for at most the request timeout). Through
+/// the per-endpoint index, one short scan per endpoint.
 pub async fn oldest_due_age(pool: &PgPool) -> Result<f64, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(x.due))::float8, 0)
@@ -525,7 +553,6 @@ pub async fn oldest_due_age(pool: &PgPool) -> Result<f64, sqlx::Error> {
               SELECT d.next_attempt_at AS due FROM webhook_deliveries d
                WHERE d.endpoint_id = e.id AND d.status = 'pending'
                  AND d.next_attempt_at <= now()
-                 AND (d.leased_until IS NULL OR d.leased_until <= now())
                ORDER BY d.next_attempt_at LIMIT 1) x
           WHERE e.is_active",
     )

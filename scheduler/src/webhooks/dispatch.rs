@@ -1,7 +1,13 @@
 //! Claims due deliveries and sends each on its own task, settling it in
 //! the database when the endpoint answers (or does not).
+//!
+//! A claim is a session advisory lock per delivery, held on the
+//! dispatcher's own connection from the claim until the outcome is
+//! committed: it writes nothing, and if the dispatcher dies its connection
+//! closes and the deliveries are at once free for another instance (sent
+//! again with the same `webhook-id`, which receivers deduplicate).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,7 +18,7 @@ use platform::webhooks::address::host_is_private;
 use platform::webhooks::signature::{signature_header, SigningKey, SECRET_PURPOSE};
 use rand::Rng;
 use reqwest_rustls as reqwest;
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +43,20 @@ pub struct Dispatcher {
     /// Requests in flight per endpoint: an endpoint is claimed for only up
     /// to `endpoint_concurrency` in flight, so a slow one holds no more.
     in_flight: Arc<Mutex<HashMap<Uuid, usize>>>,
+    /// Deliveries whose outcome is committed (or could not be): their
+    /// locks are let go of before the next claim.
+    done: Done,
+}
+
+/// Deliveries to unlock, filled by the requests' tasks and the settler.
+pub type Done = Arc<Mutex<Vec<Uuid>>>;
+
+/// The claiming connection and what it holds.
+#[derive(Default)]
+struct Claims {
+    conn: Option<PgConnection>,
+    /// Deliveries locked by `conn`, in flight or waiting to be unlocked.
+    held: HashSet<Uuid>,
 }
 
 /// What one attempt came to.
@@ -58,6 +78,7 @@ impl Dispatcher {
             settings,
             client,
             in_flight: Arc::default(),
+            done: Arc::default(),
         })
     }
 
@@ -66,7 +87,8 @@ impl Dispatcher {
         metrics::counter!("webhook_deliveries_total", "outcome" => "delivered").absolute(0);
         metrics::counter!("webhook_deliveries_total", "outcome" => "failed").absolute(0);
         let (settled, to_settle) = mpsc::unbounded_channel();
-        let settler = tokio::spawn(settle::run(self.pool.clone(), to_settle));
+        let settler = tokio::spawn(settle::run(self.pool.clone(), to_settle, self.done.clone()));
+        let mut claims = Claims::default();
         let mut tasks = JoinSet::new();
         let mut gauge_at = Instant::now();
         loop {
@@ -78,7 +100,7 @@ impl Dispatcher {
                     Err(e) => tracing::warn!(error = %e, "webhook backlog age"),
                 }
             }
-            let claimed = self.claim_round(&mut tasks, &settled).await;
+            let claimed = self.claim_round(&mut claims, &mut tasks, &settled).await;
             if shutdown.is_cancelled() {
                 break;
             }
@@ -97,50 +119,99 @@ impl Dispatcher {
                 }
             }
         }
-        // Requests in flight are abandoned; their leases bring them back.
-        // Those already answered are written before the dispatcher stops.
+        // Requests in flight are abandoned, those already answered written;
+        // closing the connection then lets go of every delivery.
         tasks.shutdown().await;
         drop(settled);
         if let Err(e) = settler.await {
             tracing::warn!(error = %e, "the webhook settler stopped abnormally");
         }
+        if let Some(conn) = claims.conn {
+            let _ = conn.close().await;
+        }
     }
 
     async fn claim_round(
         &self,
+        claims: &mut Claims,
         tasks: &mut JoinSet<()>,
         settled: &mpsc::UnboundedSender<Delivered>,
     ) -> usize {
-        let busy: Vec<(Uuid, i64)> = self
-            .lock_in_flight()
+        match self.claim(claims).await {
+            Ok(rows) => self.start(rows, tasks, settled),
+            Err(e) => {
+                // The connection may be gone, and with it every lock: start
+                // afresh. Requests in flight stay in `held` until they end,
+                // so they are not claimed again here meanwhile.
+                tracing::warn!(error = %e, "claiming webhook deliveries");
+                metrics::counter!("scheduler_errors_total", "job" => "webhooks").increment(1);
+                claims.conn = None;
+                0
+            }
+        }
+    }
+
+    /// Lets go of the deliveries that are done, then locks and reads the
+    /// due ones this dispatcher has room for.
+    async fn claim(&self, claims: &mut Claims) -> Result<Vec<Claimed>, sqlx::Error> {
+        let done: Vec<Uuid> = std::mem::take(&mut *lock(&self.done));
+        let conn = match claims.conn.as_mut() {
+            Some(conn) => {
+                webhooks::unlock(conn, &done).await?;
+                conn
+            }
+            // A new connection holds none of the old locks.
+            None => claims.conn.insert(self.pool.acquire().await?.detach()),
+        };
+        for id in &done {
+            claims.held.remove(id);
+        }
+        let busy: Vec<(Uuid, i64)> = lock(&self.in_flight)
             .iter()
             .map(|(id, n)| (*id, *n as i64))
             .collect();
-        let rows = match webhooks::claim(
-            &self.pool,
+        let held: Vec<Uuid> = claims.held.iter().copied().collect();
+        let locked = webhooks::lock_due(
+            conn,
             &busy,
+            &held,
             self.settings.endpoint_concurrency,
             self.settings.batch,
-            self.settings.lease(),
         )
-        .await
-        {
-            Ok(rows) => rows,
-            Err(e) => {
-                tracing::warn!(error = %e, "claiming webhook deliveries");
-                metrics::counter!("scheduler_errors_total", "job" => "webhooks").increment(1);
-                return 0;
-            }
-        };
+        .await?;
+        claims.held.extend(&locked);
+        if locked.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = webhooks::locked(conn, &locked).await?;
+        // Settled by another dispatcher since this claim's snapshot.
+        let gone: Vec<Uuid> = locked
+            .into_iter()
+            .filter(|id| !rows.iter().any(|r| r.id == *id))
+            .collect();
+        webhooks::unlock(conn, &gone).await?;
+        for id in &gone {
+            claims.held.remove(id);
+        }
+        Ok(rows)
+    }
+
+    /// Sends each claimed delivery on its own task.
+    fn start(
+        &self,
+        rows: Vec<Claimed>,
+        tasks: &mut JoinSet<()>,
+        settled: &mpsc::UnboundedSender<Delivered>,
+    ) -> usize {
         let count = rows.len();
         for row in rows {
-            *self.lock_in_flight().entry(row.endpoint_id).or_default() += 1;
+            *lock(&self.in_flight).entry(row.endpoint_id).or_default() += 1;
             let this = self.clone();
             let settled = settled.clone();
             tasks.spawn(async move {
                 let endpoint = row.endpoint_id;
                 this.deliver(row, &settled).await;
-                let mut in_flight = this.lock_in_flight();
+                let mut in_flight = lock(&this.in_flight);
                 if let Some(n) = in_flight.get_mut(&endpoint) {
                     *n -= 1;
                     if *n == 0 {
@@ -152,15 +223,12 @@ impl Dispatcher {
         count
     }
 
-    fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, usize>> {
-        // A panic while holding it leaves a consistent map: keep using it.
-        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     #[tracing::instrument(level = "debug", skip_all,
         fields(delivery = %row.id, event = %row.event_id, endpoint = %row.endpoint_id, attempt = row.attempts))]
     async fn deliver(&self, row: Claimed, settled: &mpsc::UnboundedSender<Delivered>) {
         let outcome = self.attempt(&row).await;
+        // A delivered one is unlocked by the settler, once written.
+        let delivered = matches!(outcome, Outcome::Delivered(_));
         let result = match outcome {
             Outcome::Delivered(attempt) => {
                 metrics::counter!("webhook_deliveries_total", "outcome" => "delivered")
@@ -201,9 +269,12 @@ impl Dispatcher {
             }
         };
         if let Err(e) = result {
-            // The lease brings the delivery back: at worst it is sent again,
-            // with the same webhook-id.
+            // Still pending and due: once unlocked it is sent again, with
+            // the same webhook-id.
             tracing::warn!(error = %e, "settling a webhook delivery");
+        }
+        if !delivered {
+            lock(&self.done).push(row.id);
         }
     }
 
@@ -302,6 +373,11 @@ impl Dispatcher {
             })
             .collect()
     }
+}
+
+/// A panic while holding one of these leaves consistent data: keep using it.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn elapsed_ms(started: Instant) -> i32 {

@@ -1,9 +1,9 @@
 //! Records delivered webhook deliveries in bursts. Requests end together
 //! (a claim starts up to a batch of them at once), so one statement per
 //! burst replaces a statement and a commit per delivery. Until its burst
-//! is written, a delivery stays leased: if the write never happens (the
-//! database is away, the process is killed), the lease ends and the event
-//! is sent again with the same `webhook-id`, which receivers deduplicate.
+//! is written, a delivery stays locked by its dispatcher: if the write
+//! never happens (the database is away), it is unlocked still pending and
+//! sent again with the same `webhook-id`, which receivers deduplicate.
 
 use std::time::Duration;
 
@@ -12,9 +12,11 @@ use sqlx::PgPool;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use super::dispatch::Done;
+
 /// Most deliveries written by one statement.
 const BURST: usize = 500;
-/// Tries for one burst before it is left to its leases.
+/// Tries for one burst before it is left pending, to be sent again.
 const TRIES: u32 = 3;
 const RETRY_AFTER: Duration = Duration::from_millis(200);
 
@@ -22,10 +24,14 @@ pub type Delivered = (Uuid, Attempt);
 
 /// Writes what arrives on `rx` until every sender is gone and the channel
 /// is empty, so a clean shutdown loses nothing already delivered.
-pub async fn run(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Delivered>) {
+/// Each burst, written or not, goes to `done` to be unlocked.
+pub async fn run(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Delivered>, done: Done) {
     let mut burst = Vec::with_capacity(BURST);
     while rx.recv_many(&mut burst, BURST).await > 0 {
         write(&pool, &burst).await;
+        done.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(burst.iter().map(|(id, _)| *id));
         burst.clear();
     }
 }
@@ -44,7 +50,7 @@ async fn write(pool: &PgPool, burst: &[Delivered]) {
             Err(e) => {
                 metrics::counter!("scheduler_errors_total", "job" => "webhooks").increment(1);
                 tracing::warn!(error = %e, deliveries = burst.len(),
-                    "settling webhook deliveries failed; their leases will send them again");
+                    "settling webhook deliveries failed; they will be sent again");
             }
         }
     }

@@ -771,12 +771,19 @@ async fn a_dispatcher_killed_mid_flight_loses_no_event() {
             .unwrap();
     assert!(pending > 0, "the kill came after every delivery was done");
 
-    // A new dispatcher delivers the rest, and the ones in flight once
-    // their lease runs out.
+    // A new dispatcher delivers the rest, the ones in flight at the kill
+    // included: the killed one's locks went with its connection, so they
+    // are due at once (no lease to wait out).
+    let restarted = std::time::Instant::now();
     env.start_scheduler();
     for m in &messages {
         receiver.wait_events(*m, &types).await;
     }
+    let caught_up = restarted.elapsed();
+    assert!(
+        caught_up < Duration::from_secs(20),
+        "the rest took {caught_up:?} after the restart"
+    );
     eventually("no delivery pending", Duration::from_secs(90), || async {
         let left: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM webhook_deliveries WHERE status <> 'delivered'",
@@ -799,6 +806,46 @@ async fn a_dispatcher_killed_mid_flight_loses_no_event() {
     }
     let repeats: usize = accepted.values().map(|h| h.len() - 1).sum();
     eprintln!("{pending} deliveries pending at the kill; {repeats} repeated after it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_dispatchers_share_the_deliveries_and_send_each_event_once() {
+    let receiver = Receiver::start().await;
+    let (mut env, token) = webhook_env(&[("WEBHOOK_ENDPOINT_CONCURRENCY", "4")]).await;
+    env.start_scheduler();
+    let types = ["email.accepted", "email.sent"];
+    let (id, secret) = register(&env, &token, &receiver.url(), &types).await;
+    // Slow answers keep both dispatchers claiming while the other holds
+    // deliveries in flight.
+    receiver
+        .control(json!({"secrets": [secret], "delay_ms": 50}))
+        .await;
+    let mut messages = Vec::new();
+    for i in 0..40 {
+        messages.push(
+            env.api()
+                .send_simple(&token, &format!("two{i}@example.com"))
+                .await,
+        );
+    }
+    for m in &messages {
+        receiver.wait_events(*m, &types).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let accepted = receiver.accepted().await;
+    assert_eq!(accepted.len(), 80, "one id per event");
+    let repeats: Vec<_> = accepted.iter().filter(|(_, h)| h.len() > 1).collect();
+    assert!(repeats.is_empty(), "sent twice: {repeats:?}");
+    // Each delivery counts the one attempt made.
+    let once: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM webhook_deliveries WHERE endpoint_id = $1::uuid
+            AND status = 'delivered' AND attempts = 1",
+    )
+    .bind(&id)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(once, 80);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
