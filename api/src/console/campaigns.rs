@@ -335,7 +335,7 @@ pub async fn show(
             Ok(axum::Json(data)) => data.data,
             Err(e) => return error_page(Some(&session), Nav::Campaigns, TITLE, e),
         };
-    let runs = match runs_fragment(&state, admin, id).await {
+    let runs = match runs_fragment(&state, admin.clone(), id).await {
         Ok(markup) => markup,
         Err(e) => return error_page(Some(&session), Nav::Campaigns, TITLE, e),
     };
@@ -344,6 +344,7 @@ pub async fn show(
         Some("run") => Some("Run started: the scheduler is sending it to the lists."),
         _ => None,
     });
+    let (template, lists) = audience(&state, &admin, &campaign).await;
     let upcoming = next_runs(
         &campaign.cron,
         &campaign.time_zone,
@@ -355,6 +356,13 @@ pub async fn show(
         p { a href="/console/campaigns" { "← All campaigns" } }
         (top)
         dl.facts {
+            dt { "Template" } dd { a href={"/console/templates/" (campaign.template_id)} { (template) } }
+            dt { "Lists" } dd {
+                @for (i, (list_id, name)) in lists.iter().enumerate() {
+                    @if i > 0 { ", " }
+                    a href={"/console/lists/" (list_id)} { (name) }
+                }
+            }
             dt { "Schedule" } dd { code { (campaign.cron) } " in " (campaign.time_zone) }
             dt { "State" } dd { @if campaign.is_active { "active" } @else { "inactive: it runs only when run by hand" } }
             @if let Some(at) = campaign.starts_at { dt { "Starts" } dd { (when(&at)) } }
@@ -385,6 +393,30 @@ pub async fn show(
             body,
         ),
     )
+}
+
+/// The names of a campaign's template and lists (their ids when one cannot
+/// be read: the page still shows the rest).
+async fn audience(
+    state: &AppState,
+    admin: &Admin,
+    campaign: &CampaignView,
+) -> (String, Vec<(Uuid, String)>) {
+    let template = templates::get(
+        State(state.clone()),
+        admin.0.clone(),
+        PathParam(campaign.template_id),
+    )
+    .await
+    .map_or_else(|_| campaign.template_id.to_string(), |t| t.0.data.name);
+    let mut names = Vec::with_capacity(campaign.list_ids.len());
+    for id in &campaign.list_ids {
+        let name = lists::get(State(state.clone()), admin.clone(), PathParam(*id))
+            .await
+            .map_or_else(|_| id.to_string(), |l| l.0.data.name);
+        names.push((*id, name));
+    }
+    (template, names)
 }
 
 /// `POST /api/v1/campaigns/{id}/run`.

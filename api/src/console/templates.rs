@@ -196,12 +196,12 @@ fn editor(
                 hx-target="#preview" hx-sync="this:replace" {
                 (session.csrf_field())
                 p { label for="name" { "Name" } input #name name="name" type="text" required maxlength="128" value=(form.name) aria-invalid=[invalid(error, "name")] aria-describedby="name-help"; }
-                p.hint #name-help { "Letters, digits, " code { "_ - ." } "; sends name the template by it." }
+                p.hint #name-help { "Letters, digits, " code { "_ - ." } "; a send names the template by it." }
                 p { label for="subject" { "Subject" } input #subject name="subject" type="text" required value=(form.subject) aria-invalid=[invalid(error, "subject")]; }
-                p { label for="html_body" { "HTML body (HTML-escaped values)" } textarea #html_body name="html_body" rows="10" required aria-invalid=[invalid(error, "html_body")] { (form.html_body) } }
-                p { label for="text_body" { "Text body (optional)" } textarea #text_body name="text_body" rows="5" aria-invalid=[invalid(error, "text_body")] { (form.text_body) } }
+                p { label for="html_body" { "HTML body (HTML-escaped values)" } textarea #html_body name="html_body" rows="6" required aria-invalid=[invalid(error, "html_body")] { (form.html_body) } }
+                p { label for="text_body" { "Text body (optional)" } textarea #text_body name="text_body" rows="3" aria-invalid=[invalid(error, "text_body")] { (form.text_body) } }
                 p { label for="variables" { "Variables (names, separated by commas)" } input #variables name="variables" type="text" value=(form.variables) aria-invalid=[invalid(error, "variables")]; }
-                p { label for="sample" { "Sample variables for the preview (JSON)" } textarea #sample name="sample" rows="3" aria-describedby="sample-help" { (form.sample) } }
+                p { label for="sample" { "Sample variables for the preview (JSON)" } textarea #sample name="sample" rows="2" aria-describedby="sample-help" { (form.sample) } }
                 p.hint #sample-help { "Not saved: only for the preview, e.g. " code { "{\"name\": \"Ann\"}" } "." }
                 p { button type="submit" { @if id.is_some() { "Save template" } @else { "Create template" } } }
             }

@@ -734,9 +734,14 @@ async fn console_non_admin_session_gets_403_on_admin_pages_with_no_data() {
     browser.sign_in(&base, &user_key, &user_secret).await;
     let nav = browser.text("nav").await.unwrap_or_default();
     assert!(
-        !nav.contains("Accounts") && !nav.contains("API keys") && !nav.contains("Dead letters"),
+        !nav.contains("Accounts")
+            && !nav.contains("API keys")
+            && !nav.contains("Dead letters")
+            && !nav.contains("Lists")
+            && !nav.contains("Campaigns"),
         "{nav}"
     );
+    assert!(nav.contains("Templates"), "{nav}");
     let overview = browser.source().await;
     assert!(
         !overview.contains("secret-sender@example.com"),
@@ -753,6 +758,8 @@ async fn console_non_admin_session_gets_403_on_admin_pages_with_no_data() {
         "/console/accounts",
         "/console/api-keys",
         "/console/dead-letters",
+        "/console/lists",
+        "/console/campaigns",
     ] {
         let (status, page) = session.get(path).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
@@ -854,6 +861,17 @@ async fn an_operator_imports_a_list_from_csv_runs_a_campaign_and_watches_it_reac
         frame.attr("sandbox").await.expect("attr"),
         Some(String::new())
     );
+    frame.enter_frame().await.expect("enter the preview");
+    assert_eq!(
+        browser.text("h1").await.as_deref(),
+        Some("Hi Ann"),
+        "the HTML rendered in the frame"
+    );
+    browser
+        .client
+        .enter_parent_frame()
+        .await
+        .expect("leave the preview");
     // A template error, in words with its field.
     browser.fill("sample", r#"{"nom": "Ann"}"#).await;
     let error = eventually("the preview's error", Duration::from_secs(10), || {
@@ -868,6 +886,11 @@ async fn an_operator_imports_a_list_from_csv_runs_a_campaign_and_watches_it_reac
         async move { browser.text("#preview-subject").await }
     })
     .await;
+    browser
+        .client
+        .execute("window.scrollTo(0, 0)", vec![])
+        .await
+        .expect("scroll to the top");
     browser.screenshot("template").await;
     browser.click("#template-form button[type=submit]").await;
     browser.wait_h1("Templates").await;
@@ -956,6 +979,11 @@ async fn an_operator_imports_a_list_from_csv_runs_a_campaign_and_watches_it_reac
     browser.wait_h1("Campaign weekly digest").await;
     let upcoming = browser.text("#next-runs").await.expect("next runs");
     assert_eq!(upcoming.lines().count(), 3, "{upcoming}");
+    let facts = browser.text("dl.facts").await.unwrap_or_default();
+    assert!(
+        facts.contains("welcome") && facts.contains("newsletter"),
+        "{facts}"
+    );
 
     // Run now: the progress bar follows delivery to 100% by itself.
     browser.click("#run-now button").await;
@@ -1005,4 +1033,24 @@ async fn an_operator_imports_a_list_from_csv_runs_a_campaign_and_watches_it_reac
         .await
         .expect("count");
     assert_eq!(members, 0, "nothing was imported");
+
+    // Size limits, in words: the import's own (512 KiB of CSV), and the
+    // console's form limit (2 MiB) before anything is read into a handler.
+    let import = format!("/console/lists/{list_id}/import");
+    let csrf = session.csrf.clone();
+    let big = format!("email\n{}", "a".repeat(600 * 1024));
+    let (status, page) = session
+        .post(&import, &[("csrf", csrf.as_str()), ("csv", big.as_str())])
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        page.contains("larger than 524288 bytes") && page.contains("import_too_large"),
+        "{page}"
+    );
+    let huge = "a".repeat(3 * 1024 * 1024);
+    let (status, page) = session
+        .post(&import, &[("csrf", csrf.as_str()), ("csv", huge.as_str())])
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(page.contains("larger than 2 MiB"), "{page}");
 }
