@@ -900,6 +900,33 @@ async fn an_operator_imports_a_list_from_csv_runs_a_campaign_and_watches_it_reac
         .expect("the template listed");
     assert!(row.contains("Hello {{ name }}"), "{row}");
     browser.screenshot("templates").await;
+    // Its editor: previewed as saved (sample values empty), then changed.
+    browser.click(r#"tr[data-template="welcome"] a"#).await;
+    browser.wait_h1("Template welcome").await;
+    assert_eq!(
+        browser.text("#preview-subject").await.as_deref(),
+        Some("Hello")
+    );
+    browser.fill("subject", "Hello {{ name }}!").await;
+    browser.click("#template-form button[type=submit]").await;
+    let saved = eventually("the save", Duration::from_secs(10), || {
+        let browser = &browser;
+        async move { browser.text(".notice").await }
+    })
+    .await;
+    assert_eq!(saved, "Template saved.");
+    assert_eq!(
+        browser
+            .client
+            .find(fantoccini::Locator::Id("subject"))
+            .await
+            .expect("subject")
+            .prop("value")
+            .await
+            .expect("value")
+            .as_deref(),
+        Some("Hello {{ name }}!")
+    );
 
     // A list, imported from CSV: 20 good rows and 2 bad ones (lines 6 and 15).
     browser.goto(&format!("{base}/console/lists")).await;
