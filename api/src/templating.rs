@@ -58,3 +58,25 @@ pub async fn render(
     })
     .await
 }
+
+/// Renders sources that are not saved yet, with `variables`: the checks of
+/// a save (syntax, only declared variables, limits), then the render of a
+/// send and `POST .../render`. The console's live preview.
+pub async fn preview(
+    subject: String,
+    html: String,
+    text: Option<String>,
+    declared: Vec<String>,
+    variables: Map<String, Value>,
+) -> Result<Rendered, ApiError> {
+    off_runtime(move || {
+        let sources = Sources {
+            subject: &subject,
+            html: &html,
+            text: text.as_deref(),
+        };
+        platform::templating::check(&sources, &declared)?;
+        platform::templating::render(&sources, &declared, &variables)
+    })
+    .await
+}

@@ -68,6 +68,29 @@ impl CronSchedule {
     }
 }
 
+impl CronSchedule {
+    /// Up to `n` run times after `after` within `start`..`end`, in the
+    /// schedule's own zone: what an operator reads as "the next runs".
+    pub fn upcoming(
+        &self,
+        after: DateTime<Utc>,
+        start: Option<DateTime<Utc>>,
+        end: Option<DateTime<Utc>>,
+        n: usize,
+    ) -> Vec<DateTime<Tz>> {
+        let mut times = Vec::with_capacity(n);
+        let mut from = after;
+        while times.len() < n {
+            let Some(next) = self.next_within(from, start, end) else {
+                break;
+            };
+            times.push(next.with_timezone(&self.tz));
+            from = next;
+        }
+        times
+    }
+}
+
 pub fn parse_time_zone(name: &str) -> Result<Tz, ScheduleError> {
     Tz::from_str(name.trim()).map_err(|_| ScheduleError::TimeZone(name.to_string()))
 }
@@ -124,6 +147,27 @@ mod tests {
             CronSchedule::parse("0 * * * *", "Mars/Olympus"),
             Err(ScheduleError::TimeZone(_))
         ));
+    }
+
+    #[test]
+    fn upcoming_runs_are_local_times_and_stop_at_the_end() {
+        let s = CronSchedule::parse("0 9 * * MON", "Europe/Paris").unwrap();
+        let runs = s.upcoming(utc("2026-03-20T00:00:00Z"), None, None, 3);
+        let shown: Vec<String> = runs.iter().map(|t| t.to_rfc3339()).collect();
+        // 09:00 local: CET before the change of 29 March, CEST after.
+        assert_eq!(
+            shown,
+            [
+                "2026-03-23T09:00:00+01:00",
+                "2026-03-30T09:00:00+02:00",
+                "2026-04-06T09:00:00+02:00"
+            ]
+        );
+        let end = Some(utc("2026-03-31T00:00:00Z"));
+        assert_eq!(
+            s.upcoming(utc("2026-03-20T00:00:00Z"), None, end, 3).len(),
+            2
+        );
     }
 
     #[test]

@@ -88,7 +88,7 @@ impl SearchForm {
 }
 
 /// A `datetime-local` value (UTC) or RFC 3339.
-fn time(field: &str, raw: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
+pub(super) fn time(field: &str, raw: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
     let raw = raw.trim();
     if raw.is_empty() {
         return Ok(None);

@@ -11,11 +11,15 @@
 
 pub mod accounts;
 pub mod api_keys;
+pub mod campaigns;
+pub mod csv;
 pub mod dead_letters;
+pub mod lists;
 pub mod messages;
 pub mod overview;
 pub mod session;
 pub mod sign_in;
+pub mod templates;
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -59,6 +63,27 @@ pub fn router(state: AppState) -> Router<AppState> {
             get(api_keys::page).post(api_keys::mint),
         )
         .route("/console/api-keys/{id}/revoke", post(api_keys::revoke))
+        .route(
+            "/console/templates",
+            get(templates::page).post(templates::create),
+        )
+        .route("/console/templates/new", get(templates::new))
+        .route("/console/templates/preview", post(templates::preview))
+        .route(
+            "/console/templates/{id}",
+            get(templates::edit).post(templates::save),
+        )
+        .route("/console/lists", get(lists::page).post(lists::create))
+        .route("/console/lists/{id}", get(lists::show))
+        .route("/console/lists/{id}/import", post(lists::import_csv))
+        .route(
+            "/console/campaigns",
+            get(campaigns::page).post(campaigns::create),
+        )
+        .route("/console/campaigns/next-runs", get(campaigns::preview))
+        .route("/console/campaigns/{id}", get(campaigns::show))
+        .route("/console/campaigns/{id}/run", post(campaigns::run))
+        .route("/console/campaigns/{id}/runs", get(campaigns::runs))
         .route("/console/dead-letters", get(dead_letters::page))
         .route(
             "/console/dead-letters/{id}/requeue",
@@ -129,6 +154,9 @@ async fn headers(request: axum::extract::Request, next: axum::middleware::Next) 
 pub enum Nav {
     Overview,
     Messages,
+    Templates,
+    Lists,
+    Campaigns,
     Accounts,
     ApiKeys,
     DeadLetters,
@@ -141,6 +169,9 @@ pub fn layout(session: Option<&Session>, nav: Nav, title: &str, body: Markup) ->
     let entries: &[(Nav, &str, &str, bool)] = &[
         (Nav::Overview, "/console", "Overview", false),
         (Nav::Messages, "/console/messages", "Messages", false),
+        (Nav::Templates, "/console/templates", "Templates", false),
+        (Nav::Lists, "/console/lists", "Lists", true),
+        (Nav::Campaigns, "/console/campaigns", "Campaigns", true),
         (Nav::Accounts, "/console/accounts", "Accounts", true),
         (Nav::ApiKeys, "/console/api-keys", "API keys", true),
         (

@@ -215,7 +215,16 @@ pub async fn require(State(state): State<AppState>, request: Request, next: Next
     };
     let body = if parts.method == Method::POST {
         let Ok(bytes) = axum::body::to_bytes(body, MAX_FORM).await else {
-            return csrf_refused();
+            // Over the limit (or cut off): said as such, not as a CSRF fault.
+            return super::error_page(
+                None,
+                super::Nav::None,
+                "Too large",
+                ApiError::PayloadTooLarge(format!(
+                    "the form is larger than {} MiB",
+                    MAX_FORM / (1024 * 1024)
+                )),
+            );
         };
         let given = parts
             .headers

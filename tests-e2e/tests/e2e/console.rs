@@ -734,9 +734,14 @@ async fn console_non_admin_session_gets_403_on_admin_pages_with_no_data() {
     browser.sign_in(&base, &user_key, &user_secret).await;
     let nav = browser.text("nav").await.unwrap_or_default();
     assert!(
-        !nav.contains("Accounts") && !nav.contains("API keys") && !nav.contains("Dead letters"),
+        !nav.contains("Accounts")
+            && !nav.contains("API keys")
+            && !nav.contains("Dead letters")
+            && !nav.contains("Lists")
+            && !nav.contains("Campaigns"),
         "{nav}"
     );
+    assert!(nav.contains("Templates"), "{nav}");
     let overview = browser.source().await;
     assert!(
         !overview.contains("secret-sender@example.com"),
@@ -753,6 +758,8 @@ async fn console_non_admin_session_gets_403_on_admin_pages_with_no_data() {
         "/console/accounts",
         "/console/api-keys",
         "/console/dead-letters",
+        "/console/lists",
+        "/console/campaigns",
     ] {
         let (status, page) = session.get(path).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
@@ -796,4 +803,281 @@ async fn console_non_admin_session_gets_403_on_admin_pages_with_no_data() {
             .await
             .expect("dead letter");
     assert!(requeued.is_none());
+}
+
+/// The list id in a console URL `/console/lists/{id}...`.
+async fn list_id_in_url(browser: &Browser) -> String {
+    let url = browser.client.current_url().await.expect("url");
+    url.path()
+        .trim_start_matches("/console/lists/")
+        .trim_end_matches('/')
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_imports_a_list_from_csv_runs_a_campaign_and_watches_it_reach_100_percent() {
+    let (mut env, _token) = TestEnv::sending(&[], 1000).await;
+    env.start_scheduler();
+    let base = env.api().base.clone();
+    let (_, admin_key, admin_secret) = key(&env.pool, "operator", ADMIN).await;
+    let browser = Browser::start().await;
+    browser.sign_in(&base, &admin_key, &admin_secret).await;
+    let nav = browser.text("nav").await.unwrap_or_default();
+    assert!(
+        nav.contains("Templates") && nav.contains("Lists") && nav.contains("Campaigns"),
+        "{nav}"
+    );
+
+    // A template, previewed live as it is typed.
+    browser.goto(&format!("{base}/console/templates/new")).await;
+    browser.wait_h1("New template").await;
+    browser.fill("name", "welcome").await;
+    browser.fill("subject", "Hello {{ name }}").await;
+    browser
+        .fill("html_body", "<h1>Hi {{ name }}</h1><p>Welcome aboard.</p>")
+        .await;
+    browser.fill("variables", "name").await;
+    browser.fill("sample", r#"{"name": "Ann"}"#).await;
+    eventually(
+        "the preview's rendered subject",
+        Duration::from_secs(10),
+        || {
+            let browser = &browser;
+            async move {
+                browser
+                    .text("#preview-subject")
+                    .await
+                    .filter(|s| s == "Hello Ann")
+            }
+        },
+    )
+    .await;
+    let frame = browser
+        .client
+        .find(fantoccini::Locator::Id("preview-frame"))
+        .await
+        .expect("the preview's frame");
+    assert_eq!(
+        frame.attr("sandbox").await.expect("attr"),
+        Some(String::new())
+    );
+    frame.enter_frame().await.expect("enter the preview");
+    assert_eq!(
+        browser.text("h1").await.as_deref(),
+        Some("Hi Ann"),
+        "the HTML rendered in the frame"
+    );
+    browser
+        .client
+        .enter_parent_frame()
+        .await
+        .expect("leave the preview");
+    // A template error, in words with its field.
+    browser.fill("sample", r#"{"nom": "Ann"}"#).await;
+    let error = eventually("the preview's error", Duration::from_secs(10), || {
+        let browser = &browser;
+        async move { browser.text("#preview .error").await }
+    })
+    .await;
+    assert!(error.contains("variables."), "{error}");
+    browser.fill("sample", r#"{"name": "Ann"}"#).await;
+    eventually("the preview again", Duration::from_secs(10), || {
+        let browser = &browser;
+        async move { browser.text("#preview-subject").await }
+    })
+    .await;
+    browser
+        .client
+        .execute("window.scrollTo(0, 0)", vec![])
+        .await
+        .expect("scroll to the top");
+    browser.screenshot("template").await;
+    browser.click("#template-form button[type=submit]").await;
+    browser.wait_h1("Templates").await;
+    let row = browser
+        .text(r#"tr[data-template="welcome"]"#)
+        .await
+        .expect("the template listed");
+    assert!(row.contains("Hello {{ name }}"), "{row}");
+    browser.screenshot("templates").await;
+    // Its editor: previewed as saved (sample values empty), then changed.
+    browser.click(r#"tr[data-template="welcome"] a"#).await;
+    browser.wait_h1("Template welcome").await;
+    assert_eq!(
+        browser.text("#preview-subject").await.as_deref(),
+        Some("Hello")
+    );
+    browser.fill("subject", "Hello {{ name }}!").await;
+    browser.click("#template-form button[type=submit]").await;
+    let saved = eventually("the save", Duration::from_secs(10), || {
+        let browser = &browser;
+        async move { browser.text(".notice").await }
+    })
+    .await;
+    assert_eq!(saved, "Template saved.");
+    assert_eq!(
+        browser
+            .client
+            .find(fantoccini::Locator::Id("subject"))
+            .await
+            .expect("subject")
+            .prop("value")
+            .await
+            .expect("value")
+            .as_deref(),
+        Some("Hello {{ name }}!")
+    );
+
+    // A list, imported from CSV: 20 good rows and 2 bad ones (lines 6 and 15).
+    browser.goto(&format!("{base}/console/lists")).await;
+    browser.wait_h1("Lists").await;
+    browser.fill("name", "newsletter").await;
+    browser.click("#create-list button[type=submit]").await;
+    browser.wait_h1("List newsletter").await;
+    let list_id = list_id_in_url(&browser).await;
+    let mut csv = String::from("email,name\n");
+    let mut good = 0;
+    for line in 2..=23 {
+        match line {
+            6 => csv.push_str("not-an-address,Bad\n"),
+            15 => csv.push_str(",Nobody\n"),
+            _ => {
+                csv.push_str(&format!("member{good}@example.com,Member {good}\n"));
+                good += 1;
+            }
+        }
+    }
+    assert_eq!(good, 20);
+    browser.fill("csv", &csv).await;
+    browser.click("#import-csv button[type=submit]").await;
+    let summary = eventually("the import report", Duration::from_secs(15), || {
+        let browser = &browser;
+        async move { browser.text("#import-summary").await }
+    })
+    .await;
+    assert!(
+        summary.contains("20 added") && summary.contains("2 rejected"),
+        "{summary}"
+    );
+    let line6 = browser
+        .text(r#"#rejected-rows tr[data-line="6"]"#)
+        .await
+        .expect("line 6 reported");
+    assert!(line6.contains("not-an-address"), "{line6}");
+    let line15 = browser
+        .text(r#"#rejected-rows tr[data-line="15"]"#)
+        .await
+        .expect("line 15 reported");
+    assert!(line15.contains("no email address"), "{line15}");
+    assert_eq!(browser.text("#member-count").await.as_deref(), Some("20"));
+    browser.screenshot("list").await;
+
+    // A campaign on that list, its next runs shown in its time zone.
+    browser.goto(&format!("{base}/console/campaigns")).await;
+    browser.wait_h1("Campaigns").await;
+    browser.fill("name", "weekly digest").await;
+    browser
+        .client
+        .find(fantoccini::Locator::Id("template_id"))
+        .await
+        .expect("template select")
+        .select_by_label("welcome")
+        .await
+        .expect("select the template");
+    browser
+        .click(&format!(r#"input[name="list_ids"][value="{list_id}"]"#))
+        .await;
+    browser.fill("time_zone", "Europe/Paris").await;
+    browser.fill("cron", "0 9 * * MON").await;
+    let preview = eventually("the next-run preview", Duration::from_secs(10), || {
+        let browser = &browser;
+        async move { browser.text("#next-runs").await }
+    })
+    .await;
+    assert_eq!(preview.lines().count(), 3, "{preview}");
+    assert!(
+        preview
+            .lines()
+            .all(|l| l.starts_with("Mon ") && l.contains("09:00 CE")),
+        "Mondays at 09:00 Paris time: {preview}"
+    );
+    browser.screenshot("campaigns").await;
+    browser.click("#create-campaign button[type=submit]").await;
+    browser.wait_h1("Campaign weekly digest").await;
+    let upcoming = browser.text("#next-runs").await.expect("next runs");
+    assert_eq!(upcoming.lines().count(), 3, "{upcoming}");
+    let facts = browser.text("dl.facts").await.unwrap_or_default();
+    assert!(
+        facts.contains("welcome") && facts.contains("newsletter"),
+        "{facts}"
+    );
+
+    // Run now: the progress bar follows delivery to 100% by itself.
+    browser.click("#run-now button").await;
+    browser.wait_h1("Campaign weekly digest").await;
+    eventually("the run to reach 100%", Duration::from_secs(90), || {
+        let browser = &browser;
+        async move {
+            browser
+                .text("tr.run .percent")
+                .await
+                .filter(|p| p == "100%")
+        }
+    })
+    .await;
+    let run = browser.text("tr.run").await.expect("the run");
+    assert!(run.contains("20 / 20"), "{run}");
+    let runs = browser
+        .client
+        .find(fantoccini::Locator::Id("runs"))
+        .await
+        .expect("runs");
+    assert_eq!(
+        runs.attr("hx-get").await.expect("attr"),
+        None,
+        "polling stops when the run is done"
+    );
+    browser.screenshot("campaign").await;
+    browser.close().await;
+    env.smtp.wait_for(20, Duration::from_secs(10)).await;
+
+    // The import refuses a POST without the session's CSRF token.
+    let (session, _) = HttpSession::sign_in(&base, &admin_key, &admin_secret, false).await;
+    let (status, page) = session
+        .post(
+            &format!("/console/lists/{list_id}/import"),
+            &[("csv", "email\nforged@example.com\n")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(
+        page.contains("security token is missing or wrong"),
+        "{page}"
+    );
+    let members: i64 = sqlx::query_scalar("SELECT count(*) FROM list_members WHERE address = $1")
+        .bind("forged@example.com")
+        .fetch_one(&env.pool)
+        .await
+        .expect("count");
+    assert_eq!(members, 0, "nothing was imported");
+
+    // Size limits, in words: the import's own (512 KiB of CSV), and the
+    // console's form limit (2 MiB) before anything is read into a handler.
+    let import = format!("/console/lists/{list_id}/import");
+    let csrf = session.csrf.clone();
+    let big = format!("email\n{}", "a".repeat(600 * 1024));
+    let (status, page) = session
+        .post(&import, &[("csrf", csrf.as_str()), ("csv", big.as_str())])
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        page.contains("larger than 524288 bytes") && page.contains("import_too_large"),
+        "{page}"
+    );
+    let huge = "a".repeat(3 * 1024 * 1024);
+    let (status, page) = session
+        .post(&import, &[("csrf", csrf.as_str()), ("csv", huge.as_str())])
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(page.contains("larger than 2 MiB"), "{page}");
 }
