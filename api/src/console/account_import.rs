@@ -12,7 +12,7 @@ use maud::{html, Markup};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::{error_box, error_page, layout, respond, short_id, status_of, Nav, Session};
+use super::{error_box, error_page, layout, respond, status_of, Nav, Session};
 use crate::audit::AdminActor;
 use crate::auth::Admin;
 use crate::error::ApiError;
@@ -152,16 +152,17 @@ fn report(format: Format, entries: &[Value], report: &ImportReport) -> Markup {
             thead { tr { th scope="col" { "Row" } th scope="col" { "Address" } th scope="col" { "Outcome" } } }
             tbody {
                 @for item in &report.results {
+                    @let email = entries.get(item.index).and_then(|e| e.get("email")).and_then(Value::as_str).unwrap_or("—");
                     tr data-outcome=(if item.error.is_some() { "rejected" } else { "imported" }) {
                         td { (row_name(item.index)) }
-                        td { (entries.get(item.index).and_then(|e| e.get("email")).and_then(Value::as_str).unwrap_or("—")) }
+                        td { (email) }
                         td {
                             @if let Some(e) = &item.error {
                                 span.status.failed { "rejected" } " " (e.message)
                                 @if let Some(field) = &e.field { " (field: " code { (field) } ")" }
                                 br; small { "error code: " code { (e.code) } }
                             } @else if let Some(id) = item.id {
-                                span.status.sent { "imported" } " " code { (short_id(&id.to_string())) }
+                                span.status.sent { "imported" } " " a href={"/console/accounts/" (id) "/edit"} aria-label={"Edit " (email)} { "edit" }
                             }
                         }
                     }
@@ -186,10 +187,10 @@ pub async fn import(
         Ok(parsed) => parsed,
         Err(error) => return render(&session, status_of(&error), html! {}, Some(&error)),
     };
+    // What the report shows of each entry: its address, never the rest.
     let shown: Vec<Value> = parsed
         .iter()
-        .map(|e| Value::from(e.get("email").cloned().unwrap_or(Value::Null)))
-        .map(|email| serde_json::json!({ "email": email }))
+        .map(|e| serde_json::json!({ "email": e.get("email").cloned().unwrap_or(Value::Null) }))
         .collect();
     match email_accounts::import(State(state), actor, JsonBody(parsed)).await {
         Ok(axum::Json(data)) => render(

@@ -7,9 +7,7 @@ use axum::response::Response;
 use maud::html;
 use serde::Deserialize;
 
-use super::{
-    error_box, error_page, invalid, layout, respond, short_id, status_of, when, Nav, Session,
-};
+use super::{error_box, error_page, invalid, layout, respond, status_of, when, Nav, Session};
 use crate::auth::Admin;
 use crate::error::ApiError;
 use crate::extract::QueryParams;
@@ -107,7 +105,7 @@ pub async fn page(
                             tr data-action=(e.action) {
                                 td { (when(&e.created_at)) }
                                 td { code { (e.action) } }
-                                td { @if let Some(k) = e.actor_key_id { code title=(k) { (short_id(&k.to_string())) } } @else { "—" } }
+                                td { @if let Some(k) = e.actor_key_id { code { (k) } } @else { "—" } }
                                 td { (e.target_type) br; small { (e.target_id) } }
                                 td { code.detail { (e.details) } }
                                 td { (e.client_addr.as_deref().unwrap_or("—")) }

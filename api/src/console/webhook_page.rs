@@ -70,12 +70,7 @@ pub async fn page(
     };
     respond(
         StatusCode::OK,
-        layout(
-            Some(&session),
-            Nav::Webhooks,
-            &format!("Webhook {}", short_id(&id.to_string())),
-            body,
-        ),
+        layout(Some(&session), Nav::Webhooks, "Webhook endpoint", body),
     )
 }
 

@@ -240,9 +240,7 @@ async fn an_operator_edits_and_imports_accounts_and_manages_suppressions_and_web
         !browser.source().await.contains(&secret),
         "the secret is not shown again"
     );
-    browser
-        .click(&format!(r#"a[href^="/console/webhooks/"]"#))
-        .await;
+    browser.click(r#"a[href^="/console/webhooks/"]"#).await;
     browser.click("#send-test").await;
     let delivered = eventually("the test delivery", Duration::from_secs(20), || {
         let browser = &browser;
