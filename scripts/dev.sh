@@ -2,7 +2,9 @@
 # Sets up and starts the whole platform on this machine:
 #   PostgreSQL, Redis and RabbitMQ (installed if absent), a local SMTP
 #   capture server (smtp-sink, port 2525, mails saved under var/mail/),
-#   notify-api (port 8000), notify-worker and notify-scheduler.
+#   notify-api (port 8000), notify-worker and notify-scheduler; then, in
+#   development, prints an admin key and adds an SMTP account for the
+#   capture server (scripts/dev-first-run.sh), ready to send.
 #
 #   scripts/dev.sh          start (builds first)
 #   scripts/dev.sh stop     stop what this script started
@@ -72,3 +74,5 @@ until curl -fsS "http://127.0.0.1:${API_PORT:-8000}/health" >/dev/null 2>&1; do
 done
 curl -fsS "http://127.0.0.1:${API_PORT:-8000}/health/ready"; echo
 echo "platform is up: API http://127.0.0.1:${API_PORT:-8000} (docs at /docs), SMTP capture 127.0.0.1:2525 -> var/mail/"
+# An admin key and the capture server's SMTP account (development only).
+bash scripts/dev-first-run.sh

@@ -1,6 +1,7 @@
 //! SMTP accounts (admin): list with health, create, pause/resume, test the
-//! connection. Passwords are write-only: the form sends one, no page shows
-//! one (the API's views have none).
+//! connection; editing is [`super::account_edit`], importing
+//! [`super::account_import`]. Passwords are write-only: the form sends
+//! one, no page shows one (the API's views have none).
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -62,6 +63,8 @@ fn done_text(done: Option<&str>) -> Option<&'static str> {
         "created" => Some("Account created."),
         "paused" => Some("Account paused: it takes no new sends."),
         "resumed" => Some("Account resumed."),
+        "updated" => Some("Account saved."),
+        "unchanged" => Some("Nothing changed."),
         _ => None,
     }
 }
@@ -105,6 +108,7 @@ async fn render(
         (top)
         section aria-labelledby="pool" {
             h2 #pool { "Pool" }
+            p { a href="/console/accounts/import" { "Import accounts (JSON or CSV)" } }
             @if accounts.is_empty() { p { "No account yet." } }
             @else {
                 table #accounts-table {
@@ -129,6 +133,7 @@ async fn render(
                                 }
                                 td { @if let Some(e) = &a.last_error { (e) @if let Some(at) = a.last_error_at { br; small { (when(&at)) } } } @else { "—" } }
                                 td.actions {
+                                    a.button href={"/console/accounts/" (a.id) "/edit"} aria-label={"Edit " (a.email)} { "Edit" }
                                     form method="post" action={"/console/accounts/" (a.id) "/active"} {
                                         (session.csrf_field())
                                         @if a.is_active {

@@ -13,7 +13,7 @@ use maud::{html, Markup};
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::csv::{self, Rejected};
+use super::list_csv::{self as csv, Rejected};
 use super::{
     error_box, error_page, invalid, layout, notice, respond, status_of, when, Nav, Session,
 };

@@ -9,17 +9,25 @@
 //! Security: see [`session`] (HttpOnly, SameSite=Strict cookie holding a
 //! short-lived access token; a CSRF token checked on every POST).
 
+pub mod account_edit;
+pub mod account_import;
 pub mod accounts;
 pub mod api_keys;
 pub mod campaigns;
+pub mod audit_log;
 pub mod csv;
+pub mod list_csv;
 pub mod dead_letters;
 pub mod lists;
 pub mod messages;
 pub mod overview;
+pub mod renewal;
 pub mod session;
 pub mod sign_in;
 pub mod templates;
+pub mod suppressions;
+pub mod webhook_page;
+pub mod webhooks;
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -56,6 +64,14 @@ pub fn router(state: AppState) -> Router<AppState> {
             "/console/accounts",
             get(accounts::page).post(accounts::create),
         )
+        .route(
+            "/console/accounts/import",
+            get(account_import::form).post(account_import::import),
+        )
+        .route(
+            "/console/accounts/{id}/edit",
+            get(account_edit::form).post(account_edit::save),
+        )
         .route("/console/accounts/{id}/active", post(accounts::set_active))
         .route("/console/accounts/{id}/test", post(accounts::test))
         .route(
@@ -89,6 +105,21 @@ pub fn router(state: AppState) -> Router<AppState> {
             "/console/dead-letters/{id}/requeue",
             post(dead_letters::requeue),
         )
+        .route(
+            "/console/suppressions",
+            get(suppressions::page).post(suppressions::add),
+        )
+        .route("/console/suppressions/remove", post(suppressions::remove))
+        .route("/console/audit-log", get(audit_log::page))
+        .route(
+            "/console/webhooks",
+            get(webhooks::page).post(webhooks::create),
+        )
+        .route("/console/webhooks/{id}", get(webhook_page::page))
+        .route("/console/webhooks/{id}/deliveries", get(webhook_page::live))
+        .route("/console/webhooks/{id}/test", post(webhook_page::test))
+        .route("/console/webhooks/{id}/active", post(webhooks::set_active))
+        .route("/console/webhooks/{id}/delete", post(webhooks::delete))
         .layer(axum::middleware::from_fn_with_state(
             state,
             session::require,
@@ -160,6 +191,9 @@ pub enum Nav {
     Accounts,
     ApiKeys,
     DeadLetters,
+    Suppressions,
+    Webhooks,
+    AuditLog,
     None,
 }
 
@@ -180,6 +214,14 @@ pub fn layout(session: Option<&Session>, nav: Nav, title: &str, body: Markup) ->
             "Dead letters",
             true,
         ),
+        (
+            Nav::Suppressions,
+            "/console/suppressions",
+            "Suppressions",
+            false,
+        ),
+        (Nav::Webhooks, "/console/webhooks", "Webhooks", false),
+        (Nav::AuditLog, "/console/audit-log", "Audit log", true),
     ];
     html! {
         (DOCTYPE)

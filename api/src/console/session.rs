@@ -11,7 +11,9 @@
 //!
 //! Each request turns the cookie into the `Authorization` header the REST
 //! routes read, and the API's own [`Principal`] extractor checks it: an
-//! expired token or a revoked key ends the session like a sign-out.
+//! expired token or a revoked key ends the session like a sign-out. An
+//! active session's token is renewed before it expires
+//! ([`super::renewal`]).
 
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Request, State};
@@ -197,6 +199,7 @@ pub async fn require(State(state): State<AppState>, request: Request, next: Next
     let Some(row) = found.filter(|s| s.api_key_id == claims.sub) else {
         return to_sign_in(&parts.headers);
     };
+    let secure = over_tls(&parts, &state);
     // The REST routes' own authentication, from here on.
     let Ok(bearer) = HeaderValue::from_str(&format!("Bearer {token}")) else {
         return to_sign_in(&parts.headers);
@@ -210,7 +213,7 @@ pub async fn require(State(state): State<AppState>, request: Request, next: Next
     let session = Session {
         key_id: claims.sub,
         token_id: claims.jti,
-        csrf: row.csrf_token,
+        csrf: row.csrf_token.clone(),
         principal,
     };
     let body = if parts.method == Method::POST {
@@ -240,6 +243,27 @@ pub async fn require(State(state): State<AppState>, request: Request, next: Next
     } else {
         body
     };
+    // After the key check above: a revoked key's session is not renewed.
+    let renewed = match super::renewal::renew_if_due(&state, &claims, &row, secure).await {
+        Ok(renewed) => renewed,
+        Err(e) => {
+            // The token of this request still works; the next one retries.
+            tracing::warn!(error = ?e, key_id = %claims.sub, "console session renewal failed");
+            None
+        }
+    };
     parts.extensions.insert(session);
-    next.run(Request::from_parts(parts, body)).await
+    let mut response = next.run(Request::from_parts(parts, body)).await;
+    if let Some(cookie) = renewed {
+        // A response that set the session cookie itself (sign-out) keeps it.
+        let sets_session = response
+            .headers()
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .any(|v| v.as_bytes().starts_with(SESSION_COOKIE.as_bytes()));
+        if !sets_session {
+            response.headers_mut().append(header::SET_COOKIE, cookie);
+        }
+    }
+    response
 }

@@ -137,20 +137,27 @@ async fn start(state: &AppState, access_token: &str) -> Result<(), ApiError> {
     let claims = state.tokens.verify(access_token, TokenKind::Access)?;
     let expires_at = chrono::DateTime::from_timestamp(claims.exp, 0).unwrap_or_else(Utc::now);
     console_sessions::prune(&state.pool).await?;
+    // Renewals keep an active session going up to the bound a REST
+    // client's refresh tokens have.
+    let ends_at = Utc::now() + state.tokens.refresh_ttl;
     console_sessions::insert(
         &state.pool,
-        claims.jti,
-        claims.sub,
-        &random_token(),
-        expires_at,
+        &console_sessions::NewToken {
+            token_id: claims.jti,
+            session_id: claims.jti,
+            api_key_id: claims.sub,
+            csrf_token: &random_token(),
+            expires_at,
+            ends_at,
+        },
     )
     .await?;
     tracing::info!(key_id = %claims.sub, "console sign-in");
     Ok(())
 }
 
-/// Revokes the session (its token no longer opens a page) and forgets the
-/// cookie.
+/// Revokes the session (none of its tokens opens a page any more) and
+/// forgets the cookie.
 pub async fn sign_out(State(state): State<AppState>, session: Session) -> Response {
     if let Err(e) = console_sessions::revoke(&state.pool, session.token_id).await {
         return super::error_page(Some(&session), Nav::None, "Sign out", e.into());

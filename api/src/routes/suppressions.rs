@@ -68,10 +68,14 @@ pub struct ListSuppressionsQuery {
     #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     pub cursor: Option<String>,
+    /// Only addresses containing this text (any case); at most 320
+    /// characters.
+    pub address: Option<String>,
 }
 
 /// Suppressed addresses, in address order: all of them for an admin key,
-/// those the calling key added otherwise.
+/// those the calling key added otherwise; `address` narrows them to those
+/// containing it.
 #[utoipa::path(get, path = "/api/v1/suppressions", tag = "suppressions", security(("bearer" = [])),
     params(ListSuppressionsQuery),
     responses((status = 200, body = Data<Page<SuppressionView>>), ReadAccess, BadQuery, BadPage))]
@@ -87,9 +91,20 @@ pub async fn list(
         .as_deref()
         .map(pagination::decode)
         .transpose()?;
+    let containing = match query.address.as_deref().map(str::trim) {
+        Some(text) if text.chars().count() > 320 => {
+            return Err(ApiError::validation(
+                "address",
+                "address must be at most 320 characters",
+            ))
+        }
+        Some(text) if !text.is_empty() => Some(text),
+        _ => None,
+    };
     let rows = suppressions::list(
         &state.pool,
         principal.owner_filter(),
+        containing,
         after.as_deref(),
         limit + 1,
     )

@@ -70,17 +70,20 @@ pub async fn get(pool: &PgPool, address: &str) -> Result<Option<Suppression>, sq
 pub async fn list(
     pool: &PgPool,
     owner: Option<Uuid>,
+    containing: Option<&str>,
     after: Option<&str>,
     limit: i64,
 ) -> Result<Vec<Suppression>, sqlx::Error> {
     sqlx::query_as(
         "SELECT * FROM suppressions
          WHERE ($1::uuid IS NULL OR created_by = $1) AND ($2::text IS NULL OR address > $2)
+           AND ($4::text IS NULL OR strpos(address, lower($4)) > 0)
          ORDER BY address LIMIT $3",
     )
     .bind(owner)
     .bind(after)
     .bind(limit)
+    .bind(containing)
     .fetch_all(pool)
     .await
 }

@@ -18,6 +18,9 @@ use uuid::Uuid;
 use crate::support::browser::Browser;
 use crate::support::{eventually, TestEnv};
 
+mod operations;
+mod renewal;
+
 /// A key made in the database: (id, key, secret).
 async fn key(pool: &PgPool, name: &str, scopes: &[&str]) -> (Uuid, String, String) {
     let credentials = generate_api_credentials();
