@@ -388,8 +388,9 @@ pub async fn lock_due(
     .await
 }
 
-/// The locked deliveries that are still due, with what sending needs. A
-/// fresh statement, so it sees what committed before the locks were
+/// The locked deliveries that are still due, with what sending needs,
+/// each looked up by its id (joined the other way, from the endpoint, the
+/// planner walks all of an endpoint's deliveries). A fresh statement, so it sees what committed before the locks were
 /// taken: a delivery another dispatcher settled and let go of a moment
 /// ago is no longer pending, and is not sent twice.
 pub async fn locked(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<Claimed>, sqlx::Error> {
@@ -404,9 +405,10 @@ pub async fn locked(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<Claimed
                     AS previous_secret_nonce,
                 CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret_key_id END
                     AS previous_secret_key_id
-           FROM webhook_deliveries d
+           FROM UNNEST($1::uuid[]) AS x(id)
+          CROSS JOIN LATERAL (SELECT * FROM webhook_deliveries d WHERE d.id = x.id) d
            JOIN webhook_endpoints e ON e.id = d.endpoint_id AND e.is_active
-          WHERE d.id = ANY ($1) AND d.status = 'pending' AND d.next_attempt_at <= now()",
+          WHERE d.status = 'pending' AND d.next_attempt_at <= now()",
     )
     .bind(ids)
     .fetch_all(conn)
