@@ -389,8 +389,10 @@ pub async fn lock_due(
 }
 
 /// The locked deliveries that are still due, with what sending needs,
-/// each looked up by its id (joined the other way, from the endpoint, the
-/// planner walks all of an endpoint's deliveries). A fresh statement, so it sees what committed before the locks were
+/// each looked up by its id: the LIMIT keeps the planner from turning the
+/// lookup into a join, which it may plan as a scan of the whole table
+/// (from the endpoint, or hashed) when its statistics are older than the
+/// table's growth. A fresh statement, so it sees what committed before the locks were
 /// taken: a delivery another dispatcher settled and let go of a moment
 /// ago is no longer pending, and is not sent twice.
 pub async fn locked(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<Claimed>, sqlx::Error> {
@@ -406,7 +408,7 @@ pub async fn locked(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<Claimed
                 CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret_key_id END
                     AS previous_secret_key_id
            FROM UNNEST($1::uuid[]) AS x(id)
-          CROSS JOIN LATERAL (SELECT * FROM webhook_deliveries d WHERE d.id = x.id) d
+          CROSS JOIN LATERAL (SELECT * FROM webhook_deliveries d WHERE d.id = x.id LIMIT 1) d
            JOIN webhook_endpoints e ON e.id = d.endpoint_id AND e.is_active
           WHERE d.status = 'pending' AND d.next_attempt_at <= now()",
     )
@@ -457,18 +459,22 @@ pub async fn record_delivered(
     let latencies: Vec<i32> = delivered.iter().map(|(_, a)| a.latency_ms).collect();
     let responses: Vec<Option<String>> =
         delivered.iter().map(|(_, a)| a.response.clone()).collect();
-    // `d.id = ANY ($1)` gives the planner the primary key to look each
-    // row up by, whatever it guesses of the array's length.
+    // Each row is found by a lookup on its primary key (a scalar subquery
+    // the planner cannot turn into a join, which on stale statistics it
+    // may plan as a scan) and updated by its ctid; its values are taken
+    // from the arrays by position.
     sqlx::query(
-        "WITH a AS (
-             SELECT * FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::text[])
-                 AS a(id, status, latency_ms, response)
-         ), d AS (
+        "WITH d AS (
              UPDATE webhook_deliveries d SET status = 'delivered', delivered_at = now(),
-                 attempts = d.attempts + 1, last_attempt_at = now(), last_status = a.status, last_latency_ms = a.latency_ms,
-                 last_response = a.response, last_error = NULL
-               FROM a
-              WHERE d.id = ANY ($1) AND d.id = a.id
+                 attempts = d.attempts + 1, last_attempt_at = now(),
+                 last_status = ($2::int[])[array_position($1::uuid[], d.id)],
+                 last_latency_ms = ($3::int[])[array_position($1::uuid[], d.id)],
+                 last_response = ($4::text[])[array_position($1::uuid[], d.id)],
+                 last_error = NULL
+              WHERE d.ctid = ANY (ARRAY(
+                        SELECT (SELECT x.ctid FROM webhook_deliveries x WHERE x.id = i)
+                          FROM UNNEST($1::uuid[]) AS i))
+                AND d.id = ANY ($1)
              RETURNING d.endpoint_id)
          UPDATE webhook_endpoints e SET failing_since = NULL
           WHERE e.id IN (SELECT endpoint_id FROM d) AND e.failing_since IS NOT NULL",
