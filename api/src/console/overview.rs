@@ -1,6 +1,8 @@
 //! The overview: sends per minute over the last hour, queue depths,
 //! workers online, and each account's health, circuit and quota. The live
-//! part is re-read every few seconds (htmx polling of [`live`]).
+//! part is re-read every few seconds (htmx polling of [`live`]); the last
+//! day, per hour, is drawn with the page (it changes slowly, and reading a
+//! day of records every few seconds would cost the database).
 
 use std::collections::BTreeMap;
 
@@ -9,7 +11,8 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use maud::{html, Markup};
-use platform::db::{messages, worker_leases};
+use platform::db::messages::{self, Bucket};
+use platform::db::worker_leases;
 
 use super::{error_box, layout, respond, short_id, when, Nav, Session};
 use crate::auth::Admin;
@@ -19,7 +22,49 @@ use crate::state::AppState;
 
 /// The series of the chart, in the order drawn.
 const SERIES: [&str; 4] = ["accepted", "sent", "failed", "bounced"];
-const MINUTES: i64 = 60;
+
+/// What one chart covers: `buckets` of `width` ending now.
+struct Window {
+    bucket: Bucket,
+    buckets: i64,
+    width: Duration,
+    title: &'static str,
+    /// Axis labels at the start, the middle and the end.
+    ticks: [&'static str; 3],
+}
+
+const LAST_HOUR: Window = Window {
+    bucket: Bucket::Minute,
+    buckets: 60,
+    width: Duration::minutes(1),
+    title: "Sends per minute in the last hour",
+    ticks: ["-60 min", "-30 min", "now"],
+};
+
+const LAST_DAY: Window = Window {
+    bucket: Bucket::Hour,
+    buckets: 24,
+    width: Duration::hours(1),
+    title: "Sends per hour in the last day",
+    ticks: ["-24 h", "-12 h", "now"],
+};
+
+impl Window {
+    /// The start of the oldest bucket.
+    fn start(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        now.duration_trunc(self.width).unwrap_or(now) - self.width * (self.buckets - 1) as i32
+    }
+}
+
+/// A window's chart, or the error in words.
+async fn sends_chart(state: &AppState, session: &Session, window: &Window) -> Markup {
+    let start = window.start(Utc::now());
+    let owner = session.principal.owner_filter();
+    match messages::per_bucket(&state.pool, start, window.bucket, owner).await {
+        Ok(rows) => chart(window, start, &rows),
+        Err(e) => error_box(&e.into()),
+    }
+}
 
 pub async fn page(
     State(state): State<AppState>,
@@ -27,6 +72,8 @@ pub async fn page(
     admin: Result<Admin, ApiError>,
 ) -> Response {
     let content = content(&state, &session, admin.ok()).await;
+    let day = sends_chart(&state, &session, &LAST_DAY).await;
+    let mine = (!session.is_admin()).then_some(" (your key's messages)");
     respond(
         StatusCode::OK,
         layout(
@@ -36,6 +83,10 @@ pub async fn page(
             html! {
                 div #live hx-get="/console/overview/live" hx-trigger="every 5s" hx-swap="innerHTML" {
                     (content)
+                }
+                section aria-labelledby="day" {
+                    h2 #day { "Sends per hour, last day" @if let Some(mine) = mine { (mine) } }
+                    (day)
                 }
             },
         ),
@@ -53,13 +104,7 @@ pub async fn live(
 
 async fn content(state: &AppState, session: &Session, admin: Option<Admin>) -> Markup {
     let now = Utc::now();
-    let start =
-        now.duration_trunc(Duration::minutes(1)).unwrap_or(now) - Duration::minutes(MINUTES - 1);
-    let chart =
-        match messages::per_minute(&state.pool, start, session.principal.owner_filter()).await {
-            Ok(rows) => chart(start, &rows),
-            Err(e) => error_box(&e.into()),
-        };
+    let chart = sends_chart(state, session, &LAST_HOUR).await;
     html! {
         p.updated { "Updated " time datetime=(now.to_rfc3339()) { (when(&now)) } }
         section aria-labelledby="sends" {
@@ -153,16 +198,17 @@ async fn admin_sections(state: &AppState, admin: Admin) -> Markup {
     }
 }
 
-/// The per-minute counts as an inline SVG line chart (one line per
-/// series), with the totals as a table for screen readers and a legend.
-fn chart(start: DateTime<Utc>, rows: &[(DateTime<Utc>, String, i64)]) -> Markup {
+/// The counts per bucket as an inline SVG line chart (one line per
+/// series), with the totals in its label for screen readers and a legend.
+fn chart(window: &Window, start: DateTime<Utc>, rows: &[(DateTime<Utc>, String, i64)]) -> Markup {
+    let buckets = window.buckets;
     let mut counts: BTreeMap<&str, Vec<i64>> = SERIES
         .iter()
-        .map(|s| (*s, vec![0; MINUTES as usize]))
+        .map(|s| (*s, vec![0; buckets as usize]))
         .collect();
-    for (minute, kind, count) in rows {
-        let index = (*minute - start).num_minutes();
-        if let (Some(series), true) = (counts.get_mut(kind.as_str()), (0..MINUTES).contains(&index))
+    for (at, kind, count) in rows {
+        let index = (*at - start).num_seconds() / window.width.num_seconds().max(1);
+        if let (Some(series), true) = (counts.get_mut(kind.as_str()), (0..buckets).contains(&index))
         {
             series[index as usize] = *count;
         }
@@ -171,7 +217,7 @@ fn chart(start: DateTime<Utc>, rows: &[(DateTime<Utc>, String, i64)]) -> Markup 
     let (width, height, left, bottom, top) = (720.0, 200.0, 40.0, 24.0, 10.0);
     let plot_w = width - left - 10.0;
     let plot_h = height - bottom - top;
-    let x = |i: usize| left + plot_w * i as f64 / (MINUTES - 1) as f64;
+    let x = |i: usize| left + plot_w * i as f64 / (buckets - 1) as f64;
     let y = |v: i64| top + plot_h - plot_h * v as f64 / max as f64;
     let totals: Vec<(&str, i64)> = SERIES
         .iter()
@@ -184,13 +230,13 @@ fn chart(start: DateTime<Utc>, rows: &[(DateTime<Utc>, String, i64)]) -> Markup 
         .join(", ");
     html! {
         figure.chart {
-            svg viewBox={"0 0 " (width) " " (height)} role="img" aria-label={"Sends per minute in the last hour: " (label)} {
-                title { "Sends per minute in the last hour" }
+            svg viewBox={"0 0 " (width) " " (height)} role="img" aria-label={(window.title) ": " (label)} {
+                title { (window.title) }
                 @for tick in [0, max / 2, max] {
                     line.gridline x1=(left) x2=(width - 10.0) y1=(y(tick)) y2=(y(tick)) {}
                     text.axis x=(left - 6.0) y=(y(tick) + 4.0) text-anchor="end" { (tick) }
                 }
-                @for (i, label) in [(0usize, "-60 min"), (30, "-30 min"), (59, "now")] {
+                @for (i, label) in [0, buckets as usize / 2, buckets as usize - 1].into_iter().zip(window.ticks) {
                     text.axis x=(x(i)) y=(height - 6.0) text-anchor="middle" { (label) }
                 }
                 @for series in SERIES {

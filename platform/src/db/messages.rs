@@ -1049,12 +1049,13 @@ pub async fn insert_imported(
     insert_records(executor, &rows, TaskIdTaken::Keep).await
 }
 
-/// How many messages were accepted, sent, failed and bounced in each
-/// minute since `since` (the console's overview chart); `owner` limits it
-/// to one key's messages. Minutes without any are absent.
-pub async fn per_minute(
+/// Sends per time bucket since `since` (`bucket`: `minute` or `hour`,
+/// PostgreSQL's `date_trunc` unit): accepted, sent, failed and bounced
+/// counts, optionally of one key's messages (`owner`).
+pub async fn per_bucket(
     pool: &PgPool,
     since: DateTime<Utc>,
+    bucket: Bucket,
     owner: Option<Uuid>,
 ) -> Result<Vec<(DateTime<Utc>, String, i64)>, sqlx::Error> {
     // A message sent or failed in the window was accepted at most a day
@@ -1064,21 +1065,38 @@ pub async fn per_minute(
         "WITH m AS (SELECT id, created_at, sent_at, failed_at FROM message_records
                      WHERE created_at >= $1 - interval '1 day'
                        AND ($2::uuid IS NULL OR api_key_id = $2))
-         SELECT minute, kind, count(*) FROM (
-             SELECT date_trunc('minute', created_at) AS minute, 'accepted' AS kind
+         SELECT at, kind, count(*) FROM (
+             SELECT date_trunc($3, created_at) AS at, 'accepted' AS kind
                FROM m WHERE created_at >= $1
              UNION ALL
-             SELECT date_trunc('minute', sent_at), 'sent' FROM m WHERE sent_at >= $1
+             SELECT date_trunc($3, sent_at), 'sent' FROM m WHERE sent_at >= $1
              UNION ALL
-             SELECT date_trunc('minute', failed_at), 'failed' FROM m WHERE failed_at >= $1
+             SELECT date_trunc($3, failed_at), 'failed' FROM m WHERE failed_at >= $1
              UNION ALL
-             SELECT date_trunc('minute', b.created_at), 'bounced' FROM bounces b
+             SELECT date_trunc($3, b.created_at), 'bounced' FROM bounces b
               WHERE b.created_at >= $1
                 AND ($2::uuid IS NULL OR b.message_id IN (SELECT id FROM m))
          ) x GROUP BY 1, 2 ORDER BY 1",
     )
     .bind(since)
     .bind(owner)
+    .bind(bucket.unit())
     .fetch_all(pool)
     .await
+}
+
+/// The width of [`per_bucket`]'s buckets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bucket {
+    Minute,
+    Hour,
+}
+
+impl Bucket {
+    fn unit(self) -> &'static str {
+        match self {
+            Bucket::Minute => "minute",
+            Bucket::Hour => "hour",
+        }
+    }
 }

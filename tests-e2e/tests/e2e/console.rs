@@ -180,6 +180,7 @@ async fn console_sign_in_sets_a_strict_cookie_and_sign_out_revokes_the_session()
     let token = cookie.value().to_string();
     let page = browser.source().await;
     assert!(page.contains("Sends per minute"), "the overview's chart");
+    assert!(page.contains("Sends per hour"), "the overview's day chart");
     assert!(page.contains("Workers online"), "admin sees the workers");
     let stored: Option<String> = browser
         .client
@@ -471,6 +472,15 @@ async fn console_message_page_reaches_sent_and_its_email_runs_no_script_and_load
     assert!(
         legend.contains("accepted: 1") && legend.contains("sent: 1"),
         "{legend}"
+    );
+    // And so does the last day's chart, per hour, drawn with the page.
+    let day = browser
+        .text("#day + figure ul.legend")
+        .await
+        .unwrap_or_default();
+    assert!(
+        day.contains("accepted: 1") && day.contains("sent: 1"),
+        "{day}"
     );
     browser.screenshot("overview").await;
 
