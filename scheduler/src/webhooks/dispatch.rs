@@ -154,7 +154,13 @@ impl Dispatcher {
     /// Lets go of the deliveries that are done, then locks and reads the
     /// due ones this dispatcher has room for.
     async fn claim(&self, claims: &mut Claims) -> Result<Vec<Claimed>, sqlx::Error> {
+        // Ids leave `held` before any I/O: if a statement fails, the
+        // connection is dropped with all its locks, and no id may stay
+        // excluded from later claims for good.
         let done: Vec<Uuid> = std::mem::take(&mut *lock(&self.done));
+        for id in &done {
+            claims.held.remove(id);
+        }
         let conn = match claims.conn.as_mut() {
             Some(conn) => {
                 webhooks::unlock(conn, &done).await?;
@@ -163,9 +169,6 @@ impl Dispatcher {
             // A new connection holds none of the old locks.
             None => claims.conn.insert(self.pool.acquire().await?.detach()),
         };
-        for id in &done {
-            claims.held.remove(id);
-        }
         let busy: Vec<(Uuid, i64)> = lock(&self.in_flight)
             .iter()
             .map(|(id, n)| (*id, *n as i64))
@@ -179,20 +182,19 @@ impl Dispatcher {
             self.settings.batch,
         )
         .await?;
-        claims.held.extend(&locked);
         if locked.is_empty() {
             return Ok(Vec::new());
         }
         let rows = webhooks::locked(conn, &locked).await?;
-        // Settled by another dispatcher since this claim's snapshot.
+        // Those settled by another dispatcher since this claim's snapshot
+        // are let go of; only the rows about to be sent are held (after
+        // the last statement, so a failure leaves nothing held).
         let gone: Vec<Uuid> = locked
             .into_iter()
             .filter(|id| !rows.iter().any(|r| r.id == *id))
             .collect();
         webhooks::unlock(conn, &gone).await?;
-        for id in &gone {
-            claims.held.remove(id);
-        }
+        claims.held.extend(rows.iter().map(|r| r.id));
         Ok(rows)
     }
 
