@@ -1,6 +1,6 @@
 //! The scheduler ("beat"). Every instance runs an outbox relay, releases
-//! due delayed sends (`release`), dispatches webhook deliveries
-//! (`webhooks`) and reads the accounts' mailboxes for bounces
+//! due delayed sends (`release`), fans out and dispatches webhook
+//! deliveries (`webhooks`) and reads the accounts' mailboxes for bounces
 //! (`bounces`); one elected leader (`leader`) runs the
 //! periodic duties (`duties`): campaigns, periodic tasks, retention and the
 //! reconciler. Several instances may run at once: exactly once comes from
@@ -12,9 +12,12 @@ pub mod leader;
 pub mod release;
 pub mod webhooks;
 
+use std::sync::Arc;
+
 use anyhow::Context;
 use platform::outbox::{OutboxRelay, OutboxWaker};
 use platform::{broker, db, Settings};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// Migrates the database, checks that RabbitMQ answers, then runs until
@@ -42,18 +45,27 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         database_url: settings.database_url.clone(),
         retry: timing.leader_retry,
     };
-    // Its own pool: its commits need no disk flush, and a backlog of
-    // deliveries must not take the connections the other duties need.
-    let dispatcher_pool = platform::db::connect_async_commit(&settings, 4)
+    // Webhooks' own pool: its commits need no disk flush (a fan-out lost
+    // with the server's last WAL leaves its events pending, as they were),
+    // and a backlog must not take the connections the other duties need.
+    let dispatcher_pool = platform::db::connect_async_commit(&settings, 5)
         .await
         .context("connecting the webhook dispatcher to PostgreSQL")?;
+    let webhook_settings = settings
+        .webhooks
+        .clone()
+        .context("the webhook settings are not loaded")?;
+    let new_deliveries = Arc::new(Notify::new());
+    let fan_out = webhooks::FanOut {
+        pool: dispatcher_pool.clone(),
+        poll: webhook_settings.poll,
+        wake: new_deliveries.clone(),
+    };
     let dispatcher = webhooks::Dispatcher::new(
         dispatcher_pool,
         settings.keyring()?.clone(),
-        settings
-            .webhooks
-            .clone()
-            .context("the webhook settings are not loaded")?,
+        webhook_settings,
+        new_deliveries,
     )?;
     let bounce_processor = bounces::BounceProcessor::new(
         pool.clone(),
@@ -67,6 +79,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let duties = duties::Duties::new(pool.clone(), settings.clone(), timing, waker.clone());
     let tasks = [
         tokio::spawn(releaser.run(shutdown.clone())),
+        tokio::spawn(fan_out.run(shutdown.clone())),
         tokio::spawn(dispatcher.run(shutdown.clone())),
         tokio::spawn(bounce_processor.run(shutdown.clone())),
         tokio::spawn(election.run(shutdown.clone(), move |token| duties.clone().run(token))),

@@ -550,12 +550,27 @@ pub async fn record_failed(
     })
 }
 
+/// Turns up to `max` of the events that message changes recorded
+/// (`webhook_pending_events`) into events and deliveries, in one
+/// transaction (`webhook_fan_out`, migration V20). Returns how many it
+/// took: 0 when none waits or another instance is fanning out.
+#[tracing::instrument(level = "debug", skip(pool))]
+pub async fn fan_out(pool: &PgPool, max: i32) -> Result<i32, sqlx::Error> {
+    sqlx::query_scalar("SELECT webhook_fan_out($1)")
+        .bind(max)
+        .fetch_one(pool)
+        .await
+}
+
 /// How long the oldest due delivery of an active endpoint has waited (one
-/// in flight counts as waiting, for at most the request timeout). Through
-/// the per-endpoint index, one short scan per endpoint.
+/// in flight counts as waiting, for at most the request timeout), or the
+/// oldest event not yet fanned out, if it is older. Through the
+/// per-endpoint index, one short scan per endpoint.
 pub async fn oldest_due_age(pool: &PgPool) -> Result<f64, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(x.due))::float8, 0)
+        "SELECT COALESCE(EXTRACT(EPOCH FROM now() - least(
+                    min(x.due),
+                    (SELECT p.created_at FROM webhook_pending_events p ORDER BY p.id LIMIT 1)))::float8, 0)
            FROM webhook_endpoints e
           CROSS JOIN LATERAL (
               SELECT d.next_attempt_at AS due FROM webhook_deliveries d
@@ -644,7 +659,8 @@ pub async fn reseal_secret(
 
 /// Records the webhook event `event_type` of message `message_id` for the
 /// active endpoints of its key that want it (`webhook_record_events`,
-/// migration V9; nothing when none does), for events no trigger writes.
+/// migration V20; nothing when none does), for events no trigger writes.
+/// The scheduler's fan-out turns it into an event and deliveries.
 #[tracing::instrument(level = "debug", skip(executor))]
 pub async fn record_message_event(
     executor: impl PgExecutor<'_>,

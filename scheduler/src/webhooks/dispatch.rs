@@ -19,7 +19,7 @@ use platform::webhooks::signature::{signature_header, SigningKey, SECRET_PURPOSE
 use rand::Rng;
 use reqwest_rustls as reqwest;
 use sqlx::{Connection, PgConnection, PgPool};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -46,6 +46,8 @@ pub struct Dispatcher {
     /// Deliveries whose outcome is committed (or could not be): their
     /// locks are let go of before the next claim.
     done: Done,
+    /// Notified when the fan-out has made new deliveries.
+    wake: Arc<Notify>,
 }
 
 /// Deliveries to unlock, filled by the requests' tasks and the settler.
@@ -70,6 +72,7 @@ impl Dispatcher {
         pool: PgPool,
         keyring: Keyring,
         settings: WebhookSettings,
+        wake: Arc<Notify>,
     ) -> anyhow::Result<Dispatcher> {
         let client = client::build(&settings)?;
         Ok(Dispatcher {
@@ -79,6 +82,7 @@ impl Dispatcher {
             client,
             in_flight: Arc::default(),
             done: Arc::default(),
+            wake,
         })
     }
 
@@ -106,11 +110,13 @@ impl Dispatcher {
             }
             // A full round means more are due: claim again at once. Else
             // claim again when a request ends (its endpoint has a free
-            // slot, and may have more due) or after the poll interval.
+            // slot, and may have more due), when the fan-out has made new
+            // deliveries, or after the poll interval.
             if claimed < self.settings.batch as usize {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(self.settings.poll) => {}
+                    _ = self.wake.notified() => {}
                     Some(_) = tasks.join_next(), if !tasks.is_empty() => {
                         // Let the requests ending about now end too, so one
                         // claim fills several slots.

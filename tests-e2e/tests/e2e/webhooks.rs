@@ -809,6 +809,66 @@ async fn a_dispatcher_killed_mid_flight_loses_no_event() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_recorded_while_no_scheduler_runs_arrive_in_order_once_one_starts() {
+    let receiver = Receiver::start().await;
+    let (mut env, token) = webhook_env(&[]).await;
+    let types = ["email.accepted", "email.sent"];
+    let (_, secret) = register(&env, &token, &receiver.url(), &types).await;
+    receiver.control(json!({"secrets": [secret]})).await;
+    env.signal_scheduler(0, "KILL").await;
+    let mut messages = Vec::new();
+    for i in 0..10 {
+        let id = env
+            .api()
+            .send_simple(&token, &format!("later{i}@example.com"))
+            .await;
+        messages.push(id);
+    }
+    for m in &messages {
+        env.wait_status(*m, "sent", Duration::from_secs(30)).await;
+    }
+    // The sending transactions recorded each event as one pending row;
+    // nothing has turned them into deliveries yet.
+    let (pending, deliveries): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM webhook_pending_events),
+                (SELECT count(*) FROM webhook_deliveries)",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!((pending, deliveries), (20, 0));
+
+    env.start_scheduler();
+    for m in &messages {
+        let events = receiver.wait_events(*m, &types).await;
+        let accepted = &events["email.accepted"]["event"]["data"];
+        let sent = &events["email.sent"]["event"]["data"];
+        // Numbered in the order of the changes, each with the message as
+        // it was at its change, not as it is when fanned out.
+        assert_eq!(
+            (&accepted["sequence"], &sent["sequence"]),
+            (&json!(1), &json!(2))
+        );
+        assert_eq!(accepted["status"], "queued", "{accepted}");
+        assert_eq!(accepted["account"], Value::Null, "{accepted}");
+        assert_eq!(sent["status"], "sent", "{sent}");
+        assert_eq!(sent["account"], "sender@example.com", "{sent}");
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let accepted = receiver.accepted().await;
+    assert_eq!(accepted.len(), 20, "one id per event");
+    assert!(
+        accepted.values().all(|hits| hits.len() == 1),
+        "{accepted:?}"
+    );
+    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_pending_events")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(pending, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_dispatchers_share_the_deliveries_and_send_each_event_once() {
     let receiver = Receiver::start().await;
     let (mut env, token) = webhook_env(&[("WEBHOOK_ENDPOINT_CONCURRENCY", "4")]).await;
