@@ -123,7 +123,8 @@ BEGIN
          WHERE (x.msg).id IS NOT NULL
            AND EXISTS (SELECT 1 FROM webhook_endpoints e
                         WHERE e.is_active AND e.owner_key_id = (x.msg).api_key_id
-                          AND x.event_type = ANY (e.event_types))
+                          AND x.event_type = ANY (e.event_types)
+                          AND e.created_at <= x.created_at)
     ), ev AS (
         INSERT INTO webhook_events (id, event_type, message_id, sequence, payload, created_at)
         SELECT c.event_id, c.event_type, c.message_id, c.sequence,
@@ -158,6 +159,8 @@ BEGIN
         SELECT gen_random_uuid(), c.event_id, e.id
           FROM c JOIN webhook_endpoints e
             ON e.is_active AND e.owner_key_id = (c.msg).api_key_id AND c.event_type = ANY (e.event_types)
+               -- Not an endpoint registered after the change.
+               AND e.created_at <= c.created_at
     )
     SELECT count(*) INTO taken FROM p;
     RETURN taken;

@@ -837,6 +837,9 @@ async fn events_recorded_while_no_scheduler_runs_arrive_in_order_once_one_starts
     .await
     .unwrap();
     assert_eq!((pending, deliveries), (20, 0));
+    // An endpoint registered after the changes gets none of their events.
+    let late = Receiver::start().await;
+    let (late_id, _) = register(&env, &token, &late.url(), &types).await;
 
     env.start_scheduler();
     for m in &messages {
@@ -866,6 +869,14 @@ async fn events_recorded_while_no_scheduler_runs_arrive_in_order_once_one_starts
         .await
         .unwrap();
     assert_eq!(pending, 0);
+    let late_deliveries: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM webhook_deliveries WHERE endpoint_id = $1::uuid")
+            .bind(&late_id)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(late_deliveries, 0);
+    assert!(late.log().await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
