@@ -24,6 +24,7 @@ pub struct EmailEvent {
     /// `email.bounced` or `email.complained`.
     #[schema(example = "email.sent")]
     r#type: String,
+    /// When the change happened (not when the event was sent).
     timestamp: DateTime<Utc>,
     data: EmailEventData,
 }
@@ -39,7 +40,8 @@ pub struct EmailEventData {
     message_id: Uuid,
     /// The Celery task id.
     task_id: String,
-    /// The message's status when the event was recorded.
+    /// The message's status right after the change; this and the account,
+    /// SMTP reply, error and attempts are as they were then.
     status: String,
     to: Vec<String>,
     cc: Vec<String>,
