@@ -15,6 +15,7 @@ use tokio::process::{Child, Command};
 use uuid::Uuid;
 
 use crate::python_interop::{python, repo_root};
+use crate::support::proxy::TcpProxy;
 use crate::support::{eventually, TestEnv};
 
 const ALL_EVENTS: [&str; 6] = [
@@ -877,6 +878,74 @@ async fn events_recorded_while_no_scheduler_runs_arrive_in_order_once_one_starts
             .unwrap();
     assert_eq!(late_deliveries, 0);
     assert!(late.log().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_under_the_dispatcher_loses_no_event() {
+    let receiver = Receiver::start().await;
+    let (mut env, token) = webhook_env(&[]).await;
+    // The scheduler reaches PostgreSQL only through a proxy the test cuts.
+    env.signal_scheduler(0, "KILL").await;
+    let proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let url = env
+        .settings()
+        .database_url
+        .replace("127.0.0.1:5432", &proxy.addr.to_string());
+    env.start_scheduler_with(&[("DATABASE_URL", url.as_str())]);
+    let types = ["email.accepted", "email.sent"];
+    let (_, secret) = register(&env, &token, &receiver.url(), &types).await;
+    // Slow answers, so requests are in flight (and outcomes unwritten)
+    // when the database goes away.
+    receiver
+        .control(json!({"secrets": [secret], "delay_ms": 300}))
+        .await;
+    let mut messages = Vec::new();
+    for i in 0..20 {
+        messages.push(
+            env.api()
+                .send_simple(&token, &format!("outage{i}@example.com"))
+                .await,
+        );
+    }
+    eventually("the first answers", Duration::from_secs(30), || async {
+        (!receiver.log().await.is_empty()).then_some(())
+    })
+    .await;
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    proxy.restore();
+
+    // The same scheduler process, once PostgreSQL is back, delivers every
+    // event: a fan-out or an outcome that did not commit is still pending.
+    for m in &messages {
+        receiver.wait_events(*m, &types).await;
+    }
+    eventually(
+        "no delivery or event pending",
+        Duration::from_secs(60),
+        || async {
+            let left: i64 = sqlx::query_scalar(
+                "SELECT (SELECT count(*) FROM webhook_deliveries WHERE status <> 'delivered')
+                  + (SELECT count(*) FROM webhook_pending_events)",
+            )
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+            (left == 0).then_some(())
+        },
+    )
+    .await;
+    let accepted = receiver.accepted().await;
+    assert_eq!(accepted.len(), 40, "one id per event: {accepted:?}");
+    // A repeat is the same event: same id, same body.
+    for (id, hits) in &accepted {
+        assert!(
+            hits.iter().all(|h| h["event"] == hits[0]["event"]),
+            "{id}: {hits:?}"
+        );
+    }
+    let repeats: usize = accepted.values().map(|h| h.len() - 1).sum();
+    eprintln!("{repeats} events sent again after the outage");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

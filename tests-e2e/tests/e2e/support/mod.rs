@@ -306,7 +306,13 @@ impl TestEnv {
     /// Starts a scheduler process (`notify-scheduler`) with this
     /// environment's settings; returns its index.
     pub fn start_scheduler(&mut self) -> usize {
-        let scheduler = self.spawn_service("notify-scheduler", &[]);
+        self.start_scheduler_with(&[])
+    }
+
+    /// Starts a scheduler with `extra` on top of this environment's
+    /// settings (a `DATABASE_URL` through a proxy, say); returns its index.
+    pub fn start_scheduler_with(&mut self, extra: &[(&str, &str)]) -> usize {
+        let scheduler = self.spawn_service("notify-scheduler", extra);
         self.schedulers.push(scheduler);
         self.schedulers.len() - 1
     }
