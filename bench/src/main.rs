@@ -294,6 +294,7 @@ async fn report_webhooks(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let since_dispatch = dispatch_started.map(|started| started.elapsed().as_secs_f64());
     let (span, delivered): (f64, i64) = sqlx::query_as(
         "SELECT extract(epoch FROM max(d.delivered_at) - min(v.created_at))::float8, count(*)
            FROM webhook_deliveries d JOIN webhook_events v ON v.id = d.event_id
@@ -301,6 +302,13 @@ async fn report_webhooks(
     )
     .fetch_one(pool)
     .await?;
+    if let Some(span) = since_dispatch {
+        println!(
+            "webhooks (dispatched after the sending phases): {delivered} events in {span:.1} s from the scheduler's start: {:.0} events/s",
+            delivered as f64 / span
+        );
+        return Ok(());
+    }
     let mut lag: Vec<f64> = sqlx::query_scalar(
         "SELECT (extract(epoch FROM d.delivered_at - v.created_at) * 1000)::float8
            FROM webhook_deliveries d JOIN webhook_events v ON v.id = d.event_id
@@ -309,14 +317,6 @@ async fn report_webhooks(
     .fetch_all(pool)
     .await?;
     lag.sort_by(f64::total_cmp);
-    if let Some(started) = dispatch_started {
-        let span = started.elapsed().as_secs_f64();
-        println!(
-            "webhooks (dispatched after the sending phases): {delivered} events in {span:.1} s from the scheduler's start: {:.0} events/s",
-            delivered as f64 / span
-        );
-        return Ok(());
-    }
     println!(
         "webhooks: {delivered} events delivered ({} requests received) in {span:.1} s from the first event: {:.0} events/s; lag event → delivered p50 {:.0} ms, p99 {:.0} ms",
         receiver.received(),

@@ -215,17 +215,7 @@ async fn a_complaint_marks_the_message_complained_suppresses_and_tells_the_webho
         suppression_reason(&env, annoyed).await.as_deref(),
         Some("complaint")
     );
-    // The scheduler's fan-out makes the event from what the change recorded.
-    let events: Vec<String> = eventually("the complaint's webhook event", WAIT, || async {
-        let events: Vec<String> =
-            sqlx::query_scalar("SELECT event_type FROM webhook_events WHERE message_id = $1")
-                .bind(id)
-                .fetch_all(&env.pool)
-                .await
-                .unwrap();
-        (!events.is_empty()).then_some(events)
-    })
-    .await;
+    let events = env.wait_webhook_event_types(id, WAIT).await;
     assert_eq!(events, ["email.complained"]);
     assert!(timeline(&env, &token, id)
         .await

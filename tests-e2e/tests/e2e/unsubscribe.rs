@@ -506,18 +506,8 @@ async fn global_scope_suppresses_and_sends_carry_a_link_only_when_they_ask() {
     let (status, body) = one_click(&env, &dan_token).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["data"]["scope"], "global");
-    // The scheduler's fan-out makes the event from what the change recorded.
-    let events: Vec<String> =
-        eventually("dan's webhook event", Duration::from_secs(20), || async {
-            let events: Vec<String> = sqlx::query_scalar(
-                "SELECT event_type FROM webhook_events WHERE message_id = $1 ORDER BY sequence",
-            )
-            .bind(dan)
-            .fetch_all(&env.pool)
-            .await
-            .unwrap();
-            (!events.is_empty()).then_some(events)
-        })
+    let events = env
+        .wait_webhook_event_types(dan, Duration::from_secs(20))
         .await;
     assert_eq!(
         events,

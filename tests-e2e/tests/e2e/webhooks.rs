@@ -87,6 +87,14 @@ impl Receiver {
             .expect("receiver log JSON")
     }
 
+    /// Waits until some request has been received.
+    async fn wait_first_request(&self) {
+        eventually("the first answers", Duration::from_secs(30), || async {
+            (!self.log().await.is_empty()).then_some(())
+        })
+        .await;
+    }
+
     /// The requests answered 200, by event id.
     async fn accepted(&self) -> HashMap<String, Vec<Value>> {
         let mut by_id: HashMap<String, Vec<Value>> = HashMap::new();
@@ -168,6 +176,45 @@ async fn register(env: &TestEnv, token: &str, url: &str, types: &[&str]) -> (Str
         res.body["data"]["id"].as_str().expect("id").to_string(),
         secret.to_string(),
     )
+}
+
+/// Sends `n` simple messages to `{prefix}{i}@example.com`; their ids.
+async fn send_many(env: &TestEnv, token: &str, prefix: &str, n: usize) -> Vec<Uuid> {
+    let mut messages = Vec::with_capacity(n);
+    for i in 0..n {
+        let to = format!("{prefix}{i}@example.com");
+        messages.push(env.api().send_simple(token, &to).await);
+    }
+    messages
+}
+
+/// Waits until no delivery is left undelivered and no event waits to be
+/// fanned out.
+async fn wait_all_delivered(env: &TestEnv, timeout: Duration) {
+    eventually("every event delivered", timeout, || async {
+        let left: i64 = sqlx::query_scalar(
+            "SELECT (SELECT count(*) FROM webhook_deliveries WHERE status <> 'delivered')
+                  + (SELECT count(*) FROM webhook_pending_events)",
+        )
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+        (left == 0).then_some(())
+    })
+    .await;
+}
+
+/// Asserts that every repeat of an event is the same event (same id, same
+/// body); returns how many repeats there were.
+fn assert_repeats_are_the_same_event(accepted: &HashMap<String, Vec<Value>>) -> usize {
+    for (id, hits) in accepted {
+        assert!(
+            hits.iter().all(|h| h["event"] == hits[0]["event"]),
+            "{id}: {hits:?}"
+        );
+        assert_eq!(hits[0]["event"]["data"]["event_id"], id.as_str());
+    }
+    accepted.values().map(|h| h.len() - 1).sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -752,18 +799,8 @@ async fn a_dispatcher_killed_mid_flight_loses_no_event() {
     receiver
         .control(json!({"secrets": [secret], "delay_ms": 1500}))
         .await;
-    let mut messages = Vec::new();
-    for i in 0..10 {
-        messages.push(
-            env.api()
-                .send_simple(&token, &format!("k{i}@example.com"))
-                .await,
-        );
-    }
-    eventually("the first answers", Duration::from_secs(30), || async {
-        (!receiver.log().await.is_empty()).then_some(())
-    })
-    .await;
+    let messages = send_many(&env, &token, "k", 10).await;
+    receiver.wait_first_request().await;
     env.signal_scheduler(0, "KILL").await;
     let pending: i64 =
         sqlx::query_scalar("SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'")
@@ -785,27 +822,10 @@ async fn a_dispatcher_killed_mid_flight_loses_no_event() {
         caught_up < Duration::from_secs(20),
         "the rest took {caught_up:?} after the restart"
     );
-    eventually("no delivery pending", Duration::from_secs(90), || async {
-        let left: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM webhook_deliveries WHERE status <> 'delivered'",
-        )
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
-        (left == 0).then_some(())
-    })
-    .await;
+    wait_all_delivered(&env, Duration::from_secs(90)).await;
     let accepted = receiver.accepted().await;
     assert_eq!(accepted.len(), 20, "one id per event: {accepted:?}");
-    // A repeat is the same event: same id, same body.
-    for (id, hits) in &accepted {
-        assert!(
-            hits.iter().all(|h| h["event"] == hits[0]["event"]),
-            "{id}: {hits:?}"
-        );
-        assert_eq!(hits[0]["event"]["data"]["event_id"], id.as_str());
-    }
-    let repeats: usize = accepted.values().map(|h| h.len() - 1).sum();
+    let repeats = assert_repeats_are_the_same_event(&accepted);
     eprintln!("{pending} deliveries pending at the kill; {repeats} repeated after it");
 }
 
@@ -817,14 +837,7 @@ async fn events_recorded_while_no_scheduler_runs_arrive_in_order_once_one_starts
     let (_, secret) = register(&env, &token, &receiver.url(), &types).await;
     receiver.control(json!({"secrets": [secret]})).await;
     env.signal_scheduler(0, "KILL").await;
-    let mut messages = Vec::new();
-    for i in 0..10 {
-        let id = env
-            .api()
-            .send_simple(&token, &format!("later{i}@example.com"))
-            .await;
-        messages.push(id);
-    }
+    let messages = send_many(&env, &token, "later", 10).await;
     for m in &messages {
         env.wait_status(*m, "sent", Duration::from_secs(30)).await;
     }
@@ -899,18 +912,8 @@ async fn a_database_outage_under_the_dispatcher_loses_no_event() {
     receiver
         .control(json!({"secrets": [secret], "delay_ms": 300}))
         .await;
-    let mut messages = Vec::new();
-    for i in 0..20 {
-        messages.push(
-            env.api()
-                .send_simple(&token, &format!("outage{i}@example.com"))
-                .await,
-        );
-    }
-    eventually("the first answers", Duration::from_secs(30), || async {
-        (!receiver.log().await.is_empty()).then_some(())
-    })
-    .await;
+    let messages = send_many(&env, &token, "outage", 20).await;
+    receiver.wait_first_request().await;
     proxy.cut();
     tokio::time::sleep(Duration::from_secs(3)).await;
     proxy.restore();
@@ -920,31 +923,10 @@ async fn a_database_outage_under_the_dispatcher_loses_no_event() {
     for m in &messages {
         receiver.wait_events(*m, &types).await;
     }
-    eventually(
-        "no delivery or event pending",
-        Duration::from_secs(60),
-        || async {
-            let left: i64 = sqlx::query_scalar(
-                "SELECT (SELECT count(*) FROM webhook_deliveries WHERE status <> 'delivered')
-                  + (SELECT count(*) FROM webhook_pending_events)",
-            )
-            .fetch_one(&env.pool)
-            .await
-            .unwrap();
-            (left == 0).then_some(())
-        },
-    )
-    .await;
+    wait_all_delivered(&env, Duration::from_secs(60)).await;
     let accepted = receiver.accepted().await;
     assert_eq!(accepted.len(), 40, "one id per event: {accepted:?}");
-    // A repeat is the same event: same id, same body.
-    for (id, hits) in &accepted {
-        assert!(
-            hits.iter().all(|h| h["event"] == hits[0]["event"]),
-            "{id}: {hits:?}"
-        );
-    }
-    let repeats: usize = accepted.values().map(|h| h.len() - 1).sum();
+    let repeats = assert_repeats_are_the_same_event(&accepted);
     eprintln!("{repeats} events sent again after the outage");
 }
 
@@ -960,14 +942,7 @@ async fn two_dispatchers_share_the_deliveries_and_send_each_event_once() {
     receiver
         .control(json!({"secrets": [secret], "delay_ms": 50}))
         .await;
-    let mut messages = Vec::new();
-    for i in 0..40 {
-        messages.push(
-            env.api()
-                .send_simple(&token, &format!("two{i}@example.com"))
-                .await,
-        );
-    }
+    let messages = send_many(&env, &token, "two", 40).await;
     for m in &messages {
         receiver.wait_events(*m, &types).await;
     }

@@ -410,6 +410,23 @@ impl TestEnv {
             .expect("message exists")
     }
 
+    /// Waits until message `id` has webhook events (the scheduler's
+    /// fan-out makes them from what each change recorded); their types, in
+    /// order.
+    pub async fn wait_webhook_event_types(&self, id: Uuid, timeout: Duration) -> Vec<String> {
+        eventually(&format!("webhook events of {id}"), timeout, || async {
+            let types: Vec<String> = sqlx::query_scalar(
+                "SELECT event_type FROM webhook_events WHERE message_id = $1 ORDER BY sequence",
+            )
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await
+            .expect("webhook events");
+            (!types.is_empty()).then_some(types)
+        })
+        .await
+    }
+
     pub async fn wait_status(&self, id: Uuid, want: &str, timeout: Duration) {
         eventually(&format!("message {id} to be {want}"), timeout, || async {
             (self.status(id).await == want).then_some(())
