@@ -30,13 +30,20 @@ use crate::remote_control::{self, ControlContext};
 /// exits (their deliveries are then redelivered to another worker).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
-/// Groups of deliveries one lane runs at once, each of up to a quarter of
-/// the concurrency. Enough that a stalled SMTP server in one group does
-/// not hold up the others and that one group's database round trips
-/// overlap the others' sends; few enough that groups grow under load
-/// instead of splitting into many small ones, each paying the same
-/// database round trips.
+/// Groups of deliveries one lane prepares at once (records claimed,
+/// quota taken), each of up to a quarter of the concurrency. Enough that
+/// one group's database round trips overlap the others'; few enough that
+/// under load deliveries gather while they run, so that each group's
+/// statements serve many emails. A group is past its preparation once its
+/// sends start: it makes room for the next, and each of its deliveries
+/// gives back its slot as it is settled.
 const GROUPS_IN_FLIGHT: usize = 4;
+
+/// How long, while the lane is busy, a group waits for more deliveries to
+/// join it. Sends settled one by one free slots one by one: without it,
+/// each freed slot would start a group of one, paying for a whole
+/// group's statements. An idle lane starts at once.
+const GATHER_LINGER: Duration = Duration::from_millis(10);
 
 type LaneRun<'a> = BoxFuture<'a, (String, Result<(), broker::BrokerError>)>;
 
@@ -382,19 +389,27 @@ impl Consumer {
             let gather = (self.ctx.concurrency.limit() / GROUPS_IN_FLIGHT).max(1);
             let mut weight = lane.weight(&first.0);
             let mut group = vec![first];
+            let linger =
+                (slots.in_flight() > 0).then(|| tokio::time::Instant::now() + GATHER_LINGER);
             while weight < gather {
-                match waiting.try_recv() {
-                    Ok(d) => {
-                        let w = lane.weight(&d.0);
-                        if weight + w > gather {
-                            carried = Some(d);
-                            break;
-                        }
-                        weight += w;
-                        group.push(d);
-                    }
-                    Err(_) => break,
+                let next = match waiting.try_recv() {
+                    Ok(d) => Some(d),
+                    Err(_) => match linger {
+                        Some(until) => tokio::select! {
+                            next = tokio::time::timeout_at(until, waiting.recv()) => next.ok().flatten(),
+                            _ = stop.cancelled() => None,
+                        },
+                        None => None,
+                    },
+                };
+                let Some(d) = next else { break };
+                let w = lane.weight(&d.0);
+                if weight + w > gather {
+                    carried = Some(d);
+                    break;
                 }
+                weight += w;
+                group.push(d);
             }
             let permit = tokio::select! {
                 permit = slots.acquire(weight) => permit,
@@ -406,8 +421,7 @@ impl Consumer {
                 .unreserve(&tokens.into_iter().flatten().collect::<Vec<_>>());
             let lane = lane.clone();
             tokio::spawn(async move {
-                lane.handle_deliveries(group).await;
-                drop((permit, group_slot));
+                lane.handle_deliveries(group, permit, group_slot).await;
             });
         }
     }

@@ -115,6 +115,18 @@ pub struct Permit {
     n: usize,
 }
 
+impl Permit {
+    /// Gives back `n` of the slots (a delivery of the group finished)
+    /// while the rest stay taken.
+    pub fn release(&mut self, n: usize) {
+        let n = n.min(self.n);
+        self.n -= n;
+        self.slots
+            .in_flight
+            .send_modify(|f| *f = f.saturating_sub(n));
+    }
+}
+
 impl Drop for Permit {
     fn drop(&mut self) {
         let n = self.n;
@@ -205,6 +217,24 @@ mod tests {
         drop(_b);
         let whole = slots.acquire(50).await;
         assert_eq!(whole.n, 1);
+    }
+
+    #[tokio::test]
+    async fn a_permit_gives_back_its_slots_one_delivery_at_a_time() {
+        let pool = Arc::new(Pool::new(3));
+        let slots = Slots::new(pool);
+        let mut group = slots.acquire(3).await;
+        assert_eq!(slots.in_flight(), 3);
+        group.release(1);
+        assert_eq!(slots.in_flight(), 2);
+        // The freed slot admits the next delivery while the group runs on.
+        let next = tokio::time::timeout(Duration::from_millis(50), slots.acquire(1)).await;
+        assert!(next.is_ok());
+        // Never more than it holds, even if asked (a clamped weight).
+        group.release(10);
+        assert_eq!(slots.in_flight(), 1);
+        drop(group);
+        assert_eq!(slots.in_flight(), 1);
     }
 
     #[tokio::test]

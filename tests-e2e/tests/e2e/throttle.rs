@@ -218,3 +218,132 @@ async fn a_throttled_account_keeps_its_priority_for_sends_that_arrive_together()
         ]
     );
 }
+
+/// Sends are settled as they finish, not when their group does: of eight
+/// emails that arrive together (one batch task, one group), seven are
+/// recorded `sent`, with their Celery results, while the eighth is still
+/// stuck on a slow server; it is recorded once it gets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_send_does_not_hold_up_the_outcomes_of_those_that_arrived_with_it() {
+    let mut env = TestEnv::new().await;
+    env.start_api().await;
+    let token = env.api().admin_token(&env.pool).await;
+    env.api()
+        .add_account(&token, env.smtp.port(), "sender@example.com", 1000, 0)
+        .await;
+    env.smtp
+        .set_recipient_fault("slow@example.org", Fault::Stall(Duration::from_secs(6)));
+    let mut messages =
+        vec![json!({"to": "slow@example.org", "subject": "Hi", "content": "<p>Hi</p>"})];
+    messages.extend((0..7).map(
+        |i| json!({"to": format!("fast{i}@example.org"), "subject": "Hi", "content": "<p>Hi</p>"}),
+    ));
+    let res = env
+        .api()
+        .post(
+            "/api/v1/messages/email/batch",
+            &token,
+            &json!({"messages": messages}),
+        )
+        .await;
+    assert_eq!(res.body["data"]["accepted"], 8, "{}", res.body);
+    let started = Instant::now();
+    env.start_worker_with(&[("CELERY_WORKER_CONCURRENCY", "8")]);
+    eventually(
+        "the seven fast sends recorded",
+        Duration::from_secs(20),
+        || async { (env.count_status("sent").await == 7).then_some(()) },
+    )
+    .await;
+    let slow: String = sqlx::query_scalar(
+        "SELECT status FROM message_records WHERE to_addrs = '{slow@example.org}'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(slow, "sending", "the slow send is still on the wire");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "the fast sends waited for the slow one: {:?}",
+        started.elapsed()
+    );
+    // Python callers see the fast ones' results already.
+    let fast_task: String = sqlx::query_scalar(
+        "SELECT task_id FROM message_records WHERE to_addrs = '{fast0@example.org}'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    let redis = redis::Client::open(crate::support::REDIS_RESULTS).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let stored: Option<String> = redis::cmd("GET")
+        .arg(format!("celery-task-meta-{fast_task}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        stored.is_some_and(|s| s.contains("SUCCESS")),
+        "the fast send's result is stored"
+    );
+    eventually(
+        "the slow send recorded",
+        Duration::from_secs(20),
+        || async { (env.count_status("sent").await == 8).then_some(()) },
+    )
+    .await;
+    assert_eq!(env.smtp.count(), 8);
+}
+
+/// An account whose connections all have a backlog is passed over for a
+/// moment, not for the quota wait: with plenty of quota left, what it
+/// cannot take now waits a second (`account_throttle`), never the quota
+/// wait (a minute here) that would leave its connections idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_beyond_a_full_connection_backlog_wait_a_moment_not_for_quota() {
+    let mut env = TestEnv::new().await;
+    env.start_api().await;
+    let token = env.api().admin_token(&env.pool).await;
+    limited_account(
+        &env,
+        &token,
+        "capped@example.com",
+        0,
+        json!({"max_connections": 1}),
+    )
+    .await;
+    env.smtp.set_latency(Latency::parse("data=50").unwrap());
+    // One connection: a backlog of four at most, so most of the 30 wait.
+    let messages: Vec<_> = (0..30)
+        .map(
+            |i| json!({"to": format!("b{i}@example.org"), "subject": "Hi", "content": "<p>Hi</p>"}),
+        )
+        .collect();
+    let res = env
+        .api()
+        .post(
+            "/api/v1/messages/email/batch",
+            &token,
+            &json!({"messages": messages}),
+        )
+        .await;
+    assert_eq!(res.body["data"]["accepted"], 30, "{}", res.body);
+    env.start_worker_with(&[
+        ("CELERY_WORKER_CONCURRENCY", "64"),
+        ("QUOTA_WAIT_SECONDS", "60"),
+    ]);
+    eventually("30 sends", Duration::from_secs(45), || async {
+        (env.count_status("sent").await == 30).then_some(())
+    })
+    .await;
+    let reasons: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT detail->>'reason' FROM message_events WHERE event = 'waiting'",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert!(!reasons.is_empty(), "some sends waited for the connection");
+    assert!(
+        reasons.iter().all(|r| r.starts_with("account_throttle")),
+        "{reasons:?}"
+    );
+}

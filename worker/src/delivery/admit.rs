@@ -125,6 +125,9 @@ pub async fn reserve(
             Some(max) => {
                 let pending = ctx.backlog.take(account.id, granted);
                 if ctx.backlog.room(account.id, Some(max)) == 0 {
+                    // Passed over for a full backlog, not for quota: what
+                    // this account cannot take now waits a moment only.
+                    full.store(true, std::sync::atomic::Ordering::Relaxed);
                     passed.push(account.id);
                 }
                 pending.into_iter().map(Some).collect()

@@ -12,8 +12,10 @@
 //!    the Celery result stored; a failure goes through [`policy`], which
 //!    alone decides between failing, retrying and changing account.
 //!
-//! [`pipeline`] runs the stages for the send tasks that arrived together;
-//! a single send is a group of one.
+//! [`pipeline`] runs the stages for the send tasks that arrived together
+//! (a single send is a group of one) up to the claim; [`sending`] runs
+//! the claimed sends and settles each as it finishes, with those that
+//! finished about the same time.
 
 pub mod admit;
 pub mod attempt;
@@ -22,6 +24,7 @@ pub mod domains;
 pub mod pipeline;
 pub mod policy;
 pub mod prepare;
+pub mod sending;
 pub mod settle;
 
 pub use pipeline::deliver;

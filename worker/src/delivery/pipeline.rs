@@ -1,9 +1,12 @@
 //! The pipeline: send tasks that arrived together, taken through the
 //! stages together. Each is prepared on its own (a Python producer's email
-//! is recorded first); then quota is reserved, records are claimed and
-//! successes recorded with one statement for all, while the SMTP
-//! transactions run concurrently over the pooled connections. A single
-//! send is a group of one: there is no other path.
+//! is recorded first); then quota is reserved and records are claimed
+//! with one statement for all. The SMTP transactions then run
+//! concurrently over the pooled connections, and each is settled as it
+//! finishes, with those that finished about the same time
+//! ([`super::sending`]): a slow send does not hold up the others' acks,
+//! nor their slots. A single send is a group of one: there is no other
+//! path.
 //!
 //! The record moves `queued → sending → sent|failed` and the delivery is
 //! acknowledged only after the outcome is committed. A redelivered or
@@ -23,82 +26,84 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures_util::future::join_all;
-use platform::celery::{TaskMessage, TaskState};
+use platform::celery::TaskMessage;
 use platform::db::attachments;
-use platform::db::email_accounts::{self, EmailAccount};
 use platform::db::messages::{self, Claimed, MessageStatus};
-use tracing::Instrument;
 use uuid::Uuid;
 
 use super::admit::{self, Cause, Seat, Wait};
-use super::attempt::{attempt, limits, Attempt, Extras};
 use super::domains;
-use super::policy::{refuse, settle_failure};
+use super::policy::refuse;
 use super::prepare::{prepare, Prepared};
-use super::settle::{persist, recovered, sent_result, started_result};
+use super::sending::{self, ClaimedGroup, Work};
 use crate::context::Context;
 use crate::domain_throttle::Pass;
-use crate::outcome::{Outcome, Ran, RunError};
+use crate::outcome::{Outcome, RunError};
+use crate::registry::Report;
 
-/// Delivers send tasks that arrived together; one result per task, in
-/// order.
-pub async fn deliver(ctx: &Context, messages: &[&TaskMessage]) -> Vec<Ran> {
-    let mut ran: Vec<Option<Ran>> = messages.iter().map(|_| None).collect();
+/// Delivers send tasks that arrived together, reporting each task's
+/// result as soon as it is settled.
+pub async fn deliver(ctx: &Context, messages: &[&TaskMessage], report: Report) {
     let prepared = join_all(messages.iter().map(|m| prepare(ctx, m))).await;
     let mut group: Vec<(usize, Uuid)> = Vec::new();
     for (i, prepared) in prepared.into_iter().enumerate() {
         match prepared {
             Ok(Prepared::Record(id)) => group.push((i, id)),
             Ok(Prepared::Refused { reason, recorded }) => {
-                ran[i] = Some(Ok(refuse(ctx, messages[i], &reason, recorded).await));
+                report.ran(i, Ok(refuse(ctx, messages[i], &reason, recorded).await));
             }
-            Err(e) => ran[i] = Some(Err(RunError::from(e))),
+            Err(e) => report.ran(i, Err(RunError::from(e))),
         }
     }
+    let indices: Vec<usize> = group.iter().map(|(i, _)| *i).collect();
     let members: Vec<(Uuid, &TaskMessage)> =
         group.iter().map(|(i, id)| (*id, messages[*i])).collect();
-    for ((i, _), outcome) in group.iter().zip(deliver_records(ctx, &members).await) {
-        ran[*i] = Some(outcome);
-    }
-    ran.into_iter()
-        .map(|r| r.unwrap_or_else(|| Err(RunError::Unavailable("no result".into()))))
-        .collect()
+    deliver_records(ctx, &members, &report.subset(&indices)).await;
 }
 
 /// Runs the group's stages; when the database refuses a statement for the
-/// group (one message's data, not the database), each message goes its own
-/// way, so that the bad one fails alone.
-async fn deliver_records(ctx: &Context, members: &[(Uuid, &TaskMessage)]) -> Vec<Ran> {
+/// group before anything was sent (one message's data, not the
+/// database), each message goes its own way, so that the bad one fails
+/// alone.
+async fn deliver_records(ctx: &Context, members: &[(Uuid, &TaskMessage)], report: &Report) {
     if members.is_empty() {
-        return Vec::new();
+        return;
     }
-    match stages(ctx, members).await {
-        Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+    match stages(ctx, members, report).await {
+        Ok(()) => {}
         Err(e) if members.len() > 1 && !platform::db::is_transient(&e) => {
             tracing::warn!(error = %e, "the database refused a group; running its tasks one by one");
-            join_all(members.iter().map(|member| async move {
-                match stages(ctx, std::slice::from_ref(member)).await {
-                    Ok(mut outcome) => Ok(outcome.remove(0)),
-                    Err(e) => Err(RunError::from(e)),
+            join_all(members.iter().enumerate().map(|(i, member)| {
+                let report = report.subset(&[i]);
+                async move {
+                    if let Err(e) = stages(ctx, std::slice::from_ref(member), &report).await {
+                        report.ran(0, Err(RunError::from(e)));
+                    }
                 }
             }))
-            .await
+            .await;
         }
         Err(e) => {
             if platform::db::is_transient(&e) {
                 tracing::warn!(error = %e, "database unavailable; the tasks go back to the queue");
             }
             let error = RunError::from(e);
-            members.iter().map(|_| Err(error.clone())).collect()
+            for i in 0..members.len() {
+                report.ran(i, Err(error.clone()));
+            }
         }
     }
 }
 
-/// Admit, claim, attempt, settle: one outcome per member, in order.
+/// Admit and claim; then, if that went through, attempt and settle.
+/// Returns an error only from the first two, before any member is
+/// reported (the caller reports them all); from then on each member is
+/// reported as it is settled.
 async fn stages(
     ctx: &Context,
     group: &[(Uuid, &TaskMessage)],
-) -> Result<Vec<Outcome>, sqlx::Error> {
+    report: &Report,
+) -> Result<(), sqlx::Error> {
     let started = Instant::now();
     let mut outcomes: Vec<Option<Outcome>> = group.iter().map(|_| None).collect();
     // The same record twice in one group (a task published twice): the
@@ -116,24 +121,44 @@ async fn stages(
     // The recipient domains' throttles first: a send its domain holds
     // back takes no quota and waits, and the group's other sends go on.
     let domains::DomainGate { mut passes, held } = domains::admit(ctx, group, &unique).await?;
-    let result = admitted(ctx, group, &unique, &mut passes, held, outcomes, started).await;
+    let claimed = admitted(ctx, group, &unique, &mut passes, held, &mut outcomes).await;
     // Places taken for sends that were not made (an error on the way).
     domains::give_back(ctx, passes.into_values().collect()).await;
-    result
+    let claimed = claimed?;
+
+    let sending: HashSet<usize> = claimed
+        .iter()
+        .flat_map(|c| c.work.iter().map(|w| w.i))
+        .collect();
+    for (i, outcome) in outcomes.into_iter().enumerate() {
+        if !sending.contains(&i) {
+            report.ran(i, Ok(outcome.unwrap_or(Outcome::Done)));
+        }
+    }
+    report.sending();
+    if let Some(claimed) = claimed {
+        tracing::debug!(
+            group = group.len(),
+            sending = claimed.work.len(),
+            prepare_ms = started.elapsed().as_millis() as u64,
+            "group claimed"
+        );
+        sending::send(ctx, group, claimed, report).await;
+    }
+    Ok(())
 }
 
-/// The stages after the domains' throttles: quota, claim, attempt,
-/// settle. `passes` holds what each admitted member took from its
-/// domains; it is released (or given back) as the member is done with.
+/// The stages after the domains' throttles: quota and claim. `passes`
+/// holds what each admitted member took from its domains; a claimed
+/// member's goes with it. The claimed members, if any.
 async fn admitted(
     ctx: &Context,
     group: &[(Uuid, &TaskMessage)],
     unique: &[usize],
     passes: &mut HashMap<usize, Pass>,
     held: Vec<(usize, Wait)>,
-    mut outcomes: Vec<Option<Outcome>>,
-    started: Instant,
-) -> Result<Vec<Outcome>, sqlx::Error> {
+    outcomes: &mut [Option<Outcome>],
+) -> Result<Option<ClaimedGroup>, sqlx::Error> {
     let candidates: Vec<usize> = unique
         .iter()
         .copied()
@@ -186,12 +211,18 @@ async fn admitted(
         .map(|c| (c.record.id, c))
         .collect()
     };
-    let mut work: Vec<(usize, Claimed, Seat)> = Vec::new();
+    let mut work: Vec<Work> = Vec::new();
     let mut spare: Vec<Seat> = Vec::new();
     let mut unclaimed: Vec<usize> = Vec::new();
     for (i, seat) in seated {
         match claimed.remove(&group[i].0) {
-            Some(c) => work.push((i, c, seat)),
+            Some(claimed) => work.push(Work {
+                i,
+                pass: passes.remove(&i),
+                claimed,
+                seat,
+                files: Vec::new(),
+            }),
             None => {
                 spare.push(seat);
                 unclaimed.push(i);
@@ -207,151 +238,33 @@ async fn admitted(
         .collect();
     domains::give_back(ctx, unused).await;
     if !unclaimed.is_empty() || !waiting.is_empty() {
-        not_sent(
-            ctx,
-            group,
-            &unclaimed,
-            &waiting,
-            stale_before,
-            &mut outcomes,
-        )
-        .await?;
+        not_sent(ctx, group, &unclaimed, &waiting, stale_before, outcomes).await?;
     }
     if work.is_empty() {
-        return Ok(finished(outcomes));
+        return Ok(None);
     }
 
-    for (_, c, _) in work.iter().filter(|(_, c, _)| c.reclaimed) {
-        tracing::warn!(message_id = %c.record.id, "the worker that was sending it is gone or passed the hard time limit; sending again with the same Message-ID");
+    for w in work.iter().filter(|w| w.claimed.reclaimed) {
+        tracing::warn!(message_id = %w.claimed.record.id, "the worker that was sending it is gone or passed the hard time limit; sending again with the same Message-ID");
         metrics::counter!("emails_interrupted_total").increment(1);
     }
     // Attachments are read only for the messages that have some.
     let with_files: Vec<Uuid> = work
         .iter()
-        .filter(|(_, c, _)| c.has_attachments)
-        .map(|(_, c, _)| c.record.id)
+        .filter(|w| w.claimed.has_attachments)
+        .map(|w| w.claimed.record.id)
         .collect();
-    let mut files = if with_files.is_empty() {
-        HashMap::new()
-    } else {
-        attachments::for_messages(&ctx.pool, &with_files).await?
-    };
-    // Celery's STARTED state, for every claimed task, in one round trip.
-    let started_states: Vec<_> = work
-        .iter()
-        .map(|(i, c, _)| {
-            (
-                group[*i].1.id().to_string(),
-                TaskState::Started,
-                started_result(&c.record),
-                Vec::new(),
-            )
-        })
-        .collect();
-    if let Err(e) = ctx.results.store_many(&started_states).await {
-        tracing::warn!(error = %e, "cannot store task states");
-    }
-    let prepared = started.elapsed();
-    let span = |i: usize, c: &Claimed, account: &EmailAccount| {
-        tracing::info_span!(
-            "send_email",
-            task_id = group[i].1.id(),
-            message_id = %c.record.id,
-            account = %account.email,
-        )
-    };
-    let attempts = join_all(work.iter().map(|(i, c, seat)| {
-        let account = &accounts[seat.account];
-        let extras = Extras {
-            suppressed: c.suppressed.clone(),
-            files: files.remove(&c.record.id).unwrap_or_default(),
-        };
-        let limits = limits(ctx, group[*i].1);
-        attempt(ctx, &c.record, account, extras, limits).instrument(span(*i, c, account))
-    }))
-    .await;
-    let smtp_done = started.elapsed();
-
-    let mut sent = Sent::default();
-    let mut results = Vec::new();
-    let mut failures = Vec::new();
-    let mut used: Vec<bool> = vec![false; accounts.len()];
-    let mut finished_passes: Vec<Pass> = Vec::new();
-    for ((i, c, seat), attempt) in work.into_iter().zip(attempts) {
-        drop(seat.pending);
-        finished_passes.extend(passes.remove(&i));
-        let account = &accounts[seat.account];
-        match attempt {
-            Attempt::Sent {
-                smtp_message_id,
-                reply,
-            } => {
-                used[seat.account] = true;
-                results.push((
-                    group[i].1.id().to_string(),
-                    TaskState::Success,
-                    sent_result(&c.record, account, &smtp_message_id, &reply),
-                    crate::canvas::children(ctx, group[i].1),
-                ));
-                tracing::info!(task_id = group[i].1.id(), message_id = %c.record.id, account = %account.email, %reply, "email sent");
-                sent.ids.push(c.record.id);
-                sent.message_ids.push(smtp_message_id);
-                sent.replies.push(reply);
-                outcomes[i] = Some(Outcome::Done);
-            }
-            failed => failures.push((i, c, seat.account, failed)),
+    if !with_files.is_empty() {
+        let mut files = attachments::for_messages(&ctx.pool, &with_files).await?;
+        for w in &mut work {
+            w.files = files.remove(&w.claimed.record.id).unwrap_or_default();
         }
     }
-    domains::release(ctx, finished_passes).await;
-    if !sent.ids.is_empty() {
-        persist(|| messages::mark_sent(&ctx.pool, &sent.ids, &sent.message_ids, &sent.replies))
-            .await?;
-    }
-    metrics::counter!("messages_sent_total").increment(sent.ids.len() as u64);
-    tracing::debug!(
-        group = group.len(),
-        sent = sent.ids.len(),
-        prepare_ms = prepared.as_millis() as u64,
-        smtp_ms = (smtp_done - prepared).as_millis() as u64,
-        record_ms = (started.elapsed() - smtp_done).as_millis() as u64,
-        "group sent"
-    );
-    // The results right after the records, so that a caller who sees
-    // `sent` finds SUCCESS too; the accounts' recovery can wait.
-    if let Err(e) = ctx.results.store_many(&results).await {
-        tracing::warn!(error = %e, "cannot store task results");
-    }
-    let senders: Vec<&EmailAccount> = accounts
-        .iter()
-        .zip(used)
-        .filter_map(|(account, used)| used.then_some(account))
-        .collect();
-    recovered(ctx, senders).await?;
-
-    for (i, c, account, failed) in failures {
-        let account = &accounts[account];
-        email_accounts::release(&ctx.pool, today, account.id, 1).await?;
-        let outcome = settle_failure(ctx, group[i].1, &c.record, account, failed)
-            .instrument(span(i, &c, account))
-            .await?;
-        outcomes[i] = Some(outcome);
-    }
-    Ok(finished(outcomes))
-}
-
-/// What was sent, as `messages::mark_sent` takes it.
-#[derive(Default)]
-struct Sent {
-    ids: Vec<Uuid>,
-    message_ids: Vec<String>,
-    replies: Vec<String>,
-}
-
-fn finished(outcomes: Vec<Option<Outcome>>) -> Vec<Outcome> {
-    outcomes
-        .into_iter()
-        .map(|o| o.unwrap_or(Outcome::Done))
-        .collect()
+    Ok(Some(ClaimedGroup {
+        today,
+        accounts,
+        work,
+    }))
 }
 
 /// The outcomes of members that were not claimed (`unclaimed`: seated,

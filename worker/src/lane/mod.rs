@@ -3,17 +3,21 @@
 //! consumer hands over and settling each (ack, requeue, re-publish).
 
 mod job;
+mod ledger;
 mod publish;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
 use platform::broker::Topology;
 use platform::celery::{TaskMessage, TaskState};
 use platform::db::messages;
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
 pub use job::Decoded;
@@ -21,8 +25,10 @@ use publish::nack_requeue;
 pub use publish::Publisher;
 
 use crate::context::Context;
-use crate::outcome::{Outcome, RunError};
-use crate::registry::Registry;
+use crate::outcome::{Outcome, Ran, RunError};
+use crate::pool::Permit;
+use crate::registry::{Progress, Registry, Report};
+use ledger::Ledger;
 
 /// The longest a rate-limited task waits for its turn while holding its
 /// delivery; a longer wait goes through the delay ladder.
@@ -57,12 +63,22 @@ impl Lane {
             .map_or(1, |m| self.registry.weight(m))
     }
 
-    /// Deliveries that arrived together. Tasks that stand for others
-    /// (batches) are expanded into them, and the tasks run together through
-    /// the registry. A delivery is acknowledged once every task it carries
-    /// is settled, and requeued whole if any of them could not be (a
-    /// member already sent is then skipped by its record's claim).
-    pub async fn handle_deliveries(&self, deliveries: Vec<Decoded>) {
+    /// Deliveries that arrived together, admitted with `permit` (their
+    /// slots) and `group_slot` (one of the groups the lane prepares at
+    /// once). Tasks that stand for others (batches) are expanded into
+    /// them, and the tasks run together through the registry. A delivery
+    /// is acknowledged, and its slots given back, as soon as every task it
+    /// carries is settled, while the others run on; it is requeued whole
+    /// if any of them could not be (a member already sent is then skipped
+    /// by its record's claim). The group slot is given back once the group
+    /// is past its database preparation.
+    pub async fn handle_deliveries(
+        &self,
+        deliveries: Vec<Decoded>,
+        mut permit: Permit,
+        group_slot: OwnedSemaphorePermit,
+    ) {
+        let mut group_slot = Some(group_slot);
         if !self.ctx.liveness.is_fresh() {
             // Others may soon treat this worker's claims as abandoned: it
             // claims nothing until it has renewed its lease.
@@ -73,8 +89,16 @@ impl Lane {
             }
             return;
         }
-        let mut requeue = vec![false; deliveries.len()];
-        let (jobs, mut settled) = job::jobs(self.registry, &deliveries);
+        let (jobs, early) = job::jobs(self.registry, &deliveries);
+        let mut ledger = Ledger::new(deliveries.len(), jobs.iter().map(|j| j.delivery));
+        let mut finishing = FuturesUnordered::new();
+        for s in early {
+            finishing.extend(
+                ledger
+                    .settle(s)
+                    .map(|(d, s)| self.finish(&deliveries, &jobs, d, s)),
+            );
+        }
         let back: Vec<&str> = deliveries
             .iter()
             .filter_map(|d| d.message.as_ref().ok().map(|m| m.id()))
@@ -84,8 +108,9 @@ impl Lane {
         let now = Utc::now();
         let revoked = self.revoked(&jobs).await;
         let mut due: Vec<usize> = Vec::new();
+        let mut decided: Vec<job::Settled> = Vec::new();
         for (j, job) in jobs.iter().enumerate() {
-            let decided = if !self.registry.knows(job.message.task()) {
+            let outcome = if !self.registry.knows(job.message.task()) {
                 // Rejected as Celery's consumer does: never received nor
                 // started (its events), only dead-lettered (`task-rejected`).
                 Some(Outcome::DeadLetter {
@@ -96,8 +121,8 @@ impl Lane {
             } else {
                 self.before_running(&job.message, now).await
             };
-            match decided {
-                Some(outcome) => settled.push(job::Settled {
+            match outcome {
+                Some(outcome) => decided.push(job::Settled {
                     delivery: job.delivery,
                     job: Some(j),
                     outcome,
@@ -105,51 +130,130 @@ impl Lane {
                 None => due.push(j),
             }
         }
-        let due = self.rate_limited(&jobs, due, &mut settled).await;
+        let due = self.rate_limited(&jobs, due, &mut decided).await;
+        for s in decided {
+            finishing.extend(
+                ledger
+                    .settle(s)
+                    .map(|(d, s)| self.finish(&deliveries, &jobs, d, s)),
+            );
+        }
+        finishing.extend(
+            ledger
+                .settled_already()
+                .into_iter()
+                .map(|(d, s)| self.finish(&deliveries, &jobs, d, s)),
+        );
+
         let messages: Vec<&TaskMessage> = due.iter().map(|&j| &jobs[j].message).collect();
         self.ctx.worker.tasks_started(&messages, &self.queue).await;
-        let ran = self
+        let (report, mut progress) = Report::new(messages.len());
+        let run = self
             .registry
-            .run(&self.ctx, &messages)
-            .instrument(tracing::info_span!("tasks", queue = %self.queue, count = messages.len()))
-            .await;
-        self.ctx
-            .worker
-            .tasks_finished(&messages, &self.ctx.results)
-            .await;
+            .run(&self.ctx, &messages, report)
+            .instrument(tracing::info_span!("tasks", queue = %self.queue, count = messages.len()));
+        tokio::pin!(run);
+        let mut ran = false;
+        let mut listening = true;
+        let mut reported = vec![false; messages.len()];
+        let mut requeued: Vec<usize> = Vec::new();
         let mut database_down = false;
-        for (j, ran) in due.into_iter().zip(ran) {
-            let job = &jobs[j];
-            match ran {
-                Ok(outcome) => settled.push(job::Settled {
-                    delivery: job.delivery,
-                    job: Some(j),
-                    outcome,
-                }),
-                Err(RunError::Unavailable(e)) => {
-                    tracing::warn!(task_id = job.message.id(), error = %e, "database unavailable; the task goes back to the queue");
-                    database_down = true;
-                    requeue[job.delivery] = true;
+        while listening || !finishing.is_empty() {
+            tokio::select! {
+                () = &mut run, if !ran => ran = true,
+                Some((d, again)) = finishing.next(), if !finishing.is_empty() => {
+                    if again {
+                        requeued.push(d);
+                    } else {
+                        permit.release(self.weight(&deliveries[d]));
+                    }
                 }
-                Err(RunError::Refused(described)) => {
-                    // Trying again would fail the same way forever.
-                    tracing::warn!(task_id = job.message.id(), error = %described, "the database refused the task's data");
-                    let reason = format!("the database refused this task's data: {described}");
-                    self.fail_record(&job.message, &reason).await;
-                    settled.push(job::Settled {
-                        delivery: job.delivery,
-                        job: Some(j),
-                        outcome: Outcome::DeadLetter { reason },
-                    });
-                }
+                progress = progress.recv(), if listening => match progress {
+                    // Every report is in once the run is over.
+                    None => listening = false,
+                    Some(Progress::Sending) => drop(group_slot.take()),
+                    Some(Progress::Ran(k, result)) => {
+                        if std::mem::replace(&mut reported[k], true) {
+                            continue;
+                        }
+                        let j = due[k];
+                        let job = &jobs[j];
+                        self.ctx
+                            .worker
+                            .tasks_finished(&[&job.message], &self.ctx.results)
+                            .await;
+                        let ready = match self.settled(job, j, result).await {
+                            Ok(settled) => ledger.settle(settled),
+                            Err(down) => {
+                                database_down |= down;
+                                ledger.requeue(job.delivery)
+                            }
+                        };
+                        finishing.extend(ready.map(|(d, s)| self.finish(&deliveries, &jobs, d, s)));
+                    }
+                },
             }
         }
+        drop(group_slot);
+        // A task the run never reported is not lost: its delivery goes back.
+        for (k, _) in reported.iter().enumerate().filter(|(_, r)| !**r) {
+            tracing::warn!(
+                task_id = jobs[due[k]].message.id(),
+                "the task gave no result; it goes back to the queue"
+            );
+        }
+        requeued.extend(ledger.requeued());
+        if requeued.is_empty() {
+            return;
+        }
+        // Not at once: a database or broker that just failed needs a moment.
+        let pause = if database_down { 1000 } else { 500 };
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        requeued.sort_unstable();
+        requeued.dedup();
+        for d in requeued {
+            nack_requeue(&deliveries[d].delivery).await;
+        }
+    }
 
-        for s in settled {
-            if requeue[s.delivery] {
-                continue;
+    /// A task's result as its delivery's ledger takes it; `Err(database
+    /// down)` when the task could not be settled and its delivery goes
+    /// back to the queue.
+    async fn settled(&self, job: &job::Job, j: usize, result: Ran) -> Result<job::Settled, bool> {
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(RunError::Unavailable(e)) => {
+                tracing::warn!(task_id = job.message.id(), error = %e, "database unavailable; the task goes back to the queue");
+                return Err(true);
             }
-            let delivery = &deliveries[s.delivery];
+            Err(RunError::Refused(described)) => {
+                // Trying again would fail the same way forever.
+                tracing::warn!(task_id = job.message.id(), error = %described, "the database refused the task's data");
+                let reason = format!("the database refused this task's data: {described}");
+                self.fail_record(&job.message, &reason).await;
+                Outcome::DeadLetter { reason }
+            }
+        };
+        Ok(job::Settled {
+            delivery: job.delivery,
+            job: Some(j),
+            outcome,
+        })
+    }
+
+    /// Finishes a delivery whose tasks are all settled: their outcomes
+    /// published (retries, delays, dead letters, then callbacks), then the
+    /// ack. Whether it must go back to the queue instead (a publication
+    /// failed).
+    async fn finish(
+        &self,
+        deliveries: &[Decoded],
+        jobs: &[job::Job],
+        d: usize,
+        settled: Vec<job::Settled>,
+    ) -> (usize, bool) {
+        let delivery = &deliveries[d];
+        for s in settled {
             let job = s.job.map(|j| &jobs[j]);
             let finished = matches!(s.outcome, Outcome::Done | Outcome::DeadLetter { .. });
             let published = match job {
@@ -164,38 +268,28 @@ impl Lane {
                     let message = job
                         .map(|job| &job.message)
                         .or(delivery.message.as_ref().ok());
-                    let d = &delivery.delivery;
-                    self.publish_outcome(&d.properties, &d.data, message, s.outcome)
+                    let dd = &delivery.delivery;
+                    self.publish_outcome(&dd.properties, &dd.data, message, s.outcome)
                         .await
                 }
             };
             if let Err(e) = published {
                 tracing::warn!(error = %e, "re-publication failed; requeueing the original");
-                requeue[s.delivery] = true;
-                continue;
+                return (d, true);
             }
             // Callbacks, chain steps, chord bodies: once the outcome is
             // recorded, before the ack.
             if let (true, Some(job)) = (finished, job) {
                 if let Err(e) = self.follow_up(&job.message).await {
                     tracing::warn!(task_id = job.message.id(), error = %e, "cannot publish the task's callbacks; requeueing it");
-                    requeue[s.delivery] = true;
+                    return (d, true);
                 }
             }
         }
-
-        if requeue.iter().any(|r| *r) {
-            // Not at once: a database or broker that just failed needs a moment.
-            let pause = if database_down { 1000 } else { 500 };
-            tokio::time::sleep(Duration::from_millis(pause)).await;
+        if let Err(e) = delivery.delivery.ack(BasicAckOptions::default()).await {
+            tracing::warn!(error = %e, "ack failed; the message will be redelivered");
         }
-        for (d, requeue) in deliveries.iter().zip(requeue) {
-            if requeue {
-                nack_requeue(&d.delivery).await;
-            } else if let Err(e) = d.delivery.ack(BasicAckOptions::default()).await {
-                tracing::warn!(error = %e, "ack failed; the message will be redelivered");
-            }
-        }
+        (d, false)
     }
 
     /// Stores the task's failure for Python callers and marks the record it

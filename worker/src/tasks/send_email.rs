@@ -8,8 +8,7 @@ use platform::celery::TaskMessage;
 
 use crate::context::Context;
 use crate::delivery;
-use crate::outcome::Ran;
-use crate::registry::Task;
+use crate::registry::{Report, Task};
 
 pub struct SendEmail;
 
@@ -22,7 +21,8 @@ impl Task for SendEmail {
         &'a self,
         ctx: &'a Context,
         messages: &'a [&'a TaskMessage],
-    ) -> BoxFuture<'a, Vec<Ran>> {
-        Box::pin(delivery::deliver(ctx, messages))
+        report: Report,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(delivery::deliver(ctx, messages, report))
     }
 }
