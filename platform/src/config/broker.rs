@@ -138,7 +138,7 @@ pub(super) fn urls(vars: &Vars<'_>) -> Result<Vec<String>, ConfigError> {
 
 /// `RABBITMQ_PREFETCH_COUNT`: unacknowledged messages a worker holds at once.
 pub(super) fn prefetch_count(vars: &Vars<'_>) -> Result<u16, ConfigError> {
-    vars.parse_positive_or("RABBITMQ_PREFETCH_COUNT", 512)
+    vars.parse_positive_or("RABBITMQ_PREFETCH_COUNT", 1024)
 }
 
 /// `CELERY_TASK_SEND_SENT_EVENT` (Celery's `task_send_sent_event`): the

@@ -62,7 +62,7 @@ pub struct Revokes {
 
 /// `CELERY_WORKER_CONCURRENCY`: sends in parallel, for each queue consumed.
 pub(super) fn concurrency(vars: &Vars<'_>) -> Result<usize, ConfigError> {
-    vars.parse_positive_or("CELERY_WORKER_CONCURRENCY", 512)
+    vars.parse_positive_or("CELERY_WORKER_CONCURRENCY", 1024)
 }
 
 /// The lease lasts `WORKER_LEASE_SECONDS` and is renewed every
