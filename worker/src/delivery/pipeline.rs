@@ -218,7 +218,9 @@ async fn admitted(
         match claimed.remove(&group[i].0) {
             Some(claimed) => work.push(Work {
                 i,
-                pass: passes.remove(&i),
+                // Taken from `passes` once nothing more can fail here, so
+                // that an error gives every place back.
+                pass: None,
                 claimed,
                 seat,
                 files: Vec::new(),
@@ -259,6 +261,9 @@ async fn admitted(
         for w in &mut work {
             w.files = files.remove(&w.claimed.record.id).unwrap_or_default();
         }
+    }
+    for w in &mut work {
+        w.pass = passes.remove(&w.i);
     }
     Ok(Some(ClaimedGroup {
         today,

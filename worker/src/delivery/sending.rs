@@ -126,6 +126,8 @@ pub async fn send(
                 settling = None;
             }
             () = tokio::time::sleep_until(oldest + LINGER), if settling.is_none() && !ready.is_empty() => {}
+            // Not reached: the loop ends before nothing is left to wait for.
+            else => break,
         }
         let due = !ready.is_empty() && (attempts.is_empty() || oldest.elapsed() >= LINGER);
         if settling.is_none() && due {
