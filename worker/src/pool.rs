@@ -116,14 +116,14 @@ pub struct Permit {
 }
 
 impl Permit {
-    /// Gives back `n` of the slots (a delivery of the group finished)
-    /// while the rest stay taken.
-    pub fn release(&mut self, n: usize) {
-        let n = n.min(self.n);
-        self.n -= n;
+    /// Keeps at most `n` of the slots (what the group's unfinished
+    /// deliveries stand for) and gives back the rest.
+    pub fn keep(&mut self, n: usize) {
+        let given = self.n.saturating_sub(n);
+        self.n -= given;
         self.slots
             .in_flight
-            .send_modify(|f| *f = f.saturating_sub(n));
+            .send_modify(|f| *f = f.saturating_sub(given));
     }
 }
 
@@ -225,28 +225,18 @@ mod tests {
         let slots = Slots::new(pool);
         let mut group = slots.acquire(3).await;
         assert_eq!(slots.in_flight(), 3);
-        group.release(1);
+        group.keep(2);
         assert_eq!(slots.in_flight(), 2);
         // The freed slot admits the next delivery while the group runs on.
         let next = tokio::time::timeout(Duration::from_millis(50), slots.acquire(1)).await;
         assert!(next.is_ok());
-        // Never more than it holds, even if asked (a clamped weight).
-        group.release(10);
+        // A group clamped to the limit keeps its slots while what is left
+        // of it still stands for more.
+        group.keep(10);
+        assert_eq!(slots.in_flight(), 3);
+        group.keep(0);
         assert_eq!(slots.in_flight(), 1);
         drop(group);
         assert_eq!(slots.in_flight(), 1);
-    }
-
-    #[tokio::test]
-    async fn autoscale_sets_the_limit_and_refuses_grow_and_shrink() {
-        let pool = Pool::new(4);
-        assert_eq!(pool.set_autoscale(8, 2), Ok(Autoscale { max: 8, min: 2 }));
-        assert_eq!(pool.limit(), 8);
-        assert_eq!(pool.grow(1), Err(PoolError::Autoscaling("grow")));
-        assert_eq!(pool.set_autoscale(1, 2), Err(PoolError::BadRange));
-        assert_eq!(
-            PoolError::Autoscaling("shrink").to_string(),
-            "pool_shrink is not supported with autoscale. Adjust autoscale range instead."
-        );
     }
 }

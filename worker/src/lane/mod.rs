@@ -158,38 +158,42 @@ impl Lane {
         let mut reported = vec![false; messages.len()];
         let mut requeued: Vec<usize> = Vec::new();
         let mut database_down = false;
-        while listening || !finishing.is_empty() {
+        // The slots the deliveries not yet finished stand for (the permit
+        // may hold fewer: a group heavier than the limit is clamped to it).
+        let mut unfinished: usize = deliveries.iter().map(|d| self.weight(d)).sum();
+        // Handlers only take note; whatever awaits (Redis, the database,
+        // RabbitMQ) runs as a future polled beside the run, so that the
+        // run's sends and settlements never wait on a report.
+        let mut reports = FuturesUnordered::new();
+        while listening || !reports.is_empty() || !finishing.is_empty() {
             tokio::select! {
                 () = &mut run, if !ran => ran = true,
                 Some((d, again)) = finishing.next(), if !finishing.is_empty() => {
                     if again {
                         requeued.push(d);
                     } else {
-                        permit.release(self.weight(&deliveries[d]));
+                        unfinished = unfinished.saturating_sub(self.weight(&deliveries[d]));
+                        permit.keep(unfinished);
                     }
+                }
+                Some((d, settled)) = reports.next(), if !reports.is_empty() => {
+                    let ready = match settled {
+                        Ok(settled) => ledger.settle(settled),
+                        Err(down) => {
+                            database_down |= down;
+                            ledger.requeue(d)
+                        }
+                    };
+                    finishing.extend(ready.map(|(d, s)| self.finish(&deliveries, &jobs, d, s)));
                 }
                 progress = progress.recv(), if listening => match progress {
                     // Every report is in once the run is over.
                     None => listening = false,
                     Some(Progress::Sending) => drop(group_slot.take()),
                     Some(Progress::Ran(k, result)) => {
-                        if std::mem::replace(&mut reported[k], true) {
-                            continue;
+                        if !std::mem::replace(&mut reported[k], true) {
+                            reports.push(self.settle_report(&jobs, due[k], result));
                         }
-                        let j = due[k];
-                        let job = &jobs[j];
-                        self.ctx
-                            .worker
-                            .tasks_finished(&[&job.message], &self.ctx.results)
-                            .await;
-                        let ready = match self.settled(job, j, result).await {
-                            Ok(settled) => ledger.settle(settled),
-                            Err(down) => {
-                                database_down |= down;
-                                ledger.requeue(job.delivery)
-                            }
-                        };
-                        finishing.extend(ready.map(|(d, s)| self.finish(&deliveries, &jobs, d, s)));
                     }
                 },
             }
@@ -197,10 +201,15 @@ impl Lane {
         drop(group_slot);
         // A task the run never reported is not lost: its delivery goes back.
         for (k, _) in reported.iter().enumerate().filter(|(_, r)| !**r) {
+            let message = &jobs[due[k]].message;
             tracing::warn!(
-                task_id = jobs[due[k]].message.id(),
+                task_id = message.id(),
                 "the task gave no result; it goes back to the queue"
             );
+            self.ctx
+                .worker
+                .tasks_finished(&[message], &self.ctx.results)
+                .await;
         }
         requeued.extend(ledger.requeued());
         if requeued.is_empty() {
@@ -214,6 +223,22 @@ impl Lane {
         for d in requeued {
             nack_requeue(&deliveries[d].delivery).await;
         }
+    }
+
+    /// A reported task: its end noted for `inspect` and events, and its
+    /// delivery with its result as the ledger takes it.
+    async fn settle_report(
+        &self,
+        jobs: &[job::Job],
+        j: usize,
+        result: Ran,
+    ) -> (usize, Result<job::Settled, bool>) {
+        let job = &jobs[j];
+        self.ctx
+            .worker
+            .tasks_finished(&[&job.message], &self.ctx.results)
+            .await;
+        (job.delivery, self.settled(job, j, result).await)
     }
 
     /// A task's result as its delivery's ledger takes it; `Err(database
