@@ -239,4 +239,17 @@ mod tests {
         drop(group);
         assert_eq!(slots.in_flight(), 1);
     }
+
+    #[tokio::test]
+    async fn autoscale_sets_the_limit_and_refuses_grow_and_shrink() {
+        let pool = Pool::new(4);
+        assert_eq!(pool.set_autoscale(8, 2), Ok(Autoscale { max: 8, min: 2 }));
+        assert_eq!(pool.limit(), 8);
+        assert_eq!(pool.grow(1), Err(PoolError::Autoscaling("grow")));
+        assert_eq!(pool.set_autoscale(1, 2), Err(PoolError::BadRange));
+        assert_eq!(
+            PoolError::Autoscaling("shrink").to_string(),
+            "pool_shrink is not supported with autoscale. Adjust autoscale range instead."
+        );
+    }
 }
