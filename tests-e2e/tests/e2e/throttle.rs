@@ -108,20 +108,8 @@ async fn sends_beyond_a_connection_cap_queue_for_its_connections_and_give_them_b
     // 100 ms per message; a fourth connection of the login gets 421.
     env.smtp.set_latency(Latency::parse("data=100").unwrap());
     env.smtp.limit_connections_per_login(3);
-    let messages: Vec<_> = (0..60)
-        .map(
-            |i| json!({"to": format!("q{i}@example.org"), "subject": "Hi", "content": "<p>Hi</p>"}),
-        )
-        .collect();
-    let res = env
-        .api()
-        .post(
-            "/api/v1/messages/email/batch",
-            &token,
-            &json!({"messages": messages}),
-        )
-        .await;
-    assert_eq!(res.body["data"]["accepted"], 60, "{}", res.body);
+    let recipients: Vec<String> = (0..60).map(|i| format!("q{i}@example.org")).collect();
+    env.api().send_simple_batch(&token, &recipients).await;
     let started = Instant::now();
     env.start_worker();
     eventually("60 sends", Duration::from_secs(60), || async {
@@ -233,20 +221,9 @@ async fn a_slow_send_does_not_hold_up_the_outcomes_of_those_that_arrived_with_it
         .await;
     env.smtp
         .set_recipient_fault("slow@example.org", Fault::Stall(Duration::from_secs(6)));
-    let mut messages =
-        vec![json!({"to": "slow@example.org", "subject": "Hi", "content": "<p>Hi</p>"})];
-    messages.extend((0..7).map(
-        |i| json!({"to": format!("fast{i}@example.org"), "subject": "Hi", "content": "<p>Hi</p>"}),
-    ));
-    let res = env
-        .api()
-        .post(
-            "/api/v1/messages/email/batch",
-            &token,
-            &json!({"messages": messages}),
-        )
-        .await;
-    assert_eq!(res.body["data"]["accepted"], 8, "{}", res.body);
+    let mut recipients = vec!["slow@example.org".to_string()];
+    recipients.extend((0..7).map(|i| format!("fast{i}@example.org")));
+    env.api().send_simple_batch(&token, &recipients).await;
     let started = Instant::now();
     env.start_worker_with(&[("CELERY_WORKER_CONCURRENCY", "8")]);
     eventually(
@@ -313,20 +290,8 @@ async fn sends_beyond_a_full_connection_backlog_wait_a_moment_not_for_quota() {
     .await;
     env.smtp.set_latency(Latency::parse("data=50").unwrap());
     // One connection: a backlog of four at most, so most of the 30 wait.
-    let messages: Vec<_> = (0..30)
-        .map(
-            |i| json!({"to": format!("b{i}@example.org"), "subject": "Hi", "content": "<p>Hi</p>"}),
-        )
-        .collect();
-    let res = env
-        .api()
-        .post(
-            "/api/v1/messages/email/batch",
-            &token,
-            &json!({"messages": messages}),
-        )
-        .await;
-    assert_eq!(res.body["data"]["accepted"], 30, "{}", res.body);
+    let recipients: Vec<String> = (0..30).map(|i| format!("b{i}@example.org")).collect();
+    env.api().send_simple_batch(&token, &recipients).await;
     env.start_worker_with(&[
         ("CELERY_WORKER_CONCURRENCY", "64"),
         ("QUOTA_WAIT_SECONDS", "60"),

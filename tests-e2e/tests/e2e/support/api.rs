@@ -182,6 +182,28 @@ impl RunningApi {
             .expect("uuid")
     }
 
+    /// Sends one simple email to each of `recipients` in one batch request
+    /// (one `send_email_batch` task), all of them accepted.
+    pub async fn send_simple_batch(&self, token: &str, recipients: &[String]) {
+        let messages: Vec<Value> = recipients
+            .iter()
+            .map(|to| json!({"to": to, "subject": "Hi", "content": "<p>Hi</p>"}))
+            .collect();
+        let res = self
+            .post(
+                "/api/v1/messages/email/batch",
+                token,
+                &json!({"messages": messages}),
+            )
+            .await;
+        assert_eq!(
+            res.body["data"]["accepted"],
+            recipients.len(),
+            "{}",
+            res.body
+        );
+    }
+
     /// An admin campaign (on a new, empty list) mailing `template`, which
     /// declares the one variable `who`; returns the campaign's id.
     pub async fn admin_campaign(&self, admin: &str, template: &str) -> String {
