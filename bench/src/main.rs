@@ -249,6 +249,33 @@ async fn send_all(
 /// all `sent`. The sink's counter is free to read; the database count (a
 /// scan of the records) is only asked once the sink has them all, so the
 /// benchmark does not load the database it measures.
+/// How long a phase may take before the benchmark prints why its last
+/// emails are not sent yet.
+const STRAGGLERS_AFTER: Duration = Duration::from_secs(30);
+
+/// Prints the messages not yet `sent`, by status, and the timeline of a
+/// few: a phase this slow is a bug to find, not a figure.
+async fn stragglers(pool: &PgPool, arrived: usize) -> anyhow::Result<()> {
+    let counts: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT status, count(*) FROM message_records WHERE status <> 'sent' GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await?;
+    println!("stragglers after {STRAGGLERS_AFTER:?} ({arrived} emails at the sink): {counts:?}");
+    let timelines: Vec<(uuid::Uuid, String, String, serde_json::Value, String)> = sqlx::query_as(
+        "SELECT e.message_id, e.event, e.status, e.detail, e.created_at::text
+               FROM (SELECT id FROM message_records WHERE status <> 'sent' ORDER BY id LIMIT 3) m
+               JOIN message_events e ON e.message_id = m.id
+              ORDER BY e.message_id, e.id",
+    )
+    .fetch_all(pool)
+    .await?;
+    for (id, event, status, detail, at) in timelines {
+        println!("  {id} {at} {event} → {status} {detail}");
+    }
+    Ok(())
+}
+
 async fn wait_sent(
     pool: &PgPool,
     sink: &SmtpSink,
@@ -256,7 +283,12 @@ async fn wait_sent(
     limit: Duration,
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + limit;
+    let mut diagnose_at = Some(Instant::now() + STRAGGLERS_AFTER);
     loop {
+        if diagnose_at.is_some_and(|at| Instant::now() > at) {
+            diagnose_at = None;
+            stragglers(pool, sink.count()).await?;
+        }
         if sink.count() as i64 >= total {
             let sent: i64 =
                 sqlx::query_scalar("SELECT count(*) FROM message_records WHERE status = 'sent'")
@@ -372,6 +404,14 @@ async fn main() -> anyhow::Result<()> {
     let database_url = format!("postgres://postgres@127.0.0.1:5432/{database}?sslmode=disable");
     platform::db::migrate(&database_url).await?;
     let pool = PgPool::connect(&database_url).await?;
+    // BENCH_SETUP_SQL=<file>: SQL run after the migrations, to measure a
+    // schema change (an index, a storage parameter) before writing its
+    // migration.
+    if let Ok(file) = std::env::var("BENCH_SETUP_SQL") {
+        let sql = std::fs::read_to_string(&file)?;
+        sqlx::raw_sql(&sql).execute(&pool).await?;
+        println!("setup: ran {file}");
+    }
     let sink = SmtpSink::start().await?;
     let mut api_ports = Vec::new();
     for _ in 0..o.apis {

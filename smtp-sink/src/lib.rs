@@ -153,6 +153,9 @@ struct State {
     /// Mail transactions in progress now, and the most seen at once.
     transactions: usize,
     peak_transactions: usize,
+    /// Connections waiting for their greeting now, and the most at once.
+    greeting: usize,
+    peak_greeting: usize,
     latency: Latency,
     /// Connections one login may hold at once (0: no limit); the next is
     /// refused with 421 at AUTH, as providers do.
@@ -264,6 +267,12 @@ impl SmtpSink {
     /// in progress at the same time.
     pub fn peak_transactions(&self) -> usize {
         self.lock().peak_transactions
+    }
+
+    /// The most connections that were waiting for their greeting at the
+    /// same time (opened at once).
+    pub fn peak_greeting(&self) -> usize {
+        self.lock().peak_greeting
     }
 
     pub fn connections(&self) -> usize {
@@ -444,7 +453,14 @@ impl Session {
         if let Some(Step::Close) = self.inject(fault).await? {
             return Ok(());
         }
+        if let Ok(mut s) = self.state.lock() {
+            s.greeting += 1;
+            s.peak_greeting = s.peak_greeting.max(s.greeting);
+        }
         self.pause(|l| l.greeting).await;
+        if let Ok(mut s) = self.state.lock() {
+            s.greeting -= 1;
+        }
         self.reply(220, "smtp-sink ESMTP ready").await?;
         let mut ended = Ok(());
         loop {

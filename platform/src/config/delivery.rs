@@ -11,7 +11,8 @@ use super::vars::Vars;
 use super::ConfigError;
 use crate::db::email_accounts::Breaker;
 
-/// `EMAIL_TIMEOUT`: an SMTP connection's or command's timeout.
+/// `EMAIL_TIMEOUT`: how long opening an SMTP connection may take (TCP,
+/// greeting, EHLO, STARTTLS, AUTH).
 pub(super) fn email_timeout(vars: &Vars<'_>) -> Result<Duration, ConfigError> {
     vars.seconds_or("EMAIL_TIMEOUT", 30)
 }

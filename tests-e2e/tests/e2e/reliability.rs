@@ -341,3 +341,47 @@ async fn an_email_sent_while_the_database_is_away_is_recorded_once_it_is_back() 
     tokio::time::sleep(Duration::from_secs(15)).await;
     assert_once_each(&sent_recipients(&env).await, 1);
 }
+
+/// A server that takes the connection and never greets (its accept queue
+/// overflowed, or it hangs) holds a send for `EMAIL_TIMEOUT`, not for the
+/// send's time limit: the attempt gives up, the email is retried, and it
+/// goes out once the server answers. (Before, the greeting had no bound:
+/// a benchmark whose sink's accept queue overflowed left 45 emails
+/// `sending` for five minutes.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_never_greets_holds_a_send_for_the_email_timeout_not_its_time_limit() {
+    let (env, token) = TestEnv::sending(
+        &[
+            ("EMAIL_TIMEOUT", "2"),
+            ("SEND_RETRY_BACKOFF", "1"),
+            ("CELERY_TASK_SOFT_TIME_LIMIT", "270"),
+            ("CELERY_TASK_TIME_LIMIT", "300"),
+        ],
+        100,
+    )
+    .await;
+    env.smtp
+        .set_fault(Stage::Connect, Fault::Stall(Duration::from_secs(600)));
+    let started = Instant::now();
+    let id = env.api().send_simple(&token, "silent@example.org").await;
+    let error: String = eventually(
+        "the attempt on the silent server to give up",
+        Duration::from_secs(20),
+        || async {
+            sqlx::query_scalar(
+                "SELECT detail->>'error' FROM message_events
+                  WHERE message_id = $1 AND event = 'retry_scheduled'",
+            )
+            .bind(id)
+            .fetch_optional(&env.pool)
+            .await
+            .unwrap()
+        },
+    )
+    .await;
+    println!("gave up after {:?}: {error}", started.elapsed());
+    assert!(error.contains("no answer from the SMTP server"), "{error}");
+    env.smtp.clear_faults();
+    env.wait_status(id, "sent", Duration::from_secs(60)).await;
+    assert_once_each(&sent_recipients(&env).await, 1);
+}

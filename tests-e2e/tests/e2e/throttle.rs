@@ -312,3 +312,29 @@ async fn sends_beyond_a_full_connection_backlog_wait_a_moment_not_for_quota() {
         "{reasons:?}"
     );
 }
+
+/// A burst of sends to a cold pool opens its connections a few at a time
+/// (16 handshakes per server at once), not one per send at once: a
+/// server's accept queue (Postfix's holds 100) would overflow, and the
+/// connections it dropped look established to the client and never greet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_sends_opens_a_few_connections_at_a_time() {
+    let mut env = TestEnv::new().await;
+    env.start_api().await;
+    let token = env.api().admin_token(&env.pool).await;
+    env.add_sender(&token, 1000).await;
+    // Each greeting takes 200 ms, so handshakes overlap and can be counted.
+    env.smtp
+        .set_latency(Latency::parse("greeting=200").unwrap());
+    let recipients: Vec<String> = (0..120).map(|i| format!("c{i}@example.org")).collect();
+    env.api().send_simple_batch(&token, &recipients).await;
+    env.start_worker_with(&[("CELERY_WORKER_CONCURRENCY", "256")]);
+    eventually("120 sends", Duration::from_secs(60), || async {
+        (env.count_status("sent").await == 120).then_some(())
+    })
+    .await;
+    let peak = env.smtp.peak_greeting();
+    println!("at most {peak} connections were opening at once");
+    assert!(peak <= 16, "{peak} connections were opened at once");
+    assert!(peak >= 2, "connections were opened one at a time: {peak}");
+}

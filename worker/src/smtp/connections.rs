@@ -25,12 +25,12 @@ use lettre::transport::smtp::client::AsyncSmtpConnection;
 use lettre::transport::smtp::response::Response;
 use platform::crypto::Keyring;
 use platform::db::email_accounts::EmailAccount;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::throttle::{ConnectionLease, Throttle};
-use super::transport::{SendError, Transport, TransportError};
+use super::transport::{SendError, Transport, TransportError, OPENING_AT_ONCE};
 
 /// Idle connections older than this are closed rather than reused: servers
 /// drop idle clients, and a dead connection would cost a failed attempt.
@@ -78,6 +78,8 @@ pub struct TransportCache {
     max_idle: usize,
     throttle: Throttle,
     pools: Mutex<HashMap<Uuid, AccountPool>>,
+    /// Per server (host, port): the handshakes under way.
+    opening: Mutex<HashMap<(String, u16), Arc<Semaphore>>>,
     /// Places of sends dropped mid-way (a hard time limit), given back by
     /// the next [`TransportCache::sweep`].
     orphans: Mutex<Vec<ConnectionLease>>,
@@ -113,6 +115,7 @@ impl TransportCache {
             max_idle: max_idle as usize,
             throttle,
             pools: Mutex::new(HashMap::new()),
+            opening: Mutex::new(HashMap::new()),
             orphans: Mutex::new(Vec::new()),
         }
     }
@@ -127,13 +130,23 @@ impl TransportCache {
                     return Ok(pool.transport.clone())
                 }
                 Some(pool) => {
-                    pool.transport = Transport::for_account(account, &self.keyring, self.timeout)?;
+                    pool.transport = Transport::for_account(
+                        account,
+                        &self.keyring,
+                        self.timeout,
+                        self.opening(account),
+                    )?;
                     pool.version = account.updated_at;
                     let transport = pool.transport.clone();
                     (transport, std::mem::take(&mut pool.idle))
                 }
                 None => {
-                    let transport = Transport::for_account(account, &self.keyring, self.timeout)?;
+                    let transport = Transport::for_account(
+                        account,
+                        &self.keyring,
+                        self.timeout,
+                        self.opening(account),
+                    )?;
                     pools.insert(
                         account.id,
                         AccountPool {
@@ -153,6 +166,14 @@ impl TransportCache {
             self.give_back(account.id, old.lease).await;
         }
         Ok(transport)
+    }
+
+    /// The handshakes under way to the account's server.
+    fn opening(&self, account: &EmailAccount) -> Arc<Semaphore> {
+        lock(&self.opening)
+            .entry(Transport::server(account))
+            .or_insert_with(|| Arc::new(Semaphore::new(OPENING_AT_ONCE)))
+            .clone()
     }
 
     /// Sends one message on a warm connection of the account's, or a new

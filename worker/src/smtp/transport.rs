@@ -3,7 +3,17 @@
 //! TCP_NODELAY: lettre writes a message and its terminating dot in two
 //! writes, and with Nagle's algorithm the second one waits for the
 //! server's delayed ACK, about 40 ms per message.
+//!
+//! Opening a connection is bounded twice. The whole handshake (TCP,
+//! greeting, EHLO, STARTTLS, AUTH) has `EMAIL_TIMEOUT`: a server whose
+//! accept queue overflowed leaves the client a connection that looks
+//! established and never greets, and without the bound the send waited
+//! for its whole time limit. And only a few connections to one server are
+//! opened at a time ([`OPENING_AT_ONCE`]): a burst of sends to a cold
+//! pool otherwise opens hundreds at once, more than a server's accept
+//! queue holds (Postfix's is 100).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
@@ -12,6 +22,11 @@ use lettre::transport::smtp::extension::ClientId;
 use platform::crypto::Keyring;
 use platform::db::email_accounts::{EmailAccount, TlsMode, PASSWORD_PURPOSE};
 use secrecy::ExposeSecret;
+use tokio::sync::Semaphore;
+
+/// How many connections to one server (host and port) a worker opens at
+/// a time; the sends beyond wait for one of those handshakes to end.
+pub const OPENING_AT_ONCE: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -54,6 +69,8 @@ pub struct Transport {
     tls_parameters: Option<TlsParameters>,
     credentials: Credentials,
     timeout: Duration,
+    /// Shared by every account on the same server.
+    opening: Arc<Semaphore>,
 }
 
 impl Transport {
@@ -62,6 +79,7 @@ impl Transport {
         account: &EmailAccount,
         keyring: &Keyring,
         timeout: Duration,
+        opening: Arc<Semaphore>,
     ) -> Result<Transport, TransportError> {
         let password = keyring.open(&account.sealed_password(), PASSWORD_PURPOSE)?;
         let tls = account.tls();
@@ -81,10 +99,26 @@ impl Transport {
                 password.expose_secret().to_string(),
             ),
             timeout,
+            opening,
         })
     }
 
+    /// The server's address, which accounts on the same server share.
+    pub(super) fn server(account: &EmailAccount) -> (String, u16) {
+        (account.smtp_host.clone(), account.smtp_port as u16)
+    }
+
+    /// Opens an authenticated connection: at most [`OPENING_AT_ONCE`] to
+    /// the server at a time, each handshake within the timeout.
     pub(super) async fn connect(&self) -> Result<AsyncSmtpConnection, SendError> {
+        // The semaphore is never closed.
+        let _opening = self.opening.acquire().await;
+        tokio::time::timeout(self.timeout, self.handshake())
+            .await
+            .map_err(|_| SendError::TimedOut(self.timeout))?
+    }
+
+    async fn handshake(&self) -> Result<AsyncSmtpConnection, SendError> {
         let hello = ClientId::default();
         let mut conn = match self.tls {
             // Implicit TLS is set up by lettre itself (Nagle stays on there).
