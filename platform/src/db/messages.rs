@@ -794,9 +794,10 @@ pub struct Released {
     pub send_at: Option<DateTime<Utc>>,
 }
 
-/// Sets up to `limit` due `scheduled` messages (`send_at <= now()`, oldest
-/// first) `queued`, in `tx`. Rows another scheduler has locked are skipped,
-/// and a message cancelled before the lock is taken no longer matches the
+/// Sets the `limit` earliest due `scheduled` messages (`send_at <=
+/// now()`) `queued`, in `tx`. Rows another scheduler has locked are
+/// skipped (their turn is the other's), and a message cancelled before
+/// the lock is taken no longer matches the
 /// status condition, so each message is released at most once; the caller
 /// writes the outbox rows in the same transaction.
 #[tracing::instrument(level = "debug", skip_all)]
@@ -805,10 +806,14 @@ pub async fn release_due(
     limit: i64,
 ) -> Result<Vec<Released>, sqlx::Error> {
     sqlx::query_as(
+        // The due ones from `live_messages` (V21), then their records
+        // locked: only message rows are ever locked first.
         "WITH due AS (
              SELECT id FROM message_records
-              WHERE status = 'scheduled' AND send_at <= now()
-              ORDER BY send_at LIMIT $1
+              WHERE id = ANY (ARRAY(SELECT id FROM live_messages
+                                     WHERE release_at <= now()
+                                     ORDER BY release_at LIMIT $1))
+                AND status = 'scheduled'
                 FOR UPDATE SKIP LOCKED)
          UPDATE message_records m
             SET status = 'queued', queued_at = now(), updated_at = now()
@@ -841,12 +846,15 @@ pub async fn waiting(pool: &PgPool, limit: i64) -> Result<Vec<Waiting>, sqlx::Er
     sqlx::query_as(
         "(SELECT id, task_id, send_at AS eta, campaign_run_id IS NOT NULL AS bulk
             FROM message_records
-           WHERE status = 'scheduled' AND send_at IS NOT NULL
-           ORDER BY send_at LIMIT $1)
+           WHERE id = ANY (ARRAY(SELECT id FROM live_messages
+                                  WHERE release_at IS NOT NULL
+                                  ORDER BY release_at LIMIT $1))
+             AND status = 'scheduled')
          UNION ALL
          (SELECT id, task_id, due_at AS eta, campaign_run_id IS NOT NULL AS bulk
             FROM message_records
-           WHERE status = 'queued' AND due_at > now()
+           WHERE id = ANY (ARRAY(SELECT id FROM live_messages WHERE release_at IS NULL))
+             AND status = 'queued' AND due_at > now()
            ORDER BY due_at LIMIT $1)
          ORDER BY eta LIMIT $1",
     )
@@ -859,7 +867,7 @@ pub async fn waiting(pool: &PgPool, limit: i64) -> Result<Vec<Waiting>, sqlx::Er
 pub async fn next_scheduled(
     executor: impl PgExecutor<'_>,
 ) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-    sqlx::query_scalar("SELECT min(send_at) FROM message_records WHERE status = 'scheduled'")
+    sqlx::query_scalar("SELECT min(release_at) FROM live_messages")
         .fetch_one(executor)
         .await
 }
@@ -947,7 +955,8 @@ pub async fn take_strays(
     sqlx::query_as(
         "WITH stray AS (
              SELECT id FROM message_records m
-              WHERE status IN ('queued', 'sending')
+              WHERE id = ANY (ARRAY(SELECT id FROM live_messages WHERE release_at IS NULL))
+                AND status IN ('queued', 'sending')
                 AND COALESCE(due_at, updated_at)
                     < now() - make_interval(secs => $1 * power(2, least(republished, 6)))
                 AND (status = 'queued' OR sending_at < $2 OR (m.claimed_by IS NOT NULL

@@ -28,6 +28,7 @@ mod error_codes;
 mod etas;
 mod hostile_input;
 mod inbound;
+mod live_messages;
 mod openapi;
 mod ownership;
 mod periodic;
