@@ -12,7 +12,8 @@ use super::ConfigError;
 use crate::db::email_accounts::Breaker;
 
 /// `EMAIL_TIMEOUT`: how long opening an SMTP connection may take (TCP,
-/// greeting, EHLO, STARTTLS, AUTH).
+/// greeting, EHLO, STARTTLS, AUTH), and how long any read or write on it
+/// may wait for progress.
 pub(super) fn email_timeout(vars: &Vars<'_>) -> Result<Duration, ConfigError> {
     vars.seconds_or("EMAIL_TIMEOUT", 30)
 }

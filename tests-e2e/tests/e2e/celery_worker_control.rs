@@ -48,7 +48,8 @@ fn reply<'a>(replies: &'a serde_json::Map<String, Value>, node: &str) -> &'a Val
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inspect_conf_stats_queues_reserved_and_scheduled_answer_with_content() {
-    let (mut env, token) = TestEnv::sending(&[], 100).await;
+    // The SMTP timeout outlasts the 5 s stall below.
+    let (mut env, token) = TestEnv::sending(&[("EMAIL_TIMEOUT", "15")], 100).await;
     // A worker of one slot: while one send runs, the next are reserved.
     env.start_worker_with(&[("CELERY_WORKER_CONCURRENCY", "1")]);
     // The first worker stops taking work, so that the sends go to worker1.

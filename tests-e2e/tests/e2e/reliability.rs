@@ -350,6 +350,19 @@ async fn an_email_sent_while_the_database_is_away_is_recorded_once_it_is_back() 
 /// `sending` for five minutes.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_never_greets_holds_a_send_for_the_email_timeout_not_its_time_limit() {
+    a_silent_server_costs_the_email_timeout(Stage::Connect).await;
+}
+
+/// Mid-transaction too: every read and write on the connection must make
+/// progress within `EMAIL_TIMEOUT`, as Python's smtplib bounds each socket
+/// operation. The stalled connection is not replaced by a new one for the
+/// same attempt (a server silent after the data may have the message).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_silent_mid_transaction_holds_a_send_for_the_email_timeout() {
+    a_silent_server_costs_the_email_timeout(Stage::RcptTo).await;
+}
+
+async fn a_silent_server_costs_the_email_timeout(stage: Stage) {
     let (env, token) = TestEnv::sending(
         &[
             ("EMAIL_TIMEOUT", "2"),
@@ -361,7 +374,7 @@ async fn a_server_that_never_greets_holds_a_send_for_the_email_timeout_not_its_t
     )
     .await;
     env.smtp
-        .set_fault(Stage::Connect, Fault::Stall(Duration::from_secs(600)));
+        .set_fault(stage, Fault::Stall(Duration::from_secs(600)));
     let started = Instant::now();
     let id = env.api().send_simple(&token, "silent@example.org").await;
     let error: String = eventually(

@@ -412,7 +412,10 @@ async fn transact(
     if let Some(conn) = out.conn.as_mut() {
         match conn.send(envelope, email).await {
             Ok(response) => return Ok(response),
-            Err(e) if e.status().is_some() => return Err(e.into()),
+            // A reply, or a server gone silent mid-transaction (it may
+            // have the message): not a connection it had closed, so not
+            // sent again on a new one.
+            Err(e) if e.status().is_some() || e.is_timeout() => return Err(e.into()),
             Err(_) => out.conn = None,
         }
     }

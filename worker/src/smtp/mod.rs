@@ -3,6 +3,7 @@
 //! connections), held across all workers in Redis.
 
 mod connections;
+mod deadline;
 mod throttle;
 mod transport;
 

@@ -11,7 +11,10 @@
 //! for its whole time limit. And only a few connections to one server are
 //! opened at a time ([`OPENING_AT_ONCE`]): a burst of sends to a cold
 //! pool otherwise opens hundreds at once, more than a server's accept
-//! queue holds (Postfix's is 100).
+//! queue holds (Postfix's is 100). On a plain or STARTTLS connection
+//! every read and write then has `EMAIL_TIMEOUT` too
+//! ([`super::deadline`]); an implicit-TLS one is opened by lettre, and
+//! only its send's soft time limit bounds it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +26,8 @@ use platform::crypto::Keyring;
 use platform::db::email_accounts::{EmailAccount, TlsMode, PASSWORD_PURPOSE};
 use secrecy::ExposeSecret;
 use tokio::sync::Semaphore;
+
+use super::deadline::Deadlined;
 
 /// How many connections to one server (host and port) a worker opens at
 /// a time; the sends beyond wait for one of those handshakes to end.
@@ -138,6 +143,7 @@ impl Transport {
                     .await
                     .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
                 let _ = stream.set_nodelay(true);
+                let stream = Deadlined::new(stream, self.timeout);
                 let mut conn =
                     AsyncSmtpConnection::connect_with_transport(Box::new(stream), &hello).await?;
                 if let (TlsMode::Starttls, Some(parameters)) = (self.tls, &self.tls_parameters) {
