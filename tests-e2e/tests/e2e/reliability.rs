@@ -398,3 +398,41 @@ async fn a_silent_server_costs_the_email_timeout(stage: Stage) {
     env.wait_status(id, "sent", Duration::from_secs(60)).await;
     assert_once_each(&sent_recipients(&env).await, 1);
 }
+
+/// A warm connection that goes silent mid-transaction fails the attempt;
+/// unlike a connection the server had closed, it is not replaced by a new
+/// one for the same attempt, since a server silent after the data may
+/// already have the message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_connection_gone_silent_is_not_replaced_within_the_attempt() {
+    let (env, token) = TestEnv::sending(
+        &[
+            ("EMAIL_TIMEOUT", "2"),
+            ("SEND_RETRY_BACKOFF", "60"),
+            ("CELERY_TASK_SOFT_TIME_LIMIT", "270"),
+            ("CELERY_TASK_TIME_LIMIT", "300"),
+        ],
+        100,
+    )
+    .await;
+    env.send_until(&token, "warm@example.org", "sent", Duration::from_secs(20))
+        .await;
+    assert_eq!(env.smtp.connections(), 1);
+    env.smtp
+        .set_fault(Stage::RcptTo, Fault::Stall(Duration::from_secs(600)));
+    let id = env.api().send_simple(&token, "silent@example.org").await;
+    eventually(
+        "the attempt on the silent connection to give up",
+        Duration::from_secs(20),
+        || async {
+            let rec = platform::db::messages::get(&env.pool, id).await.ok()??;
+            (rec.status == "queued" && rec.attempts >= 1 && rec.error.is_some()).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        env.smtp.connections(),
+        1,
+        "the attempt opened a new connection after the warm one went silent"
+    );
+}

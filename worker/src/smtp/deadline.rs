@@ -1,5 +1,5 @@
-//! A socket on which the server must answer within a timeout: every read
-//! and write has to make progress within `EMAIL_TIMEOUT` of the last one,
+//! A socket on which the server must answer within a timeout: a read or
+//! write that waits has to make progress within `EMAIL_TIMEOUT`,
 //! as Python's smtplib bounds each socket operation. A server that stalls
 //! mid-transaction then fails the attempt after the timeout, instead of
 //! holding the send (and its connection) until the soft time limit.
@@ -20,21 +20,20 @@ use tokio::time::{Instant, Sleep};
 pub struct Deadlined {
     inner: TcpStream,
     timeout: Duration,
-    /// When a read or write last completed. The deadline is measured from
-    /// it, so a connection idle in the pool starts afresh with its next
-    /// command (always a write).
-    progress: Instant,
+    /// Since when the pending read or write has waited (None while they
+    /// complete). The deadline runs from it, so time a connection spent
+    /// idle in the pool never counts against its next command.
+    waiting: Option<Instant>,
     sleep: Pin<Box<Sleep>>,
 }
 
 impl Deadlined {
     pub fn new(inner: TcpStream, timeout: Duration) -> Self {
-        let now = Instant::now();
         Deadlined {
             inner,
             timeout,
-            progress: now,
-            sleep: Box::pin(tokio::time::sleep_until(now + timeout)),
+            waiting: None,
+            sleep: Box::pin(tokio::time::sleep(timeout)),
         }
     }
 
@@ -46,11 +45,11 @@ impl Deadlined {
     ) -> Poll<io::Result<T>> {
         match polled {
             Poll::Ready(result) => {
-                self.progress = Instant::now();
+                self.waiting = None;
                 Poll::Ready(result)
             }
             Poll::Pending => {
-                let deadline = self.progress + self.timeout;
+                let deadline = *self.waiting.get_or_insert_with(Instant::now) + self.timeout;
                 if self.sleep.deadline() != deadline {
                     self.sleep.as_mut().reset(deadline);
                 }
